@@ -1,0 +1,44 @@
+# Quick start: `make demo` (issue 4) and `make test`. Each target installs what it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip
+STAMP   = $(VENV)/.installed
+DEBIAN_PEERS = dcmtk orthanc dicom3tools
+# torch is pinned to the CPU wheel for dev/CI by constraints.txt; pyproject.toml keeps an honest range.
+CONSTRAINTS = constraints.txt
+
+.PHONY: venv peers test lint clean help
+
+help:
+	@echo "make test   - install venv + Debian peers (dcmtk, orthanc, dicom3tools) and run the test suite"
+	@echo "make lint   - ruff"
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[train,dev]'
+	touch $@
+
+venv: $(STAMP)
+
+# Debian peers used by the tests (real DICOM peers, not mocks). Skipped when already present or not root.
+peers:
+	@missing=""; \
+	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
+	command -v Orthanc >/dev/null || test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
+	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: venv peers
+	bash scripts/pytest.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

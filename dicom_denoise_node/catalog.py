@@ -1,0 +1,582 @@
+"""The catalog: every received instance, every series and its state, every derived instance and delivery.
+
+The catalog and the spool are the only interface between stages. State changes are atomic claims
+(``UPDATE … WHERE state = :expected``), so two workers never take the same series and a restart resumes from
+what is written here, never from module globals or directory timestamps.
+
+Series states::
+
+    RECEIVING → COMPLETE → PROCESSING → DERIVED → SENT      (FAILED with last_error, from PROCESSING or DERIVED)
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+class SeriesState(enum.StrEnum):
+    RECEIVING = "RECEIVING"
+    COMPLETE = "COMPLETE"
+    PROCESSING = "PROCESSING"
+    DERIVED = "DERIVED"
+    SENT = "SENT"
+    FAILED = "FAILED"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the catalog; use utcnow()")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    studies: Mapped[list[Study]] = relationship(back_populates="patient")
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    patient: Mapped[Patient] = relationship(back_populates="studies")
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+
+
+class Series(Base):
+    __tablename__ = "series"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    description: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING, index=True)
+    # Bumped by every received instance: a worker only finishes the generation it read.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    failed_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    derived_series_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_fk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax: Mapped[str] = mapped_column(String(64))
+    instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    calling_aet: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class DerivedInstance(Base):
+    __tablename__ = "derived_instances"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_fk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    source_sop_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Delivery(Base):
+    """One destination acknowledged every derived instance of a series (so a retry skips it)."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("series_fk", "destination"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_fk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+@dataclass(frozen=True)
+class InstanceMeta:
+    """What the receiver learnt about one stored instance (no PHI beyond the patient ID)."""
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    modality: str
+    series_description: str
+    instance_number: int | None
+    path: str
+    size: int
+    calling_aet: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A series a worker now owns, and the generation it must finish."""
+
+    series_id: int
+    series_uid: str
+    study_uid: str
+    generation: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class DerivedRecord:
+    sop_uid: str
+    source_sop_uid: str
+    path: str
+
+
+def _sqlite_pragmas(dbapi_connection: object, connection_record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # a commit is on disk before the C-STORE answers Success
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class Catalog:
+    """SQLAlchemy access to the catalog with the state transitions of the pipeline."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, object] = {}
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer; serialising writers in-process avoids busy retries under C-STORE load.
+        self._write_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as s:
+            yield s
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._write_lock, self._sessions.begin() as s:
+            yield s
+
+    # ---- receive -------------------------------------------------------------------------------------------
+
+    def record_instance(self, meta: InstanceMeta) -> None:
+        """Insert or replace an instance row and wake its series (RECEIVING, generation+1), in one commit."""
+        for attempt in range(2):
+            try:
+                with self._tx() as s:
+                    self._record(s, meta)
+                return
+            except IntegrityError:  # a concurrent writer (another process) inserted the same parent first
+                if attempt:
+                    raise
+
+    def _record(self, s: Session, meta: InstanceMeta) -> None:
+        now = utcnow()
+        patient = s.scalar(select(Patient).where(Patient.patient_id == meta.patient_id))
+        if patient is None:
+            patient = Patient(patient_id=meta.patient_id)
+            s.add(patient)
+            s.flush()
+        study = s.scalar(select(Study).where(Study.study_uid == meta.study_uid))
+        if study is None:
+            study = Study(study_uid=meta.study_uid, patient_fk=patient.id)
+            s.add(study)
+            s.flush()
+        series = s.scalar(select(Series).where(Series.series_uid == meta.series_uid))
+        if series is None:
+            series = Series(
+                series_uid=meta.series_uid,
+                study_fk=study.id,
+                modality=meta.modality[:16],
+                description=meta.series_description[:64],
+                state=SeriesState.RECEIVING,
+                last_received_at=now,
+            )
+            s.add(series)
+            s.flush()
+        else:
+            if series.state != SeriesState.RECEIVING:
+                log.info("series %s: new instance while %s, back to RECEIVING", series.series_uid, series.state)
+            # A PROCESSING series keeps its state; the worker sees the new generation and re-queues it.
+            if series.state != SeriesState.PROCESSING:
+                series.state = SeriesState.RECEIVING
+                series.attempts = 0
+                series.last_error = None
+                series.failed_stage = None
+                series.next_attempt_at = None
+            series.last_received_at = now
+        series.generation = series.generation + 1
+        inst = s.scalar(select(Instance).where(Instance.sop_uid == meta.sop_uid))
+        if inst is None:
+            inst = Instance(sop_uid=meta.sop_uid, series_fk=series.id)
+            s.add(inst)
+        inst.sop_class_uid = meta.sop_class_uid
+        inst.transfer_syntax = meta.transfer_syntax
+        inst.instance_number = meta.instance_number
+        inst.path = meta.path
+        inst.size = meta.size
+        inst.calling_aet = meta.calling_aet
+        inst.received_at = now
+
+    # ---- series completion ---------------------------------------------------------------------------------
+
+    def mark_complete(self, quiet_period_s: float, now: datetime | None = None) -> list[str]:
+        """RECEIVING → COMPLETE for every series silent for quiet_period_s. Returns their UIDs."""
+        cutoff = (now or utcnow()) - timedelta(seconds=quiet_period_s)
+        done: list[str] = []
+        with self._tx() as s:
+            rows = s.execute(
+                select(Series.id, Series.series_uid).where(
+                    Series.state == SeriesState.RECEIVING, Series.last_received_at <= cutoff
+                )
+            ).all()
+            for sid, uid in rows:
+                res = s.execute(
+                    update(Series)
+                    .where(Series.id == sid, Series.state == SeriesState.RECEIVING)
+                    .where(Series.last_received_at <= cutoff)
+                    .values(state=SeriesState.COMPLETE, updated_at=utcnow())
+                )
+                if res.rowcount == 1:  # type: ignore[attr-defined]
+                    done.append(uid)
+        return done
+
+    # ---- processing ----------------------------------------------------------------------------------------
+
+    def claim_for_processing(self) -> Claim | None:
+        """Atomically take the oldest COMPLETE series (COMPLETE → PROCESSING)."""
+        with self._tx() as s:
+            row = s.execute(
+                select(Series.id, Series.series_uid, Study.study_uid, Series.generation, Series.attempts)
+                .join(Study, Series.study_fk == Study.id)
+                .where(Series.state == SeriesState.COMPLETE)
+                .order_by(Series.last_received_at)
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            res = s.execute(
+                update(Series)
+                .where(Series.id == row[0], Series.state == SeriesState.COMPLETE)
+                .values(state=SeriesState.PROCESSING, updated_at=utcnow())
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return Claim(row[0], row[1], row[2], row[3], row[4])
+
+    def instances(self, series_id: int) -> list[Instance]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(Instance).where(Instance.series_fk == series_id).order_by(Instance.instance_number)
+                )
+            )
+
+    def finish_processing(
+        self, claim: Claim, derived_series_uid: str, model_version: str, derived: list[DerivedRecord]
+    ) -> bool:
+        """PROCESSING → DERIVED with the derived instances, unless new instances arrived meanwhile.
+
+        Returns False (and puts the series back to RECEIVING) when the generation moved on.
+        """
+        with self._tx() as s:
+            res = s.execute(
+                update(Series)
+                .where(
+                    Series.id == claim.series_id,
+                    Series.state == SeriesState.PROCESSING,
+                    Series.generation == claim.generation,
+                )
+                .values(
+                    state=SeriesState.DERIVED,
+                    derived_series_uid=derived_series_uid,
+                    model_version=model_version,
+                    attempts=0,
+                    next_attempt_at=None,
+                    last_error=None,
+                    failed_stage=None,
+                    updated_at=utcnow(),
+                )
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                s.execute(
+                    update(Series)
+                    .where(Series.id == claim.series_id, Series.state == SeriesState.PROCESSING)
+                    .values(state=SeriesState.RECEIVING, updated_at=utcnow())
+                )
+                return False
+            keep = {d.sop_uid for d in derived}
+            for old in s.scalars(select(DerivedInstance).where(DerivedInstance.series_fk == claim.series_id)):
+                if old.sop_uid not in keep:
+                    s.delete(old)
+            s.flush()
+            existing = {
+                d.sop_uid: d
+                for d in s.scalars(select(DerivedInstance).where(DerivedInstance.series_fk == claim.series_id))
+            }
+            for d in derived:
+                row = existing.get(d.sop_uid)
+                if row is None:
+                    s.add(DerivedInstance(series_fk=claim.series_id, **d.__dict__))
+                else:
+                    row.path, row.source_sop_uid = d.path, d.source_sop_uid
+            return True
+
+    def requeue(self, claim: Claim) -> bool:
+        """PROCESSING → COMPLETE: a worker gives a series back unfinished (shutdown)."""
+        with self._tx() as s:
+            res = s.execute(
+                update(Series)
+                .where(Series.id == claim.series_id, Series.state == SeriesState.PROCESSING)
+                .values(state=SeriesState.COMPLETE, updated_at=utcnow())
+            )
+            return res.rowcount == 1  # type: ignore[attr-defined]
+
+    def fail(self, series_id: int, stage: str, error: str, expected: SeriesState) -> bool:
+        """expected → FAILED with the reason; the series is kept for `denoise-node retry`."""
+        with self._tx() as s:
+            res = s.execute(
+                update(Series)
+                .where(Series.id == series_id, Series.state == expected)
+                .values(
+                    state=SeriesState.FAILED,
+                    failed_stage=stage,
+                    last_error=error[:4000],
+                    next_attempt_at=None,
+                    updated_at=utcnow(),
+                )
+            )
+            return res.rowcount == 1  # type: ignore[attr-defined]
+
+    # ---- sending -------------------------------------------------------------------------------------------
+
+    def claim_for_sending(self, lease_s: float, now: datetime | None = None) -> Claim | None:
+        """Take a DERIVED series that is due, by pushing its next_attempt_at forward by a lease."""
+        now = now or utcnow()
+        with self._tx() as s:
+            due = (Series.next_attempt_at.is_(None)) | (Series.next_attempt_at <= now)
+            row = s.execute(
+                select(Series.id, Series.series_uid, Study.study_uid, Series.generation, Series.attempts)
+                .join(Study, Series.study_fk == Study.id)
+                .where(Series.state == SeriesState.DERIVED, due)
+                .order_by(Series.updated_at)
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            res = s.execute(
+                update(Series)
+                .where(Series.id == row[0], Series.state == SeriesState.DERIVED, due)
+                .values(next_attempt_at=now + timedelta(seconds=lease_s))
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return Claim(row[0], row[1], row[2], row[3], row[4])
+
+    def derived_instances(self, series_id: int) -> list[DerivedInstance]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(DerivedInstance).where(DerivedInstance.series_fk == series_id).order_by(DerivedInstance.id)
+                )
+            )
+
+    def delivered_to(self, claim: Claim) -> set[str]:
+        with self.session() as s:
+            return set(
+                s.scalars(
+                    select(Delivery.destination).where(
+                        Delivery.series_fk == claim.series_id, Delivery.generation == claim.generation
+                    )
+                )
+            )
+
+    def record_delivery(self, claim: Claim, destination: str) -> None:
+        with self._tx() as s:
+            row = s.scalar(
+                select(Delivery).where(Delivery.series_fk == claim.series_id, Delivery.destination == destination)
+            )
+            if row is None:
+                s.add(Delivery(series_fk=claim.series_id, destination=destination, generation=claim.generation))
+            else:
+                row.generation, row.delivered_at = claim.generation, utcnow()
+
+    def send_succeeded(self, claim: Claim) -> bool:
+        with self._tx() as s:
+            res = s.execute(
+                update(Series)
+                .where(Series.id == claim.series_id, Series.state == SeriesState.DERIVED)
+                .values(state=SeriesState.SENT, next_attempt_at=None, last_error=None, updated_at=utcnow())
+            )
+            return res.rowcount == 1  # type: ignore[attr-defined]
+
+    def send_failed(
+        self, claim: Claim, error: str, max_attempts: int, backoff_s: float, backoff_max_s: float
+    ) -> SeriesState:
+        """Count the attempt; schedule the next one with exponential backoff or give up (FAILED)."""
+        attempts = claim.attempts + 1
+        with self._tx() as s:
+            if attempts >= max_attempts:
+                values: dict[str, object] = dict(
+                    state=SeriesState.FAILED, failed_stage="send", next_attempt_at=None
+                )
+                outcome = SeriesState.FAILED
+            else:
+                delay = min(backoff_max_s, backoff_s * 2 ** (attempts - 1))
+                values = dict(next_attempt_at=utcnow() + timedelta(seconds=delay))
+                outcome = SeriesState.DERIVED
+            s.execute(
+                update(Series)
+                .where(Series.id == claim.series_id, Series.state == SeriesState.DERIVED)
+                .values(attempts=attempts, last_error=error[:4000], updated_at=utcnow(), **values)
+            )
+        return outcome
+
+    # ---- operations ----------------------------------------------------------------------------------------
+
+    def retry(self, series_uid: str) -> SeriesState:
+        """Re-queue a FAILED series: back to DERIVED if it failed while sending, else COMPLETE."""
+        with self._tx() as s:
+            series = s.scalar(select(Series).where(Series.series_uid == series_uid))
+            if series is None:
+                raise KeyError(f"no series {series_uid} in the catalog")
+            if series.state != SeriesState.FAILED:
+                raise ValueError(f"series {series_uid} is {series.state}, not FAILED")
+            target = SeriesState.DERIVED if series.failed_stage == "send" else SeriesState.COMPLETE
+            series.state = target
+            series.attempts = 0
+            series.next_attempt_at = None
+            series.failed_stage = None
+            return target
+
+    def recover_after_restart(self) -> list[str]:
+        """A PROCESSING series at start-up was interrupted by a crash: give it back to the queue."""
+        with self._tx() as s:
+            uids = list(s.scalars(select(Series.series_uid).where(Series.state == SeriesState.PROCESSING)))
+            s.execute(
+                update(Series)
+                .where(Series.state == SeriesState.PROCESSING)
+                .values(state=SeriesState.COMPLETE, updated_at=utcnow())
+            )
+            # Leases of a dead sender are not worth waiting for.
+            s.execute(
+                update(Series)
+                .where(Series.state == SeriesState.DERIVED, Series.attempts == 0)
+                .values(next_attempt_at=None)
+            )
+        return uids
+
+    def series_overview(self, limit: int = 50) -> list[dict[str, object]]:
+        """Rows for `denoise-node status`: newest first, with instance and derived counts."""
+        with self.session() as s:
+            n_inst = (
+                select(func.count(Instance.id)).where(Instance.series_fk == Series.id).correlate(Series).scalar_subquery()
+            )
+            n_der = (
+                select(func.count(DerivedInstance.id))
+                .where(DerivedInstance.series_fk == Series.id)
+                .correlate(Series)
+                .scalar_subquery()
+            )
+            rows = s.execute(
+                select(Series, Study.study_uid, n_inst, n_der)
+                .join(Study, Series.study_fk == Study.id)
+                .order_by(Series.updated_at.desc())
+                .limit(limit)
+            ).all()
+            return [
+                {
+                    "series_uid": r[0].series_uid,
+                    "study_uid": r[1],
+                    "modality": r[0].modality,
+                    "description": r[0].description,
+                    "state": r[0].state,
+                    "instances": r[2],
+                    "derived": r[3],
+                    "attempts": r[0].attempts,
+                    "last_error": r[0].last_error,
+                    "derived_series_uid": r[0].derived_series_uid,
+                    "updated_at": r[0].updated_at,
+                }
+                for r in rows
+            ]
+
+    def series_state(self, series_uid: str) -> SeriesState | None:
+        with self.session() as s:
+            state = s.scalar(select(Series.state).where(Series.series_uid == series_uid))
+            return None if state is None else SeriesState(state)

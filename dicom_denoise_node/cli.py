@@ -1,0 +1,235 @@
+"""`denoise-node`: a thin typer app that parses arguments, then calls the modules that do the work."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dicom_denoise_node import __version__
+from dicom_denoise_node.config import CONFIG_ENV, ConfigError, Destination, Settings, load_settings
+from dicom_denoise_node.registry import ModelError
+
+app = typer.Typer(
+    name="denoise-node",
+    help="DICOM node that denoises low-dose CT series and sends the derived series to a PACS.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+console = Console(stderr=True)
+out = Console()
+log = logging.getLogger("dicom_denoise_node.cli")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar=CONFIG_ENV,
+        help="TOML config file (see etc/denoise-node.toml). Environment: DENOISE_NODE_<SECTION>__<KEY>.",
+        exists=False,
+        dir_okay=False,
+    ),
+]
+
+
+def _setup_logging(level: str) -> None:
+    """One line per event on stderr (journald captures it under systemd)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(console=console, show_path=False, rich_tracebacks=True)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        console.print(f"[bold red]config error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    _setup_logging(settings.node.log_level)
+    return settings
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"dicom-denoise-node {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run the node: receive, denoise, send — until SIGTERM or Ctrl-C.
+
+    Example: `denoise-node serve --config /etc/denoise-node/denoise-node.toml`
+    """
+    from dicom_denoise_node.pipeline import Node
+
+    settings = _settings(config)
+    try:
+        Node(settings).serve_forever()
+    except ModelError as exc:
+        log.error("cannot start: %s", exc)
+        raise typer.Exit(3) from exc
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        raise typer.Exit(4) from exc
+
+
+@app.command()
+def echo(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Peer host (default: each configured destination).")] = None,
+    port: Annotated[int | None, typer.Option(help="Peer port.")] = None,
+    aet: Annotated[str | None, typer.Option(help="Peer AE title.")] = None,
+) -> None:
+    """C-ECHO the configured destinations (or one peer given with --host/--port/--aet).
+
+    Example: `denoise-node echo -c etc/denoise-node.toml` or `denoise-node echo --host 127.0.0.1 --port 4242 --aet ORTHANC`
+    """
+    from dicom_denoise_node.send import SendError
+    from dicom_denoise_node.send import echo as c_echo
+
+    settings = _settings(config)
+    if host or port or aet:
+        if not (host and port and aet):
+            console.print("[red]--host, --port and --aet go together[/]")
+            raise typer.Exit(2)
+        targets = [Destination(ae_title=aet, host=host, port=port)]
+    else:
+        targets = settings.destinations
+    if not targets:
+        console.print("[yellow]no destinations configured[/]")
+        raise typer.Exit(1)
+    failed = 0
+    for dest in targets:
+        try:
+            status = c_echo(dest, settings.node.ae_title)
+            ok = status == 0
+            out.print(f"{dest.key}: C-ECHO status 0x{status:04X} {'OK' if ok else 'FAILED'}")
+            failed += not ok
+        except SendError as exc:
+            out.print(f"{dest.key}: [red]{exc}[/]")
+            failed += 1
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def status(
+    config: ConfigOption = None,
+    limit: Annotated[int, typer.Option(help="Number of series to show, newest first.")] = 50,
+) -> None:
+    """Show the series in the catalog and their states.
+
+    Example: `denoise-node status -c /etc/denoise-node/denoise-node.toml --limit 20`
+    """
+    from dicom_denoise_node.catalog import Catalog
+
+    settings = _settings(config)
+    catalog = Catalog(settings.catalog_url)
+    rows = catalog.series_overview(limit)
+    table = Table(title=f"series in {settings.catalog_url}")
+    for col in ("series UID", "modality", "description", "state", "instances", "derived", "attempts", "last error"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r["series_uid"]), str(r["modality"]), str(r["description"]), str(r["state"]),
+            str(r["instances"]), str(r["derived"]), str(r["attempts"]), str(r["last_error"] or "")[:60],
+        )
+    out.print(table)
+    catalog.close()
+
+
+@app.command()
+def retry(series_uid: str, config: ConfigOption = None) -> None:
+    """Re-queue a FAILED series (re-send if it failed sending, else re-process).
+
+    Example: `denoise-node retry 1.2.826.0.1.3680043.8.498.1 -c /etc/denoise-node/denoise-node.toml`
+    """
+    from dicom_denoise_node.catalog import Catalog
+
+    settings = _settings(config)
+    catalog = Catalog(settings.catalog_url)
+    try:
+        state = catalog.retry(series_uid)
+    except (KeyError, ValueError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    finally:
+        catalog.close()
+    out.print(f"series {series_uid} re-queued: state={state}")
+
+
+@app.command()
+def denoise(
+    in_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder of one CT series.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the derived series.")],
+    config: ConfigOption = None,
+    model: Annotated[str | None, typer.Option(help="Model file or registry dir (overrides [model] path).")] = None,
+) -> None:
+    """Denoise a folder of CT files into a derived series, without the network (same code as the node).
+
+    Example: `denoise-node denoise ./ld-series ./denoised --model models/cyclegan-v1.json`
+    """
+    from pydicom import dcmread
+
+    from dicom_denoise_node.pipeline import load_denoiser
+    from dicom_denoise_node.process import NothingToDenoise
+
+    settings = _settings(config)
+    if model:
+        settings.model.path = model
+    try:
+        denoiser = load_denoiser(settings)
+    except ModelError as exc:
+        console.print(f"[red]cannot load model:[/] {exc}")
+        raise typer.Exit(3) from exc
+    files = sorted(p for p in in_dir.rglob("*") if p.is_file())
+    by_series: dict[str, list[Path]] = {}
+    for f in files:
+        try:
+            uid = str(dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)
+        except Exception:  # not DICOM: listed, not fatal
+            log.info("skipping %s: not a DICOM file", f)
+            continue
+        by_series.setdefault(uid, []).append(f)
+    if not by_series:
+        console.print(f"[red]no DICOM series found in {in_dir}[/]")
+        raise typer.Exit(1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        for uid, paths in by_series.items():
+            task = bar.add_task(f"series …{uid[-12:]}", total=len(paths))
+            try:
+                result = denoiser.denoise_series(
+                    uid, paths, lambda s, sop: out_dir / s / f"{sop}.dcm",
+                    progress=lambda k, n, t=task: bar.update(t, completed=k, total=n),
+                )
+            except NothingToDenoise as exc:
+                console.print(f"[yellow]{exc}[/]")
+                continue
+            out.print(f"{uid} → {result.derived_series_uid}: {len(result.written)} instances in {out_dir}")
+
+
+def run() -> None:
+    app()

@@ -1,0 +1,109 @@
+"""Reading a received series back from the spool: which instances are denoisable, in slice order, as HU.
+
+Decoding happens here, in the worker, never in the C-STORE handler. Compressed transfer syntaxes decode through
+pydicom's pixel backends (pylibjpeg, pyjpegls). Instances that cannot be denoised are skipped with a reason that
+ends up in the log and, when nothing is left, in the series' last_error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_rescale
+
+log = logging.getLogger(__name__)
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@dataclass(frozen=True)
+class SliceRef:
+    """A denoisable instance and where it sits along the slice normal."""
+
+    path: Path
+    sop_uid: str
+    position: float
+    instance_number: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass
+class SourceSlice:
+    ref: SliceRef
+    dataset: Dataset
+    hu: np.ndarray
+
+
+def _position(ds: Dataset) -> float | None:
+    try:
+        ipp = [float(v) for v in ds.ImagePositionPatient]
+        iop = [float(v) for v in ds.ImageOrientationPatient]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    normal = np.cross(iop[:3], iop[3:])
+    return float(np.dot(normal, ipp))
+
+
+def _skip_reason(ds: Dataset) -> str | None:
+    if str(ds.get("Modality", "")) != "CT":
+        return f"modality {ds.get('Modality', '')!r} is not CT"
+    if str(ds.get("SOPClassUID", "")) != CT_IMAGE_STORAGE:
+        return f"SOP class {ds.get('SOPClassUID', '')} is not CT Image Storage (multi-frame not denoised yet)"
+    image_type = [str(v).upper() for v in ds.get("ImageType", [])]
+    if "LOCALIZER" in image_type:
+        return "localizer (scout) image"
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        return f"SamplesPerPixel {ds.get('SamplesPerPixel')} is not 1"
+    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        return "multi-frame CT image"
+    if "Rows" not in ds or "Columns" not in ds:
+        return "no Rows/Columns"
+    return None
+
+
+def scan_series(paths: list[Path]) -> tuple[list[SliceRef], list[Skipped]]:
+    """Headers only: pick the denoisable instances and order them along the slice normal."""
+    refs: list[SliceRef] = []
+    skipped: list[Skipped] = []
+    for path in paths:
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            skipped.append(Skipped(path, f"unreadable: {exc}"))
+            continue
+        reason = _skip_reason(ds)
+        if reason:
+            skipped.append(Skipped(path, reason))
+            continue
+        number = int(ds.get("InstanceNumber") or 0)
+        pos = _position(ds)
+        refs.append(SliceRef(path, str(ds.SOPInstanceUID), pos if pos is not None else float(number), number))
+    refs.sort(key=lambda r: (r.position, r.instance_number))
+    for s in skipped:
+        log.info("skipping %s: %s", s.path.name, s.reason)
+    return refs, skipped
+
+
+def read_hu(ref: SliceRef) -> SourceSlice:
+    """Decode one slice to HU (float32) through its own rescale slope/intercept."""
+    ds = dcmread(ref.path)
+    stored = ds.pixel_array
+    hu = apply_rescale(stored, ds).astype(np.float32)
+    return SourceSlice(ref, ds, hu)
+
+
+def iter_slices(refs: list[SliceRef]) -> Iterator[SourceSlice]:
+    for ref in refs:
+        yield read_hu(ref)

@@ -1,0 +1,172 @@
+"""④ The derived-series writer: what a PACS and a radiologist expect of a denoised CT series.
+
+Same patient and study; a new series whose UIDs are deterministic functions of the source UIDs and the model
+version (a retry re-sends the same instances, never a second series); ImageType DERIVED\\SECONDARY; descriptions
+that say what was done; SourceImageSequence per slice; geometry and FrameOfReferenceUID kept; pixel values
+written back in HU through the source's rescale and pixel representation; Contributing Equipment naming the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+from dicom_denoise_node import __version__
+from dicom_denoise_node.config import DeriveSettings
+
+log = logging.getLogger(__name__)
+
+# Elements that describe the source's pixel encoding or values and would be wrong on the derived image.
+_DROP = (
+    "PixelData",
+    "FloatPixelData",
+    "DoubleFloatPixelData",
+    "SmallestImagePixelValue",
+    "LargestImagePixelValue",
+    "SmallestPixelValueInSeries",
+    "LargestPixelValueInSeries",
+    "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod",
+    "IconImageSequence",
+    "DataSetTrailingPadding",
+)
+SOURCE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
+PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
+
+
+@dataclass(frozen=True)
+class DerivationInfo:
+    """What the derived series says about how it was made."""
+
+    model_name: str
+    model_version: str
+    settings: DeriveSettings
+
+    @property
+    def description(self) -> str:
+        text = (
+            f"Noise reduction by CycleGAN generator {self.model_name} {self.model_version} "
+            f"(dicom-denoise-node {__version__}), applied tile by tile to the source slice"
+        )
+        if self.settings.notice:
+            text += f". {self.settings.notice}"
+        return text[:1024]
+
+
+def derived_series_uid(source_series_uid: str, model_version: str) -> str:
+    """Deterministic: the same source series through the same model always gives the same series UID."""
+    return generate_uid(prefix=None, entropy_srcs=["dicom-denoise-node/series", source_series_uid, model_version])
+
+
+def derived_sop_uid(source_sop_uid: str, model_version: str) -> str:
+    return generate_uid(prefix=None, entropy_srcs=["dicom-denoise-node/sop", source_sop_uid, model_version])
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def stored_range(bits_stored: int, signed: bool) -> tuple[int, int]:
+    if signed:
+        return -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
+    return 0, (1 << bits_stored) - 1
+
+
+def hu_to_stored(hu: np.ndarray, source: Dataset) -> np.ndarray:
+    """HU → stored values through the source's rescale and pixel representation, clipped to BitsStored."""
+    slope = float(source.get("RescaleSlope", 1) or 1)
+    intercept = float(source.get("RescaleIntercept", 0) or 0)
+    signed = int(source.get("PixelRepresentation", 0)) == 1
+    bits_stored = int(source.get("BitsStored", 16))
+    lo, hi = stored_range(bits_stored, signed)
+    stored = np.rint((hu.astype(np.float64) - intercept) / slope)
+    return np.clip(stored, lo, hi).astype(np.int16 if signed else np.uint16)
+
+
+def derive_instance(
+    source: Dataset, hu: np.ndarray, series_uid: str, info: DerivationInfo, now: datetime | None = None
+) -> Dataset:
+    """Build the derived instance of one source slice from its denoised HU image."""
+    if hu.shape != (int(source.Rows), int(source.Columns)):
+        raise ValueError(f"denoised image {hu.shape} does not match the source {source.Rows}x{source.Columns}")
+    now = now or datetime.now(UTC)
+    ds = Dataset()
+    for elem in source:
+        if elem.tag.is_private or elem.keyword in _DROP or elem.tag.group in (0x0002, 0xFFFC):
+            continue
+        ds.add(copy.deepcopy(elem))  # assignments below must never write through to the source
+    ds.ContributingEquipmentSequence = Sequence(list(ds.get("ContributingEquipmentSequence", [])))
+
+    version = info.model_version
+    ds.SOPInstanceUID = derived_sop_uid(str(source.SOPInstanceUID), version)
+    ds.SeriesInstanceUID = series_uid
+    try:
+        ds.SeriesNumber = int(source.get("SeriesNumber") or 0) + info.settings.series_number_offset
+    except (TypeError, ValueError):
+        ds.SeriesNumber = info.settings.series_number_offset
+    ds.SeriesDescription = (str(source.get("SeriesDescription", "") or "CT") + info.settings.description_suffix)[:64]
+    image_type = list(source.get("ImageType", ["ORIGINAL", "PRIMARY", "AXIAL"]))
+    ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]] if len(image_type) > 2 else ["DERIVED", "SECONDARY"]
+    ds.DerivationDescription = info.description
+
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    ref.PurposeOfReferenceCodeSequence = [_code(*SOURCE_PURPOSE)]
+    ds.SourceImageSequence = [ref]
+
+    equipment = Dataset()
+    equipment.Manufacturer = info.settings.manufacturer
+    if info.settings.institution_name:
+        equipment.InstitutionName = info.settings.institution_name
+    equipment.ManufacturerModelName = info.model_name[:64]
+    equipment.SoftwareVersions = [f"dicom-denoise-node {__version__}"[:64], f"model {version}"[:64]]
+    equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f+0000")
+    equipment.ContributionDescription = f"Denoised with {info.model_name} {version}"[:64]
+    equipment.PurposeOfReferenceCodeSequence = [_code(*PROCESSING_EQUIPMENT)]
+    ds.ContributingEquipmentSequence.append(equipment)
+
+    if info.settings.notice:
+        ds.ImageComments = info.settings.notice[:10240]
+    ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.SeriesDate, ds.SeriesTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+    ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+
+    pixels = hu_to_stored(hu, source)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = int(source.get("BitsStored", 16))
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(source.get("PixelRepresentation", 0))
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = pixels.tobytes()
+    if "NumberOfFrames" in ds:
+        del ds.NumberOfFrames
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"DENOISE_{__version__}"[:16]
+    ds.file_meta = meta
+    return ds
+
+
+def encode(ds: Dataset) -> bytes:
+    """The Part 10 file bytes of a derived dataset (Explicit VR Little Endian)."""
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()

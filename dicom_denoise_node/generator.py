@@ -1,0 +1,101 @@
+"""The LD→HD generator: the ResNet generator of the method (single source of truth; the trainer imports it).
+
+c7s1-64, d128, d256, R256 × n_blocks, u128, u64, c7s1-1, tanh — reflection padding and instance norm, one channel
+in and out. Upsampling defaults to nearest-neighbour resize + 3×3 convolution instead of a transposed convolution,
+because transposed convolutions leave checkerboard artifacts that a radiologist would see in flat regions;
+``upsample="transpose"`` gives the original layer for checkpoints that used it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+DOWNSAMPLE_FACTOR = 4  # two stride-2 stages: tile sides must be multiples of this
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Architecture hyper-parameters, stored in the model metadata so the node can rebuild the network."""
+
+    in_channels: int = 1
+    out_channels: int = 1
+    filters: int = 64
+    blocks: int = 6
+    upsample: Literal["resize_conv", "transpose"] = "resize_conv"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "resnet_generator", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GeneratorConfig:
+        data = dict(data)
+        kind = data.pop("type", "resnet_generator")
+        if kind != "resnet_generator":
+            raise ValueError(f"unknown generator type {kind!r}")
+        return cls(**data)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _up(in_ch: int, out_ch: int, mode: str) -> list[nn.Module]:
+    if mode == "transpose":
+        conv: list[nn.Module] = [nn.ConvTranspose2d(in_ch, out_ch, 3, stride=2, padding=1, output_padding=1)]
+    elif mode == "resize_conv":
+        conv = [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), nn.Conv2d(in_ch, out_ch, 3)]
+    else:
+        raise ValueError(f"unknown upsample mode {mode!r}")
+    return [*conv, nn.InstanceNorm2d(out_ch), nn.ReLU(inplace=True)]
+
+
+class ResnetGenerator(nn.Module):
+    """Maps a [-1, 1] normalised CT patch of any size divisible by 4 to the other dose domain."""
+
+    def __init__(self, config: GeneratorConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or GeneratorConfig()
+        f = self.config.filters
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(self.config.in_channels, f, 7),
+            nn.InstanceNorm2d(f),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(f, 2 * f, 3, stride=2, padding=1),
+            nn.InstanceNorm2d(2 * f),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(2 * f, 4 * f, 3, stride=2, padding=1),
+            nn.InstanceNorm2d(4 * f),
+            nn.ReLU(inplace=True),
+        ]
+        layers += [ResidualBlock(4 * f) for _ in range(self.config.blocks)]
+        layers += _up(4 * f, 2 * f, self.config.upsample) + _up(2 * f, f, self.config.upsample)
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(f, self.config.out_channels, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % DOWNSAMPLE_FACTOR or x.shape[-2] % DOWNSAMPLE_FACTOR:
+            raise ValueError(f"input {tuple(x.shape[-2:])} must be padded to a multiple of {DOWNSAMPLE_FACTOR}")
+        return self.model(x)
+
+
+def build_generator(arch: dict[str, Any]) -> ResnetGenerator:
+    """Rebuild the generator from the architecture section of a model's metadata."""
+    return ResnetGenerator(GeneratorConfig.from_dict(arch))

@@ -1,0 +1,183 @@
+"""The one place that wires the stages and the scheduler jobs, in flow order.
+
+    C-STORE SCP ──► spool + catalog ──► Success                      (receive.py, spool.py, catalog.py)
+    quiet period ──► COMPLETE                                         (series_complete.py, job "complete")
+    COMPLETE ──► PROCESSING ──► decode, tiles, derive ──► DERIVED    (process.py, job "process")
+    DERIVED ──► C-STORE to each destination ──► SENT / retry / FAILED (send.py, job "send")
+
+Every arrow is a catalog transition, so a restart resumes where the node stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_denoise_node import series_complete
+from dicom_denoise_node.catalog import Catalog, Claim, DerivedRecord, SeriesState
+from dicom_denoise_node.config import Settings, describe, env_overrides
+from dicom_denoise_node.inference import select_device
+from dicom_denoise_node.process import Interrupted, SeriesDenoiser
+from dicom_denoise_node.receive import start_scp
+from dicom_denoise_node.registry import load_model, resolve_model_path
+from dicom_denoise_node.send import SendError, send_files
+from dicom_denoise_node.spool import Spool
+
+log = logging.getLogger(__name__)
+
+SEND_LEASE_S = 600.0
+
+
+def load_denoiser(settings: Settings) -> SeriesDenoiser:
+    """Load the configured (or bundled) model; raises ModelError with an actionable message."""
+    device = select_device(settings.model.device)
+    network, info = load_model(resolve_model_path(settings.model.path), device)
+    return SeriesDenoiser(network, info, settings.model, settings.derive, device=str(device))
+
+
+class Node:
+    """The running service: SCP, scheduler jobs and the state they share through the catalog."""
+
+    def __init__(self, settings: Settings, denoiser: SeriesDenoiser | None = None) -> None:
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self.spool = Spool(settings.node.data_dir)
+        self.catalog = Catalog(settings.catalog_url)
+        self.denoiser = denoiser
+        self.server: ThreadedAssociationServer | None = None
+        self.scheduler: BackgroundScheduler | None = None
+
+    # ---- life cycle ----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        log.info("starting: %s", describe(self.settings))
+        if env_overrides():
+            log.info("environment overrides: %s", ", ".join(env_overrides()))
+        if self.denoiser is None:
+            self.denoiser = load_denoiser(self.settings)  # refuse to start without a usable model
+        self.spool.remove_partial_writes()
+        for uid in self.catalog.recover_after_restart():
+            log.warning("series %s was interrupted while PROCESSING; state=COMPLETE again", uid)
+        if not self.settings.destinations:
+            log.warning("no [[destinations]] configured: derived series will wait in state DERIVED")
+        self.server = start_scp(self.settings.node, self.spool, self.catalog)
+        self.scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(3)}, timezone="UTC")
+        every = self.settings.series.poll_interval_s
+        common = dict(trigger="interval", seconds=every, max_instances=1, coalesce=True, misfire_grace_time=None)
+        self.scheduler.add_job(self.complete_job, id="complete", **common)
+        self.scheduler.add_job(self.process_job, id="process", **common)
+        self.scheduler.add_job(self.send_job, id="send", **common)
+        self.scheduler.start()
+        log.info("node started")
+
+    def stop(self) -> None:
+        log.info("stopping")
+        self.stop_event.set()
+        if self.server is not None:
+            self.server.shutdown()
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        self.catalog.close()
+        log.info("stopped")
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM/SIGINT (systemd stop, Ctrl-C), then stop cleanly."""
+        done = threading.Event()
+
+        def _signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s received", signal.Signals(signum).name)
+            done.set()
+
+        signal.signal(signal.SIGTERM, _signal)
+        signal.signal(signal.SIGINT, _signal)
+        self.start()
+        try:
+            done.wait()
+        finally:
+            self.stop()
+
+    # ---- jobs ----------------------------------------------------------------------------------------------
+
+    def complete_job(self) -> None:
+        series_complete.mark_complete(self.catalog, self.settings.series.quiet_period_s)
+
+    def process_job(self) -> None:
+        while not self.stop_event.is_set():
+            claim = self.catalog.claim_for_processing()
+            if claim is None:
+                return
+            self.process(claim)
+
+    def send_job(self) -> None:
+        if not self.settings.destinations:
+            return  # derived series wait in DERIVED until a destination is configured
+        while not self.stop_event.is_set():
+            claim = self.catalog.claim_for_sending(SEND_LEASE_S)
+            if claim is None:
+                return
+            self.send(claim)
+
+    # ---- stages --------------------------------------------------------------------------------------------
+
+    def process(self, claim: Claim) -> None:
+        """Denoise a claimed series; the catalog says DERIVED, FAILED, or (interrupted) COMPLETE afterwards."""
+        assert self.denoiser is not None
+        log.info("series %s state=PROCESSING", claim.series_uid)
+        paths = [Path(i.path) for i in self.catalog.instances(claim.series_id)]
+        try:
+            result = self.denoiser.denoise_series(
+                claim.series_uid,
+                paths,
+                self.spool.derived_path,
+                progress=lambda k, n: log.debug("series %s: %d/%d slices", claim.series_uid, k, n),
+                stop=self.stop_event,
+            )
+        except Interrupted:
+            self.catalog.requeue(claim)
+            log.info("series %s interrupted by shutdown; state=COMPLETE", claim.series_uid)
+            return
+        except Exception as exc:
+            log.exception("series %s failed while processing", claim.series_uid)
+            self.catalog.fail(claim.series_id, "process", f"{type(exc).__name__}: {exc}", SeriesState.PROCESSING)
+            log.error("series %s state=FAILED: %s", claim.series_uid, exc)
+            return
+        records = [DerivedRecord(sop, src, str(path)) for sop, src, path in result.written]
+        if self.catalog.finish_processing(claim, result.derived_series_uid, self.denoiser.info.version, records):
+            log.info("series %s state=DERIVED (%d instances)", claim.series_uid, len(records))
+        else:
+            log.info("series %s received new instances while processing; state=RECEIVING", claim.series_uid)
+
+    def send(self, claim: Claim) -> None:
+        """Send a DERIVED series to every destination that has not acknowledged it yet."""
+        files = [Path(d.path) for d in self.catalog.derived_instances(claim.series_id)]
+        done = self.catalog.delivered_to(claim)
+        errors = []
+        for dest in self.settings.destinations:
+            if dest.key in done:
+                continue
+            try:
+                n = send_files(files, dest, self.settings.node.ae_title, self.settings.send.timeout_s)
+            except (SendError, OSError) as exc:
+                errors.append(str(exc))
+                continue
+            self.catalog.record_delivery(claim, dest.key)
+            log.info("series %s: %d instances sent to %s", claim.series_uid, n, dest.key)
+        if errors:
+            cfg = self.settings.send
+            outcome = self.catalog.send_failed(
+                claim, "; ".join(errors), cfg.max_attempts, cfg.backoff_s, cfg.backoff_max_s
+            )
+            log.warning(
+                "series %s send attempt %d/%d failed (%s); state=%s",
+                claim.series_uid, claim.attempts + 1, cfg.max_attempts, "; ".join(errors), outcome,
+            )
+            return
+        if self.catalog.send_succeeded(claim):
+            log.info("series %s state=SENT", claim.series_uid)

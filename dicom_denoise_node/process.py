@@ -1,0 +1,121 @@
+"""Decode → normalise → tile-by-tile generator → HU → derived instance, for one series.
+
+Shared by the node's worker (files from the spool) and `denoise-node denoise` (files from a folder), so the
+network output a PACS receives is exactly what the offline command produces.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from dicom_denoise_node.config import DeriveSettings, ModelSettings
+from dicom_denoise_node.decode import Skipped, SourceSlice, iter_slices, scan_series
+from dicom_denoise_node.derive import DerivationInfo, derive_instance, derived_series_uid, encode
+from dicom_denoise_node.inference import TiledInferer
+from dicom_denoise_node.registry import ModelInfo
+from dicom_denoise_node.spool import write_atomic
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+class NothingToDenoise(RuntimeError):
+    """Every instance of the series was skipped; the message lists why."""
+
+
+class Interrupted(RuntimeError):
+    """The node is stopping; the series goes back to the queue."""
+
+
+@dataclass
+class SeriesResult:
+    derived_series_uid: str
+    written: list[tuple[str, str, Path]] = field(default_factory=list)  # (derived SOP, source SOP, path)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+class SeriesDenoiser:
+    """Holds the loaded generator and the tiler; denoises one series at a time."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        info: ModelInfo,
+        model_settings: ModelSettings,
+        derive_settings: DeriveSettings,
+        device: str = "cpu",
+    ) -> None:
+        self.info = info
+        self.inferer = TiledInferer(
+            network,
+            tile_size=model_settings.tile_size,
+            overlap=model_settings.tile_overlap,
+            batch_size=model_settings.batch_size,
+            device=device,
+            half_precision=model_settings.half_precision,
+        )
+        self.derivation = DerivationInfo(info.name, info.version, derive_settings)
+
+    def denoise_hu(self, slices: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """HU in, HU out. Pixels outside the model's HU window (padding, metal) pass through unchanged."""
+        pending: list[np.ndarray] = []
+
+        def normalised() -> Iterator[np.ndarray]:
+            for hu in slices:
+                pending.append(hu)
+                yield self.info.normalize(hu)
+
+        for out in self.inferer.run(normalised()):
+            hu = pending.pop(0)
+            result = self.info.denormalize(out)
+            outside = (hu < self.info.hu_min) | (hu > self.info.hu_max)
+            result[outside] = hu[outside]
+            yield result
+
+    def denoise_series(
+        self,
+        source_series_uid: str,
+        paths: list[Path],
+        out_path: Callable[[str, str], Path],
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> SeriesResult:
+        """Denoise the files of one series and write each derived instance atomically to out_path(series, sop)."""
+        refs, skipped = scan_series(paths)
+        if not refs:
+            reasons = "; ".join(sorted({s.reason for s in skipped})) or "no instances"
+            raise NothingToDenoise(f"nothing to denoise in series {source_series_uid}: {reasons}")
+        result = SeriesResult(derived_series_uid(source_series_uid, self.info.version), skipped=skipped)
+        sources: list[SourceSlice] = []
+
+        def hu_stream() -> Iterator[np.ndarray]:
+            for src in iter_slices(refs):
+                if stop is not None and stop.is_set():
+                    raise Interrupted("node stopping")
+                sources.append(src)
+                yield src.hu
+
+        for k, hu in enumerate(self.denoise_hu(hu_stream()), start=1):
+            src = sources.pop(0)
+            derived = derive_instance(src.dataset, hu, result.derived_series_uid, self.derivation)
+            path = out_path(result.derived_series_uid, str(derived.SOPInstanceUID))
+            write_atomic(path, encode(derived))
+            result.written.append((str(derived.SOPInstanceUID), src.ref.sop_uid, path))
+            if progress:
+                progress(k, len(refs))
+        log.info(
+            "series %s: %d slices denoised into %s (%d skipped)",
+            source_series_uid,
+            len(result.written),
+            result.derived_series_uid,
+            len(skipped),
+        )
+        return result

@@ -1,0 +1,193 @@
+"""① The C-STORE SCP: C-ECHO, CT and Enhanced CT storage → spool + catalog → a named status.
+
+The handler only records and returns: it writes the received bytes as they came (no re-encoding), makes them
+durable, commits the catalog row, and only then answers Success. It never decodes pixels or runs inference.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+from functools import partial
+from typing import Any
+
+from pydicom import uid as dcm_uid
+from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_denoise_node.catalog import Catalog, InstanceMeta
+from dicom_denoise_node.config import NodeSettings
+from dicom_denoise_node.spool import InvalidUID, Spool, check_uid, write_atomic
+
+log = logging.getLogger(__name__)
+
+CT_IMAGE_STORAGE = dcm_uid.CTImageStorage
+ENHANCED_CT_IMAGE_STORAGE = dcm_uid.EnhancedCTImageStorage
+ACCEPTED_SOP_CLASSES = (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE)
+
+
+class StoreStatus(enum.IntEnum):
+    """Storage Service Class statuses (PS3.4 Annex B.2.3) the SCP answers with."""
+
+    SUCCESS = 0x0000
+    PROCESSING_FAILURE = 0x0110
+    OUT_OF_RESOURCES = 0xA700
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+
+
+class EchoStatus(enum.IntEnum):
+    SUCCESS = 0x0000
+
+
+def decodable_transfer_syntaxes() -> list[str]:
+    """Every transfer syntax whose pixel data the worker can decode with the installed plugins."""
+    out: list[str] = []
+    for ts in dcm_uid.AllTransferSyntaxes:
+        if not ts.is_transfer_syntax:
+            continue
+        if not ts.is_encapsulated:
+            out.append(ts)
+            continue
+        try:
+            if get_decoder(ts).is_available:
+                out.append(ts)
+        except NotImplementedError:
+            continue
+    # Deflated is not "encapsulated" but needs zlib, which Python always has.
+    return out
+
+
+def _instance_number(ds: Dataset) -> int | None:
+    try:
+        value = ds.get("InstanceNumber")
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _reject(status: StoreStatus, reason: str, event: Event) -> int:
+    log.warning(
+        "C-STORE from %s rejected with %s (0x%04X): %s",
+        event.assoc.requestor.ae_title,
+        status.name,
+        status.value,
+        reason,
+    )
+    return status.value
+
+
+def handle_store(event: Event, spool: Spool, catalog: Catalog) -> int:
+    """Store one instance durably, record it, and return the named status."""
+    try:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+    except Exception as exc:  # pydicom raises many types on malformed input
+        return _reject(StoreStatus.CANNOT_UNDERSTAND, f"dataset could not be decoded: {exc}", event)
+
+    try:
+        sop_uid = check_uid(str(ds.get("SOPInstanceUID", "")), "SOPInstanceUID")
+        series_uid = check_uid(str(ds.get("SeriesInstanceUID", "")), "SeriesInstanceUID")
+        study_uid = check_uid(str(ds.get("StudyInstanceUID", "")), "StudyInstanceUID")
+    except InvalidUID as exc:
+        return _reject(StoreStatus.CANNOT_UNDERSTAND, str(exc), event)
+    except Exception as exc:
+        return _reject(StoreStatus.CANNOT_UNDERSTAND, f"dataset could not be decoded: {exc}", event)
+
+    context_class = event.context.abstract_syntax
+    if str(ds.get("SOPClassUID", "")) != context_class:
+        return _reject(
+            StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            f"SOPClassUID {ds.get('SOPClassUID')} does not match the presentation context {context_class}",
+            event,
+        )
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        return _reject(StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "no PixelData in a CT image", event)
+
+    try:
+        path = spool.incoming_path(study_uid, series_uid, sop_uid)
+        data = event.encoded_dataset(include_meta=True)
+        write_atomic(path, data)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _reject(StoreStatus.OUT_OF_RESOURCES, f"disk full writing {sop_uid}: {exc}", event)
+        return _reject(StoreStatus.OUT_OF_RESOURCES, f"could not write {sop_uid} to the spool: {exc}", event)
+
+    try:
+        catalog.record_instance(
+            InstanceMeta(
+                patient_id=str(ds.get("PatientID", "") or "")[:64],
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_uid=sop_uid,
+                sop_class_uid=context_class,
+                transfer_syntax=str(event.context.transfer_syntax),
+                modality=str(ds.get("Modality", "") or ""),
+                series_description=str(ds.get("SeriesDescription", "") or ""),
+                instance_number=_instance_number(ds),
+                path=str(path),
+                size=len(data),
+                calling_aet=event.assoc.requestor.ae_title,
+            )
+        )
+    except Exception as exc:
+        # No row, no file: the SCU got a failure and will resend; the spool stays consistent.
+        path.unlink(missing_ok=True)
+        log.exception("catalog write failed for %s", sop_uid)
+        return _reject(StoreStatus.PROCESSING_FAILURE, f"catalog write failed: {exc}", event)
+
+    log.debug("stored %s (series %s) from %s", sop_uid, series_uid, event.assoc.requestor.ae_title)
+    return StoreStatus.SUCCESS.value
+
+
+def handle_echo(event: Event) -> int:
+    return EchoStatus.SUCCESS.value
+
+
+def _log_rejection(event: Event) -> None:
+    log.warning(
+        "association from %s (%s) rejected", event.assoc.requestor.ae_title, event.assoc.requestor.address
+    )
+
+
+def _log_accept(event: Event) -> None:
+    log.info("association accepted from %s (%s)", event.assoc.requestor.ae_title, event.assoc.requestor.address)
+
+
+def build_ae(settings: NodeSettings) -> AE:
+    """The SCP's Application Entity with its contexts and association policy."""
+    ae = AE(ae_title=settings.ae_title)
+    syntaxes = decodable_transfer_syntaxes()
+    for sop_class in ACCEPTED_SOP_CLASSES:
+        ae.add_supported_context(sop_class, syntaxes)
+    ae.add_supported_context(dcm_uid.Verification)
+    ae.require_called_aet = True
+    if settings.allowed_calling_aets:
+        ae.require_calling_aet = list(settings.allowed_calling_aets)
+    ae.maximum_pdu_size = settings.max_pdu
+    return ae
+
+
+def start_scp(settings: NodeSettings, spool: Spool, catalog: Catalog) -> ThreadedAssociationServer:
+    """Start listening (non-blocking) with handlers bound to the spool and catalog."""
+    ae = build_ae(settings)
+    handlers: list[Any] = [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, partial(handle_store, spool=spool, catalog=catalog)),
+        (evt.EVT_REJECTED, _log_rejection),
+        (evt.EVT_ACCEPTED, _log_accept),
+    ]
+    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+    log.info(
+        "SCP %s listening on %s:%d (%d transfer syntaxes, calling AE allowlist: %s)",
+        settings.ae_title,
+        settings.host,
+        settings.port,
+        len(ae.supported_contexts[0].transfer_syntax),
+        ",".join(settings.allowed_calling_aets) or "any",
+    )
+    return server

@@ -1,0 +1,188 @@
+"""Model files: safetensors weights + JSON metadata, checked by sha256, loaded without pickle.
+
+A model is two files side by side, ``NAME.safetensors`` and ``NAME.json``. A registry is a directory of such
+pairs with an ``ACTIVE`` file naming the one the node serves. The metadata carries everything the node needs to
+rebuild and use the network (architecture, HU normalisation) and what a physicist needs to trust it
+(version, training provenance, evaluation figures).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dicom_denoise_node.generator import build_generator
+
+log = logging.getLogger(__name__)
+
+BUNDLED_DIR = Path(__file__).parent / "models"
+ACTIVE_FILE = "ACTIVE"
+FORMAT_VERSION = 1
+
+
+class ModelError(RuntimeError):
+    """The model cannot be used: missing, corrupt or incompatible. The message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    architecture: dict[str, Any]
+    hu_min: float
+    hu_max: float
+    sha256: str
+    weights_path: Path
+    training: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
+    def normalize(self, hu: np.ndarray) -> np.ndarray:
+        """HU → [-1, 1] through the model's window (values outside the window clip)."""
+        lo, hi = self.hu_min, self.hu_max
+        return (2.0 * (np.clip(hu, lo, hi) - lo) / (hi - lo) - 1.0).astype(np.float32)
+
+    def denormalize(self, x: np.ndarray) -> np.ndarray:
+        """[-1, 1] → HU (float32)."""
+        return ((x.astype(np.float32) + 1.0) * 0.5 * (self.hu_max - self.hu_min) + self.hu_min).astype(np.float32)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_model(
+    generator: nn.Module,
+    out_dir: Path,
+    name: str,
+    version: str,
+    hu_window: tuple[float, float],
+    training: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    activate: bool = False,
+) -> ModelInfo:
+    """Write NAME.safetensors + NAME.json (owner-readable only) and optionally mark it ACTIVE."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / f"{name}.safetensors"
+    state = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
+    save_file(state, str(weights), metadata={"name": name, "version": version})
+    arch = generator.config.to_dict()  # type: ignore[union-attr]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "version": version,
+        "architecture": arch,
+        "normalization": {"hu_min": hu_window[0], "hu_max": hu_window[1]},
+        "sha256": sha256_file(weights),
+        "training": training or {},
+        "evaluation": evaluation or {},
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if activate:
+        (out_dir / ACTIVE_FILE).write_text(name + "\n", encoding="utf-8")
+    return read_metadata(out_dir / f"{name}.json")
+
+
+def _metadata_path(path: Path) -> Path:
+    if path.is_dir():
+        active = path / ACTIVE_FILE
+        if active.exists():
+            return path / f"{active.read_text(encoding='utf-8').strip()}.json"
+        candidates = sorted(path.glob("*.json"))
+        if len(candidates) == 1:
+            return candidates[0]
+        raise ModelError(
+            f"model directory {path} has {len(candidates)} models and no {ACTIVE_FILE} file naming one"
+        )
+    if path.suffix == ".safetensors":
+        return path.with_suffix(".json")
+    return path
+
+
+def read_metadata(path: Path) -> ModelInfo:
+    """Read a model's metadata from its .json, its .safetensors, or a registry directory."""
+    meta_path = _metadata_path(Path(path))
+    if not meta_path.exists():
+        raise ModelError(f"model metadata {meta_path} not found")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        norm = meta["normalization"]
+        return ModelInfo(
+            name=meta["name"],
+            version=str(meta["version"]),
+            architecture=meta["architecture"],
+            hu_min=float(norm["hu_min"]),
+            hu_max=float(norm["hu_max"]),
+            sha256=meta["sha256"],
+            weights_path=meta_path.with_suffix(".safetensors"),
+            training=meta.get("training", {}),
+            evaluation=meta.get("evaluation", {}),
+            created_at=meta.get("created_at", ""),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"model metadata {meta_path} is incomplete or invalid: {exc}") from exc
+
+
+def resolve_model_path(configured: str) -> Path:
+    """The configured model path, or the bundled model when the setting is empty."""
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.exists():
+            raise ModelError(f"[model] path {path} does not exist")
+        return path
+    if (BUNDLED_DIR / ACTIVE_FILE).exists() or any(BUNDLED_DIR.glob("*.json")):
+        return BUNDLED_DIR
+    raise ModelError(
+        "no model configured and no bundled model installed: set [model] path in the config to a model "
+        "exported by `denoise-node model export` (the node never passes images through unprocessed)"
+    )
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelInfo]:
+    """Verify the checksum, rebuild the generator from metadata, load the weights (no pickle), eval mode."""
+    info = read_metadata(path)
+    if not info.weights_path.exists():
+        raise ModelError(f"model weights {info.weights_path} not found")
+    actual = sha256_file(info.weights_path)
+    if actual != info.sha256:
+        raise ModelError(f"model weights {info.weights_path} fail their checksum ({actual} != {info.sha256})")
+    try:
+        generator = build_generator(info.architecture)
+        generator.load_state_dict(load_file(str(info.weights_path), device="cpu"), strict=True)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ModelError(f"model {info.weights_path} does not match its architecture metadata: {exc}") from exc
+    generator.to(device).eval()
+    for p in generator.parameters():
+        p.requires_grad_(False)
+    log.info("loaded model %s (sha256 %s…) on %s", info.label, info.sha256[:12], device)
+    return generator, info
+
+
+def list_models(directory: Path) -> list[ModelInfo]:
+    """Every model in a registry directory (unreadable ones are logged and skipped)."""
+    out = []
+    for meta in sorted(Path(directory).glob("*.json")):
+        try:
+            out.append(read_metadata(meta))
+        except ModelError as exc:
+            log.warning("skipping %s: %s", meta, exc)
+    return out

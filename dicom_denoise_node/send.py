@@ -1,0 +1,97 @@
+"""⑤ The C-STORE SCU: send a derived series to one destination and check every response status.
+
+Retries are data, not loops: a failed attempt raises SendError, and the pipeline records attempts,
+next_attempt_at and last_error in the catalog (exponential backoff, FAILED after max_attempts).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, Verification
+from pynetdicom import AE
+
+from dicom_denoise_node.config import Destination
+
+log = logging.getLogger(__name__)
+
+
+class StoreOutcome(enum.Enum):
+    SUCCESS = "success"
+    WARNING = "warning"
+    FAILURE = "failure"
+
+
+WARNING_STATUSES = {0xB000, 0xB006, 0xB007}  # coercion, elements discarded, data set does not match SOP class
+
+
+class SendError(RuntimeError):
+    """A destination did not acknowledge the whole series; the message says which instance and why."""
+
+
+def classify(status: int) -> StoreOutcome:
+    if status == 0x0000:
+        return StoreOutcome.SUCCESS
+    if status in WARNING_STATUSES:
+        return StoreOutcome.WARNING
+    return StoreOutcome.FAILURE
+
+
+def _scu(calling_aet: str, timeout_s: float) -> AE:
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.connection_timeout = min(timeout_s, 30)
+    return ae
+
+
+def send_files(files: list[Path], dest: Destination, calling_aet: str, timeout_s: float = 60.0) -> int:
+    """C-STORE every file over one association; raise SendError on the first non-success status."""
+    if not files:
+        return 0
+    sop_classes = sorted({str(dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID)
+                          for f in files})
+    ae = _scu(calling_aet, timeout_s)
+    for sop_class in sop_classes:
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    if not assoc.is_established:
+        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
+        raise SendError(f"association with {dest.key} failed ({reason})")
+    sent = 0
+    try:
+        for path in files:
+            ds = dcmread(path)
+            status = assoc.send_c_store(ds)
+            if not status or "Status" not in status:
+                raise SendError(f"{dest.key}: no C-STORE response for {ds.SOPInstanceUID} (connection lost?)")
+            code = int(status.Status)
+            outcome = classify(code)
+            if outcome is StoreOutcome.FAILURE:
+                raise SendError(f"{dest.key} refused {ds.SOPInstanceUID} with status 0x{code:04X}")
+            if outcome is StoreOutcome.WARNING:
+                log.warning("%s stored %s with warning 0x%04X", dest.key, ds.SOPInstanceUID, code)
+            sent += 1
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return sent
+
+
+def echo(dest: Destination, calling_aet: str, timeout_s: float = 30.0) -> int:
+    """C-ECHO a destination; returns the status code (raises SendError when no association)."""
+    ae = _scu(calling_aet, timeout_s)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    if not assoc.is_established:
+        raise SendError(f"association with {dest.key} failed")
+    try:
+        status = assoc.send_c_echo()
+        if not status or "Status" not in status:
+            raise SendError(f"{dest.key}: no C-ECHO response")
+        return int(status.Status)
+    finally:
+        if assoc.is_established:
+            assoc.release()

@@ -1,0 +1,128 @@
+import threading
+from datetime import timedelta
+
+import pytest
+
+from dicom_denoise_node.catalog import Catalog, DerivedRecord, InstanceMeta, SeriesState, utcnow
+
+
+def meta(n: int, series: str = "1.2.3.4", path: str = "/x") -> InstanceMeta:
+    return InstanceMeta(
+        patient_id="P1", study_uid="1.2.3", series_uid=series, sop_uid=f"{series}.{n}",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax="1.2.840.10008.1.2.1", modality="CT",
+        series_description="LD", instance_number=n, path=f"{path}/{n}", size=10,
+    )
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    cat = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    yield cat
+    cat.close()
+
+
+def test_catalog_is_a_real_wal_file(catalog, tmp_path):
+    catalog.record_instance(meta(1))
+    assert (tmp_path / "catalog.sqlite").exists()
+    with catalog.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_full_life_cycle(catalog):
+    for n in range(3):
+        catalog.record_instance(meta(n))
+    catalog.record_instance(meta(1))  # a resend replaces, never duplicates
+    assert len(catalog.instances(1)) == 3
+    assert catalog.mark_complete(60) == []  # not quiet yet
+    assert catalog.mark_complete(60, now=utcnow() + timedelta(seconds=61)) == ["1.2.3.4"]
+    claim = catalog.claim_for_processing()
+    assert claim is not None and catalog.claim_for_processing() is None
+    assert catalog.series_state("1.2.3.4") is SeriesState.PROCESSING
+    derived = [DerivedRecord(f"9.{n}", f"1.2.3.4.{n}", f"/d/{n}") for n in range(3)]
+    assert catalog.finish_processing(claim, "9", "v1", derived)
+    assert catalog.series_state("1.2.3.4") is SeriesState.DERIVED
+    send = catalog.claim_for_sending(lease_s=600)
+    assert send is not None
+    assert catalog.claim_for_sending(lease_s=600) is None  # leased
+    catalog.record_delivery(send, "pacs")
+    assert catalog.delivered_to(send) == {"pacs"}
+    assert catalog.send_succeeded(send)
+    assert catalog.series_state("1.2.3.4") is SeriesState.SENT
+    assert len(catalog.derived_instances(send.series_id)) == 3
+
+
+def test_late_instance_during_processing_requeues(catalog):
+    catalog.record_instance(meta(1))
+    catalog.mark_complete(0, now=utcnow() + timedelta(seconds=1))
+    claim = catalog.claim_for_processing()
+    catalog.record_instance(meta(2))  # arrives while the worker runs
+    assert catalog.series_state("1.2.3.4") is SeriesState.PROCESSING
+    assert not catalog.finish_processing(claim, "9", "v1", [])
+    assert catalog.series_state("1.2.3.4") is SeriesState.RECEIVING
+
+
+def test_send_backoff_then_failed_then_retry(catalog):
+    catalog.record_instance(meta(1))
+    catalog.mark_complete(0, now=utcnow() + timedelta(seconds=1))
+    claim = catalog.claim_for_processing()
+    catalog.finish_processing(claim, "9", "v1", [DerivedRecord("9.1", "1.2.3.4.1", "/d/1")])
+    c1 = catalog.claim_for_sending(600)
+    assert catalog.send_failed(c1, "down", max_attempts=2, backoff_s=100, backoff_max_s=1000) is SeriesState.DERIVED
+    assert catalog.claim_for_sending(600) is None  # waiting for backoff
+    c2 = catalog.claim_for_sending(600, now=utcnow() + timedelta(seconds=101))
+    assert c2 is not None and c2.attempts == 1
+    assert catalog.send_failed(c2, "still down", 2, 100, 1000) is SeriesState.FAILED
+    rows = catalog.series_overview()
+    assert rows[0]["state"] == "FAILED" and rows[0]["last_error"] == "still down" and rows[0]["attempts"] == 2
+    assert catalog.retry("1.2.3.4") is SeriesState.DERIVED
+    assert catalog.claim_for_sending(600) is not None
+    with pytest.raises(KeyError):
+        catalog.retry("7.7.7")
+
+
+def test_processing_failure_retry_goes_back_to_complete(catalog):
+    catalog.record_instance(meta(1))
+    catalog.mark_complete(0, now=utcnow() + timedelta(seconds=1))
+    claim = catalog.claim_for_processing()
+    assert catalog.fail(claim.series_id, "process", "bad pixels", SeriesState.PROCESSING)
+    assert not catalog.fail(claim.series_id, "process", "again", SeriesState.PROCESSING)  # guarded by state
+    assert catalog.series_overview()[0]["last_error"] == "bad pixels"
+    assert catalog.retry("1.2.3.4") is SeriesState.COMPLETE
+    with pytest.raises(ValueError, match="not FAILED"):
+        catalog.retry("1.2.3.4")
+
+
+def test_restart_recovers_processing(catalog):
+    catalog.record_instance(meta(1))
+    catalog.mark_complete(0, now=utcnow() + timedelta(seconds=1))
+    catalog.claim_for_processing()
+    assert catalog.recover_after_restart() == ["1.2.3.4"]
+    assert catalog.series_state("1.2.3.4") is SeriesState.COMPLETE
+
+
+def test_concurrent_claims_take_each_series_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    first = Catalog(url)
+    for s in range(10):
+        first.record_instance(meta(1, series=f"1.2.3.{s + 10}"))
+    first.mark_complete(0, now=utcnow() + timedelta(seconds=1))
+    # Two catalogs on one file behave like two worker processes: no shared lock, only the SQL claim.
+    catalogs = [first, Catalog(url)]
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(cat):
+        for _ in range(20):
+            c = cat.claim_for_processing()
+            if c is not None:
+                with lock:
+                    claimed.append(c.series_uid)
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in catalogs for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(f"1.2.3.{s + 10}" for s in range(10))
+    for c in catalogs:
+        c.close()

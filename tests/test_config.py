@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import pytest
+
+from dicom_denoise_node.config import ConfigError, load_settings
+
+EXAMPLE = Path(__file__).parents[1] / "etc" / "denoise-node.toml"
+
+
+def test_example_config_is_valid_and_documents_every_key():
+    settings = load_settings(EXAMPLE)
+    text = EXAMPLE.read_text()
+    for section, model in settings:
+        if section == "destinations":
+            continue
+        for key in type(model).model_fields:
+            assert f"\n{key} =" in text, f"[{section}] {key} is not in the example config"
+    assert settings.destinations[0].ae_title == "PACS"
+
+
+def test_defaults_without_file():
+    settings = load_settings(None)
+    assert settings.node.port == 11112
+    assert settings.catalog_url.endswith("catalog.sqlite")
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[node]\nprot = 104\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert "node.prot" in str(err.value) and str(cfg) in str(err.value)
+
+
+def test_invalid_value_names_key_and_file(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[model]\ntile_size = 250\n[[destinations]]\nae_title = "P"\nhost = "h"\nport = 0\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    msg = str(err.value)
+    assert "model" in msg and "multiple of 4" in msg
+    assert "destinations[0].port" in msg and str(cfg) in msg
+
+
+def test_unknown_section(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[nodes]\nport = 1\n")
+    with pytest.raises(ConfigError, match="nodes"):
+        load_settings(cfg)
+
+
+def test_env_overrides_file(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[node]\nport = 2000\nae_title = 'FROMFILE'\n")
+    monkeypatch.setenv("DENOISE_NODE_NODE__PORT", "3000")
+    monkeypatch.setenv("DENOISE_NODE_SERIES__QUIET_PERIOD_S", "2.5")
+    settings = load_settings(cfg)
+    assert settings.node.port == 3000
+    assert settings.node.ae_title == "FROMFILE"
+    assert settings.series.quiet_period_s == 2.5
+
+
+def test_bad_env_value_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("DENOISE_NODE_SEND__MAX_ATTEMPTS", "zero")
+    with pytest.raises(ConfigError, match="DENOISE_NODE_SEND__MAX_ATTEMPTS"):
+        load_settings(None)
+
+
+def test_unknown_env_variable_is_an_error(monkeypatch):
+    monkeypatch.setenv("DENOISE_NODE_PORT", "104")
+    with pytest.raises(ConfigError, match="DENOISE_NODE_PORT"):
+        load_settings(None)
+
+
+def test_invalid_ae_title(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[node]\nae_title = 'A\\\\B'\n")
+    with pytest.raises(ConfigError, match="ae_title"):
+        load_settings(cfg)
+
+
+def test_not_toml(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[node\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(cfg)

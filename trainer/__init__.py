@@ -1,0 +1,1 @@
+"""Trainer: catalog scan, datasets, CycleGAN training, evaluation and synthetic LD/HD data."""

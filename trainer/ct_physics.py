@@ -1,0 +1,188 @@
+"""Dose simulation: HU slice → line integrals → Poisson + electronic noise on counts → FBP → HU.
+
+Why in the projection domain: CT noise is not white image noise. It is photon noise on the detector counts,
+shaped by the log and the ramp filter into the correlated, streaky, anisotropic texture a denoiser must learn,
+and it scales as 1/sqrt(dose). Image-domain Gaussian noise would teach the wrong thing.
+
+Geometry: parallel beam over 180° (an approximation of a clinical fan beam after rebinning), square pixels,
+detector bin width = pixel width, ceil(N·√2) bins so the whole square image is covered, ceil(π/2·N) views by
+default. Projection and back-projection are vectorised in torch (grid_sample), chunked over angles to bound memory.
+Monochromatic (~70 keV), no beam hardening, scatter or bowtie; the REF image is the FBP of the noiseless sinogram,
+so REF, HD and LD share exactly the same resolution.
+
+Speed (all three outputs, default views, CPU torch 2.x, 2 cores of the development VM): ~4.3 s per 512² slice,
+~0.6 s per 256² slice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+MU_WATER_PER_MM = 0.0192  # linear attenuation of water at an effective ~70 keV
+DEFAULT_I0_HD = 3.0e5  # photons per ray, unattenuated; tuned for ~10–20 HU soft-tissue noise at 512², 0.7 mm
+DEFAULT_I0_LD = DEFAULT_I0_HD / 4.0  # quarter dose
+DEFAULT_ELECTRONIC_NOISE = 8.0  # std of additive detector noise, in counts
+COUNT_FLOOR = 0.5  # counts are clipped here before the log (photon starvation guard)
+_CHUNK_ELEMENTS = 1 << 23  # grid points per chunk (memory bound: ~100 MB of float32 per chunk)
+
+Device = torch.device | str
+
+
+def default_views(size: int) -> int:
+    """Views over 180° for an N×N image: ~π/2·N, the usual angular sampling criterion."""
+    return int(math.ceil(math.pi / 2.0 * size))
+
+
+def detector_bins(size: int) -> int:
+    """Bins so the detector covers the image diagonal (ceil(N·√2), made odd to keep a central bin)."""
+    bins = int(math.ceil(size * math.sqrt(2.0)))
+    return bins + 1 - bins % 2
+
+
+def hu_to_mu(hu: np.ndarray) -> np.ndarray:
+    """HU → linear attenuation in 1/mm (clipped at 0: air cannot attenuate negatively)."""
+    return np.maximum(MU_WATER_PER_MM * (1.0 + np.asarray(hu, dtype=np.float64) / 1000.0), 0.0)
+
+
+def mu_to_hu(mu: np.ndarray) -> np.ndarray:
+    """Linear attenuation in 1/mm → HU."""
+    return (np.asarray(mu) / MU_WATER_PER_MM - 1.0) * 1000.0
+
+
+def _angles(views: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(views, dtype=torch.float32, device=device) * (math.pi / views)
+
+
+def forward_project(image: np.ndarray, views: int | None = None, *, device: Device = "cpu") -> np.ndarray:
+    """Parallel-beam line integrals (views × bins) of an N×N image, in image units × pixel length.
+
+    Ray-driven: the image is resampled (bilinear) on a rotated grid with a one-pixel step, then summed along rays.
+    """
+    dev = torch.device(device)
+    n = image.shape[-1]
+    if image.shape != (n, n):
+        raise ValueError(f"need a square 2D image, got shape {image.shape}")
+    views = views or default_views(n)
+    m = detector_bins(n)
+    half = (n - 1) / 2.0
+    with torch.inference_mode():
+        img = torch.as_tensor(np.asarray(image, dtype=np.float32), device=dev)[None, None]
+        axis = (torch.arange(m, dtype=torch.float32, device=dev) - (m - 1) / 2.0) / half
+        t, s = axis[None, None, :], axis[None, :, None]  # detector position, position along the ray
+        angles = _angles(views, dev)
+        sino = torch.empty((views, m), dtype=torch.float32, device=dev)
+        chunk = max(1, _CHUNK_ELEMENTS // (m * m))
+        for a0 in range(0, views, chunk):
+            th = angles[a0 : a0 + chunk][:, None, None]
+            c, sn = torch.cos(th), torch.sin(th)
+            grid = torch.stack((t * c - s * sn, t * sn + s * c), dim=-1)
+            samples = F.grid_sample(img.expand(th.shape[0], -1, -1, -1), grid, mode="bilinear",
+                                    padding_mode="zeros", align_corners=True)
+            sino[a0 : a0 + chunk] = samples[:, 0].sum(dim=1)
+        return sino.cpu().numpy()
+
+
+def simulate_counts(
+    sino: np.ndarray, i0: float, electronic_noise: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Detected counts: Poisson(I0·exp(−p)) plus Gaussian electronic noise, clipped at COUNT_FLOOR."""
+    expected = i0 * np.exp(-np.asarray(sino, dtype=np.float64))
+    counts = rng.poisson(expected).astype(np.float64)
+    if electronic_noise > 0:
+        counts += rng.normal(0.0, electronic_noise, counts.shape)
+    return np.maximum(counts, COUNT_FLOOR)
+
+
+def counts_to_line_integrals(counts: np.ndarray, i0: float) -> np.ndarray:
+    """Log-normalise counts back to line integrals p̂ = −ln(counts / I0)."""
+    return (-np.log(np.asarray(counts, dtype=np.float64) / i0)).astype(np.float32)
+
+
+def ramp_filter(bins: int, window: str = "shepp-logan", device: Device = "cpu") -> torch.Tensor:
+    """rfft response of the band-limited ramp (Ram-Lak from its spatial kernel, avoiding the DC error),
+    optionally apodised by a Shepp-Logan (sinc) or Hann window; zero-padded to a power of two ≥ 2·bins."""
+    pad = 1 << int(math.ceil(math.log2(2 * bins)))
+    n = np.concatenate([np.arange(0, pad // 2 + 1), np.arange(-pad // 2 + 1, 0)])
+    h = np.zeros(pad)
+    h[0] = 0.25
+    odd = n % 2 == 1
+    h[odd] = -1.0 / (math.pi * n[odd]) ** 2
+    response = np.real(np.fft.rfft(h))
+    freq = np.fft.rfftfreq(pad)  # cycles per bin, 0 … 0.5
+    if window == "shepp-logan":
+        response *= np.sinc(freq)
+    elif window == "hann":
+        response *= 0.5 * (1.0 + np.cos(2.0 * math.pi * freq))
+    elif window != "ram-lak":
+        raise ValueError(f"unknown FBP window {window!r} (ram-lak, shepp-logan, hann)")
+    return torch.as_tensor(response, dtype=torch.float32, device=torch.device(device))
+
+
+def fbp(sino: np.ndarray, size: int | None = None, *, window: str = "shepp-logan", device: Device = "cpu") -> np.ndarray:
+    """Filtered back-projection of (views × bins) or (batch × views × bins) sinograms → size × size images.
+
+    Units: a sinogram in image units × pixel length (as from forward_project) comes back in image units.
+    """
+    dev = torch.device(device)
+    batched = np.ndim(sino) == 3
+    with torch.inference_mode():
+        p = torch.as_tensor(np.asarray(sino, dtype=np.float32), device=dev)
+        if not batched:
+            p = p[None]
+        b, views, m = p.shape
+        n = size or int(math.floor(m / math.sqrt(2.0)))
+        resp = ramp_filter(m, window, dev)
+        pad = 2 * (resp.numel() - 1)
+        q = torch.fft.irfft(torch.fft.rfft(p, n=pad, dim=-1) * resp, n=pad, dim=-1)[..., :m]
+        q = (q * (math.pi / views)).permute(1, 0, 2).unsqueeze(2).contiguous()  # views, batch, 1, bins
+        xs = torch.arange(n, dtype=torch.float32, device=dev) - (n - 1) / 2.0
+        x = xs.repeat(n)
+        y = xs.repeat_interleave(n)
+        scale = 2.0 / (m - 1)
+        angles = _angles(views, dev)
+        image = torch.zeros((b, n * n), dtype=torch.float32, device=dev)
+        chunk = max(1, _CHUNK_ELEMENTS // (n * n))
+        for a0 in range(0, views, chunk):
+            th = angles[a0 : a0 + chunk][:, None]
+            t = (x[None] * torch.cos(th) + y[None] * torch.sin(th)) * scale  # normalised detector coordinate
+            grid = torch.stack((t, torch.zeros_like(t)), dim=-1)[:, None]  # K, 1, N², 2
+            vals = F.grid_sample(q[a0 : a0 + chunk], grid, mode="bilinear", padding_mode="zeros",
+                                 align_corners=True)  # K, batch, 1, N²
+            image += vals.sum(dim=0)[:, 0]
+        out = image.reshape(b, n, n).cpu().numpy()
+        return out if batched else out[0]
+
+
+def simulate_doses(
+    hu_slice: np.ndarray,
+    doses: Mapping[str, float] | None = None,
+    rng: np.random.Generator | None = None,
+    *,
+    pixel_spacing: float = 0.7,
+    views: int | None = None,
+    electronic_noise: float = DEFAULT_ELECTRONIC_NOISE,
+    window: str = "shepp-logan",
+    device: Device = "cpu",
+) -> dict[str, np.ndarray]:
+    """Scan one HU slice at each dose (name → I0 photons per ray) and reconstruct; also returns "REF", the FBP
+    of the noiseless sinogram, so every output has the same blur. Pass a seeded rng for reproducible noise."""
+    doses = dict(doses) if doses is not None else {"HD": DEFAULT_I0_HD, "LD": DEFAULT_I0_LD}
+    if "REF" in doses:
+        raise ValueError('"REF" is reserved for the noise-free reconstruction')
+    rng = rng if rng is not None else np.random.default_rng()
+    n = hu_slice.shape[-1]
+    sino = forward_project(hu_to_mu(hu_slice) * pixel_spacing, views, device=device)
+    stack = [sino]
+    for i0 in doses.values():
+        stack.append(counts_to_line_integrals(simulate_counts(sino, i0, electronic_noise, rng), i0))
+    recon = fbp(np.stack(stack), n, window=window, device=device) / pixel_spacing
+    names = ["REF", *doses]
+    return {name: mu_to_hu(img).astype(np.float32) for name, img in zip(names, recon, strict=True)}
