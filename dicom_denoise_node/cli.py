@@ -55,6 +55,8 @@ def _setup_logging(level: str) -> None:
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # max_instances=1 makes a busy job skip a tick by design; that is not worth a warning.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 
 
 def _settings(config: Path | None) -> Settings:

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_denoise_node.catalog import Catalog, InstanceMeta
@@ -164,7 +165,7 @@ def build_ae(settings: NodeSettings) -> AE:
     syntaxes = decodable_transfer_syntaxes()
     for sop_class in ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(sop_class, syntaxes)
-    ae.add_supported_context(dcm_uid.Verification)
+    ae.add_supported_context(Verification)
     ae.require_called_aet = True
     if settings.allowed_calling_aets:
         ae.require_calling_aet = list(settings.allowed_calling_aets)

@@ -4,7 +4,13 @@ Everything talks DIMSE over 127.0.0.1 only.  dcmtk (and Orthanc, which uses dcmt
 for Nagle's algorithm (~45 ms per message) unless ``TCP_NODELAY=1`` is set, so every peer started here gets
 it.  Every wait is bounded; timeouts are ceilings that raise, never timed assertions.
 
-Use the fixtures with ``from tests.peers import dcmtk_pacs, orthanc_pacs  # noqa: F401`` in a test module.
+Fixtures are found by name in the test module; binding them there keeps ruff quiet (a parameter named like
+an imported fixture is F811)::
+
+    from tests import peers
+
+    dcmtk_pacs = peers.dcmtk_pacs
+    orthanc_pacs = peers.orthanc_pacs
 """
 
 import contextlib
@@ -36,6 +42,7 @@ _SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 StrPath = str | os.PathLike[str]
+_HANDED_OUT: set[int] = set()
 
 
 # ----------------------------------------------------------------------------------------- generic helpers
@@ -56,10 +63,14 @@ def peer_env() -> dict[str, str]:
 
 
 def free_port() -> int:
-    """Return a TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """Return a TCP port that was free on 127.0.0.1 a moment ago and not handed out before in this process."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.02) -> bool:
@@ -82,18 +93,40 @@ def port_open(port: int, host: str = LOOPBACK) -> bool:
         return False
 
 
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself holds a listening TCP socket on ``port`` (Linux ``/proc``)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    if inodes:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return True
+    return False
+
+
 def wait_for_port(
     port: int, timeout: float = 10.0, host: str = LOOPBACK, proc: subprocess.Popen[Any] | None = None
 ) -> None:
     """Wait until ``host:port`` accepts connections.
 
-    Raises ``TimeoutError`` after ``timeout`` seconds, or ``RuntimeError`` as soon as ``proc`` has exited.
+    With ``proc``, wait until that very process listens on the port (no probe connection, no false positive
+    from another listener) and raise ``RuntimeError`` as soon as it exits.  Raises ``TimeoutError``.
     """
+    use_proc = proc is not None and Path("/proc/net/tcp").exists()
 
     def ready() -> bool:
-        if proc is not None and proc.poll() is not None:
+        if proc is None:
+            return port_open(port, host)
+        if proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before port {port} opened")
-        return port_open(port, host)
+        return listens(proc.pid, port) if use_proc else port_open(port, host)
 
     if not wait_until(ready, timeout):
         raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
@@ -111,6 +144,8 @@ def pid_alive(pid: int) -> bool:
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     """SIGTERM the process group of ``proc`` (started with ``start_new_session=True``), wait, SIGKILL."""
     pgid = proc.pid
+    if proc.returncode is not None:
+        return  # reaped earlier (e.g. a second stop): its pid may belong to someone else by now
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
@@ -120,7 +155,7 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
             proc.wait(timeout)
-    # Children left in the group (e.g. a -xcr shell) go too; a pid still used as a group id is never reused.
+    # Children left in the group (e.g. a -xcr shell) go too; a pid still used as a group id is not reused.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
 
@@ -259,8 +294,9 @@ def storescu(
     With ``propose_file_syntaxes`` the proposal comes from a generated ``-xf`` profile holding each file's own
     transfer syntax, so compressed files (JPEG lossless, JPEG-LS, JPEG 2000, RLE, ...) go out as they are:
     dcmtk's default proposal is uncompressed only and this storescu cannot convert compressed files.
-    Otherwise dcmtk's default proposal (or whatever ``extra_args`` choose) is used.
-    Never raises on a failed store: check ``returncode`` and ``stdout``/``stderr``.
+    Set it to ``False`` to get dcmtk's default proposal or to pass ``-x...``/``-R`` in ``extra_args``
+    (dcmtk refuses those together with ``-xf``).  ``timeout`` also bounds dcmtk's connect/ACSE/DIMSE/socket
+    timeouts.  Never raises on a failed store: check ``returncode`` and ``stdout``/``stderr``.
     """
     exe = require("storescu")
     targets = [files_or_dir] if isinstance(files_or_dir, str | os.PathLike) else list(files_or_dir)
@@ -300,9 +336,11 @@ def dciodvfy(path: StrPath) -> tuple[list[str], list[str]]:
 class StoreSCP:
     """dcmtk ``storescp`` on a loopback port, writing each object to ``out_dir/<Modality>.<SOPInstanceUID>``.
 
-    Accepts every storage SOP class (``-pm``) and every transfer syntax dcmtk knows (``+xa``).  Each completed
-    C-STORE is appended to a ledger (``-xcr``, synchronous), so :meth:`files` never returns a half-written
-    file, even after a kill.  :meth:`stop` and :meth:`start` restart it on the same port.
+    Accepts every storage SOP class (``-pm``) and every transfer syntax dcmtk knows (``+xa``).  Each saved
+    object is appended to a ledger (``-xcr``, synchronous), so :meth:`files` never returns a half-written
+    file, even after a kill.  The ledger line is written just *after* the C-STORE response goes out (before
+    storescp reads the next PDU, so it is there once the association is released): when the sender may keep
+    its association open, use :meth:`wait_for_files`.  :meth:`stop` and :meth:`start` reuse the same port.
     """
 
     def __init__(
@@ -416,7 +454,8 @@ class Orthanc:
     """A private Orthanc (``/usr/sbin/Orthanc``) with its own storage, index, HTTP and DICOM ports.
 
     ``modalities`` become ``DicomModalities`` (``{"node": ["DENOISE", "127.0.0.1", 11112]}``); more can be
-    added while it runs with :meth:`add_modality`.  REST goes through urllib with proxies disabled.
+    added while it runs with :meth:`add_modality` (kept in memory only: lost on restart).  :meth:`stop` then
+    :meth:`start` restarts it on the same ports and storage.  REST goes through urllib, proxies disabled.
     """
 
     def __init__(
@@ -463,6 +502,8 @@ class Orthanc:
             "HttpsCACertificates": "",
             **(config_overrides or {}),
         }
+        self.http_port, self.dicom_port = int(self.config["HttpPort"]), int(self.config["DicomPort"])
+        self.aet = str(self.config["DicomAet"])
         self.proc: subprocess.Popen[bytes] | None = None
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -571,6 +612,14 @@ class Orthanc:
     def add_modality(self, name: str, aet: str, port: int, host: str = LOOPBACK) -> None:
         """Register (or replace) a DICOM modality at runtime (``PUT /modalities/{name}``)."""
         self.call("PUT", f"/modalities/{_quote(name)}", {"AET": aet, "Host": host, "Port": port})
+
+    def echo(self, modality: str) -> bool:
+        """C-ECHO from Orthanc to a configured modality; whether it answered."""
+        try:
+            self.call("POST", f"/modalities/{_quote(modality)}/echo", {})
+        except OrthancHTTPError:
+            return False
+        return True
 
     def modalities(self) -> dict[str, Any]:
         """Configured modalities (``GET /modalities?expand``)."""

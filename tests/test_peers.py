@@ -14,7 +14,6 @@ from tests.peers import (
     StoreSCP,
     dciodvfy,
     echoscu,
-    free_port,
     pid_alive,
     require,
     sop_instance_uid,
@@ -128,9 +127,11 @@ def test_orthanc_round_trip_and_no_leftover_processes(
     assert pacs.sop_instance_uids() == sent
 
     # A modality added at runtime, and C-STORE into Orthanc's own DICOM port.
+    assert not orthanc.echo("late")
+    orthanc.add_modality("late", "PACS", pacs.port)
+    assert orthanc.modalities()["late"]["Port"] == pacs.port
+    assert orthanc.echo("late")
     other = write_ct_series(tmp_path / "other", 2)
-    orthanc.add_modality("scanner", "SCANNER", free_port())
-    assert orthanc.modalities()["scanner"]["AET"] == "SCANNER"
     result = storescu(other, orthanc.dicom_port, orthanc.aet)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(orthanc.wait_for_series(dcmread(other[0]).SeriesInstanceUID, 2, timeout=30)["Instances"]) == 2

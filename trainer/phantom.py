@@ -20,8 +20,26 @@ log = logging.getLogger(__name__)
 BODY_PARTS: tuple[str, ...] = ("chest", "abdomen")
 AIR_HU = -1000.0
 LABELS: tuple[str, ...] = (
-    "air", "table", "fat", "muscle", "cavity", "lung", "vessel", "heart", "aorta", "ivc", "liver", "spleen",
-    "kidney", "bowel", "bowel_gas", "bone", "marrow", "disc", "canal", "lesion",
+    "air",
+    "table",
+    "fat",
+    "muscle",
+    "cavity",
+    "lung",
+    "vessel",
+    "heart",
+    "aorta",
+    "ivc",
+    "liver",
+    "spleen",
+    "kidney",
+    "bowel",
+    "bowel_gas",
+    "bone",
+    "marrow",
+    "disc",
+    "canal",
+    "lesion",
 )
 LABEL_IDS: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
 _PLACEMENT_SPACING_MM = 1.0
@@ -139,9 +157,15 @@ class PatientAnatomy:
             "z_extent_mm": list(self.z_extent_mm),
             "body_semi_axes_mm": [round(a, 2) for a in self.body_axes_mm],
             "structures": [
-                {"name": s.name, "label": s.label, "hu": round(s.hu, 1), "center_mm": [round(c, 2) for c in s.center],
-                 "semi_axes_mm": [round(a, 2) for a in s.axes], "z_center_mm": round(s.z_center, 2),
-                 "z_half_mm": None if s.z_half is None else round(s.z_half, 2)}
+                {
+                    "name": s.name,
+                    "label": s.label,
+                    "hu": round(s.hu, 1),
+                    "center_mm": [round(c, 2) for c in s.center],
+                    "semi_axes_mm": [round(a, 2) for a in s.axes],
+                    "z_center_mm": round(s.z_center, 2),
+                    "z_half_mm": None if s.z_half is None else round(s.z_half, 2),
+                }
                 for s in self.structures
                 if s.label != "vessel"
             ],
@@ -233,7 +257,9 @@ def render_slice_with_labels(
         if section is None:
             continue
         inside = None if st.inside is None else LABEL_IDS[st.inside]
-        _paint(hu, labels, coords, pixel_spacing, section, st.hu, LABEL_IDS[st.label], inside, tex, st.texture)
+        _paint(
+            hu, labels, coords, pixel_spacing, section, st.hu, LABEL_IDS[st.label], inside, tex, st.texture
+        )
     on_slice: list[LesionOnSlice] = []
     if with_lesions:
         for les in anatomy.lesions:
@@ -243,15 +269,33 @@ def render_slice_with_labels(
             r = math.sqrt(les.radius_mm**2 - dz**2)
             x, y = les.center_mm[0], les.center_mm[1]
             tex_amp = 0.0 if les.organ == "lung" else organ_texture.get(les.organ, 0.0)
-            _paint(hu, labels, coords, pixel_spacing, (x, y, r, r, 0.0), les.hu, LABEL_IDS["lesion"],
-                   LABEL_IDS[les.organ], tex, tex_amp)
+            _paint(
+                hu,
+                labels,
+                coords,
+                pixel_spacing,
+                (x, y, r, r, 0.0),
+                les.hu,
+                LABEL_IDS["lesion"],
+                LABEL_IDS[les.organ],
+                tex,
+                tex_amp,
+            )
             half = (size - 1) / 2.0
-            on_slice.append(LesionOnSlice(
-                lesion_index=les.index, organ=les.organ, kind=les.kind, z_mm=float(z_mm),
-                center_mm=(x, y), center_px=(x / pixel_spacing + half, y / pixel_spacing + half),
-                radius_mm=r, radius_px=r / pixel_spacing, sphere_radius_mm=les.radius_mm,
-                contrast_hu=les.contrast_hu,
-            ))
+            on_slice.append(
+                LesionOnSlice(
+                    lesion_index=les.index,
+                    organ=les.organ,
+                    kind=les.kind,
+                    z_mm=float(z_mm),
+                    center_mm=(x, y),
+                    center_px=(x / pixel_spacing + half, y / pixel_spacing + half),
+                    radius_mm=r,
+                    radius_px=r / pixel_spacing,
+                    sphere_radius_mm=les.radius_mm,
+                    contrast_hu=les.contrast_hu,
+                )
+            )
     out = hu.astype(np.float32) if hu is not None else np.zeros((0, 0), dtype=np.float32)
     return SliceRender(hu=out, labels=labels, lesions=on_slice)
 
@@ -291,16 +335,22 @@ class _Trunk:
 
 
 def _trunk(
-    rng: np.random.Generator, a_range: tuple[float, float], ratio: tuple[float, float],
-    fat: tuple[float, float], muscle: tuple[float, float],
+    rng: np.random.Generator,
+    a_range: tuple[float, float],
+    ratio: tuple[float, float],
+    fat: tuple[float, float],
+    muscle: tuple[float, float],
 ) -> tuple[_Trunk, list[Structure], dict[str, float]]:
     """Body outline, subcutaneous fat, muscle wall and the body cavity (shared wobble keeps them nested)."""
     a = rng.uniform(*a_range)
     b = a * rng.uniform(*ratio)
     cx, cy = rng.normal(0.0, 4.0), rng.uniform(-12.0, 2.0)
     f, m = rng.uniform(*fat), rng.uniform(*muscle)
-    wob = {"wobble": rng.uniform(0.01, 0.025), "wobble_period": rng.uniform(180, 320),
-           "wobble_phase": rng.uniform(0, _TWO_PI)}
+    wob = {
+        "wobble": rng.uniform(0.01, 0.025),
+        "wobble_period": rng.uniform(180, 320),
+        "wobble_phase": rng.uniform(0, _TWO_PI),
+    }
     vr = rng.uniform(14.0, 18.0)
     spine_y = cy + b - f - rng.uniform(40.0, 50.0) - vr
     t = _Trunk(cx, cy, a, b, f, m, spine_y, vr)
@@ -322,17 +372,39 @@ def _spine(rng: np.random.Generator, t: _Trunk, z0: float) -> list[Structure]:
     canal_y = sy + vr + 9.0
     pm = rng.uniform(45, 58)
     return [
-        Structure("paraspinal R", "muscle", pm, (cx - 30.0, canal_y + 12.0), (rng.uniform(22, 26), 17.0), 0.25,
-                  texture=3.0),
-        Structure("paraspinal L", "muscle", pm, (cx + 30.0, canal_y + 12.0), (rng.uniform(22, 26), 17.0), -0.25,
-                  texture=3.0),
+        Structure(
+            "paraspinal R",
+            "muscle",
+            pm,
+            (cx - 30.0, canal_y + 12.0),
+            (rng.uniform(22, 26), 17.0),
+            0.25,
+            texture=3.0,
+        ),
+        Structure(
+            "paraspinal L",
+            "muscle",
+            pm,
+            (cx + 30.0, canal_y + 12.0),
+            (rng.uniform(22, 26), 17.0),
+            -0.25,
+            texture=3.0,
+        ),
         Structure("neural arch", "bone", rng.uniform(600, 800), (cx, canal_y + 1.0), (13.0, 12.0)),
-        Structure("spinous process", "bone", rng.uniform(600, 800), (cx, canal_y + 20.0), (4.5, 12.0),
-                  bands=bone),
+        Structure(
+            "spinous process", "bone", rng.uniform(600, 800), (cx, canal_y + 20.0), (4.5, 12.0), bands=bone
+        ),
         Structure("spinal canal", "canal", rng.uniform(5, 20), (cx, canal_y), (8.0, 7.0)),
         Structure("vertebral body", "bone", rng.uniform(950, 1100), (cx, sy), (vr * 1.12, vr), bands=bone),
-        Structure("cancellous bone", "marrow", rng.uniform(200, 300), (cx, sy), (vr * 1.12 - 2.2, vr - 2.2),
-                  texture=6.0, bands=bone),
+        Structure(
+            "cancellous bone",
+            "marrow",
+            rng.uniform(200, 300),
+            (cx, sy),
+            (vr * 1.12 - 2.2, vr - 2.2),
+            texture=6.0,
+            bands=bone,
+        ),
         Structure("intervertebral disc", "disc", rng.uniform(70, 100), (cx, sy), (vr * 1.12, vr), bands=gap),
     ]
 
@@ -357,21 +429,43 @@ def _chest(rng: np.random.Generator, z0: float) -> tuple[list[Structure], _Trunk
     t, layers, wob = _trunk(rng, (140.0, 170.0), (0.62, 0.76), (6.0, 22.0), (10.0, 18.0))
     cx, cy = t.cx, t.cy
     ia, ib = t.a - t.fat - t.muscle, t.b - t.fat - t.muscle
-    out = [*layers, Structure("thoracic cavity", "cavity", rng.uniform(-90, -60), (cx, cy), (ia, ib),
-                              texture=4.0, **wob)]
+    out = [
+        *layers,
+        Structure("thoracic cavity", "cavity", rng.uniform(-90, -60), (cx, cy), (ia, ib), texture=4.0, **wob),
+    ]
     lung_hu = rng.uniform(-870, -820)
     lungs = []
     for side, width in ((-1.0, rng.uniform(0.42, 0.46)), (1.0, rng.uniform(0.39, 0.43))):
         lcx, lcy = cx + side * 0.53 * ia, cy - 0.02 * ib
         la, lb = width * ia, rng.uniform(0.82, 0.9) * ib
         lungs.append((lcx, lcy, la, lb))
-        out.append(Structure(f"lung {'R' if side < 0 else 'L'}", "lung", lung_hu, (lcx, lcy), (la, lb),
-                             side * rng.uniform(0.0, 0.12), z_center=z0, taper=-rng.uniform(0.0008, 0.0018),
-                             texture=18.0))
+        out.append(
+            Structure(
+                f"lung {'R' if side < 0 else 'L'}",
+                "lung",
+                lung_hu,
+                (lcx, lcy),
+                (la, lb),
+                side * rng.uniform(0.0, 0.12),
+                z_center=z0,
+                taper=-rng.uniform(0.0008, 0.0018),
+                texture=18.0,
+            )
+        )
     heart_hu = rng.uniform(35, 45)
-    out.append(Structure("heart", "heart", heart_hu, (cx + 0.12 * ia, cy - 0.33 * ib),
-                         (rng.uniform(0.32, 0.38) * ia, rng.uniform(0.36, 0.42) * ib), -rng.uniform(0.3, 0.7),
-                         z_center=z0 - rng.uniform(20, 45), z_half=rng.uniform(90, 120), texture=3.0))
+    out.append(
+        Structure(
+            "heart",
+            "heart",
+            heart_hu,
+            (cx + 0.12 * ia, cy - 0.33 * ib),
+            (rng.uniform(0.32, 0.38) * ia, rng.uniform(0.36, 0.42) * ib),
+            -rng.uniform(0.3, 0.7),
+            z_center=z0 - rng.uniform(20, 45),
+            z_half=rng.uniform(90, 120),
+            texture=3.0,
+        )
+    )
     # pulmonary vessels: oblique tubes, so their sections move and stretch along z
     for lcx, lcy, la, lb in lungs:
         n = int(rng.integers(30, 50))
@@ -382,14 +476,40 @@ def _chest(rng: np.random.Generator, z0: float) -> tuple[list[Structure], _Trunk
         slopes = rng.normal(0.0, 0.7, (n, 2))
         for (px, py), r, (sx, sy) in zip(pts, radii, slopes, strict=True):
             stretch = min(math.sqrt(1.0 + sx * sx + sy * sy), 4.0)
-            out.append(Structure("pulmonary vessel", "vessel", rng.uniform(30, 50), (px, py), (r * stretch, r),
-                                 math.atan2(sy, sx), z_center=z0, drift=(sx, sy), inside="lung"))
+            out.append(
+                Structure(
+                    "pulmonary vessel",
+                    "vessel",
+                    rng.uniform(30, 50),
+                    (px, py),
+                    (r * stretch, r),
+                    math.atan2(sy, sx),
+                    z_center=z0,
+                    drift=(sx, sy),
+                    inside="lung",
+                )
+            )
     out += _spine(rng, t, z0)
-    out.append(Structure("descending aorta", "aorta", rng.uniform(150, 250),
-                         (cx + t.vertebra_r + rng.uniform(6, 10), t.spine_y - 0.6 * t.vertebra_r),
-                         (rng.uniform(10, 14),) * 2, z_center=z0, drift=(rng.normal(0, 0.03), 0.0)))
-    out.append(Structure("sternum", "bone", rng.uniform(450, 600), (cx, cy - (t.b - t.fat - 0.5 * t.muscle)),
-                         (rng.uniform(12, 16), 5.5)))
+    out.append(
+        Structure(
+            "descending aorta",
+            "aorta",
+            rng.uniform(150, 250),
+            (cx + t.vertebra_r + rng.uniform(6, 10), t.spine_y - 0.6 * t.vertebra_r),
+            (rng.uniform(10, 14),) * 2,
+            z_center=z0,
+            drift=(rng.normal(0, 0.03), 0.0),
+        )
+    )
+    out.append(
+        Structure(
+            "sternum",
+            "bone",
+            rng.uniform(450, 600),
+            (cx, cy - (t.b - t.fat - 0.5 * t.muscle)),
+            (rng.uniform(12, 16), 5.5),
+        )
+    )
     # ribs: sections around the wall, each appearing periodically along z with its own phase
     half = np.linspace(0.45, np.pi - 0.4, 10)  # from beside the spine round to beside the sternum
     angles = np.concatenate([np.pi / 2 - half, np.pi / 2 + half]) + rng.normal(0.0, 0.04, 20)
@@ -401,8 +521,17 @@ def _chest(rng: np.random.Generator, z0: float) -> tuple[list[Structure], _Trunk
         bands = (pitch, z0 + rng.uniform(0, pitch), rng.uniform(0.45, 0.6) * pitch)
         ax, bx = rng.uniform(5.0, 7.0), rng.uniform(3.2, 4.2)
         out.append(Structure("rib", "bone", rng.uniform(700, 900), (px, py), (ax, bx), tangent, bands=bands))
-        out.append(Structure("rib marrow", "marrow", rng.uniform(200, 300), (px, py), (ax - 1.4, bx - 1.4),
-                             tangent, bands=bands))
+        out.append(
+            Structure(
+                "rib marrow",
+                "marrow",
+                rng.uniform(200, 300),
+                (px, py),
+                (ax - 1.4, bx - 1.4),
+                tangent,
+                bands=bands,
+            )
+        )
     out += _table(t)
     return out, t
 
@@ -411,53 +540,144 @@ def _abdomen(rng: np.random.Generator, z0: float) -> tuple[list[Structure], _Tru
     t, layers, wob = _trunk(rng, (135.0, 168.0), (0.68, 0.82), (10.0, 32.0), (8.0, 14.0))
     cx, cy = t.cx, t.cy
     ia, ib = t.a - t.fat - t.muscle, t.b - t.fat - t.muscle
-    out = [*layers, Structure("peritoneal cavity", "cavity", rng.uniform(-95, -70), (cx, cy), (ia, ib),
-                              texture=5.0, **wob)]
+    out = [
+        *layers,
+        Structure(
+            "peritoneal cavity", "cavity", rng.uniform(-95, -70), (cx, cy), (ia, ib), texture=5.0, **wob
+        ),
+    ]
     # bowel loops (soft tissue) with gas pockets, short along z
     n_loops = int(rng.integers(8, 14))
     loops = _in_ellipse(rng, n_loops, cx + 0.1 * ia, cy - 0.1 * ib, 0.6 * ia, 0.55 * ib)
     for lx, ly in loops:
         r = rng.uniform(10, 20)
         zc, zh = z0 + rng.uniform(-60, 60), rng.uniform(40, 90)
-        out.append(Structure("bowel loop", "bowel", rng.uniform(20, 40), (lx, ly), (r * rng.uniform(1, 1.6), r),
-                             rng.uniform(0, math.pi), z_center=zc, z_half=zh, drift=tuple(rng.normal(0, 0.3, 2)),
-                             texture=5.0))
+        out.append(
+            Structure(
+                "bowel loop",
+                "bowel",
+                rng.uniform(20, 40),
+                (lx, ly),
+                (r * rng.uniform(1, 1.6), r),
+                rng.uniform(0, math.pi),
+                z_center=zc,
+                z_half=zh,
+                drift=tuple(rng.normal(0, 0.3, 2)),
+                texture=5.0,
+            )
+        )
         if rng.uniform() < 0.6:
             g = r * rng.uniform(0.35, 0.7)
-            out.append(Structure("bowel gas", "bowel_gas", rng.uniform(-980, -900), (lx, ly - (r - g) * 0.6),
-                                 (g * rng.uniform(1.0, 1.5), g), 0.0, z_center=zc, z_half=0.8 * zh,
-                                 inside="bowel"))
+            out.append(
+                Structure(
+                    "bowel gas",
+                    "bowel_gas",
+                    rng.uniform(-980, -900),
+                    (lx, ly - (r - g) * 0.6),
+                    (g * rng.uniform(1.0, 1.5), g),
+                    0.0,
+                    z_center=zc,
+                    z_half=0.8 * zh,
+                    inside="bowel",
+                )
+            )
     liver_hu = rng.uniform(50, 70)
     lz = z0 + rng.uniform(30, 60)
-    out.append(Structure("liver right lobe", "liver", liver_hu, (cx - 0.42 * ia, cy - 0.04 * ib),
-                         (rng.uniform(0.48, 0.55) * ia, rng.uniform(0.68, 0.76) * ib), rng.uniform(-0.15, 0.3),
-                         z_center=lz, z_half=rng.uniform(120, 150), texture=4.0))
-    out.append(Structure("liver left lobe", "liver", liver_hu, (cx + rng.uniform(-0.05, 0.05) * ia, cy - 0.45 * ib),
-                         (rng.uniform(0.33, 0.4) * ia, rng.uniform(0.25, 0.3) * ib), rng.uniform(-0.3, 0.1),
-                         z_center=lz + 10.0, z_half=rng.uniform(80, 100), texture=4.0))
-    out.append(Structure("spleen", "spleen", rng.uniform(40, 50), (cx + 0.62 * ia, cy + 0.28 * ib),
-                         (rng.uniform(0.17, 0.22) * ia, rng.uniform(0.34, 0.4) * ib), -rng.uniform(0.4, 0.8),
-                         z_center=z0 + rng.uniform(0, 40), z_half=rng.uniform(60, 75), texture=4.0))
+    out.append(
+        Structure(
+            "liver right lobe",
+            "liver",
+            liver_hu,
+            (cx - 0.42 * ia, cy - 0.04 * ib),
+            (rng.uniform(0.48, 0.55) * ia, rng.uniform(0.68, 0.76) * ib),
+            rng.uniform(-0.15, 0.3),
+            z_center=lz,
+            z_half=rng.uniform(120, 150),
+            texture=4.0,
+        )
+    )
+    out.append(
+        Structure(
+            "liver left lobe",
+            "liver",
+            liver_hu,
+            (cx + rng.uniform(-0.05, 0.05) * ia, cy - 0.45 * ib),
+            (rng.uniform(0.33, 0.4) * ia, rng.uniform(0.25, 0.3) * ib),
+            rng.uniform(-0.3, 0.1),
+            z_center=lz + 10.0,
+            z_half=rng.uniform(80, 100),
+            texture=4.0,
+        )
+    )
+    out.append(
+        Structure(
+            "spleen",
+            "spleen",
+            rng.uniform(40, 50),
+            (cx + 0.62 * ia, cy + 0.28 * ib),
+            (rng.uniform(0.17, 0.22) * ia, rng.uniform(0.34, 0.4) * ib),
+            -rng.uniform(0.4, 0.8),
+            z_center=z0 + rng.uniform(0, 40),
+            z_half=rng.uniform(60, 75),
+            texture=4.0,
+        )
+    )
     kidney_hu = rng.uniform(30, 40)
     for side in (-1.0, 1.0):
         kx, ky = cx + side * rng.uniform(0.34, 0.4) * ia, t.spine_y + rng.uniform(-5, 8)
         zc, zh = z0 + rng.uniform(-30, 15), rng.uniform(50, 60)
         ka, kb, kt = rng.uniform(22, 28), rng.uniform(32, 40), side * rng.uniform(0.3, 0.6)
-        out.append(Structure("kidney", "kidney", kidney_hu, (kx, ky), (ka, kb), kt, z_center=zc, z_half=zh,
-                             texture=3.0))
-        out.append(Structure("renal sinus fat", "fat", rng.uniform(-90, -60), (kx - side * 0.55 * ka, ky),
-                             (0.35 * ka, 0.35 * kb), kt, z_center=zc, z_half=0.6 * zh))
+        out.append(
+            Structure(
+                "kidney", "kidney", kidney_hu, (kx, ky), (ka, kb), kt, z_center=zc, z_half=zh, texture=3.0
+            )
+        )
+        out.append(
+            Structure(
+                "renal sinus fat",
+                "fat",
+                rng.uniform(-90, -60),
+                (kx - side * 0.55 * ka, ky),
+                (0.35 * ka, 0.35 * kb),
+                kt,
+                z_center=zc,
+                z_half=0.6 * zh,
+            )
+        )
     for side in (-1.0, 1.0):
-        out.append(Structure("psoas", "muscle", rng.uniform(45, 58),
-                             (cx + side * (t.vertebra_r + rng.uniform(14, 18)), t.spine_y + 2.0),
-                             (rng.uniform(11, 15), rng.uniform(13, 17)), z_center=z0, taper=-0.004, texture=3.0))
+        out.append(
+            Structure(
+                "psoas",
+                "muscle",
+                rng.uniform(45, 58),
+                (cx + side * (t.vertebra_r + rng.uniform(14, 18)), t.spine_y + 2.0),
+                (rng.uniform(11, 15), rng.uniform(13, 17)),
+                z_center=z0,
+                taper=-0.004,
+                texture=3.0,
+            )
+        )
     out += _spine(rng, t, z0)
-    out.append(Structure("abdominal aorta", "aorta", rng.uniform(150, 250),
-                         (cx + rng.uniform(8, 16), t.spine_y - t.vertebra_r - rng.uniform(8, 13)),
-                         (rng.uniform(9, 12),) * 2, z_center=z0))
-    out.append(Structure("inferior vena cava", "ivc", rng.uniform(70, 110),
-                         (cx - rng.uniform(18, 26), t.spine_y - t.vertebra_r - rng.uniform(4, 10)),
-                         (rng.uniform(10, 14), rng.uniform(7, 10)), z_center=z0))
+    out.append(
+        Structure(
+            "abdominal aorta",
+            "aorta",
+            rng.uniform(150, 250),
+            (cx + rng.uniform(8, 16), t.spine_y - t.vertebra_r - rng.uniform(8, 13)),
+            (rng.uniform(9, 12),) * 2,
+            z_center=z0,
+        )
+    )
+    out.append(
+        Structure(
+            "inferior vena cava",
+            "ivc",
+            rng.uniform(70, 110),
+            (cx - rng.uniform(18, 26), t.spine_y - t.vertebra_r - rng.uniform(4, 10)),
+            (rng.uniform(10, 14), rng.uniform(7, 10)),
+            z_center=z0,
+        )
+    )
     out += _table(t)
     return out, t
 
@@ -488,7 +708,9 @@ def _lesion_specs(rng: np.random.Generator, body_part: str, organ_hu: dict[str, 
     return specs
 
 
-def _place_lesions(rng: np.random.Generator, anatomy: PatientAnatomy, specs: list[tuple]) -> tuple[Lesion, ...]:
+def _place_lesions(
+    rng: np.random.Generator, anatomy: PatientAnatomy, specs: list[tuple]
+) -> tuple[Lesion, ...]:
     """Put each lesion well inside its organ at a random z of the extent (why: truth must be unambiguous)."""
     organ_hu = {s.label: s.hu for s in reversed(anatomy.structures)}
     coords = _grid(_PLACEMENT_SIZE, _PLACEMENT_SPACING_MM)
@@ -497,23 +719,32 @@ def _place_lesions(rng: np.random.Generator, anatomy: PatientAnatomy, specs: lis
     for organ, kind, radius, contrast in specs:
         for _attempt in range(20):
             z = float(rng.uniform(z_lo, z_hi))
-            labels = render_slice_with_labels(anatomy, z, _PLACEMENT_SIZE, _PLACEMENT_SPACING_MM,
-                                              with_hu=False, with_lesions=False).labels
+            labels = render_slice_with_labels(
+                anatomy, z, _PLACEMENT_SIZE, _PLACEMENT_SPACING_MM, with_hu=False, with_lesions=False
+            ).labels
             ok = labels == LABEL_IDS[organ]
             for other in placed:
                 dz = abs(z - other.center_mm[2])
                 if dz < other.radius_mm + radius + 2.0:
-                    d2 = (coords[None, :] - other.center_mm[0]) ** 2 + (coords[:, None] - other.center_mm[1]) ** 2
+                    d2 = (coords[None, :] - other.center_mm[0]) ** 2 + (
+                        coords[:, None] - other.center_mm[1]
+                    ) ** 2
                     ok &= d2 > (other.radius_mm + radius + 2.0) ** 2
             depth = ndimage.distance_transform_edt(ok) * _PLACEMENT_SPACING_MM
             rows, cols = np.nonzero(depth >= radius + 3.0)
             if rows.size:
                 k = int(rng.integers(rows.size))
-                placed.append(Lesion(
-                    index=len(placed), organ=organ, kind=kind,
-                    center_mm=(float(coords[cols[k]]), float(coords[rows[k]]), z), radius_mm=float(radius),
-                    contrast_hu=float(contrast), hu=float(organ_hu[organ] + contrast),
-                ))
+                placed.append(
+                    Lesion(
+                        index=len(placed),
+                        organ=organ,
+                        kind=kind,
+                        center_mm=(float(coords[cols[k]]), float(coords[rows[k]]), z),
+                        radius_mm=float(radius),
+                        contrast_hu=float(contrast),
+                        hu=float(organ_hu[organ] + contrast),
+                    )
+                )
                 break
         else:
             log.debug("no room for a %.1f mm %s lesion in %s; skipped", radius, kind, organ)
@@ -529,8 +760,12 @@ def make_patient(
     z0 = 0.5 * (z_extent_mm[0] + z_extent_mm[1])
     structures, trunk = (_chest if body_part == "chest" else _abdomen)(rng, z0)
     anatomy = PatientAnatomy(
-        body_part=body_part, structures=tuple(structures), lesions=(), texture=_texture(rng),
-        z_extent_mm=(float(z_extent_mm[0]), float(z_extent_mm[1])), body_axes_mm=(trunk.a, trunk.b),
+        body_part=body_part,
+        structures=tuple(structures),
+        lesions=(),
+        texture=_texture(rng),
+        z_extent_mm=(float(z_extent_mm[0]), float(z_extent_mm[1])),
+        body_axes_mm=(trunk.a, trunk.b),
     )
     organ_hu = {s.label: s.hu for s in reversed(structures)}
     lesions = _place_lesions(rng, anatomy, _lesion_specs(rng, body_part, organ_hu))

@@ -1,0 +1,174 @@
+"""① The SCP against real peers (dcmtk and a pynetdicom SCU) over loopback; catalog and spool are real files."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+)
+from pynetdicom import AE, _config
+
+from dicom_denoise_node.catalog import Catalog, SeriesState
+from dicom_denoise_node.config import NodeSettings
+from dicom_denoise_node.receive import StoreStatus, decodable_transfer_syntaxes, start_scp
+from dicom_denoise_node.spool import Spool
+from tests.peers import LOOPBACK, echoscu, free_port, require, storescu, write_ct_series
+
+
+@pytest.fixture
+def scp(tmp_path):
+    settings = NodeSettings(ae_title="DENOISE", host=LOOPBACK, port=free_port(), data_dir=tmp_path / "data",
+                            allowed_calling_aets=["SCANNER", "PYSCU"])
+    spool = Spool(settings.data_dir)
+    catalog = Catalog(f"sqlite:///{settings.data_dir / 'catalog.sqlite'}")
+    server = start_scp(settings, spool, catalog)
+    yield settings, spool, catalog
+    server.shutdown()
+    catalog.close()
+
+
+def _send_raw(port: int, path: Path, calling: str = "PYSCU", sop_class: str = CTImageStorage) -> int:
+    """C-STORE a file's bytes exactly as they are: pynetdicom's chunked mode streams the file, never parses it."""
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    assoc = ae.associate(LOOPBACK, port, ae_title="DENOISE")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(path)
+        return int(status.Status)
+    finally:
+        assoc.release()
+        _config.STORE_SEND_CHUNKED_DATASET = False
+
+
+def test_storescu_series_is_durable_and_cataloged_before_success(scp, tmp_path):
+    settings, spool, catalog = scp
+    files = write_ct_series(tmp_path / "in", 5)
+    result = storescu(files, settings.port, "DENOISE")
+    assert result.returncode == 0, result.stderr
+    series_uid = str(dcmread(files[0]).SeriesInstanceUID)
+    # storescu has its Success answers: each instance must already be in the catalog and on disk.
+    assert catalog.series_state(series_uid) is SeriesState.RECEIVING
+    rows = catalog.series_overview()
+    assert rows[0]["instances"] == 5
+    for f in files:
+        sop = str(dcmread(f).SOPInstanceUID)
+        stored = spool.incoming_path(str(dcmread(f).StudyInstanceUID), series_uid, sop)
+        assert stored.exists()
+        assert stored.stat().st_mode & 0o077 == 0  # owner-only
+        # Bytes as received, not re-encoded: same pixel data and transfer syntax.
+        assert dcmread(stored).PixelData == dcmread(f).PixelData
+    assert not list(spool.root.rglob("*.tmp"))
+
+
+def test_echo_and_calling_ae_allowlist(scp):
+    settings, _, _ = scp
+    assert echoscu(settings.port, "DENOISE", "SCANNER").returncode == 0
+    assert echoscu(settings.port, "DENOISE", "INTRUDER").returncode != 0
+
+
+def test_unknown_called_ae_is_rejected(scp):
+    settings, _, _ = scp
+    assert echoscu(settings.port, "SOMEONE_ELSE", "SCANNER").returncode != 0
+
+
+def test_undecodable_dataset_cannot_understand(scp, tmp_path):
+    settings, _, catalog = scp
+    (good,) = write_ct_series(tmp_path / "in", 1)
+    raw = good.read_bytes()
+    at = raw.index(b"\x08\x00\x18\x00UI")  # SOP Instance UID: keep it so the SCU can send the file
+    end = at + 8 + int.from_bytes(raw[at + 6 : at + 8], "little")
+    # Then a sequence of undefined length whose item runs past the end of the data.
+    tail = b"\x08\x00\x20\x00SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\x10\x00\x00\x00abc"
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(raw[:end] + tail)
+    assert _send_raw(settings.port, bad) == StoreStatus.CANNOT_UNDERSTAND
+    assert catalog.series_overview() == []
+    assert echoscu(settings.port, "DENOISE", "SCANNER").returncode == 0  # still up
+
+
+def test_path_traversal_uid_is_refused(scp, tmp_path):
+    settings, spool, catalog = scp
+    (f,) = write_ct_series(tmp_path / "in", 1)
+    ds = dcmread(f)
+    ds.SeriesInstanceUID = "../../../../tmp/evil"
+    ds.save_as(f)
+    assert _send_raw(settings.port, f) == StoreStatus.CANNOT_UNDERSTAND
+    assert not Path("/tmp/evil").exists()
+    assert catalog.series_overview() == []
+    assert not list(spool.incoming.rglob("*.dcm"))
+
+
+def test_missing_pixel_data_does_not_match_sop_class(scp, tmp_path):
+    settings, _, catalog = scp
+    (f,) = write_ct_series(tmp_path / "in", 1)
+    ds = dcmread(f)
+    del ds.PixelData
+    ds.save_as(f)
+    assert _send_raw(settings.port, f) == StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+    assert catalog.series_overview() == []
+
+
+def test_mr_is_not_negotiated(scp, tmp_path):
+    settings, _, _ = scp
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate(LOOPBACK, settings.port, ae_title="DENOISE")
+    try:
+        # The association may be accepted for nothing or rejected; MR storage is never accepted.
+        assert not assoc.is_established or not assoc.accepted_contexts
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def test_disk_full_is_out_of_resources_and_leaves_nothing(scp, tmp_path, monkeypatch):
+    settings, spool, catalog = scp
+    (f,) = write_ct_series(tmp_path / "in", 1)
+    real_write = os.write
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    try:
+        status = _send_raw(settings.port, f)
+    finally:
+        monkeypatch.setattr(os, "write", real_write)
+    assert status == StoreStatus.OUT_OF_RESOURCES
+    assert catalog.series_overview() == []
+    assert not [p for p in spool.root.rglob("*") if p.is_file() and p.name != "catalog.sqlite"
+                and not p.name.startswith("catalog.sqlite")]
+
+
+@pytest.mark.parametrize(
+    "tool,args",
+    [("dcmcjpeg", ["+e1"]), ("dcmcjpls", ["+el"]), ("dcmcrle", []), ("j2k", [])],
+)
+def test_compressed_transfer_syntaxes_are_accepted_as_sent(scp, tmp_path, tool, args):
+    settings, spool, catalog = scp
+    (src,) = write_ct_series(tmp_path / "in", 1, rows=64, columns=64)
+    out = tmp_path / "c.dcm"
+    if tool == "j2k":
+        ds = dcmread(src)
+        ds.compress("1.2.840.10008.1.2.4.90")  # JPEG 2000 lossless, through pylibjpeg-openjpeg
+        ds.save_as(out)
+    else:
+        subprocess.run([require(tool), *args, str(src), str(out)], check=True, capture_output=True)
+    ts = str(dcmread(out).file_meta.TransferSyntaxUID)
+    assert ts in decodable_transfer_syntaxes()
+    result = storescu([out], settings.port, "DENOISE")
+    assert result.returncode == 0, result.stderr
+    stored = next(spool.incoming.rglob("*.dcm"))
+    back = dcmread(stored)
+    assert str(back.file_meta.TransferSyntaxUID) == ts
+    assert (back.pixel_array == dcmread(src).pixel_array).all()

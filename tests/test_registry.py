@@ -1,0 +1,73 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dicom_denoise_node.registry import ModelError, list_models, load_model, read_metadata, resolve_model_path
+from tests.conftest import export_tiny_model
+
+
+def test_round_trip_without_pickle(tmp_path):
+    meta_path = export_tiny_model(tmp_path)
+    net, info = load_model(meta_path)
+    assert info.name == "tiny-random" and info.version == "0.0.1-test"
+    assert info.architecture["filters"] == 8 and info.architecture["blocks"] == 2
+    assert len(info.sha256) == 64
+    with torch.inference_mode():
+        y = net(torch.zeros(1, 1, 32, 32))
+    assert y.shape == (1, 1, 32, 32)
+    # The weights file is safetensors (a JSON header then raw tensors), not a pickle.
+    raw = info.weights_path.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    assert json.loads(raw[8 : 8 + header_len])
+    # Same model through the .safetensors path and through the directory.
+    assert read_metadata(info.weights_path).sha256 == info.sha256
+    assert read_metadata(tmp_path).sha256 == info.sha256
+
+
+def test_corrupt_weights_are_refused(tmp_path):
+    meta_path = export_tiny_model(tmp_path)
+    weights = meta_path.with_suffix(".safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="checksum"):
+        load_model(meta_path)
+
+
+def test_architecture_mismatch_is_refused(tmp_path):
+    meta_path = export_tiny_model(tmp_path)
+    meta = json.loads(meta_path.read_text())
+    meta["architecture"]["filters"] = 16
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="architecture"):
+        load_model(meta_path)
+
+
+def test_registry_directory_needs_active_when_several(tmp_path):
+    export_tiny_model(tmp_path, version="1")
+    other = export_tiny_model(tmp_path / "b", version="2")
+    for f in other.parent.iterdir():
+        f.rename(tmp_path / f.name.replace("tiny-random", "second"))
+    meta = json.loads((tmp_path / "second.json").read_text())
+    meta["name"] = "second"
+    (tmp_path / "second.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="ACTIVE"):
+        read_metadata(tmp_path)
+    (tmp_path / "ACTIVE").write_text("second\n")
+    assert read_metadata(tmp_path).version == "2"
+    assert {m.name for m in list_models(tmp_path)} == {"tiny-random", "second"}
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        resolve_model_path(str(tmp_path / "nope.json"))
+
+
+def test_normalisation_round_trip(tmp_path):
+    info = read_metadata(export_tiny_model(tmp_path))
+    hu = np.array([-1024, -1000, 0, 40, 3071], dtype=np.float32)
+    x = info.normalize(hu)
+    assert x.min() == -1 and x.max() == 1
+    np.testing.assert_allclose(info.denormalize(x), hu, atol=1e-3)
