@@ -342,9 +342,7 @@ class Catalog:
     def instances(self, series_id: int) -> list[Instance]:
         with self.session() as s:
             return list(
-                s.scalars(
-                    select(Instance).where(Instance.series_fk == series_id).order_by(Instance.instance_number)
-                )
+                s.scalars(select(Instance).where(Instance.series_fk == series_id).order_by(Instance.instance_number))
             )
 
     def finish_processing(
@@ -492,9 +490,7 @@ class Catalog:
         attempts = claim.attempts + 1
         with self._tx() as s:
             if attempts >= max_attempts:
-                values: dict[str, object] = dict(
-                    state=SeriesState.FAILED, failed_stage="send", next_attempt_at=None
-                )
+                values: dict[str, object] = dict(state=SeriesState.FAILED, failed_stage="send", next_attempt_at=None)
                 outcome = SeriesState.FAILED
             else:
                 delay = min(backoff_max_s, backoff_s * 2 ** (attempts - 1))
@@ -545,7 +541,10 @@ class Catalog:
         """Rows for `denoise-node status`: newest first, with instance and derived counts."""
         with self.session() as s:
             n_inst = (
-                select(func.count(Instance.id)).where(Instance.series_fk == Series.id).correlate(Series).scalar_subquery()
+                select(func.count(Instance.id))
+                .where(Instance.series_fk == Series.id)
+                .correlate(Series)
+                .scalar_subquery()
             )
             n_der = (
                 select(func.count(DerivedInstance.id))

@@ -154,8 +154,14 @@ def status(
         table.add_column(col)
     for r in rows:
         table.add_row(
-            str(r["series_uid"]), str(r["modality"]), str(r["description"]), str(r["state"]),
-            str(r["instances"]), str(r["derived"]), str(r["attempts"]), str(r["last_error"] or "")[:60],
+            str(r["series_uid"]),
+            str(r["modality"]),
+            str(r["description"]),
+            str(r["state"]),
+            str(r["instances"]),
+            str(r["derived"]),
+            str(r["attempts"]),
+            str(r["last_error"] or "")[:60],
         )
     out.print(table)
     catalog.close()
@@ -218,13 +224,16 @@ def denoise(
         console.print(f"[red]no DICOM series found in {in_dir}[/]")
         raise typer.Exit(1)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as bar:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
         for uid, paths in by_series.items():
             task = bar.add_task(f"series …{uid[-12:]}", total=len(paths))
             try:
                 result = denoiser.denoise_series(
-                    uid, paths, lambda s, sop: out_dir / s / f"{sop}.dcm",
+                    uid,
+                    paths,
+                    lambda s, sop: out_dir / s / f"{sop}.dcm",
                     progress=lambda k, n, t=task: bar.update(t, completed=k, total=n),
                 )
             except NothingToDenoise as exc:

@@ -176,7 +176,11 @@ class Node:
             )
             log.warning(
                 "series %s send attempt %d/%d failed (%s); state=%s",
-                claim.series_uid, claim.attempts + 1, cfg.max_attempts, "; ".join(errors), outcome,
+                claim.series_uid,
+                claim.attempts + 1,
+                cfg.max_attempts,
+                "; ".join(errors),
+                outcome,
             )
             return
         if self.catalog.send_succeeded(claim):

@@ -150,9 +150,7 @@ def handle_echo(event: Event) -> int:
 
 
 def _log_rejection(event: Event) -> None:
-    log.warning(
-        "association from %s (%s) rejected", event.assoc.requestor.ae_title, event.assoc.requestor.address
-    )
+    log.warning("association from %s (%s) rejected", event.assoc.requestor.ae_title, event.assoc.requestor.address)
 
 
 def _log_accept(event: Event) -> None:

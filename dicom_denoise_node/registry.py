@@ -110,9 +110,7 @@ def _metadata_path(path: Path) -> Path:
         candidates = sorted(path.glob("*.json"))
         if len(candidates) == 1:
             return candidates[0]
-        raise ModelError(
-            f"model directory {path} has {len(candidates)} models and no {ACTIVE_FILE} file naming one"
-        )
+        raise ModelError(f"model directory {path} has {len(candidates)} models and no {ACTIVE_FILE} file naming one")
     if path.suffix == ".safetensors":
         return path.with_suffix(".json")
     return path

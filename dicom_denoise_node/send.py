@@ -52,8 +52,9 @@ def send_files(files: list[Path], dest: Destination, calling_aet: str, timeout_s
     """C-STORE every file over one association; raise SendError on the first non-success status."""
     if not files:
         return 0
-    sop_classes = sorted({str(dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID)
-                          for f in files})
+    sop_classes = sorted(
+        {str(dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID) for f in files}
+    )
     ae = _scu(calling_aet, timeout_s)
     for sop_class in sop_classes:
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])

@@ -13,8 +13,15 @@ from dicom_denoise_node.catalog import Catalog, SeriesState
 from tests.peers import LOOPBACK, free_port, stop_process, wait_for_port, wait_until
 
 
-def write_config(path: Path, data_dir: Path, port: int, model: Path | str, destinations: list[dict[str, Any]],
-                 extra: str = "", quiet_period_s: float = 1.0) -> Path:
+def write_config(
+    path: Path,
+    data_dir: Path,
+    port: int,
+    model: Path | str,
+    destinations: list[dict[str, Any]],
+    extra: str = "",
+    quiet_period_s: float = 1.0,
+) -> Path:
     dests = "".join(
         f'\n[[destinations]]\nae_title = "{d["ae_title"]}"\nhost = "{d.get("host", LOOPBACK)}"\nport = {d["port"]}\n'
         for d in destinations

@@ -8,9 +8,17 @@ from dicom_denoise_node.catalog import Catalog, DerivedRecord, InstanceMeta, Ser
 
 def meta(n: int, series: str = "1.2.3.4", path: str = "/x") -> InstanceMeta:
     return InstanceMeta(
-        patient_id="P1", study_uid="1.2.3", series_uid=series, sop_uid=f"{series}.{n}",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax="1.2.840.10008.1.2.1", modality="CT",
-        series_description="LD", instance_number=n, path=f"{path}/{n}", size=10,
+        patient_id="P1",
+        study_uid="1.2.3",
+        series_uid=series,
+        sop_uid=f"{series}.{n}",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax="1.2.840.10008.1.2.1",
+        modality="CT",
+        series_description="LD",
+        instance_number=n,
+        path=f"{path}/{n}",
+        size=10,
     )
 
 

@@ -6,9 +6,7 @@ from dicom_denoise_node.generator import GeneratorConfig, ResnetGenerator
 from dicom_denoise_node.inference import TiledInferer, blend_window, tile_starts
 
 
-@pytest.mark.parametrize(
-    "shape", [(512, 512), (256, 256), (300, 170), (64, 64), (1024, 700), (1, 37)]
-)
+@pytest.mark.parametrize("shape", [(512, 512), (256, 256), (300, 170), (64, 64), (1024, 700), (1, 37)])
 def test_identity_network_is_bit_exact(shape):
     rng = np.random.default_rng(1)
     image = (rng.standard_normal(shape) * 3).astype(np.float32)

@@ -25,8 +25,13 @@ from tests.peers import LOOPBACK, echoscu, free_port, require, storescu, write_c
 
 @pytest.fixture
 def scp(tmp_path):
-    settings = NodeSettings(ae_title="DENOISE", host=LOOPBACK, port=free_port(), data_dir=tmp_path / "data",
-                            allowed_calling_aets=["SCANNER", "PYSCU"])
+    settings = NodeSettings(
+        ae_title="DENOISE",
+        host=LOOPBACK,
+        port=free_port(),
+        data_dir=tmp_path / "data",
+        allowed_calling_aets=["SCANNER", "PYSCU"],
+    )
     spool = Spool(settings.data_dir)
     catalog = Catalog(f"sqlite:///{settings.data_dir / 'catalog.sqlite'}")
     server = start_scp(settings, spool, catalog)
@@ -146,8 +151,11 @@ def test_disk_full_is_out_of_resources_and_leaves_nothing(scp, tmp_path, monkeyp
         monkeypatch.setattr(os, "write", real_write)
     assert status == StoreStatus.OUT_OF_RESOURCES
     assert catalog.series_overview() == []
-    assert not [p for p in spool.root.rglob("*") if p.is_file() and p.name != "catalog.sqlite"
-                and not p.name.startswith("catalog.sqlite")]
+    assert not [
+        p
+        for p in spool.root.rglob("*")
+        if p.is_file() and p.name != "catalog.sqlite" and not p.name.startswith("catalog.sqlite")
+    ]
 
 
 @pytest.mark.parametrize(
