@@ -106,7 +106,8 @@ def echo(
 ) -> None:
     """C-ECHO the configured destinations (or one peer given with --host/--port/--aet).
 
-    Example: `denoise-node echo -c etc/denoise-node.toml` or `denoise-node echo --host 127.0.0.1 --port 4242 --aet ORTHANC`
+    Examples: `denoise-node echo -c etc/denoise-node.toml`;
+    `denoise-node echo --host 127.0.0.1 --port 4242 --aet ORTHANC`
     """
     from dicom_denoise_node.send import SendError
     from dicom_denoise_node.send import echo as c_echo

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,7 +19,7 @@ import numpy as np
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from dicom_denoise_node import __version__
 from dicom_denoise_node.config import DeriveSettings
@@ -62,13 +63,21 @@ class DerivationInfo:
         return text[:1024]
 
 
+_UID_NAMESPACE = uuid.UUID("6f1c2a4e-3b0d-5e57-9d7a-0de0c0de0001")
+
+
+def _uuid_uid(*parts: str) -> str:
+    """A 2.25 UID (PS3.5 B.2) from a name-based UUID: the same inputs always give the same UID."""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0).join(parts)).int}"
+
+
 def derived_series_uid(source_series_uid: str, model_version: str) -> str:
     """Deterministic: the same source series through the same model always gives the same series UID."""
-    return generate_uid(prefix=None, entropy_srcs=["dicom-denoise-node/series", source_series_uid, model_version])
+    return _uuid_uid("series", source_series_uid, model_version)
 
 
 def derived_sop_uid(source_sop_uid: str, model_version: str) -> str:
-    return generate_uid(prefix=None, entropy_srcs=["dicom-denoise-node/sop", source_sop_uid, model_version])
+    return _uuid_uid("sop", source_sop_uid, model_version)
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:

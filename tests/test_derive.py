@@ -1,0 +1,99 @@
+"""④ The derived instance: attributes a PACS expects, HU written back through the source encoding, dciodvfy-clean."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from dicom_denoise_node.config import DeriveSettings
+from dicom_denoise_node.derive import (
+    DerivationInfo,
+    derive_instance,
+    derived_series_uid,
+    derived_sop_uid,
+    encode,
+    hu_to_stored,
+)
+from tests.peers import dciodvfy, require, write_ct_series
+
+INFO = DerivationInfo("cyclegan-test", "1.2.3", DeriveSettings(notice="Denoised by software; not for primary diagnosis"))
+GEOMETRY = (
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "FrameOfReferenceUID",
+    "Rows",
+    "Columns",
+    "StudyInstanceUID",
+    "PatientID",
+)
+
+
+@pytest.fixture
+def source(tmp_path):
+    (path,) = write_ct_series(tmp_path, 1, rows=32, columns=48)
+    return dcmread(path)
+
+
+def test_derived_attributes(source, tmp_path):
+    hu = source.pixel_array.astype(np.float32) - 1024 + 5
+    series_uid = derived_series_uid(source.SeriesInstanceUID, INFO.model_version)
+    before = source.SeriesDescription if "SeriesDescription" in source else None
+    ds = derive_instance(source, hu, series_uid, INFO)
+    assert ds.SeriesInstanceUID == series_uid != source.SeriesInstanceUID
+    assert ds.SOPInstanceUID == derived_sop_uid(source.SOPInstanceUID, "1.2.3") != source.SOPInstanceUID
+    assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"] and ds.ImageType[2] == "AXIAL"
+    assert "cyclegan-test 1.2.3" in ds.DerivationDescription and "not for primary diagnosis" in ds.ImageComments
+    assert ds.SeriesDescription.endswith("[denoised]")
+    ref = ds.SourceImageSequence[0]
+    assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+    equipment = ds.ContributingEquipmentSequence[-1]
+    assert equipment.ManufacturerModelName == "cyclegan-test" and "model 1.2.3" in equipment.SoftwareVersions
+    for kw in GEOMETRY:
+        assert ds[kw].value == source[kw].value, kw
+    assert ds.SeriesNumber == source.SeriesNumber + 1000
+    # The source dataset is untouched.
+    assert (source.SeriesDescription if "SeriesDescription" in source else None) == before
+    assert list(source.ImageType)[0] == "ORIGINAL"
+    # HU written back exactly through the source rescale.
+    out = tmp_path / "d.dcm"
+    out.write_bytes(encode(ds))
+    back = dcmread(out)
+    np.testing.assert_array_equal(back.pixel_array * float(back.RescaleSlope) + float(back.RescaleIntercept), hu)
+
+
+def test_uids_are_deterministic_per_model_version():
+    assert derived_series_uid("1.2.3", "v1") == derived_series_uid("1.2.3", "v1")
+    assert derived_series_uid("1.2.3", "v1") != derived_series_uid("1.2.3", "v2")
+    assert derived_sop_uid("1.2.3.4", "v1") != derived_sop_uid("1.2.3.5", "v1")
+    assert len(derived_sop_uid("1." * 31 + "1", "v1")) <= 64
+
+
+def test_dciodvfy_clean(source, tmp_path):
+    require("dciodvfy")
+    ds = derive_instance(source, source.pixel_array.astype(np.float32) - 1024, "2.25.1234", INFO)
+    out = tmp_path / "d.dcm"
+    out.write_bytes(encode(ds))
+    errors, _ = dciodvfy(out)
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    "signed,bits,slope,intercept",
+    [(False, 12, 1.0, -1024.0), (True, 16, 1.0, 0.0), (False, 16, 0.5, -1024.0), (True, 12, 2.0, -10.0)],
+)
+def test_hu_to_stored_respects_representation_and_range(source, signed, bits, slope, intercept):
+    source.PixelRepresentation = int(signed)
+    source.BitsStored = bits
+    source.RescaleSlope, source.RescaleIntercept = slope, intercept
+    hu = np.array([[-90000.0, -1000.0, 0.0, 40.4, 3000.0, 90000.0]], dtype=np.float32)
+    stored = hu_to_stored(hu, source)
+    assert stored.dtype == (np.int16 if signed else np.uint16)
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    assert stored.min() >= lo and stored.max() <= hi
+    assert stored[0, 0] == lo and stored[0, -1] == hi  # clipped, not wrapped
+    inside = stored[0, 1:5].astype(np.float64) * slope + intercept
+    np.testing.assert_allclose(inside, hu[0, 1:5], atol=slope / 2 + 1e-6)
