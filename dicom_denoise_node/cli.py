@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -23,7 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 log = logging.getLogger("dicom_denoise_node.cli")
 
@@ -63,7 +64,7 @@ def _settings(config: Path | None) -> Settings:
     try:
         settings = load_settings(config)
     except ConfigError as exc:
-        console.print(f"[bold red]config error:[/] {exc}")
+        console.print(f"[bold red]config error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     _setup_logging(settings.node.log_level)
     return settings
@@ -131,7 +132,7 @@ def echo(
             out.print(f"{dest.key}: C-ECHO status 0x{status:04X} {'OK' if ok else 'FAILED'}")
             failed += not ok
         except SendError as exc:
-            out.print(f"{dest.key}: [red]{exc}[/]")
+            out.print(f"{dest.key}: [red]{escape(str(exc))}[/]")
             failed += 1
     raise typer.Exit(1 if failed else 0)
 
@@ -181,7 +182,7 @@ def retry(series_uid: str, config: ConfigOption = None) -> None:
     try:
         state = catalog.retry(series_uid)
     except (KeyError, ValueError) as exc:
-        console.print(f"[red]{exc}[/]")
+        console.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from exc
     finally:
         catalog.close()
@@ -210,7 +211,7 @@ def denoise(
     try:
         denoiser = load_denoiser(settings)
     except ModelError as exc:
-        console.print(f"[red]cannot load model:[/] {exc}")
+        console.print(f"[red]cannot load model:[/] {escape(str(exc))}")
         raise typer.Exit(3) from exc
     files = sorted(p for p in in_dir.rglob("*") if p.is_file())
     by_series: dict[str, list[Path]] = {}
@@ -238,7 +239,7 @@ def denoise(
                     progress=lambda k, n, t=task: bar.update(t, completed=k, total=n),
                 )
             except NothingToDenoise as exc:
-                console.print(f"[yellow]{exc}[/]")
+                console.print(f"[yellow]{escape(str(exc))}[/]")
                 continue
             out.print(f"{uid} → {result.derived_series_uid}: {len(result.written)} instances in {out_dir}")
 

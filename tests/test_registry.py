@@ -71,3 +71,11 @@ def test_normalisation_round_trip(tmp_path):
     x = info.normalize(hu)
     assert x.min() == -1 and x.max() == 1
     np.testing.assert_allclose(info.denormalize(x), hu, atol=1e-3)
+
+
+def test_no_model_and_no_bundled_model_refuses(tmp_path, monkeypatch):
+    import dicom_denoise_node.registry as registry
+
+    monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path / "empty")
+    with pytest.raises(ModelError, match="never passes images through"):
+        resolve_model_path("")

@@ -47,6 +47,7 @@ _PLACEMENT_SIZE = 400
 _TWO_PI = 2.0 * math.pi
 
 Ellipse = tuple[float, float, float, float, float]
+_LesionSpec = tuple[str, str, float, float]  # organ, kind, radius mm, contrast HU
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class LesionOnSlice:
 
 @dataclass(frozen=True, eq=False)
 class Texture:
-    """Smooth deterministic 3D field (sum of low-frequency cosines, std ~1): organ heterogeneity, not noise."""
+    """Smooth deterministic 3D field (low-frequency cosines, std ~1): organ heterogeneity, not noise."""
 
     wavevectors: np.ndarray  # (K, 3) rad/mm
     phases: np.ndarray  # (K,)
@@ -182,7 +183,7 @@ class SliceRender:
     lesions: list[LesionOnSlice]
 
 
-# ---------------------------------------------------------------------------------------------------- rendering
+# -------------------------------------------------------------------------------------------------- rendering
 
 
 def _grid(size: int, pixel_spacing: float) -> np.ndarray:
@@ -682,9 +683,9 @@ def _abdomen(rng: np.random.Generator, z0: float) -> tuple[list[Structure], _Tru
     return out, t
 
 
-def _lesion_specs(rng: np.random.Generator, body_part: str, organ_hu: dict[str, float]) -> list[tuple]:
+def _lesion_specs(rng: np.random.Generator, body_part: str, organ_hu: dict[str, float]) -> list[_LesionSpec]:
     """(organ, kind, radius_mm, contrast_hu) for each lesion to place."""
-    specs: list[tuple] = []
+    specs: list[_LesionSpec] = []
 
     def signed(lo: float, hi: float) -> float:
         return float(rng.choice([-1.0, 1.0]) * rng.uniform(lo, hi))
@@ -709,7 +710,7 @@ def _lesion_specs(rng: np.random.Generator, body_part: str, organ_hu: dict[str, 
 
 
 def _place_lesions(
-    rng: np.random.Generator, anatomy: PatientAnatomy, specs: list[tuple]
+    rng: np.random.Generator, anatomy: PatientAnatomy, specs: list[_LesionSpec]
 ) -> tuple[Lesion, ...]:
     """Put each lesion well inside its organ at a random z of the extent (why: truth must be unambiguous)."""
     organ_hu = {s.label: s.hu for s in reversed(anatomy.structures)}

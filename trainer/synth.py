@@ -1,8 +1,9 @@
 """Synthetic CT archive: per patient one study with HD, LD (quarter dose) and REF (noise-free) series.
 
-Why: tests, demos and training need paired LD/HD CT with known truth and no patient data. Anatomy comes from
-trainer.phantom, dose from trainer.ct_physics (Poisson counts on projections, then FBP: never image-domain noise).
-Everything (pixels, UIDs, dates, names) is a deterministic function of the seed, except the timing in the manifest.
+Why: tests, demos and training need paired LD/HD CT with known truth and no patient data. Anatomy comes
+from trainer.phantom, dose from trainer.ct_physics (Poisson counts on projections, then FBP: never
+image-domain noise). Everything (pixels, UIDs, dates, names) is a deterministic function of the seed, except
+the timing in the manifest.
 
 Layout: OUT/<PatientID>/<HD|LD|REF>/0001.dcm …, OUT/<PatientID>/truth.json, OUT/archive.json.
 """
@@ -225,7 +226,7 @@ def _patient_seeds(seed: int, index: int) -> list[np.random.SeedSequence]:
 
 
 def patient_anatomy(seed: int, index: int, body_part: str, z_positions_mm: Sequence[float]) -> PatientAnatomy:
-    """The anatomy synthesize_archive used for patient `index` (0-based), e.g. to get organ masks for scoring."""
+    """The anatomy synthesize_archive used for patient `index` (0-based), e.g. for organ masks in scoring."""
     anatomy_seq = _patient_seeds(seed, index)[0]
     return make_patient(
         np.random.default_rng(anatomy_seq), body_part, (min(z_positions_mm), max(z_positions_mm))
