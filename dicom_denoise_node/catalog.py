@@ -50,6 +50,7 @@ class SeriesState(enum.StrEnum):
     DERIVED = "DERIVED"
     SENT = "SENT"
     FAILED = "FAILED"
+    ARCHIVED = "ARCHIVED"  # indexed by `catalog scan` for training; never processed by the node
 
 
 def utcnow() -> datetime:
@@ -111,6 +112,11 @@ class Series(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     derived_series_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Training archive: where the series came from, its dose domain (LD/HD/REF) and body part.
+    origin: Mapped[str] = mapped_column(String(16), default="received")
+    domain: Mapped[str | None] = mapped_column(String(8), nullable=True, index=True)
+    body_part: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    exposure_mas: Mapped[float | None] = mapped_column(nullable=True)
     model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -131,6 +137,17 @@ class Instance(Base):
     calling_aet: Mapped[str] = mapped_column(String(16), default="")
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Split(Base):
+    """Patient-level role in training: train_ld, train_hd, test or val (reproducible by seed)."""
+
+    __tablename__ = "splits"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), unique=True)
+    role: Mapped[str] = mapped_column(String(16), index=True)
+    seed: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class DerivedInstance(Base):
@@ -258,6 +275,8 @@ class Catalog:
             s.add(study)
             s.flush()
         series = s.scalar(select(Series).where(Series.series_uid == meta.series_uid))
+        if series is not None and series.origin != "received":
+            raise ValueError(f"series {meta.series_uid} belongs to the training archive in this catalog")
         if series is None:
             series = Series(
                 series_uid=meta.series_uid,
@@ -555,6 +574,7 @@ class Catalog:
             rows = s.execute(
                 select(Series, Study.study_uid, n_inst, n_der)
                 .join(Study, Series.study_fk == Study.id)
+                .where(Series.origin == "received")
                 .order_by(Series.updated_at.desc())
                 .limit(limit)
             ).all()

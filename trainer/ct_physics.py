@@ -11,7 +11,7 @@ memory. Monochromatic (~70 keV), no beam hardening, scatter or bowtie; a small a
 The REF image is the FBP of the noiseless sinogram, so REF, HD and LD share exactly the same resolution.
 
 Speed (REF+HD+LD, default views, CPU torch 2.13, 2-core development VM, otherwise idle): ~2 s per 512² slice
-(806 views), ~0.3 s per 256² slice. Another torch process on the same cores can make it 10× slower (threads).
+(806 views), ~0.3 s per 256² slice. A second busy process on those cores makes it several times slower.
 """
 
 from __future__ import annotations

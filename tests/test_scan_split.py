@@ -1,0 +1,321 @@
+"""Catalog scan (domains, idempotence, skips) and the patient-level split, on a tiny synthetic archive."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import func, select
+
+from dicom_denoise_node.catalog import (
+    Catalog,
+    Instance,
+    InstanceMeta,
+    Patient,
+    Series,
+    SeriesState,
+    Split,
+    Study,
+    utcnow,
+)
+from trainer.scan import DomainRules, archive_overview, exposure_mas, scan_archive
+from trainer.split import (
+    ROLES,
+    _apportion,
+    _assign,
+    make_split,
+    paired_slices,
+    split_summary,
+    training_files,
+)
+from trainer.synth import PatientRecord, synthesize_archive
+
+PATIENTS = 10  # 5 chest + 5 abdomen, ~3 s to synthesise at 64 px, 48 views
+SLICES = 2
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[PatientRecord]]:
+    out = tmp_path_factory.mktemp("archive")
+    return out, synthesize_archive(out, patients=PATIENTS, slices=SLICES, size=64, seed=3, views=48)
+
+
+def _catalog(path: Path) -> Catalog:
+    return Catalog(f"sqlite:///{path}")
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Catalog:
+    cat = _catalog(tmp_path / "catalog.sqlite")
+    yield cat
+    cat.close()
+
+
+@pytest.fixture
+def scanned(catalog: Catalog, archive: tuple[Path, list[PatientRecord]]) -> Catalog:
+    scan_archive(catalog, archive[0])
+    return catalog
+
+
+def _counts(catalog: Catalog) -> dict[str, int]:
+    with catalog.session() as s:
+        return {
+            m.__tablename__: s.scalar(select(func.count()).select_from(m)) for m in (Patient, Study, Series, Instance)
+        }
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ---- scan ------------------------------------------------------------------------------------------------------
+
+
+def test_scan_indexes_every_series_with_its_domain(catalog: Catalog, archive) -> None:
+    root, records = archive
+    seen: list[tuple[int, int]] = []
+    report = scan_archive(catalog, root, progress=lambda done, total: seen.append((done, total)))
+    assert report.instances_added == PATIENTS * SLICES * 3 and report.instances_updated == 0
+    assert report.series_by_domain == {"LD": PATIENTS, "HD": PATIENTS, "REF": PATIENTS}
+    assert not report.unknown_series
+    assert seen[-1] == (report.files_seen, report.files_seen)
+    # truth.json per patient and archive.json are not DICOM
+    assert len(report.skipped) == PATIENTS + 1
+    assert all(reason.startswith("not DICOM") for reason in report.skipped.values())
+    assert _counts(catalog) == {"patients": PATIENTS, "studies": PATIENTS, "series": 3 * PATIENTS, "instances": 60}
+
+    parts = {r.patient_id: r.body_part.upper() for r in records}
+    rows = archive_overview(catalog)
+    assert len(rows) == 3 * PATIENTS
+    for row in rows:
+        assert f"({row['domain']})" in row["description"]
+        assert row["body_part"] == parts[row["patient_id"]]
+        assert row["instances"] == SLICES and row["split"] is None
+    with catalog.session() as s:
+        series = s.scalars(select(Series)).all()
+        assert {(x.origin, x.state) for x in series} == {("archive", SeriesState.ARCHIVED)}
+        assert {x.domain: x.exposure_mas for x in series} == {"HD": 200.0, "LD": 50.0, "REF": None}
+        for inst in s.scalars(select(Instance)):
+            path = Path(inst.path)
+            assert path.is_absolute() and path.exists() and path.parent.name in ("HD", "LD", "REF")
+            assert inst.instance_number in (1, 2)
+            assert inst.sop_class_uid == pydicom.uid.CTImageStorage
+            assert inst.transfer_syntax == pydicom.uid.ExplicitVRLittleEndian
+
+
+def test_rescan_is_idempotent_and_follows_moved_or_deleted_files(catalog: Catalog, archive, tmp_path: Path) -> None:
+    root = _copy(archive[0], tmp_path / "copy")
+    scan_archive(catalog, root)
+    before = _counts(catalog)
+    again = scan_archive(catalog, root)
+    assert (again.instances_added, again.instances_updated, again.instances_unchanged) == (0, 0, 60)
+    assert _counts(catalog) == before
+
+    patient = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    moved = patient / "LD" / "0001.dcm"
+    moved.rename(patient / "LD" / "renamed.dcm")
+    (patient / "HD" / "0002.dcm").unlink()
+    third = scan_archive(catalog, root)
+    assert (third.instances_added, third.instances_updated, third.instances_removed) == (0, 1, 1)
+    with catalog.session() as s:
+        paths = set(s.scalars(select(Instance.path)))
+    assert str((patient / "LD" / "renamed.dcm").resolve()) in paths
+    assert str(moved.resolve()) not in paths and str((patient / "HD" / "0002.dcm").resolve()) not in paths
+    assert _counts(catalog)["instances"] == before["instances"] - 1
+
+
+def test_explicit_domain_overrides_the_description(catalog: Catalog, archive) -> None:
+    ref_dir = archive[1][0].directory / "REF"
+    report = scan_archive(catalog, ref_dir, domain="hd")
+    assert report.series_by_domain == {"HD": 1}
+    assert [r["domain"] for r in archive_overview(catalog)] == ["HD"]
+    scan_archive(catalog, ref_dir)  # the domain is re-derived on every scan
+    assert [r["domain"] for r in archive_overview(catalog)] == ["REF"]
+    with pytest.raises(ValueError, match="domain"):
+        scan_archive(catalog, ref_dir, domain="XD")
+
+
+def test_non_dicom_files_are_skipped_with_a_reason(catalog: Catalog, archive, tmp_path: Path) -> None:
+    root = _copy(archive[1][0].directory / "LD", tmp_path / "ld")
+    (root / "notes.txt").write_text("reconstructed on the console\n")
+    (root / "looks_like_a_dataset").write_bytes(b"\x08\x00\x05\x00" + b"\xff" * 64)
+    report = scan_archive(catalog, root)
+    assert report.instances_added == SLICES
+    assert set(report.skipped) == {root.resolve() / "notes.txt", root.resolve() / "looks_like_a_dataset"}
+    assert report.skipped[root.resolve() / "notes.txt"] == "not DICOM (no DICM prefix)"
+    assert report.skipped[root.resolve() / "looks_like_a_dataset"].startswith("not DICOM")
+
+
+def _retitle(src: Path, dst: Path, description: str, drop: tuple[str, ...] = ()) -> None:
+    ds = pydicom.dcmread(src)
+    ds.SeriesDescription = description
+    for keyword in drop:
+        delattr(ds, keyword)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dst, enforce_file_format=True)
+
+
+def test_exposure_thresholds_decide_when_the_description_says_nothing(archive, tmp_path: Path) -> None:
+    patient = archive[1][0].directory
+    root = tmp_path / "anon"
+    _retitle(patient / "LD" / "0001.dcm", root / "a" / "1.dcm", "Axial 3mm B30f")
+    # without Exposure the mAs come from XRayTubeCurrent × ExposureTime: 400 mA × 500 ms = 200 mAs
+    _retitle(patient / "HD" / "0001.dcm", root / "b" / "1.dcm", "Axial 3mm B30f", drop=("Exposure",))
+    assert exposure_mas(pydicom.dcmread(root / "b" / "1.dcm")) == pytest.approx(200.0)
+
+    plain = _catalog(tmp_path / "plain.sqlite")
+    report = scan_archive(plain, root)
+    assert report.series_by_domain == {"unknown": 2} and len(report.unknown_series) == 2
+    assert {r["domain"] for r in archive_overview(plain)} == {None}  # still indexed
+    plain.close()
+
+    rules = DomainRules(ld_max_mas=100, hd_min_mas=150)
+    cat = _catalog(tmp_path / "rules.sqlite")
+    assert scan_archive(cat, root, rules=rules).series_by_domain == {"LD": 1, "HD": 1}
+    cat.close()
+    with pytest.raises(ValueError, match="below"):
+        DomainRules(ld_max_mas=150, hd_min_mas=100)
+
+
+@pytest.mark.parametrize(
+    ("description", "domain"),
+    [
+        ("Quarter dose (LD) 50 mAs", "LD"),
+        ("Low Dose Images", "LD"),
+        ("low-dose chest", "LD"),
+        ("Full Dose Images", "HD"),
+        ("Routine Abdomen 3.0 B30f", "HD"),
+        ("Noise-free reference (REF) for evaluation only", "REF"),
+        ("LD vs HD comparison", None),  # ambiguous: left to the exposure rule
+        ("Axial 3mm", None),
+        ("HEAD", None),  # a word containing "HD" letters is not HD
+    ],
+)
+def test_default_description_patterns(description: str, domain: str | None) -> None:
+    assert DomainRules().from_description(description) == domain
+
+
+def test_archive_series_never_enter_the_pipeline(scanned: Catalog, archive) -> None:
+    assert scanned.mark_complete(0, now=utcnow() + timedelta(days=1)) == []
+    assert scanned.claim_for_processing() is None
+    assert scanned.series_overview(limit=100) == []  # `denoise-node status` shows only what the node received
+    assert archive_overview(scanned)
+
+
+def test_scan_leaves_series_received_by_the_node_alone(catalog: Catalog, archive) -> None:
+    ld_dir = archive[1][0].directory / "LD"
+    ds = pydicom.dcmread(ld_dir / "0001.dcm", stop_before_pixels=True)
+    catalog.record_instance(
+        InstanceMeta(
+            patient_id=ds.PatientID,
+            study_uid=ds.StudyInstanceUID,
+            series_uid=ds.SeriesInstanceUID,
+            sop_uid=ds.SOPInstanceUID,
+            sop_class_uid=ds.SOPClassUID,
+            transfer_syntax=ds.file_meta.TransferSyntaxUID,
+            modality="CT",
+            series_description=ds.SeriesDescription,
+            instance_number=1,
+            path="/spool/1.dcm",
+            size=1,
+        )
+    )
+    report = scan_archive(catalog, ld_dir)
+    assert report.instances_added == 0 and len(report.skipped) == SLICES
+    assert all("node's pipeline" in why for why in report.skipped.values())
+    assert catalog.series_state(ds.SeriesInstanceUID) is SeriesState.RECEIVING
+    assert archive_overview(catalog) == []
+
+
+# ---- split -----------------------------------------------------------------------------------------------------
+
+
+def _patients_of(paths: list[Path]) -> set[str]:
+    return {p.parent.parent.name for p in paths}
+
+
+def test_split_is_patient_level_disjoint_and_stratified(scanned: Catalog, archive) -> None:
+    records = archive[1]
+    split = make_split(scanned, seed=11)
+    assert set(split) == set(ROLES)
+    assigned = [pid for role in ROLES for pid in split[role]]
+    assert sorted(assigned) == sorted(r.patient_id for r in records)  # every patient once: no overlap
+    assert [len(split[r]) for r in ROLES] == [4, 4, 2, 0]  # 8 train (two halves), 2 test, val rounds to 0
+    parts = {r.patient_id: r.body_part.upper() for r in records}
+    for role in ("train_ld", "train_hd", "test"):
+        assert {parts[p] for p in split[role]} == {"CHEST", "ABDOMEN"}, role
+
+    ld_files, hd_files = training_files(scanned, "LD"), training_files(scanned, "hd")
+    assert len(ld_files) == len(hd_files) == 4 * SLICES
+    assert _patients_of(ld_files) == set(split["train_ld"]) and {p.parent.name for p in ld_files} == {"LD"}
+    assert _patients_of(hd_files) == set(split["train_hd"]) and {p.parent.name for p in hd_files} == {"HD"}
+    with pytest.raises(ValueError):
+        training_files(scanned, "REF")
+
+    pairs = paired_slices(scanned, "test")
+    assert {p.patient_id for p in pairs} == set(split["test"])
+    assert len(pairs) == len(split["test"]) * SLICES
+    for pair in pairs:
+        assert (pair.ld.parent.name, pair.hd.parent.name, pair.ref.parent.name) == ("LD", "HD", "REF")
+        assert pair.ld.name == pair.hd.name == pair.ref.name == f"{pair.instance_number:04d}.dcm"
+        assert pair.ld.parent.parent.name == pair.patient_id and pair.body_part == parts[pair.patient_id]
+    assert paired_slices(scanned, "val") == []
+    with pytest.raises(ValueError, match="unpaired"):
+        paired_slices(scanned, "train_ld")
+
+    summary = split_summary(scanned)
+    assert summary["train_ld"]["patients"] == 4 and summary["train_ld"]["slices"] == 4 * SLICES
+    assert summary["test"]["patients_CHEST"] == summary["test"]["patients_ABDOMEN"] == 1
+    assert sum(summary[r]["patients"] for r in ROLES) == PATIENTS
+    roles = {r["patient_id"]: r["split"] for r in archive_overview(scanned)}
+    assert all(roles[pid] == role for role in ROLES for pid in split[role])
+
+
+def test_split_is_stable_for_a_seed(scanned: Catalog, archive, tmp_path: Path) -> None:
+    first = make_split(scanned, seed=5)
+    assert make_split(scanned, seed=5) == first
+    fresh = _catalog(tmp_path / "fresh.sqlite")
+    scan_archive(fresh, archive[0])
+    assert make_split(fresh, seed=5) == first
+    fresh.close()
+
+    with pytest.raises(ValueError, match="seed"):
+        make_split(scanned, seed=6)
+    replaced = make_split(scanned, seed=6, force=True)
+    with scanned.session() as s:
+        assert set(s.scalars(select(Split.seed))) == {6}
+    assert make_split(scanned, seed=6) == replaced
+
+
+def test_only_patients_with_ld_and_hd_are_eligible(catalog: Catalog, archive, tmp_path: Path) -> None:
+    root = tmp_path / "three"
+    for rec in archive[1][:3]:
+        _copy(rec.directory, root / rec.patient_id)
+    lost_hd = archive[1][2]
+    shutil.move(root / lost_hd.patient_id / "HD", tmp_path / "HD")
+    scan_archive(catalog, root)
+    split = make_split(catalog)
+    assert lost_hd.patient_id not in {p for ids in split.values() for p in ids}
+    assert (len(split["train_ld"]), len(split["train_hd"]), len(split["test"])) == (1, 1, 0)
+
+    shutil.move(tmp_path / "HD", root / lost_hd.patient_id / "HD")
+    scan_archive(catalog, root)
+    with pytest.raises(ValueError, match="eligible patients changed"):
+        make_split(catalog)
+    split = make_split(catalog, force=True)
+    assert [len(split[r]) for r in ROLES] == [1, 1, 1, 0]  # from 3 patients on, test gets one
+
+
+def test_apportion_keeps_test_and_both_training_halves() -> None:
+    fractions = (0.80, 0.15, 0.05)
+    assert _apportion(2, fractions) == (2, 0, 0)
+    assert _apportion(3, fractions) == (2, 1, 0)
+    assert _apportion(20, fractions) == (16, 3, 1)
+    with pytest.raises(ValueError):
+        _apportion(1, fractions)
+    roles = _assign({"CHEST": ["a", "b"], "ABDOMEN": ["c"]}, seed=0, fractions=fractions)
+    assert sorted(roles.values()) == ["test", "train_hd", "train_ld"]

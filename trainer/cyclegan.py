@@ -1,0 +1,151 @@
+"""The CycleGAN of the method: two ResNet generators (the node's generator.py), two 70×70 PatchGAN discriminators,
+least-squares adversarial loss, cycle L1 × λ, identity "fidelity" 1−SSIM, and a pool of past fakes.
+
+Both generators live in one module whose forward computes every image the generator loss needs, and both
+discriminators in another: one forward per module per step is what DistributedDataParallel expects.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ssim
+from torch import nn
+
+from dicom_denoise_node.generator import GeneratorConfig, ResnetGenerator
+
+
+class PatchDiscriminator(nn.Module):
+    """70×70 PatchGAN: C64-C128-C256-C512 (4×4 convs), LeakyReLU 0.2, instance norm, a 1-channel score map."""
+
+    def __init__(self, in_channels: int = 1, filters: int = 64) -> None:
+        super().__init__()
+        f = filters
+        self.model = nn.Sequential(
+            nn.Conv2d(in_channels, f, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(f, 2 * f, 4, stride=2, padding=1),
+            nn.InstanceNorm2d(2 * f),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(2 * f, 4 * f, 4, stride=2, padding=1),
+            nn.InstanceNorm2d(4 * f),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(4 * f, 8 * f, 4, stride=1, padding=1),
+            nn.InstanceNorm2d(8 * f),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(8 * f, 1, 4, stride=1, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> None:
+    """N(0, 0.02) initialisation of the reference CycleGAN implementation."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class CycleGenerators(nn.Module):
+    """G: LD→HD (the one the node ships) and F: HD→LD."""
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.ld2hd = ResnetGenerator(config)
+        self.hd2ld = ResnetGenerator(config)
+
+    def forward(self, ld: torch.Tensor, hd: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = ld.shape[0]
+        # Translation and identity in one pass per generator (instance norm is per sample).
+        out_g = self.ld2hd(torch.cat([ld, hd]))
+        out_f = self.hd2ld(torch.cat([hd, ld]))
+        fake_hd, idt_hd = out_g[:n], out_g[n:]
+        fake_ld, idt_ld = out_f[:n], out_f[n:]
+        return {
+            "fake_hd": fake_hd,
+            "fake_ld": fake_ld,
+            "rec_ld": self.hd2ld(fake_hd),
+            "rec_hd": self.ld2hd(fake_ld),
+            "idt_hd": idt_hd,
+            "idt_ld": idt_ld,
+        }
+
+
+class Discriminators(nn.Module):
+    def __init__(self, filters: int = 64) -> None:
+        super().__init__()
+        self.ld = PatchDiscriminator(filters=filters)
+        self.hd = PatchDiscriminator(filters=filters)
+
+    def forward(
+        self, real_ld: torch.Tensor, fake_ld: torch.Tensor, real_hd: torch.Tensor, fake_hd: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Least-squares discriminator losses: 0.5·(‖D(real)−1‖² + ‖D(fake)‖²) per domain."""
+        return {
+            "d_ld": 0.5 * (lsgan(self.ld(real_ld), True) + lsgan(self.ld(fake_ld), False)),
+            "d_hd": 0.5 * (lsgan(self.hd(real_hd), True) + lsgan(self.hd(fake_hd), False)),
+        }
+
+
+def lsgan(prediction: torch.Tensor, real: bool) -> torch.Tensor:
+    target = torch.ones_like(prediction) if real else torch.zeros_like(prediction)
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def fidelity(x: torch.Tensor, y: torch.Tensor, window: int) -> torch.Tensor:
+    """1 − SSIM on [−1, 1] images (data range 2), computed in float32 through pytorch-msssim."""
+    return 1.0 - ssim(x.float(), y.float(), data_range=2.0, win_size=window, size_average=True)
+
+
+def generator_losses(
+    images: dict[str, torch.Tensor],
+    ld: torch.Tensor,
+    hd: torch.Tensor,
+    discriminators: Discriminators,
+    lambda_cycle: float,
+    lambda_fidelity: float,
+    ssim_window: int,
+) -> dict[str, torch.Tensor]:
+    """The generator objective of the method: adversarial + λ·cycle + fidelity, for both directions."""
+    adv = lsgan(discriminators.hd(images["fake_hd"]), True) + lsgan(discriminators.ld(images["fake_ld"]), True)
+    cycle = F.l1_loss(images["rec_ld"].float(), ld.float()) + F.l1_loss(images["rec_hd"].float(), hd.float())
+    fid = fidelity(images["idt_hd"], hd, ssim_window) + fidelity(images["idt_ld"], ld, ssim_window)
+    total = adv + lambda_cycle * cycle + lambda_fidelity * fid
+    return {"g_total": total, "g_adv": adv, "g_cycle": cycle, "g_fidelity": fid}
+
+
+class ImagePool:
+    """A buffer of past fakes: half the time the discriminator sees an older fake (steadies training)."""
+
+    def __init__(self, size: int, generator: torch.Generator) -> None:
+        self.size = size
+        self.images: list[torch.Tensor] = []
+        self.rng = generator
+
+    def query(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return batch.detach()
+        out = []
+        for image in batch.detach():
+            image = image.unsqueeze(0)
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif torch.rand((), generator=self.rng).item() < 0.5:
+                idx = int(torch.randint(0, self.size, (), generator=self.rng).item())
+                old = self.images[idx].clone()
+                self.images[idx] = image.clone()
+                out.append(old)
+            else:
+                out.append(image)
+        return torch.cat(out)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"images": [t.cpu() for t in self.images], "rng": self.rng.get_state()}
+
+    def load_state_dict(self, state: dict[str, object], device: torch.device) -> None:
+        self.images = [t.to(device) for t in state["images"]]  # type: ignore[union-attr]
+        self.rng.set_state(state["rng"])  # type: ignore[arg-type]

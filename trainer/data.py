@@ -1,0 +1,124 @@
+"""Unpaired LD/HD patch sampling: 1-channel, 16-bit-safe, never through 8-bit images, never resized.
+
+Slices are decoded once to HU (float32) and kept in memory with a body mask; each sample is a random
+patch_size² patch whose body fraction is at least ``body_fraction`` (patches of air teach nothing and let
+instance norm blow up noise), with a random 90° rotation and a random horizontal flip. All randomness comes from one
+torch.Generator so that a resumed run draws exactly the patches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dicom_denoise_node.decode import SliceRef, read_hu
+
+log = logging.getLogger(__name__)
+
+
+def load_slices(paths: Sequence[Path], progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+    """Decode each file to HU (float32) through its own rescale."""
+    out = []
+    for k, path in enumerate(paths, start=1):
+        out.append(read_hu(SliceRef(Path(path), "", 0.0, 0)).hu)
+        if progress:
+            progress(k, len(paths))
+    return out
+
+
+def normalize(hu: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
+    """HU → [−1, 1] through the window (the seed's normalisation); the node does the same via ModelInfo."""
+    return (2.0 * (np.clip(hu, hu_min, hu_max) - hu_min) / (hu_max - hu_min) - 1.0).astype(np.float32)
+
+
+class PatchSampler:
+    """Random body-containing patches from a set of slices of one domain."""
+
+    def __init__(
+        self,
+        slices_hu: Sequence[np.ndarray],
+        patch_size: int,
+        hu_window: tuple[float, float],
+        body_hu: float = -500.0,
+        body_fraction: float = 0.5,
+        augment: bool = True,
+    ) -> None:
+        if not slices_hu:
+            raise ValueError("no slices to sample patches from")
+        self.patch = patch_size
+        self.augment = augment
+        self.body_fraction = body_fraction
+        self.images: list[torch.Tensor] = []
+        self.body_integral: list[torch.Tensor] = []
+        for hu in slices_hu:
+            if min(hu.shape) < patch_size:
+                raise ValueError(f"slice {hu.shape} is smaller than the {patch_size}-px patch")
+            self.images.append(torch.from_numpy(normalize(hu, *hu_window)))
+            body = torch.from_numpy((hu > body_hu).astype(np.float64))
+            # Summed-area table: the body fraction of any patch in O(1).
+            self.body_integral.append(torch.nn.functional.pad(body.cumsum(0).cumsum(1), (1, 0, 1, 0)))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _fraction(self, k: int, y: int, x: int) -> float:
+        s, p = self.body_integral[k], self.patch
+        total = s[y + p, x + p] - s[y, x + p] - s[y + p, x] + s[y, x]
+        return float(total) / (p * p)
+
+    def sample(self, batch: int, rng: torch.Generator, tries: int = 20) -> torch.Tensor:
+        """A (batch, 1, p, p) float32 tensor in [−1, 1]."""
+        out = torch.empty(batch, 1, self.patch, self.patch)
+        for b in range(batch):
+            k = int(torch.randint(0, len(self.images), (), generator=rng))
+            image = self.images[k]
+            h, w = image.shape
+            best, best_frac = (0, 0), -1.0
+            for _ in range(tries):
+                y = int(torch.randint(0, h - self.patch + 1, (), generator=rng))
+                x = int(torch.randint(0, w - self.patch + 1, (), generator=rng))
+                frac = self._fraction(k, y, x)
+                if frac > best_frac:
+                    best, best_frac = (y, x), frac
+                if frac >= self.body_fraction:
+                    break
+            y, x = best
+            patch = image[y : y + self.patch, x : x + self.patch]
+            if self.augment:
+                patch = torch.rot90(patch, int(torch.randint(0, 4, (), generator=rng)), dims=(0, 1))
+                if bool(torch.randint(0, 2, (), generator=rng)):
+                    patch = torch.flip(patch, dims=(1,))
+            out[b, 0] = patch
+        return out
+
+
+def paired_patches(
+    ld: Sequence[np.ndarray],
+    hd: Sequence[np.ndarray],
+    count: int,
+    patch: int,
+    hu_window: tuple[float, float],
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same body-containing locations in paired LD/HD slices (validation montages); deterministic by seed."""
+    sampler = PatchSampler(ld, patch, hu_window, augment=False)
+    rng = torch.Generator().manual_seed(seed)
+    ld_out, hd_out = [], []
+    for i in range(count):
+        k = i % len(ld)
+        h, w = ld[k].shape
+        best = (0, 0, -1.0)
+        for _ in range(50):
+            y = int(torch.randint(0, h - patch + 1, (), generator=rng))
+            x = int(torch.randint(0, w - patch + 1, (), generator=rng))
+            frac = sampler._fraction(k, y, x)
+            if frac > best[2]:
+                best = (y, x, frac)
+        y, x, _ = best
+        ld_out.append(normalize(ld[k][y : y + patch, x : x + patch], *hu_window))
+        hd_out.append(normalize(hd[k][y : y + patch, x : x + patch], *hu_window))
+    return torch.from_numpy(np.stack(ld_out))[:, None], torch.from_numpy(np.stack(hd_out))[:, None]
