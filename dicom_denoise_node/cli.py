@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -242,6 +243,18 @@ def denoise(
                 console.print(f"[yellow]{escape(str(exc))}[/]")
                 continue
             out.print(f"{uid} → {result.derived_series_uid}: {len(result.written)} instances in {out_dir}")
+
+
+def _register_plugins() -> None:
+    """Commands contributed by installed packages (the trainer) through the `denoise_node.commands` entry point."""
+    for entry in entry_points(group="denoise_node.commands"):
+        try:
+            entry.load()(app)
+        except ImportError as exc:  # e.g. the trainer's extras are not installed on a node-only host
+            log.debug("commands from %s unavailable: %s", entry.name, exc)
+
+
+_register_plugins()
 
 
 def run() -> None:

@@ -80,7 +80,7 @@ class SeriesSettings(_Section):
 class ModelSettings(_Section):
     path: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    tile_size: int = Field(256, ge=32)
+    tile_size: int = Field(272, ge=32)
     tile_overlap: int = Field(32, ge=0)
     batch_size: int = Field(4, ge=1)
     half_precision: bool = True

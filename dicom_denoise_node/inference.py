@@ -33,14 +33,13 @@ def select_device(requested: str) -> torch.device:
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Tile origins covering [0, length) with at least `overlap` pixels shared by neighbours."""
+    """The fewest tile origins covering [0, length) with neighbours sharing at least `overlap` pixels, evenly spread
+    (so every seam gets the same blend, and no tile is spent on a sliver at the edge)."""
     if length <= tile:
         return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts
+    count = -(-(length - overlap) // (tile - overlap))  # ceil
+    count = max(count, 2)
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
 def blend_window(tile: int, overlap: int) -> np.ndarray:

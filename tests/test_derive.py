@@ -17,7 +17,8 @@ from dicom_denoise_node.derive import (
 )
 from tests.peers import dciodvfy, require, write_ct_series
 
-INFO = DerivationInfo("cyclegan-test", "1.2.3", DeriveSettings(notice="Denoised by software; not for primary diagnosis"))
+NOTICE = "Denoised by software; not for primary diagnosis"
+INFO = DerivationInfo("cyclegan-test", "1.2.3", DeriveSettings(notice=NOTICE))
 GEOMETRY = (
     "ImagePositionPatient",
     "ImageOrientationPatient",

@@ -1,0 +1,110 @@
+"""Inference benchmark: slices/s of 512×512 slices through the node's tiler, against the FLOP floor and one
+whole-slice pass, measured in the same run. Prints a table and writes JSON.
+
+    python bench/inference.py --slices 4 --device cpu
+    python bench/inference.py --slices 64 --device cuda --filters 32 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from bench.common import conv_macs, conv_peak_gflops, machine, timed
+from dicom_denoise_node.generator import GeneratorConfig, ResnetGenerator
+from dicom_denoise_node.inference import TiledInferer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--slices", type=int, default=4)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--filters", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--overlap", type=int, default=32)
+    ap.add_argument("--batch", type=int, nargs="+", default=[4])
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    rng = np.random.default_rng(0)
+    slices = [rng.uniform(-1, 1, (args.size, args.size)).astype(np.float32) for _ in range(args.slices)]
+    precisions = ["fp32"] + (["fp16"] if device.type == "cuda" else [])
+    peaks = {p: conv_peak_gflops(device, torch.float32 if p == "fp32" else torch.float16) for p in precisions}
+    rows = []
+    for filters in args.filters:
+        torch.manual_seed(0)
+        net = ResnetGenerator(GeneratorConfig(filters=filters, blocks=6)).to(device).eval()
+        macs = conv_macs(net, (1, 1, args.size, args.size))
+        for precision in precisions:
+            for batch in args.batch:
+                inferer = TiledInferer(net, args.tile, args.overlap, batch, device, half_precision=precision == "fp16")
+                seconds = timed(lambda inferer=inferer: inferer.run_all(slices), device, repeat=2, warmup=1)
+                x = torch.from_numpy(np.stack(slices[: min(4, len(slices))]))[:, None].to(device)
+
+                def whole(x: torch.Tensor = x, precision: str = precision, net: torch.nn.Module = net) -> None:
+                    with (
+                        torch.inference_mode(),
+                        torch.autocast(device.type, dtype=torch.float16, enabled=precision == "fp16"),
+                    ):
+                        net(x)
+
+                whole_s = timed(whole, device, repeat=3, warmup=1) / x.shape[0]
+                per_slice = seconds / len(slices)
+                achieved = 2 * macs / per_slice / 1e9  # useful FLOPs of one slice (tile overlap is overhead)
+                floor_s = 2 * macs / (peaks[precision] * 1e9)
+                rows.append(
+                    dict(
+                        filters=filters,
+                        precision=precision,
+                        batch=batch,
+                        gmac_per_slice=macs / 1e9,
+                        slices_per_s=1 / per_slice,
+                        whole_slice_per_s=1 / whole_s,
+                        achieved_gflops=achieved,
+                        peak_gflops=peaks[precision],
+                        fraction_of_peak=achieved / peaks[precision],
+                        tiled_vs_whole=whole_s / per_slice,
+                        floor_slices_per_s=1 / floor_s,
+                    )
+                )
+    table = Table(title=f"inference, {args.size}² slices, tile {args.tile}/{args.overlap} — {machine()}")
+    for col in (
+        "filters",
+        "prec",
+        "batch",
+        "GMAC/slice",
+        "slices/s",
+        "whole-slice/s",
+        "GFLOP/s",
+        "peak GFLOP/s",
+        "of peak",
+        "floor slices/s",
+    ):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            str(r["filters"]),
+            r["precision"],
+            str(r["batch"]),
+            f"{r['gmac_per_slice']:.1f}",
+            f"{r['slices_per_s']:.2f}",
+            f"{r['whole_slice_per_s']:.2f}",
+            f"{r['achieved_gflops']:.0f}",
+            f"{r['peak_gflops']:.0f}",
+            f"{r['fraction_of_peak']:.0%}",
+            f"{r['floor_slices_per_s']:.2f}",
+        )
+    Console().print(table)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

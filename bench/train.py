@@ -1,0 +1,137 @@
+"""Training benchmark: samples/s of the trainer's CycleGAN step at a preset, against a plain eager reference step
+built from the same modules on pre-made tensors (no sampling, no pool, no logging), measured in the same run.
+
+    python bench/train.py --preset cpu --steps 5 --device cpu
+    python bench/train.py --preset method --steps 20 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from bench.common import machine, sync
+from dicom_denoise_node.generator import GeneratorConfig
+from trainer.config import build_config
+from trainer.cyclegan import CycleGenerators, Discriminators, generator_losses
+from trainer.train import TrainingData, train
+
+
+def reference_step_rate(cfg, device: torch.device, steps: int) -> float:  # noqa: ANN001
+    """The textbook step: G forward/backward/step, D forward/backward/step; fresh tensors each step."""
+    gens = CycleGenerators(GeneratorConfig(filters=cfg.filters, blocks=cfg.blocks)).to(device)
+    discs = Discriminators(cfg.disc_filters).to(device)
+    opt_g = torch.optim.Adam(gens.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(discs.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    amp = device.type == "cuda" and cfg.amp
+    shape = (cfg.batch_size, 1, cfg.patch_size, cfg.patch_size)
+
+    def step() -> None:
+        ld, hd = torch.rand(shape, device=device) * 2 - 1, torch.rand(shape, device=device) * 2 - 1
+        for p in discs.parameters():
+            p.requires_grad_(False)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            images = gens(ld, hd)
+            loss = generator_losses(images, ld, hd, discs, cfg.lambda_cycle, cfg.lambda_fidelity, cfg.ssim_window)
+        opt_g.zero_grad()
+        loss["g_total"].backward()
+        opt_g.step()
+        for p in discs.parameters():
+            p.requires_grad_(True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            d = discs(ld, images["fake_ld"].detach(), hd, images["fake_hd"].detach())
+        opt_d.zero_grad()
+        (d["d_ld"] + d["d_hd"]).backward()
+        opt_d.step()
+
+    step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return steps * cfg.batch_size / (time.perf_counter() - start)
+
+
+def trainer_rate(cfg, device: torch.device, steps: int, run_dir: Path) -> float:  # noqa: ANN001
+    rng = np.random.default_rng(0)
+    size = max(256, cfg.patch_size * 2)
+    # Body-like slices (HU): a disc of soft tissue in air, so the body-containing patch sampler does its real work.
+    yy, xx = np.mgrid[:size, :size]
+    body = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (0.45 * size) ** 2
+    slices = [
+        np.where(body, 40.0, -1000.0).astype(np.float32) + rng.uniform(-5, 5, (size, size)).astype(np.float32)
+        for _ in range(8)
+    ]
+    data = TrainingData(ld=slices, hd=slices)
+    warm = build_config(cfg.preset, overrides={**cfg.model_dump(), "run_dir": run_dir / "warm", "max_steps": 1})
+    train(warm, data)
+    timed_cfg = build_config(
+        cfg.preset,
+        overrides={
+            **cfg.model_dump(),
+            "run_dir": run_dir / "timed",
+            "max_steps": steps,
+            "epochs": 1,
+            "iters_per_epoch": steps,
+        },
+    )
+    sync(device)
+    start = time.perf_counter()
+    train(timed_cfg, data)
+    sync(device)
+    return steps * cfg.batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", nargs="+", default=["cpu"])
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--run-dir", type=Path, default=Path("/tmp/bench-train"))
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    rows = []
+    for preset in args.preset:
+        cfg = build_config(preset, overrides={"device": args.device, "sample_every": 10**9, "log_every": 10**9})
+        ref = reference_step_rate(cfg, device, args.steps)
+        ours = trainer_rate(cfg, device, args.steps, args.run_dir / preset)
+        rows.append(
+            dict(
+                preset=preset,
+                batch=cfg.batch_size,
+                patch=cfg.patch_size,
+                filters=cfg.filters,
+                trainer_samples_per_s=ours,
+                reference_samples_per_s=ref,
+                ratio=ours / ref,
+            )
+        )
+    table = Table(title=f"CycleGAN training step — {machine()}")
+    for col in ("preset", "batch", "patch", "filters", "trainer samples/s", "reference samples/s", "trainer/ref"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            r["preset"],
+            str(r["batch"]),
+            str(r["patch"]),
+            str(r["filters"]),
+            f"{r['trainer_samples_per_s']:.1f}",
+            f"{r['reference_samples_per_s']:.1f}",
+            f"{r['ratio']:.2f}",
+        )
+    Console().print(table)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "steps": args.steps, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,399 @@
+"""The physicist's commands: synth, catalog scan/list/split, train, evaluate, model export/list.
+
+Registered into `denoise-node` through the ``denoise_node.commands`` entry point, so the node package never imports
+the trainer (the node runs where the trainer's extras are not installed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dicom_denoise_node.config import ConfigError
+
+log = logging.getLogger(__name__)
+console = Console(stderr=True, soft_wrap=True)
+out = Console()
+
+CatalogOption = Annotated[
+    str,
+    typer.Option("--catalog", help="SQLAlchemy URL of the archive catalog, e.g. sqlite:///data/archive.sqlite."),
+]
+catalog_app = typer.Typer(help="Index archived LD/HD studies and split them by patient.", no_args_is_help=True)
+model_app = typer.Typer(help="Export and list models (safetensors + JSON metadata).", no_args_is_help=True)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+    )
+
+
+def _catalog(url: str):  # noqa: ANN202 - returns dicom_denoise_node.catalog.Catalog
+    from dicom_denoise_node.catalog import Catalog
+
+    return Catalog(url)
+
+
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the archive (one folder per patient).")],
+    patients: Annotated[int, typer.Option(help="Number of patients (studies).")] = 4,
+    slices: Annotated[int, typer.Option(help="Axial slices per series.")] = 24,
+    size: Annotated[int, typer.Option(help="Matrix size (pixels).")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same archive.")] = 0,
+    views: Annotated[int | None, typer.Option(help="Projection views (default ≈ π/2 · size).")] = None,
+    device: Annotated[str, typer.Option(help="Where projection and FBP run: cpu or cuda.")] = "cpu",
+) -> None:
+    """Synthesise a CT archive: LD (quarter dose), HD and noise-free series per patient, Poisson noise on projections.
+
+    Example: `denoise-node synth data/archive --patients 20 --slices 32 --seed 0`
+    """
+    from trainer.synth import synthesize_archive
+
+    with _progress() as bar:
+        task = bar.add_task("simulating slices", total=patients * slices, info="")
+        start = time.perf_counter()
+        records = synthesize_archive(
+            out_dir,
+            patients,
+            slices,
+            size=size,
+            seed=seed,
+            views=views,
+            device=device,
+            progress=lambda k, n: bar.update(task, completed=k, total=n),
+        )
+    seconds = time.perf_counter() - start
+    out.print(
+        f"{len(records)} patients × {slices} slices ({size}²) in {out_dir}: "
+        f"{seconds / max(1, patients * slices):.2f} s per slice position (LD + HD + REF)"
+    )
+
+
+@catalog_app.command("scan")
+def catalog_scan(
+    root: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Archive folder to index.")],
+    catalog: CatalogOption = "sqlite:///archive.sqlite",
+    domain: Annotated[str | None, typer.Option(help="Force the dose domain of every series: LD, HD or REF.")] = None,
+    ld_max_mas: Annotated[float | None, typer.Option(help="Exposure (mAs) at or below which a series is LD.")] = None,
+    hd_min_mas: Annotated[float | None, typer.Option(help="Exposure (mAs) at or above which a series is HD.")] = None,
+) -> None:
+    """Index DICOM folders into the catalog (idempotent); each series gets a dose domain from the rules.
+
+    Example: `denoise-node catalog scan data/archive --catalog sqlite:///data/archive.sqlite`
+    """
+    from trainer.scan import DomainRules, scan_archive
+
+    rules = DomainRules(ld_max_mas=ld_max_mas, hd_min_mas=hd_min_mas)
+    cat = _catalog(catalog)
+    with _progress() as bar:
+        task = bar.add_task("scanning", total=None, info="")
+        report = scan_archive(cat, root, rules, domain, progress=lambda k, n: bar.update(task, completed=k, total=n))
+    cat.close()
+    out.print(
+        f"{report.files_seen} files: {report.instances_added} added, {report.instances_updated} updated, "
+        f"{report.instances_unchanged} unchanged, {report.instances_removed} removed; series per domain: "
+        f"{dict(report.series_by_domain)}; {len(report.skipped)} skipped"
+    )
+    for path, reason in list(report.skipped.items())[:10]:
+        out.print(f"  skipped {escape(str(path))}: {escape(reason)}")
+
+
+@catalog_app.command("list")
+def catalog_list(catalog: CatalogOption = "sqlite:///archive.sqlite") -> None:
+    """List the archive's series with their domain, body part and split role.
+
+    Example: `denoise-node catalog list --catalog sqlite:///data/archive.sqlite`
+    """
+    from trainer.scan import archive_overview
+
+    cat = _catalog(catalog)
+    rows = archive_overview(cat)
+    cat.close()
+    table = Table(title=f"archive in {catalog}")
+    for col in ("patient", "series UID", "description", "domain", "body part", "instances", "split"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r["patient_id"]),
+            str(r["series_uid"]),
+            str(r["description"]),
+            str(r["domain"]),
+            str(r["body_part"]),
+            str(r["instances"]),
+            str(r["split"] or ""),
+        )
+    out.print(table)
+
+
+@catalog_app.command("split")
+def catalog_split(
+    catalog: CatalogOption = "sqlite:///archive.sqlite",
+    seed: Annotated[int, typer.Option(help="The same seed gives the same split.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace an existing split made with another seed.")] = False,
+) -> None:
+    """Patient-level split ≈80/15/5 (train/test/val), stratified by body part; LD and HD training patients disjoint.
+
+    Example: `denoise-node catalog split --catalog sqlite:///data/archive.sqlite --seed 0`
+    """
+    from trainer.split import make_split, split_summary
+
+    cat = _catalog(catalog)
+    try:
+        roles = make_split(cat, seed=seed, force=force)
+    except ValueError as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(1) from exc
+    summary = split_summary(cat)
+    cat.close()
+    table = Table(title=f"split (seed {seed})")
+    for col in ("role", "patients", "slices"):
+        table.add_column(col)
+    for role, ids in roles.items():
+        table.add_row(role, str(len(ids)), str(summary.get(role, {}).get("slices", 0)))
+    out.print(table)
+
+
+def _load_training_data(catalog_url: str, cfg_window: tuple[float, float]):  # noqa: ANN202
+    from trainer.data import load_slices
+    from trainer.split import paired_slices, training_files
+    from trainer.train import TrainingData, data_fingerprint
+
+    cat = _catalog(catalog_url)
+    try:
+        ld_files, hd_files = training_files(cat, "LD"), training_files(cat, "HD")
+        val = paired_slices(cat, "val")
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (run `denoise-node catalog scan` and `denoise-node catalog split` first)") from exc
+    finally:
+        cat.close()
+    if not ld_files or not hd_files:
+        raise ConfigError("the split has no LD or no HD training slices")
+    with _progress() as bar:
+        task = bar.add_task("loading slices", total=len(ld_files) + len(hd_files) + 2 * len(val), info="")
+        step = lambda k, n: bar.advance(task)  # noqa: E731
+        ld, hd = load_slices(ld_files, step), load_slices(hd_files, step)
+        val_ld, val_hd = load_slices([p.ld for p in val], step), load_slices([p.hd for p in val], step)
+    description = {
+        "catalog": catalog_url,
+        "ld_slices": len(ld),
+        "hd_slices": len(hd),
+        "val_slices": len(val_ld),
+        "ld_fingerprint": data_fingerprint(ld_files),
+        "hd_fingerprint": data_fingerprint(hd_files),
+    }
+    return TrainingData(ld, hd, val_ld, val_hd, description)
+
+
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Training TOML ([train] table).")] = None,
+    preset: Annotated[str, typer.Option(help="method (the paper's settings), cpu, or tiny.")] = "cpu",
+    catalog: Annotated[str | None, typer.Option(help="Archive catalog URL (overrides the config).")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Checkpoints, TensorBoard logs and samples go here.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
+    iters_per_epoch: Annotated[int | None, typer.Option(help="Override iterations per epoch.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop (with a checkpoint) after this many steps.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Checkpoint to continue from, exactly.")] = None,
+) -> None:
+    """Train the CycleGAN of the method on the catalog's training split (torchrun for several GPUs or nodes).
+
+    Example: `denoise-node train --preset cpu --catalog sqlite:///data/archive.sqlite --run-dir runs/cpu`
+    """
+    from trainer.config import build_config
+    from trainer.train import train as run_training
+
+    overrides = dict(
+        catalog_url=catalog,
+        run_dir=run_dir,
+        device=device,
+        epochs=epochs,
+        iters_per_epoch=iters_per_epoch,
+        max_steps=max_steps,
+        seed=seed,
+    )
+    try:
+        cfg = build_config(preset, config, overrides)
+        if not cfg.catalog_url:
+            raise ConfigError("no catalog: give --catalog URL or catalog_url in the training config")
+        data = _load_training_data(cfg.catalog_url, (cfg.hu_min, cfg.hu_max))
+    except ConfigError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    from trainer.train import iterations_per_epoch
+
+    total = cfg.max_steps or cfg.epochs * iterations_per_epoch(cfg, len(data.ld))
+    with _progress() as bar:
+        task = bar.add_task("training", total=total, info="")
+
+        def on_step(step: int, epoch: int, losses: dict[str, float]) -> None:
+            info = (
+                f"epoch {epoch + 1}/{cfg.epochs} G {losses['g_total']:.3f} cyc {losses['g_cycle']:.3f} "
+                f"D {losses['d_ld'] + losses['d_hd']:.3f}"
+            )
+            if "samples_per_s" in losses:
+                info += f" {losses['samples_per_s']:.1f} samples/s"
+            bar.update(task, completed=step, info=info)
+
+        result = run_training(cfg, data, resume=resume, on_step=on_step)
+    out.print(f"trained {result.steps} steps ({result.epochs_done} epochs); last checkpoint: {result.checkpoint}")
+    out.print(f"export it with: denoise-node model export {result.checkpoint} --name NAME --version VERSION")
+
+
+def evaluate(
+    model: Annotated[str, typer.Option(help="Model .json/.safetensors or registry directory; '' = bundled.")] = "",
+    catalog: CatalogOption = "sqlite:///archive.sqlite",
+    role: Annotated[str, typer.Option(help="Split role to evaluate on: test or val.")] = "test",
+    out_dir: Annotated[Path, typer.Option(help="JSON, CSV and montages go here.")] = Path("eval-out"),
+    reference: Annotated[str, typer.Option(help="HD (as in the method) or REF (noise-free, synthetic only).")] = "HD",
+    max_slices: Annotated[int, typer.Option(help="Evaluate at most this many slices (0 = all).")] = 0,
+    baselines: Annotated[bool, typer.Option(help="Also run Gaussian and non-local means (tuned on val).")] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Evaluate a model on the paired test split: PSNR, SSIM, MS-SSIM, HU bias, noise; vs LD and classical baselines.
+
+    Example: `denoise-node evaluate --model models/cyclegan.json --catalog sqlite:///data/archive.sqlite`
+    """
+    from dicom_denoise_node.config import DeriveSettings, ModelSettings
+    from dicom_denoise_node.inference import select_device
+    from dicom_denoise_node.process import SeriesDenoiser
+    from dicom_denoise_node.registry import ModelError, load_model, resolve_model_path
+    from trainer.data import load_slices
+    from trainer.evaluate import EvalSlice, classical_baselines, render_table
+    from trainer.evaluate import evaluate as run_eval
+    from trainer.montage import save_montage
+    from trainer.split import paired_slices
+
+    try:
+        dev = select_device(device)
+        network, info = load_model(resolve_model_path(model), dev)
+    except (ModelError, RuntimeError) as exc:
+        console.print(f"[red]cannot load model:[/] {escape(str(exc))}")
+        raise typer.Exit(3) from exc
+    cat = _catalog(catalog)
+    try:
+        pairs = paired_slices(cat, role)
+        val_pairs = paired_slices(cat, "val") if baselines else []
+    except ValueError as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(2) from exc
+    finally:
+        cat.close()
+    if max_slices and len(pairs) > max_slices:
+        # Evenly spaced over the split, so every test patient and body part is represented.
+        pairs = [pairs[i] for i in np.linspace(0, len(pairs) - 1, max_slices).round().astype(int)]
+    if not pairs:
+        console.print(f"[red]no paired {role} slices in the catalog[/]")
+        raise typer.Exit(2)
+
+    def to_eval(ps: list) -> list[EvalSlice]:  # type: ignore[type-arg]
+        lds, hds = load_slices([p.ld for p in ps]), load_slices([p.hd for p in ps])
+        refs = load_slices([p.ref for p in ps]) if all(p.ref for p in ps) else [None] * len(ps)
+        return [
+            EvalSlice(p.patient_id, p.body_part or "", p.instance_number, a, b, r)
+            for p, a, b, r in zip(ps, lds, hds, refs, strict=True)
+        ]
+
+    slices = to_eval(pairs)
+    # The model runs through the node's own tiler and HU handling: what is evaluated is what the PACS gets.
+    denoiser = SeriesDenoiser(network, info, ModelSettings(), DeriveSettings(), device=str(dev))
+    methods = {"model": lambda xs: list(denoiser.denoise_hu(iter(xs)))}
+    if baselines:
+        methods.update(classical_baselines(to_eval(val_pairs[:8]) if val_pairs else slices[:4]))
+    report = run_eval(slices, methods, hu_window=(info.hu_min, info.hu_max), reference=reference)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report.settings["model"] = {"name": info.name, "version": info.version, "sha256": info.sha256}
+    report.to_json(out_dir / "evaluation.json")
+    report.to_csv(out_dir / "evaluation.csv")
+    first = slices[len(slices) // 2]
+    columns = {"LD": first.ld, "model": methods["model"]([first.ld])[0], "HD": first.hd}
+    if first.ref is not None:
+        columns["noise-free"] = first.ref
+    h, w = first.ld.shape
+    save_montage(out_dir / "montage.png", columns, inset=(h // 2 - h // 16, w // 2 - w // 16, h // 8))
+    out.print(render_table(report))
+    out.print(f"written: {out_dir / 'evaluation.json'}, {out_dir / 'evaluation.csv'}, {out_dir / 'montage.png'}")
+
+
+@model_app.command("export")
+def model_export(
+    checkpoint: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Training checkpoint (.pt).")],
+    name: Annotated[str, typer.Option(help="Model name (file stem).")] = "cyclegan-ld2hd",
+    version: Annotated[str, typer.Option(help="Model version (part of the derived UIDs).")] = "1.0.0",
+    out_dir: Annotated[Path, typer.Option(help="Registry directory.")] = Path("models"),
+    evaluation: Annotated[Path | None, typer.Option(help="evaluation.json from `evaluate` to embed.")] = None,
+    activate: Annotated[bool, typer.Option(help="Mark it ACTIVE in the registry.")] = False,
+) -> None:
+    """Export the LD→HD generator of a checkpoint as the node's model (safetensors + metadata).
+
+    Example: `denoise-node model export runs/cpu/checkpoints/last.pt --name cyclegan-ld2hd --version 1.0.0`
+    """
+    from trainer.export import export_checkpoint
+
+    figures = None
+    if evaluation is not None:
+        data = json.loads(evaluation.read_text())
+        figures = {
+            "reference": data.get("reference"),
+            "summary": data.get("summary", []),
+            "settings": data.get("settings", {}),
+        }
+    info = export_checkpoint(checkpoint, out_dir, name, version, figures, activate, command=shlex.join(sys.argv))
+    out.print(f"exported {info.label} → {info.weights_path} (sha256 {info.sha256[:16]}…)")
+
+
+@model_app.command("list")
+def model_list(
+    directory: Annotated[Path | None, typer.Argument(help="Registry directory (default: the bundled models).")] = None,
+) -> None:
+    """List models in a registry directory.
+
+    Example: `denoise-node model list models/`
+    """
+    from dicom_denoise_node.registry import ACTIVE_FILE, BUNDLED_DIR, list_models
+
+    directory = directory or BUNDLED_DIR
+    active = (directory / ACTIVE_FILE).read_text().strip() if (directory / ACTIVE_FILE).exists() else ""
+    table = Table(title=f"models in {directory}")
+    for col in ("name", "version", "architecture", "HU window", "trained", "sha256", "active"):
+        table.add_column(col)
+    for m in list_models(directory):
+        arch = f"{m.architecture.get('filters')}f/{m.architecture.get('blocks')}b"
+        table.add_row(
+            m.name,
+            m.version,
+            arch,
+            f"{m.hu_min:g}…{m.hu_max:g}",
+            str(m.training.get("steps", "")),
+            m.sha256[:12],
+            "yes" if m.name == active else "",
+        )
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Entry point: add the trainer's commands to `denoise-node`."""
+    app.command()(synth)
+    app.command()(train)
+    app.command()(evaluate)
+    app.add_typer(catalog_app, name="catalog")
+    app.add_typer(model_app, name="model")

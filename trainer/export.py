@@ -1,0 +1,55 @@
+"""Checkpoint → model registry entry (safetensors + JSON metadata) that the node loads.
+
+Only the LD→HD generator is exported. The metadata records the training provenance (preset, every setting, steps,
+data fingerprint, checkpoint checksum) and, when given, the evaluation figures, so a physicist can see in one file
+what the node is running and why it was trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from dicom_denoise_node.generator import GeneratorConfig, ResnetGenerator
+from dicom_denoise_node.registry import ModelInfo, save_model, sha256_file
+from trainer.train import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def export_checkpoint(
+    checkpoint: Path,
+    out_dir: Path,
+    name: str,
+    version: str,
+    evaluation: dict[str, Any] | None = None,
+    activate: bool = False,
+    command: str = "",
+) -> ModelInfo:
+    """Write NAME.safetensors + NAME.json from a training checkpoint; returns the registry entry."""
+    state = load_checkpoint(checkpoint)
+    cfg = state["config"]
+    generator = ResnetGenerator(GeneratorConfig.from_dict(state["generator_config"]))
+    prefix = "ld2hd."
+    weights = {k[len(prefix) :]: v for k, v in state["generators"].items() if k.startswith(prefix)}
+    generator.load_state_dict(weights, strict=True)
+    training = {
+        "preset": cfg["preset"],
+        "config": cfg,
+        "epochs": state["epoch"],
+        "steps": state["step"],
+        "world_size": state.get("world_size", 1),
+        "data": state.get("data", {}),
+        "last_losses": state.get("last_losses", {}),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "torch": state.get("torch", ""),
+        "trained_at": state.get("created_at", ""),
+        "command": command,
+    }
+    info = save_model(
+        generator, out_dir, name, version, (cfg["hu_min"], cfg["hu_max"]), training, evaluation or {}, activate
+    )
+    log.info("exported %s %s to %s", name, version, out_dir)
+    return info
