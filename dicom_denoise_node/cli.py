@@ -26,7 +26,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 console = Console(stderr=True, soft_wrap=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 200)  # pipes and logs get whole rows
 log = logging.getLogger("dicom_denoise_node.cli")
 
 ConfigOption = Annotated[

@@ -25,7 +25,7 @@ from dicom_denoise_node.config import ConfigError
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True, soft_wrap=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 200)  # pipes and logs get whole rows
 
 CatalogOption = Annotated[
     str,
@@ -220,6 +220,7 @@ def train(
     Example: `denoise-node train --preset cpu --catalog sqlite:///data/archive.sqlite --run-dir runs/cpu`
     """
     from trainer.config import build_config
+    from trainer.train import TrainingCollapsed
     from trainer.train import train as run_training
 
     overrides = dict(
@@ -254,7 +255,11 @@ def train(
                 info += f" {losses['samples_per_s']:.1f} samples/s"
             bar.update(task, completed=step, info=info)
 
-        result = run_training(cfg, data, resume=resume, on_step=on_step)
+        try:
+            result = run_training(cfg, data, resume=resume, on_step=on_step)
+        except TrainingCollapsed as exc:
+            console.print(f"[bold red]training stopped:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from exc
     out.print(f"trained {result.steps} steps ({result.epochs_done} epochs); last checkpoint: {result.checkpoint}")
     out.print(f"export it with: denoise-node model export {result.checkpoint} --name NAME --version VERSION")
 

@@ -31,6 +31,12 @@ from trainer.data import PatchSampler, paired_patches
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+COLLAPSE_STD = 1e-3  # [-1, 1] units: ~2 HU over a whole batch of body patches
+COLLAPSE_STEPS = 50
+
+
+class TrainingCollapsed(RuntimeError):
+    """The generator stopped producing images (GAN collapse); the run stops with the reason."""
 
 
 @dataclass
@@ -218,6 +224,7 @@ def train(
     checkpoint: Path | None = None
     window_start, window_samples = time.perf_counter(), 0
     stop = False
+    collapsed = 0
     while epoch < cfg.epochs and not stop:
         while iteration < per_epoch:
             ld = ld_sampler.sample(cfg.batch_size, rng).to(device, non_blocking=True)
@@ -250,6 +257,14 @@ def train(
             window_samples += cfg.batch_size * world
             losses = {k: float(v.detach()) for k, v in {**g_losses, **d_losses}.items()}
             losses["lr"] = opt_g.param_groups[0]["lr"]
+            # A generator whose output no longer varies has collapsed (saturated tanh): say so instead of going on.
+            losses["fake_hd_std"] = float(images["fake_hd"].detach().float().std())
+            collapsed = collapsed + 1 if losses["fake_hd_std"] < COLLAPSE_STD else 0
+            if collapsed >= COLLAPSE_STEPS:
+                raise TrainingCollapsed(
+                    f"generator output collapsed (std < {COLLAPSE_STD} for {COLLAPSE_STEPS} steps) at step {step}; "
+                    f"last losses {losses}; checkpoints so far are in {run_dir / 'checkpoints'}"
+                )
             history.append(losses)
             if main and (step % cfg.log_every == 0 or step == 1):
                 elapsed = time.perf_counter() - window_start

@@ -1,0 +1,108 @@
+"""The physicist's flow as documented (scripts/train_bundled.sh), at a tiny size: synth → catalog scan → split →
+train → export → evaluate → export with figures → the node's `denoise` loads the exported model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from dicom_denoise_node.registry import load_model
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("flow")
+    env = {
+        **os.environ,
+        "PATIENTS": "6",
+        "SLICES": "2",
+        "SIZE": "128",
+        "PRESET": "tiny",
+        "DEVICE": "cpu",
+        "DENOISE_NODE": str(Path(sys.executable).with_name("denoise-node")),
+    }
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "train_bundled.sh"), str(work)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work
+
+
+def test_export_carries_provenance_and_evaluation(flow):
+    meta = json.loads((flow / "model" / "cyclegan-ld2hd-synthetic.json").read_text())
+    assert meta["training"]["preset"] == "tiny" and meta["training"]["steps"] == 4
+    assert meta["training"]["checkpoint_sha256"] and meta["training"]["data"]["ld_slices"] > 0
+    methods = {row["method"] for row in meta["evaluation"]["summary"]}
+    assert {"LD", "model", "gaussian", "nlm"} <= methods
+    assert (flow / "model" / "ACTIVE").read_text().strip() == "cyclegan-ld2hd-synthetic"
+    net, info = load_model(flow / "model")
+    assert info.architecture["filters"] == 8
+
+
+def test_evaluate_wrote_json_csv_and_montage(flow):
+    report = json.loads((flow / "eval" / "evaluation.json").read_text())
+    ld = next(r for r in report["summary"] if r["method"] == "LD")
+    assert ld["n_slices"] >= 2 and ld["psnr_mean"] > 0
+    assert (flow / "eval" / "evaluation.csv").read_text().count("\n") > 2
+    assert (flow / "eval" / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_exported_model_round_trips_through_the_node(flow, tmp_path):
+    ld_dir = next((flow / "archive").glob("SYNTH*/LD"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dicom_denoise_node",
+            "denoise",
+            str(ld_dir),
+            str(tmp_path / "out"),
+            "--model",
+            str(flow / "model"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    out = sorted((tmp_path / "out").rglob("*.dcm"))
+    assert len(out) == 2
+    ds = dcmread(out[0])
+    assert ds.ContributingEquipmentSequence[-1].ManufacturerModelName == "cyclegan-ld2hd-synthetic"
+
+
+def test_catalog_list_and_model_list(flow):
+    listing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dicom_denoise_node",
+            "catalog",
+            "list",
+            "--catalog",
+            f"sqlite:///{flow / 'archive.sqlite'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listing.returncode == 0 and "train_ld" in listing.stdout and "REF" in listing.stdout
+    models = subprocess.run(
+        [sys.executable, "-m", "dicom_denoise_node", "model", "list", str(flow / "model")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert models.returncode == 0 and "cyclegan-ld2hd-synthetic" in models.stdout
