@@ -57,6 +57,8 @@ def test_evaluate_wrote_json_csv_and_montage(flow):
     assert ld["n_slices"] >= 2 and ld["psnr_mean"] > 0
     assert (flow / "eval" / "evaluation.csv").read_text().count("\n") > 2
     assert (flow / "eval" / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (flow / "eval" / "evaluation.md").read_text()
+    assert "| LD |" in table and "| model |" in table and "| nlm |" in table
 
 
 def test_exported_model_round_trips_through_the_node(flow, tmp_path):

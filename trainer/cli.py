@@ -283,7 +283,7 @@ def evaluate(
     from dicom_denoise_node.process import SeriesDenoiser
     from dicom_denoise_node.registry import ModelError, load_model, resolve_model_path
     from trainer.data import load_slices
-    from trainer.evaluate import EvalSlice, classical_baselines, render_table
+    from trainer.evaluate import EvalSlice, classical_baselines, markdown_table, render_table
     from trainer.evaluate import evaluate as run_eval
     from trainer.montage import save_montage
     from trainer.split import paired_slices
@@ -329,6 +329,7 @@ def evaluate(
     report.settings["model"] = {"name": info.name, "version": info.version, "sha256": info.sha256}
     report.to_json(out_dir / "evaluation.json")
     report.to_csv(out_dir / "evaluation.csv")
+    (out_dir / "evaluation.md").write_text(markdown_table(report))
     first = slices[len(slices) // 2]
     columns = {"LD": first.ld, "model": methods["model"]([first.ld])[0], "HD": first.hd}
     if first.ref is not None:
@@ -336,7 +337,7 @@ def evaluate(
     h, w = first.ld.shape
     save_montage(out_dir / "montage.png", columns, inset=(h // 2 - h // 16, w // 2 - w // 16, h // 8))
     out.print(render_table(report))
-    out.print(f"written: {out_dir / 'evaluation.json'}, {out_dir / 'evaluation.csv'}, {out_dir / 'montage.png'}")
+    out.print(f"written: {out_dir}/evaluation.json, evaluation.csv, evaluation.md, montage.png")
 
 
 @model_app.command("export")

@@ -633,16 +633,16 @@ def _fmt(mean: float, std: float, digits: int, signed: bool = False) -> str:
     return text if math.isnan(std) or std == 0.0 else f"{text} ± {std:.{digits}f}"
 
 
-def render_table(report: EvalReport) -> Table:
-    """Methods as rows, mean ± std over slices as cells (rich Table, for the console or a notebook)."""
+def _table_cells(report: EvalReport) -> tuple[list[tuple[str, JustifyMethod]], list[list[str]], str, str]:
+    """Columns, rows (mean ± std over slices), title and caption shared by the console and Markdown tables."""
     summary = report.summary_rows()
     has_ref = any(not math.isnan(r["hu_bias_ref"]) for r in report.rows)
     hd_noise = summary[0]["noise_std_hd_mean"] if summary else math.nan
     betas = "; ".join(f"{k}: {len(v)} scales" for k, v in report.ms_ssim_betas.items())
-    table = Table(
-        title=f"Denoising vs {report.reference} ({summary[0]['n_slices'] if summary else 0} slices)",
-        caption=f"window {report.hu_window[0]:g}…{report.hu_window[1]:g} HU; soft tissue W400/L40; "
-        f"MS-SSIM {betas}; HD noise {_fmt(hd_noise, math.nan, 1)} HU",
+    title = f"Denoising vs {report.reference} ({summary[0]['n_slices'] if summary else 0} slices)"
+    caption = (
+        f"window {report.hu_window[0]:g}…{report.hu_window[1]:g} HU; soft tissue W400/L40; "
+        f"MS-SSIM {betas}; HD noise {_fmt(hd_noise, math.nan, 1)} HU"
     )
     columns: list[tuple[str, JustifyMethod]] = [
         ("Method", "left"),
@@ -656,8 +656,7 @@ def render_table(report: EvalReport) -> Table:
     if has_ref:
         columns.append(("HU bias vs REF", "right"))
     columns += [("noise std HU", "right"), ("s/slice", "right")]
-    for title, justify in columns:
-        table.add_column(title, justify=justify)
+    rows = []
     for e in summary:
         cells = [
             e["method"],
@@ -671,5 +670,25 @@ def render_table(report: EvalReport) -> Table:
         if has_ref:
             cells.append(_fmt(e["hu_bias_ref_mean"], e["hu_bias_ref_std"], 1, signed=True))
         cells += [_fmt(e["noise_std_mean"], e["noise_std_std"], 1), f"{e['seconds_mean']:.3g}"]
+        rows.append(cells)
+    return columns, rows, title, caption
+
+
+def render_table(report: EvalReport) -> Table:
+    """Methods as rows, mean ± std over slices as cells (rich Table, for the console or a notebook)."""
+    columns, rows, title, caption = _table_cells(report)
+    table = Table(title=title, caption=caption)
+    for name, justify in columns:
+        table.add_column(name, justify=justify)
+    for cells in rows:
         table.add_row(*cells)
     return table
+
+
+def markdown_table(report: EvalReport) -> str:
+    """The same table as Markdown (model cards, issue notes)."""
+    columns, rows, title, caption = _table_cells(report)
+    lines = [f"{title}; {caption}.", "", "| " + " | ".join(c for c, _ in columns) + " |"]
+    lines.append("|" + "|".join("---:" if j == "right" else "---" for _, j in columns) + "|")
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
