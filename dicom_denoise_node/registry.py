@@ -34,6 +34,11 @@ class ModelError(RuntimeError):
     """The model cannot be used: missing, corrupt or incompatible. The message says what to do."""
 
 
+def normalize_hu(hu: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
+    """HU → [-1, 1] through a window: the one normalisation shared by training and serving."""
+    return (2.0 * (np.clip(hu, hu_min, hu_max) - hu_min) / (hu_max - hu_min) - 1.0).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -53,8 +58,7 @@ class ModelInfo:
 
     def normalize(self, hu: np.ndarray) -> np.ndarray:
         """HU → [-1, 1] through the model's window (values outside the window clip)."""
-        lo, hi = self.hu_min, self.hu_max
-        return (2.0 * (np.clip(hu, lo, hi) - lo) / (hi - lo) - 1.0).astype(np.float32)
+        return normalize_hu(hu, self.hu_min, self.hu_max)
 
     def denormalize(self, x: np.ndarray) -> np.ndarray:
         """[-1, 1] → HU (float32)."""

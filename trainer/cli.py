@@ -172,7 +172,7 @@ def catalog_split(
     out.print(table)
 
 
-def _load_training_data(catalog_url: str, cfg_window: tuple[float, float]):  # noqa: ANN202
+def _load_training_data(catalog_url: str):  # noqa: ANN202
     from trainer.data import load_slices
     from trainer.split import paired_slices, training_files
     from trainer.train import TrainingData, data_fingerprint
@@ -236,7 +236,7 @@ def train(
         cfg = build_config(preset, config, overrides)
         if not cfg.catalog_url:
             raise ConfigError("no catalog: give --catalog URL or catalog_url in the training config")
-        data = _load_training_data(cfg.catalog_url, (cfg.hu_min, cfg.hu_max))
+        data = _load_training_data(cfg.catalog_url)
     except ConfigError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dicom_denoise_node.decode import SliceRef, read_hu
+from dicom_denoise_node.registry import normalize_hu
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,6 @@ def load_slices(paths: Sequence[Path], progress: Callable[[int, int], None] | No
         if progress:
             progress(k, len(paths))
     return out
-
-
-def normalize(hu: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
-    """HU → [−1, 1] through the window (the seed's normalisation); the node does the same via ModelInfo."""
-    return (2.0 * (np.clip(hu, hu_min, hu_max) - hu_min) / (hu_max - hu_min) - 1.0).astype(np.float32)
 
 
 class PatchSampler:
@@ -57,7 +53,7 @@ class PatchSampler:
         for hu in slices_hu:
             if min(hu.shape) < patch_size:
                 raise ValueError(f"slice {hu.shape} is smaller than the {patch_size}-px patch")
-            self.images.append(torch.from_numpy(normalize(hu, *hu_window)))
+            self.images.append(torch.from_numpy(normalize_hu(hu, *hu_window)))
             body = torch.from_numpy((hu > body_hu).astype(np.float64))
             # Summed-area table: the body fraction of any patch in O(1).
             self.body_integral.append(torch.nn.functional.pad(body.cumsum(0).cumsum(1), (1, 0, 1, 0)))
@@ -119,6 +115,6 @@ def paired_patches(
             if frac > best[2]:
                 best = (y, x, frac)
         y, x, _ = best
-        ld_out.append(normalize(ld[k][y : y + patch, x : x + patch], *hu_window))
-        hd_out.append(normalize(hd[k][y : y + patch, x : x + patch], *hu_window))
+        ld_out.append(normalize_hu(ld[k][y : y + patch, x : x + patch], *hu_window))
+        hd_out.append(normalize_hu(hd[k][y : y + patch, x : x + patch], *hu_window))
     return torch.from_numpy(np.stack(ld_out))[:, None], torch.from_numpy(np.stack(hd_out))[:, None]
