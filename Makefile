@@ -8,9 +8,10 @@ DEBIAN_PEERS = dcmtk orthanc dicom3tools
 # torch is pinned to the CPU wheel for dev/CI by constraints.txt; pyproject.toml keeps an honest range.
 CONSTRAINTS = constraints.txt
 
-.PHONY: venv peers test lint clean help
+.PHONY: venv peers demo test lint clean help
 
 help:
+	@echo "make demo   - install venv (+ dcmtk/orthanc when apt allows) and run one synthetic LD CT study through the node"
 	@echo "make test   - install venv + Debian peers (dcmtk, orthanc, dicom3tools) and run the test suite"
 	@echo "make lint   - ruff"
 
@@ -33,6 +34,11 @@ peers:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+# The demo works without the Debian peers (pynetdicom SCU, folder receiver), so a failed apt install only warns.
+demo: venv
+	@$(MAKE) --no-print-directory peers || echo "warning: Debian peers not installed; the demo uses pynetdicom instead"
+	TCP_NODELAY=1 $(VENV)/bin/denoise-node demo --out demo-out $(DEMO_ARGS)
 
 test: venv peers
 	bash scripts/pytest.sh

@@ -118,6 +118,11 @@ class Series(Base):
     body_part: Mapped[str | None] = mapped_column(String(32), nullable=True)
     exposure_mas: Mapped[float | None] = mapped_column(nullable=True)
     model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Denoising progress of the current (or last) processing run: for `status` and the demo's progress bar.
+    slices_done: Mapped[int] = mapped_column(Integer, default=0)
+    slices_total: Mapped[int] = mapped_column(Integer, default=0)
+    processing_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    processing_seconds: Mapped[float | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     study: Mapped[Study] = relationship(back_populates="series")
@@ -352,11 +357,27 @@ class Catalog:
             res = s.execute(
                 update(Series)
                 .where(Series.id == row[0], Series.state == SeriesState.COMPLETE)
-                .values(state=SeriesState.PROCESSING, updated_at=utcnow())
+                .values(
+                    state=SeriesState.PROCESSING,
+                    slices_done=0,
+                    slices_total=0,
+                    processing_started_at=utcnow(),
+                    processing_seconds=None,
+                    updated_at=utcnow(),
+                )
             )
             if res.rowcount != 1:  # type: ignore[attr-defined]
                 return None
             return Claim(row[0], row[1], row[2], row[3], row[4])
+
+    def record_progress(self, claim: Claim, done: int, total: int) -> None:
+        """Slices denoised so far in this processing run (only while the claim still holds)."""
+        with self._tx() as s:
+            s.execute(
+                update(Series)
+                .where(Series.id == claim.series_id, Series.state == SeriesState.PROCESSING)
+                .values(slices_done=done, slices_total=total)
+            )
 
     def instances(self, series_id: int) -> list[Instance]:
         with self.session() as s:
@@ -365,7 +386,12 @@ class Catalog:
             )
 
     def finish_processing(
-        self, claim: Claim, derived_series_uid: str, model_version: str, derived: list[DerivedRecord]
+        self,
+        claim: Claim,
+        derived_series_uid: str,
+        model_version: str,
+        derived: list[DerivedRecord],
+        processing_seconds: float | None = None,
     ) -> bool:
         """PROCESSING → DERIVED with the derived instances, unless new instances arrived meanwhile.
 
@@ -383,6 +409,7 @@ class Catalog:
                     state=SeriesState.DERIVED,
                     derived_series_uid=derived_series_uid,
                     model_version=model_version,
+                    processing_seconds=processing_seconds,
                     attempts=0,
                     next_attempt_at=None,
                     last_error=None,
@@ -590,6 +617,9 @@ class Catalog:
                     "attempts": r[0].attempts,
                     "last_error": r[0].last_error,
                     "derived_series_uid": r[0].derived_series_uid,
+                    "slices_done": r[0].slices_done,
+                    "slices_total": r[0].slices_total,
+                    "processing_seconds": r[0].processing_seconds,
                     "updated_at": r[0].updated_at,
                 }
                 for r in rows

@@ -153,15 +153,23 @@ def status(
     catalog = Catalog(settings.catalog_url)
     rows = catalog.series_overview(limit)
     table = Table(title=f"series in {settings.catalog_url}")
-    for col in ("series UID", "modality", "description", "state", "instances", "derived", "attempts", "last error"):
+    cols = ("series UID", "modality", "description", "state", "instances", "denoised", "derived", "attempts")
+    for col in (*cols, "last error"):
         table.add_column(col)
     for r in rows:
+        if r["state"] == "PROCESSING":
+            denoised = f"{r['slices_done']}/{r['slices_total'] or '?'}"
+        elif r["processing_seconds"] is not None and r["slices_total"]:
+            denoised = f"{r['slices_total']} in {r['processing_seconds']:.1f} s"
+        else:
+            denoised = ""
         table.add_row(
             str(r["series_uid"]),
             str(r["modality"]),
             str(r["description"]),
             str(r["state"]),
             str(r["instances"]),
+            denoised,
             str(r["derived"]),
             str(r["attempts"]),
             str(r["last_error"] or "")[:60],

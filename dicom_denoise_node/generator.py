@@ -4,6 +4,11 @@ c7s1-64, d128, d256, R256 × n_blocks, u128, u64, c7s1-1, tanh — reflection pa
 in and out. Upsampling defaults to nearest-neighbour resize + 3×3 convolution instead of a transposed convolution,
 because transposed convolutions leave checkerboard artifacts that a radiologist would see in flat regions;
 ``upsample="transpose"`` gives the original layer for checkpoints that used it.
+
+``residual=True`` (a documented deviation from the method, used by the cpu preset) adds a global skip: the network
+predicts a correction that is added to its input and clamped to [−1, 1], and the last convolution starts at zero, so
+an untrained generator is the identity. A few CPU-hours of training then refine the input instead of having to
+rebuild the whole image and its mean HU from scratch, which is where short CycleGAN runs shift HU.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class GeneratorConfig:
     filters: int = 64
     blocks: int = 6
     upsample: Literal["resize_conv", "transpose"] = "resize_conv"
+    residual: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "resnet_generator", **asdict(self)}
@@ -87,12 +93,29 @@ class ResnetGenerator(nn.Module):
         ]
         layers += [ResidualBlock(4 * f) for _ in range(self.config.blocks)]
         layers += _up(4 * f, 2 * f, self.config.upsample) + _up(2 * f, f, self.config.upsample)
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(f, self.config.out_channels, 7), nn.Tanh()]
+        head = nn.Conv2d(f, self.config.out_channels, 7)
+        layers += [nn.ReflectionPad2d(3), head]
+        self._head_index = len(layers) - 1  # an index, not an attribute: one name per tensor in the state dict
+        if self.config.residual:
+            if self.config.in_channels != self.config.out_channels:
+                raise ValueError("a residual generator needs as many output channels as input channels")
+        else:
+            layers.append(nn.Tanh())
         self.model = nn.Sequential(*layers)
+        self.start_as_identity()
+
+    def start_as_identity(self) -> None:
+        """Zero the last convolution of a residual generator (call again after any re-initialisation)."""
+        if self.config.residual:
+            head = self.model[self._head_index]
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % DOWNSAMPLE_FACTOR or x.shape[-2] % DOWNSAMPLE_FACTOR:
             raise ValueError(f"input {tuple(x.shape[-2:])} must be padded to a multiple of {DOWNSAMPLE_FACTOR}")
+        if self.config.residual:
+            return (x + self.model(x)).clamp(-1.0, 1.0)
         return self.model(x)
 
 

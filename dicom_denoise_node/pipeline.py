@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -131,12 +132,18 @@ class Node:
         assert self.denoiser is not None
         log.info("series %s state=PROCESSING", claim.series_uid)
         paths = [Path(i.path) for i in self.catalog.instances(claim.series_id)]
+        started = time.monotonic()
+
+        def progress(done: int, total: int) -> None:
+            log.debug("series %s: %d/%d slices", claim.series_uid, done, total)
+            self.catalog.record_progress(claim, done, total)
+
         try:
             result = self.denoiser.denoise_series(
                 claim.series_uid,
                 paths,
                 self.spool.derived_path,
-                progress=lambda k, n: log.debug("series %s: %d/%d slices", claim.series_uid, k, n),
+                progress=progress,
                 stop=self.stop_event,
             )
         except Interrupted:
@@ -149,7 +156,10 @@ class Node:
             log.error("series %s state=FAILED: %s", claim.series_uid, exc)
             return
         records = [DerivedRecord(sop, src, str(path)) for sop, src, path in result.written]
-        if self.catalog.finish_processing(claim, result.derived_series_uid, self.denoiser.info.version, records):
+        seconds = time.monotonic() - started
+        if self.catalog.finish_processing(
+            claim, result.derived_series_uid, self.denoiser.info.version, records, processing_seconds=seconds
+        ):
             log.info("series %s state=DERIVED (%d instances)", claim.series_uid, len(records))
         else:
             log.info("series %s received new instances while processing; state=RECEIVING", claim.series_uid)

@@ -91,3 +91,23 @@ def test_generator_default_is_the_method():
     first = next(m for m in gen.modules() if isinstance(m, torch.nn.Conv2d))
     assert first.out_channels == 64 and first.in_channels == 1
     assert isinstance(gen.model[-1], torch.nn.Tanh)
+
+
+def test_residual_generator_starts_as_identity_and_learns_a_correction():
+    from trainer.cyclegan import init_weights
+
+    gen = ResnetGenerator(GeneratorConfig(filters=4, blocks=1, residual=True))
+    init_weights(gen)  # the trainer's N(0, 0.02) initialisation must not undo the zero head
+    x = torch.linspace(-1, 1, 32 * 32).reshape(1, 1, 32, 32)
+    assert torch.equal(gen(x), x)
+    assert not isinstance(gen.model[-1], torch.nn.Tanh)
+    # One gradient step away from the identity changes the output, and it stays in [-1, 1].
+    opt = torch.optim.SGD(gen.parameters(), lr=0.5)
+    (gen(x) - 0.3).abs().mean().backward()
+    opt.step()
+    out = gen(x)
+    assert not torch.equal(out, x)
+    assert out.abs().max() <= 1.0
+    # The state dict names each tensor once (safetensors refuses shared tensors).
+    assert len(gen.state_dict()) == len(ResnetGenerator(GeneratorConfig(filters=4, blocks=1)).state_dict())
+    assert GeneratorConfig.from_dict(gen.config.to_dict()) == gen.config

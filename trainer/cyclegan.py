@@ -47,6 +47,9 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
             nn.init.normal_(m.weight, 0.0, gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if isinstance(m, ResnetGenerator):
+            m.start_as_identity()
 
 
 class CycleGenerators(nn.Module):

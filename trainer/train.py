@@ -118,7 +118,7 @@ def train(
     run_dir = Path(cfg.run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    gen_config = GeneratorConfig(filters=cfg.filters, blocks=cfg.blocks, upsample=cfg.upsample)
+    gen_config = GeneratorConfig(filters=cfg.filters, blocks=cfg.blocks, upsample=cfg.upsample, residual=cfg.residual)
     gens = CycleGenerators(gen_config)
     discs = Discriminators(cfg.disc_filters)
     init_weights(gens)

@@ -1,0 +1,388 @@
+"""`make demo`: one synthetic low-dose CT study through the real node to a real PACS, then pictures and numbers.
+
+The steps are the product's own flow, with real processes and real DICOM associations on loopback:
+
+1. synthesise one patient (LD, HD and noise-free series; physically simulated dose, see trainer/ct_physics.py);
+2. start a PACS: Orthanc when installed (web explorer at the printed URL), else an in-process folder receiver;
+3. start ``denoise-node serve`` with a config written next to the data and the bundled model;
+4. send the LD series with dcmtk ``storescu`` (else pynetdicom);
+5. follow the series through the node's catalog (received → complete → denoising k/N → sent);
+6. fetch the derived series back from the PACS and compare LD and denoised against HD;
+7. write ``montage.png`` and ``results.json``;
+8. stop everything it started, also on Ctrl-C or SIGTERM.
+
+Every failure names the step. Synthesis is cached between runs (same parameters → same files); the node's data
+and the PACS storage are recreated on every run, so the demo re-runs without manual clean-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Literal
+
+from demo import peers
+from demo.pacs import PACS_AET, DemoPACS, check_port, choose_pacs
+from demo.report import DemoResult, compare, load_volume, montage_inset, read_hu, slice_z, write_report
+from dicom_denoise_node.registry import read_metadata, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+NODE_AET = "DENOISE"
+SCANNER_AET = "SCANNER"
+
+
+class DemoError(RuntimeError):
+    """A demo step failed; the message names the step and the reason."""
+
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"demo step '{step}' failed: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+@dataclass
+class DemoOptions:
+    """What the demo does; the defaults are `make demo`'s."""
+
+    out_dir: Path = Path("demo-out")
+    slices: int = 24
+    size: int = 512
+    seed: int = 2026  # a patient that is not in the bundled model's training archive (seed 0)
+    body_part: Literal["abdomen", "chest"] = "abdomen"
+    pacs: Literal["auto", "orthanc", "folder"] = "auto"
+    scu: Literal["auto", "storescu", "pynetdicom"] = "auto"
+    model: str = ""  # empty: the bundled model
+    device: str = "auto"
+    node_port: int = 0  # 0: a free port
+    pacs_port: int = 0
+    http_port: int = 0
+    timeout_s: float = 1800.0
+    hold: bool = False  # the CLI keeps Orthanc up for the user (see on_ready)
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+
+class _Terminated(Exception):
+    """SIGTERM/SIGHUP arrived: unwind like Ctrl-C so every finally block runs."""
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into an exception in the main thread (Ctrl-C already is one)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def step(name: str, timings: dict[str, float]) -> Iterator[None]:
+    """Time a step and turn its failure into a DemoError that names it."""
+    started = time.monotonic()
+    try:
+        yield
+    except (DemoError, KeyboardInterrupt, _Terminated):
+        raise
+    except Exception as exc:
+        raise DemoError(name, f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        timings[name] = round(time.monotonic() - started, 2)
+
+
+class NodeRunner:
+    """`denoise-node serve` as a child process in its own process group, logging to a file."""
+
+    def __init__(self, config: Path, log_path: Path, port: int) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 180.0) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DENOISE_NODE_")}
+        cmd = [sys.executable, "-m", "dicom_denoise_node", "serve", "--config", str(self.config)]
+        with open(self.log_path, "ab") as logfile:
+            self.proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            peers.wait_for_port(self.port, timeout, proc=self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            self.stop()
+            raise DemoError("start node", f"{exc}; last log lines:\n{self.log_tail()}") from exc
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            peers.stop_process(self.proc, timeout=30)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "<no log>"
+
+
+# ------------------------------------------------------------------------------------------------ steps
+
+
+def synthesise(options: DemoOptions, data_dir: Path, progress: Callable[[int, int], None] | None) -> Path:
+    """One patient's LD/HD/REF series; reused when a previous run wrote the same parameters. Returns the patient dir."""
+    from trainer.synth import synthesize_archive
+
+    params = {"slices": options.slices, "size": options.size, "seed": options.seed, "body_part": options.body_part}
+    stamp = data_dir / "demo-params.json"
+    patients = sorted(p for p in data_dir.glob("*/truth.json")) if data_dir.exists() else []
+    if stamp.exists() and json.loads(stamp.read_text()) == params and len(patients) == 1:
+        log.info("reusing the synthetic study in %s", data_dir)
+        if progress is not None:
+            progress(options.slices, options.slices)
+        return patients[0].parent
+    shutil.rmtree(data_dir, ignore_errors=True)
+    records = synthesize_archive(
+        data_dir,
+        patients=1,
+        slices=options.slices,
+        size=options.size,
+        seed=options.seed,
+        body_parts=(options.body_part,),
+        progress=progress,
+    )
+    stamp.write_text(json.dumps(params))
+    return data_dir / records[0].patient_id
+
+
+def write_node_config(path: Path, data_dir: Path, port: int, pacs_port: int, model: str, device: str) -> Path:
+    """The demo's node config: loopback only, short quiet period, everything under the demo folder."""
+    path.write_text(
+        f"""# Written by `make demo`; every key is documented in etc/denoise-node.toml.
+[node]
+ae_title = "{NODE_AET}"
+host = "{peers.LOOPBACK}"
+port = {port}
+data_dir = "{data_dir}"
+log_level = "INFO"
+
+[series]
+quiet_period_s = 2.0
+poll_interval_s = 0.5
+
+[model]
+path = "{model}"
+device = "{device}"
+
+[send]
+max_attempts = 3
+backoff_s = 1.0
+timeout_s = 60
+
+[[destinations]]
+ae_title = "{PACS_AET}"
+host = "{peers.LOOPBACK}"
+port = {pacs_port}
+name = "demo-pacs"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def send_series(files: list[Path], port: int, scu: str) -> str:
+    """C-STORE the LD series to the node; returns which SCU sent it."""
+    use_storescu = scu == "storescu" or (scu == "auto" and peers.find_program("storescu") is not None)
+    if use_storescu:
+        result = peers.storescu(files, port, NODE_AET, SCANNER_AET, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"storescu exited with {result.returncode}: {result.stderr.strip()[-500:]}")
+        return "dcmtk storescu"
+    from dicom_denoise_node.config import Destination
+    from dicom_denoise_node.send import send_files
+
+    send_files(files, Destination(ae_title=NODE_AET, host=peers.LOOPBACK, port=port), SCANNER_AET, 120)
+    return "pynetdicom"
+
+
+@dataclass
+class SeriesProgress:
+    state: str = "waiting"
+    received: int = 0
+    slices_done: int = 0
+    slices_total: int = 0
+    derived_series_uid: str = ""
+    model_version: str = ""
+    processing_seconds: float | None = None
+    last_error: str = ""
+
+
+def read_progress(catalog_path: Path, series_uid: str) -> SeriesProgress:
+    """The series as the node's catalog sees it (read-only; the node keeps writing)."""
+    import sqlite3
+
+    if not catalog_path.exists():
+        return SeriesProgress()
+    con = sqlite3.connect(f"file:{catalog_path}?mode=ro", uri=True, timeout=5)
+    try:
+        row = con.execute(
+            "SELECT s.state, (SELECT count(*) FROM instances i WHERE i.series_fk = s.id), s.slices_done, "
+            "s.slices_total, s.derived_series_uid, s.model_version, s.processing_seconds, s.last_error "
+            "FROM series s WHERE s.series_uid = ?",
+            (series_uid,),
+        ).fetchone()
+    except sqlite3.OperationalError:  # tables not created yet
+        return SeriesProgress()
+    finally:
+        con.close()
+    if row is None:
+        return SeriesProgress()
+    return SeriesProgress(row[0], row[1], row[2] or 0, row[3] or 0, row[4] or "", row[5] or "", row[6], row[7] or "")
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def run_demo(
+    options: DemoOptions, ui: DemoUI | None = None, on_ready: Callable[[DemoResult], None] | None = None
+) -> DemoResult:
+    """Run every step; whatever happens (error, Ctrl-C, SIGTERM), stop the node and the PACS before returning.
+
+    ``on_ready`` is called with the result while the PACS still runs (the CLI shows it and may wait for the user).
+    """
+    from trainer.montage import save_montage
+
+    ui = ui or DemoUI()
+    out = options.out_dir.absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir, node_dir, pacs_dir = out / "study", out / "node", out / "pacs"
+    timings: dict[str, float] = {}
+    node: NodeRunner | None = None
+    pacs: DemoPACS | None = None
+    with _signals_unwind():
+        try:
+            with step("synthesise", timings):
+                ui.stage("synthesise", options.slices)
+                patient_dir = synthesise(options, data_dir, lambda k, n: ui.advance("synthesise", k, n))
+                truth = json.loads((patient_dir / "truth.json").read_text())
+                ld_files = sorted((patient_dir / "LD").glob("*.dcm"))
+                ld_uid = truth["series_instance_uids"]["LD"]
+            # A fresh node and PACS every run: the derived UIDs are deterministic, so an old catalog would say SENT.
+            for d in (node_dir, pacs_dir):
+                shutil.rmtree(d, ignore_errors=True)
+            with step("start PACS", timings):
+                pacs = DemoPACS(choose_pacs(options.pacs), pacs_dir, options.pacs_port, options.http_port)
+                pacs.start()
+                ui.note(f"PACS: {pacs.name} on {peers.LOOPBACK}:{pacs.dicom_port}")
+            with step("start node", timings):
+                node_port = options.node_port or peers.free_port()
+                check_port(node_port, "node")
+                node_dir.mkdir(parents=True)
+                config = write_node_config(
+                    out / "node.toml", node_dir, node_port, pacs.dicom_port, options.model, options.device
+                )
+                node = NodeRunner(config, out / "node.log", node_port)
+                node.start()
+                ui.note(f"node: denoise-node serve --config {config} (log {out / 'node.log'})")
+            with step("send LD series", timings):
+                scu = send_series(ld_files, node_port, options.scu)
+            with step("wait for derived series", timings):
+                progress = follow(node, pacs, node_dir / "catalog.sqlite", ld_uid, len(ld_files), options, ui)
+            with step("report", timings):
+                derived = {slice_z(ds): read_hu(ds) for ds in pacs.datasets(progress.derived_series_uid)}
+                ld, hd, ref = (load_volume(patient_dir / k) for k in ("LD", "HD", "REF"))
+                info = read_metadata(resolve_model_path(options.model))
+                metrics = compare(ld, derived, hd, ref, (info.hu_min, info.hu_max))
+                z, inset = montage_inset(truth, sorted(derived), derived[next(iter(derived))].shape)
+                montage = out / "montage.png"
+                save_montage(
+                    montage,
+                    {"LD": ld[z], "denoised": derived[z], "HD": hd[z], "noise-free": ref[z]},
+                    inset=inset,
+                )
+                result = DemoResult(
+                    series_uid=ld_uid,
+                    derived_series_uid=progress.derived_series_uid,
+                    slices=len(derived),
+                    pacs=pacs.name,
+                    scu=scu,
+                    model_version=progress.model_version,
+                    seconds_per_slice=(progress.processing_seconds or math.nan) / max(1, len(derived)),
+                    wall_seconds=timings,
+                    metrics=metrics,
+                    montage=str(montage),
+                    pacs_url=pacs.url,
+                )
+                write_report(result, out / "results.json")
+            if on_ready is not None:
+                node.stop()  # its work is done; only the PACS stays up for the user
+                on_ready(result)
+            return result
+        finally:
+            if node is not None:
+                node.stop()
+            if pacs is not None:
+                pacs.stop()
+
+
+def follow(
+    node: NodeRunner,
+    pacs: DemoPACS,
+    catalog: Path,
+    series_uid: str,
+    expected: int,
+    options: DemoOptions,
+    ui: DemoUI,
+) -> SeriesProgress:
+    """Poll the node's catalog and the PACS until the derived series is stored in full (bounded by timeout_s)."""
+    deadline = time.monotonic() + options.timeout_s
+    progress = SeriesProgress()
+    while time.monotonic() < deadline:
+        if not node.alive():
+            raise DemoError("wait for derived series", f"the node exited; last log lines:\n{node.log_tail()}")
+        progress = read_progress(catalog, series_uid)
+        if progress.state == "FAILED":
+            raise DemoError("wait for derived series", f"the node failed the series: {progress.last_error}")
+        stored = pacs.count(progress.derived_series_uid) if progress.derived_series_uid else 0
+        ui.series(progress, expected, stored)
+        if progress.state == "SENT" and stored >= progress.slices_total > 0:
+            return progress
+        time.sleep(0.3)
+    raise DemoError(
+        "wait for derived series",
+        f"not done after {options.timeout_s:.0f} s (state {progress.state}); last log lines:\n{node.log_tail()}",
+    )
+
+
+class DemoUI:
+    """Where the demo reports progress; the CLI subclasses it with rich progress bars. Silent by default."""
+
+    def stage(self, name: str, total: int) -> None:
+        """A step with a known number of items begins."""
+
+    def advance(self, name: str, done: int, total: int) -> None:
+        """Items done in a step."""
+
+    def note(self, text: str) -> None:
+        """A line worth showing (ports, URLs, log files)."""
+        log.info("%s", text)
+
+    def series(self, progress: SeriesProgress, expected: int, stored: int) -> None:
+        """The node's view of the series, and how much of the derived series the PACS holds."""
