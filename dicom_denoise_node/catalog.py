@@ -29,6 +29,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -123,6 +124,8 @@ class Series(Base):
     slices_total: Mapped[int] = mapped_column(Integer, default=0)
     processing_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     processing_seconds: Mapped[float | None] = mapped_column(nullable=True)
+    # Set when retention (or `purge`) deleted the series' spool files; the row stays as the audit record.
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     study: Mapped[Study] = relationship(back_populates="series")
@@ -566,6 +569,93 @@ class Catalog:
             series.failed_stage = None
             return target
 
+    # ---- spool consistency and retention (consistency.py, retention.py) -----------------------------------
+
+    def spool_rows(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Paths the catalog expects in the spool: (received instance path → series id, derived path → series id)."""
+        with self.session() as s:
+            received = dict(
+                s.execute(
+                    select(Instance.path, Instance.series_fk)
+                    .join(Series, Instance.series_fk == Series.id)
+                    .where(Series.origin == "received")
+                ).all()
+            )
+            derived = dict(s.execute(select(DerivedInstance.path, DerivedInstance.series_fk)).all())
+        return {str(k): int(v) for k, v in received.items()}, {str(k): int(v) for k, v in derived.items()}
+
+    def forget_missing_files(self, received: list[str], derived: list[str]) -> list[str]:
+        """Rows whose file is gone. A received instance: its row goes and its series becomes FAILED with the reason
+        (an operator must look: the PACS got Success for it). A derived instance: its rows go and the series is
+        derived again (COMPLETE), which rewrites the same deterministic UIDs. Returns the affected series UIDs."""
+        affected: set[str] = set()
+        with self._tx() as s:
+            for path in received:
+                inst = s.scalar(select(Instance).where(Instance.path == path))
+                if inst is None:
+                    continue
+                series = s.get(Series, inst.series_fk)
+                s.delete(inst)
+                if series is not None:
+                    series.state = SeriesState.FAILED
+                    series.failed_stage = "spool"
+                    series.last_error = f"received instance {inst.sop_uid} missing from the spool ({path})"
+                    series.updated_at = utcnow()
+                    affected.add(series.series_uid)
+            for path in derived:
+                der = s.scalar(select(DerivedInstance).where(DerivedInstance.path == path))
+                if der is None:
+                    continue
+                series = s.get(Series, der.series_fk)
+                s.execute(delete(DerivedInstance).where(DerivedInstance.series_fk == der.series_fk))
+                if series is not None and series.state in (SeriesState.DERIVED, SeriesState.FAILED):
+                    series.state = SeriesState.COMPLETE
+                    series.updated_at = utcnow()
+                    affected.add(series.series_uid)
+        return sorted(affected)
+
+    def sent_before(self, cutoff: datetime) -> list[tuple[int, str]]:
+        """(id, UID) of SENT series whose spool files still exist and that were sent before cutoff."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Series.id, Series.series_uid).where(
+                    Series.origin == "received",
+                    Series.state == SeriesState.SENT,
+                    Series.purged_at.is_(None),
+                    Series.updated_at < cutoff,
+                )
+            ).all()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def series_by_state(self, state: SeriesState) -> list[tuple[int, str]]:
+        with self.session() as s:
+            rows = s.execute(
+                select(Series.id, Series.series_uid).where(Series.origin == "received", Series.state == state)
+            ).all()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def series_id(self, series_uid: str) -> int | None:
+        with self.session() as s:
+            return s.scalar(select(Series.id).where(Series.series_uid == series_uid))
+
+    def purge(self, series_id: int, allowed: tuple[SeriesState, ...]) -> list[str]:
+        """Drop the instance and derived rows of a series in one of ``allowed`` states, mark it purged, and
+        return the file paths the caller deletes (rows first: a crash leaves orphan files, which the start-up
+        check removes, never rows without files)."""
+        with self._tx() as s:
+            series = s.get(Series, series_id)
+            if series is None or series.state not in allowed:
+                return []
+            paths = [str(p) for p in s.scalars(select(Instance.path).where(Instance.series_fk == series_id))]
+            paths += [
+                str(p) for p in s.scalars(select(DerivedInstance.path).where(DerivedInstance.series_fk == series_id))
+            ]
+            s.execute(delete(Instance).where(Instance.series_fk == series_id))
+            s.execute(delete(DerivedInstance).where(DerivedInstance.series_fk == series_id))
+            series.purged_at = utcnow()
+            series.updated_at = utcnow()
+        return paths
+
     def recover_after_restart(self) -> list[str]:
         """A PROCESSING series at start-up was interrupted by a crash: give it back to the queue."""
         with self._tx() as s:
@@ -624,6 +714,17 @@ class Catalog:
                 }
                 for r in rows
             ]
+
+    def pending_series(self) -> int:
+        """Received series not yet denoised (RECEIVING, COMPLETE or PROCESSING): the worker's queue length."""
+        waiting = (SeriesState.RECEIVING, SeriesState.COMPLETE, SeriesState.PROCESSING)
+        with self.session() as s:
+            return int(
+                s.scalar(
+                    select(func.count(Series.id)).where(Series.origin == "received", Series.state.in_(waiting))
+                )
+                or 0
+            )
 
     def series_state(self, series_uid: str) -> SeriesState | None:
         with self.session() as s:

@@ -199,6 +199,73 @@ def retry(series_uid: str, config: ConfigOption = None) -> None:
 
 
 @app.command()
+def purge(
+    series_uid: Annotated[str | None, typer.Argument(help="Series to purge (FAILED or SENT).")] = None,
+    config: ConfigOption = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Purge every FAILED series.")] = False,
+) -> None:
+    """Delete the spool data of a FAILED (or SENT) series; the catalog keeps its row as the audit record.
+
+    FAILED series are never removed by retention: they wait for `retry` or for this command.
+    Example: `denoise-node purge --failed -c /etc/denoise-node/denoise-node.toml`
+    """
+    from dicom_denoise_node.catalog import Catalog, SeriesState
+    from dicom_denoise_node.retention import purge_series
+    from dicom_denoise_node.spool import Spool
+
+    if (series_uid is None) == (not failed):
+        raise typer.BadParameter("give one SERIES_UID or --failed")
+    settings = _settings(config)
+    catalog = Catalog(settings.catalog_url)
+    spool = Spool(settings.node.data_dir)
+    try:
+        uids = [uid for _, uid in catalog.series_by_state(SeriesState.FAILED)] if failed else [str(series_uid)]
+        for uid in uids:
+            files = purge_series(spool, catalog, uid)
+            out.print(f"series {uid} purged ({files} files)")
+    except (KeyError, ValueError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(1) from exc
+    finally:
+        catalog.close()
+
+
+@app.command()
+def check(
+    config: ConfigOption = None,
+    repair: Annotated[bool, typer.Option(help="Repair (only while the node is stopped).")] = False,
+) -> None:
+    """Compare the spool with the catalog (what `serve` does at every start) and report mismatches.
+
+    Example: `denoise-node check -c /etc/denoise-node/denoise-node.toml` (exit 1 when they disagree)
+    """
+    from dicom_denoise_node.catalog import Catalog
+    from dicom_denoise_node.consistency import check_spool
+    from dicom_denoise_node.spool import Spool
+
+    settings = _settings(config)
+    catalog = Catalog(settings.catalog_url)
+    try:
+        report = check_spool(Spool(settings.node.data_dir), catalog, repair=repair)
+    finally:
+        catalog.close()
+    table = Table(title="spool vs catalog")
+    table.add_column("finding")
+    table.add_column("count", justify="right")
+    for name, items in (
+        ("received files without a catalog row", report.indexed_orphans),
+        ("derived files without a catalog row", report.removed_orphans),
+        ("unreadable files without a row", report.unreadable_orphans),
+        ("received rows without a file", report.missing_received),
+        ("derived rows without a file", report.missing_derived),
+    ):
+        table.add_row(name, str(len(items)))
+    out.print(table)
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+@app.command()
 def denoise(
     in_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder of one CT series.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for the derived series.")],

@@ -8,6 +8,7 @@ Precedence (highest first): environment variables ``DENOISE_NODE_<SECTION>__<KEY
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -37,6 +38,24 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class TLSSettings(_Section):
+    """DICOM TLS (PS3.15 B.1): the node's certificate, and optionally client-certificate verification."""
+
+    enabled: bool = False
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _files(self) -> TLSSettings:
+        if self.enabled and not (self.cert_file and self.key_file):
+            raise ValueError("tls.enabled needs cert_file and key_file")
+        if self.require_client_cert and not self.ca_file:
+            raise ValueError("tls.require_client_cert needs ca_file (the CA that signs client certificates)")
+        return self
+
+
 class NodeSettings(_Section):
     """The SCP: who we are, where we listen, where we keep data."""
 
@@ -45,8 +64,14 @@ class NodeSettings(_Section):
     port: int = Field(11112, ge=1, le=65535)
     data_dir: Path = Path("/var/lib/denoise-node")
     allowed_calling_aets: list[AETitle] = Field(default_factory=list)
+    allowed_peers: dict[str, list[str]] = Field(default_factory=dict)
     max_pdu: int = Field(0, ge=0, description="0 = unlimited")
+    max_associations: int = Field(16, ge=1)
+    max_dataset_mb: float = Field(1024.0, gt=0)
+    min_free_mb: float = Field(1024.0, ge=0)
+    max_pending_series: int = Field(0, ge=0, description="0 = unlimited")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    tls: TLSSettings = Field(default_factory=lambda: TLSSettings())
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
 
@@ -54,6 +79,19 @@ class NodeSettings(_Section):
     @classmethod
     def _aes(cls, values: list[str]) -> list[str]:
         return [_check_ae(v) for v in values]
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _peers(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        checked = {}
+        for ae, networks in value.items():
+            for net in networks:
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"allowed_peers.{ae}: {net!r} is not an IP address or network") from exc
+            checked[_check_ae(ae)] = list(networks)
+        return checked
 
 
 class Destination(_Section):
@@ -113,6 +151,13 @@ class CatalogSettings(_Section):
     url: str = ""
 
 
+class RetentionSettings(_Section):
+    """When spool data of finished series is removed (FAILED series are kept until retried or purged)."""
+
+    sent_days: float = Field(7.0, ge=0)
+    check_interval_s: float = Field(3600.0, gt=0)
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it with :func:`load_settings`."""
 
@@ -127,6 +172,7 @@ class Settings(BaseSettings):
     derive: DeriveSettings = Field(default_factory=DeriveSettings)
     send: SendSettings = Field(default_factory=SendSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -22,12 +23,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_denoise_node import series_complete
+from dicom_denoise_node.admission import Admission
 from dicom_denoise_node.catalog import Catalog, Claim, DerivedRecord, SeriesState
 from dicom_denoise_node.config import Settings, describe, env_overrides
+from dicom_denoise_node.consistency import check_spool
 from dicom_denoise_node.inference import select_device
 from dicom_denoise_node.process import Interrupted, SeriesDenoiser
 from dicom_denoise_node.receive import start_scp
 from dicom_denoise_node.registry import load_model, resolve_model_path
+from dicom_denoise_node.retention import purge_sent
 from dicom_denoise_node.send import SendError, send_files
 from dicom_denoise_node.spool import Spool
 
@@ -52,6 +56,8 @@ class Node:
         self.spool = Spool(settings.node.data_dir)
         self.catalog = Catalog(settings.catalog_url)
         self.denoiser = denoiser
+        self.admission = Admission(settings.node, settings.node.data_dir, self.catalog.pending_series)
+        self._disk_low = False
         self.server: ThreadedAssociationServer | None = None
         self.scheduler: BackgroundScheduler | None = None
 
@@ -66,15 +72,18 @@ class Node:
         self.spool.remove_partial_writes()
         for uid in self.catalog.recover_after_restart():
             log.warning("series %s was interrupted while PROCESSING; state=COMPLETE again", uid)
+        check_spool(self.spool, self.catalog)
         if not self.settings.destinations:
             log.warning("no [[destinations]] configured: derived series will wait in state DERIVED")
-        self.server = start_scp(self.settings.node, self.spool, self.catalog)
+        self.server = start_scp(self.settings.node, self.spool, self.catalog, self.admission)
         self.scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(3)}, timezone="UTC")
         every = self.settings.series.poll_interval_s
         common = dict(trigger="interval", seconds=every, max_instances=1, coalesce=True, misfire_grace_time=None)
         self.scheduler.add_job(self.complete_job, id="complete", **common)
         self.scheduler.add_job(self.process_job, id="process", **common)
         self.scheduler.add_job(self.send_job, id="send", **common)
+        retention = dict(common, seconds=self.settings.retention.check_interval_s)
+        self.scheduler.add_job(self.retention_job, id="retention", next_run_time=datetime.now(UTC), **retention)
         self.scheduler.start()
         log.info("node started")
 
@@ -110,11 +119,30 @@ class Node:
         series_complete.mark_complete(self.catalog, self.settings.series.quiet_period_s)
 
     def process_job(self) -> None:
+        if not self._disk_has_room():
+            return
         while not self.stop_event.is_set():
             claim = self.catalog.claim_for_processing()
             if claim is None:
                 return
             self.process(claim)
+
+    def retention_job(self) -> None:
+        purge_sent(self.spool, self.catalog, self.settings.retention.sent_days)
+
+    def _disk_has_room(self) -> bool:
+        """Processing writes derived files: below the free-space watermark it waits (and says so once)."""
+        ok = self.admission.disk_ok()
+        if not ok and not self._disk_low:
+            log.warning(
+                "free space %.0f MiB below min_free_mb=%g: processing paused until space returns",
+                self.admission.free_mb(),
+                self.settings.node.min_free_mb,
+            )
+        elif ok and self._disk_low:
+            log.info("free space %.0f MiB: processing resumes", self.admission.free_mb())
+        self._disk_low = not ok
+        return ok
 
     def send_job(self) -> None:
         if not self.settings.destinations:

@@ -9,17 +9,20 @@ from __future__ import annotations
 import enum
 import errno
 import logging
+import struct
 from functools import partial
 from typing import Any
 
 from pydicom import uid as dcm_uid
 from pydicom.dataset import Dataset
+from pydicom.encaps import parse_fragments
 from pydicom.pixels import get_decoder
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_denoise_node.admission import Admission, server_tls_context
 from dicom_denoise_node.catalog import Catalog, InstanceMeta
 from dicom_denoise_node.config import NodeSettings
 from dicom_denoise_node.spool import InvalidUID, Spool, check_uid, write_atomic
@@ -71,6 +74,31 @@ def _instance_number(ds: Dataset) -> int | None:
         return None
 
 
+def pixel_data_problem(ds: Dataset, transfer_syntax: dcm_uid.UID) -> str | None:
+    """Why the pixel data cannot be whole (truncated native data, broken encapsulation), or None.
+
+    Checks lengths and the fragment structure only; pixels are decoded later by the worker, never here.
+    """
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as exc:
+        return f"image pixel module incomplete: {exc}"
+    data = ds.PixelData
+    if transfer_syntax.is_encapsulated:
+        try:
+            n, _ = parse_fragments(data)
+        except (ValueError, EOFError, struct.error) as exc:
+            return f"encapsulated PixelData is malformed: {exc}"
+        return None if n >= 1 else "encapsulated PixelData has no fragments"
+    expected = rows * columns * frames * samples * bits // 8
+    if len(data) < expected:
+        return f"PixelData truncated: {len(data)} of {expected} bytes"
+    return None
+
+
 def _reject(status: StoreStatus, reason: str, event: Event) -> int:
     log.warning(
         "C-STORE from %s rejected with %s (0x%04X): %s",
@@ -82,8 +110,12 @@ def _reject(status: StoreStatus, reason: str, event: Event) -> int:
     return status.value
 
 
-def handle_store(event: Event, spool: Spool, catalog: Catalog) -> int:
+def handle_store(event: Event, spool: Spool, catalog: Catalog, admission: Admission | None = None) -> int:
     """Store one instance durably, record it, and return the named status."""
+    if admission is not None:
+        refusal = admission.store_refusal(len(event.request.DataSet.getbuffer()))
+        if refusal:
+            return _reject(StoreStatus.OUT_OF_RESOURCES, refusal, event)
     try:
         ds = event.dataset
         ds.file_meta = event.file_meta
@@ -91,6 +123,8 @@ def handle_store(event: Event, spool: Spool, catalog: Catalog) -> int:
         return _reject(StoreStatus.CANNOT_UNDERSTAND, f"dataset could not be decoded: {exc}", event)
 
     try:
+        if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+            return _reject(StoreStatus.CANNOT_UNDERSTAND, "not a DICOM data set (no SOP Class/Instance UID)", event)
         sop_uid = check_uid(str(ds.get("SOPInstanceUID", "")), "SOPInstanceUID")
         series_uid = check_uid(str(ds.get("SeriesInstanceUID", "")), "SeriesInstanceUID")
         study_uid = check_uid(str(ds.get("StudyInstanceUID", "")), "StudyInstanceUID")
@@ -108,6 +142,12 @@ def handle_store(event: Event, spool: Spool, catalog: Catalog) -> int:
         )
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         return _reject(StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "no PixelData in a CT image", event)
+    try:
+        problem = pixel_data_problem(ds, dcm_uid.UID(str(event.context.transfer_syntax)))
+    except Exception as exc:  # a value pydicom cannot even parse
+        problem = f"dataset could not be decoded: {exc}"
+    if problem:
+        return _reject(StoreStatus.CANNOT_UNDERSTAND, problem, event)
 
     try:
         path = spool.incoming_path(study_uid, series_uid, sop_uid)
@@ -150,7 +190,25 @@ def handle_echo(event: Event) -> int:
 
 
 def _log_rejection(event: Event) -> None:
-    log.warning("association from %s (%s) rejected", event.assoc.requestor.ae_title, event.assoc.requestor.address)
+    log.warning(
+        "association from %s (%s) rejected by negotiation (called AE, calling-AE allowlist or association limit)",
+        event.assoc.requestor.ae_title,
+        event.assoc.requestor.address,
+    )
+
+
+def handle_requested(event: Event, admission: Admission) -> None:
+    """Before negotiation: refuse with a proper A-ASSOCIATE-RJ what pynetdicom's own checks cannot know."""
+    calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+    address = str(event.assoc.requestor.address)
+    refusal = admission.association_refusal(calling, address)
+    if refusal is None:
+        return
+    (result, source, diagnostic), reason = refusal
+    log.warning("association from %s (%s) rejected: %s", calling, address, reason)
+    event.assoc.acse.send_reject(result, source, diagnostic)
+    event.assoc.is_rejected = True
+    event.assoc.kill()
 
 
 def _log_accept(event: Event) -> None:
@@ -168,25 +226,33 @@ def build_ae(settings: NodeSettings) -> AE:
     if settings.allowed_calling_aets:
         ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.maximum_pdu_size = settings.max_pdu
+    ae.maximum_associations = settings.max_associations
     return ae
 
 
-def start_scp(settings: NodeSettings, spool: Spool, catalog: Catalog) -> ThreadedAssociationServer:
-    """Start listening (non-blocking) with handlers bound to the spool and catalog."""
+def start_scp(
+    settings: NodeSettings, spool: Spool, catalog: Catalog, admission: Admission | None = None
+) -> ThreadedAssociationServer:
+    """Start listening (non-blocking) with handlers bound to the spool, the catalog and the admission rules."""
     ae = build_ae(settings)
+    admission = admission or Admission(settings, spool.root, catalog.pending_series)
     handlers: list[Any] = [
+        (evt.EVT_REQUESTED, partial(handle_requested, admission=admission)),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, partial(handle_store, spool=spool, catalog=catalog)),
+        (evt.EVT_C_STORE, partial(handle_store, spool=spool, catalog=catalog, admission=admission)),
         (evt.EVT_REJECTED, _log_rejection),
         (evt.EVT_ACCEPTED, _log_accept),
     ]
-    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+    tls = server_tls_context(settings.tls)
+    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers, ssl_context=tls)
     log.info(
-        "SCP %s listening on %s:%d (%d transfer syntaxes, calling AE allowlist: %s)",
+        "SCP %s listening on %s:%d%s (%d transfer syntaxes, calling AE allowlist: %s, peer allowlists: %s)",
         settings.ae_title,
         settings.host,
         settings.port,
+        " with TLS" + (" (client certificates required)" if settings.tls.require_client_cert else "") if tls else "",
         len(ae.supported_contexts[0].transfer_syntax),
         ",".join(settings.allowed_calling_aets) or "any",
+        ",".join(settings.allowed_peers) or "none",
     )
     return server

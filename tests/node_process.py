@@ -21,6 +21,7 @@ def write_config(
     destinations: list[dict[str, Any]],
     extra: str = "",
     quiet_period_s: float = 1.0,
+    log_level: str = "DEBUG",
 ) -> Path:
     dests = "".join(
         f'\n[[destinations]]\nae_title = "{d["ae_title"]}"\nhost = "{d.get("host", LOOPBACK)}"\nport = {d["port"]}\n'
@@ -32,7 +33,7 @@ ae_title = "DENOISE"
 host = "{LOOPBACK}"
 port = {port}
 data_dir = "{data_dir}"
-log_level = "DEBUG"
+log_level = "{log_level}"
 
 [series]
 quiet_period_s = {quiet_period_s}

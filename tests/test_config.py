@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from dicom_denoise_node.config import ConfigError, load_settings
 
@@ -14,6 +15,12 @@ def test_example_config_is_valid_and_documents_every_key():
         if section == "destinations":
             continue
         for key in type(model).model_fields:
+            value = getattr(model, key)
+            if isinstance(value, BaseModel):  # a sub-table such as [node.tls]
+                assert f"\n[{section}.{key}]\n" in text, f"[{section}.{key}] is not in the example config"
+                for sub in type(value).model_fields:
+                    assert f"\n{sub} =" in text, f"[{section}.{key}] {sub} is not in the example config"
+                continue
             assert f"\n{key} =" in text, f"[{section}] {key} is not in the example config"
     assert settings.destinations[0].ae_title == "PACS"
 

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -127,4 +128,16 @@ def test_demo_without_debian_peers_uses_pynetdicom_and_a_folder(demo_dir: Path) 
     assert report["pacs"].startswith("folder") and report["scu"] == "pynetdicom"
     assert report["slices"] == SLICES
     assert len(list((demo_dir / "pacs" / "received").glob("*.dcm"))) == SLICES
+    assert _survivors(demo_dir) == []
+
+
+def test_demo_names_the_failed_step_when_a_port_is_busy(demo_dir: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cmd = _demo_cmd(demo_dir, "--pacs", "folder", "--node-port", str(port))
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert "demo step 'start node' failed" in result.stderr and f"port {port}" in result.stderr
     assert _survivors(demo_dir) == []

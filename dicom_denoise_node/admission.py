@@ -1,0 +1,126 @@
+"""Who may associate with the node and when it must say "not now": the admission rules of the C-STORE SCP.
+
+pynetdicom already checks the called AE title, the calling-AE allowlist and the association count while it
+negotiates. What it cannot know is kept here and applied from the ``EVT_REQUESTED`` hook (before negotiation,
+answered with a proper A-ASSOCIATE-RJ) and per C-STORE:
+
+- a per-AE peer-address allowlist (``[node] allowed_peers``): permanent rejection, calling AE not recognised;
+- free space under the data directory below ``min_free_mb``: transient rejection (local limit exceeded) for new
+  associations, Out of Resources for stores on open ones, so nothing is half-written on a full disk;
+- back-pressure: ``max_pending_series`` series waiting for the worker → transient rejection (temporary
+  congestion); the SCU retries later and the queue never grows without bound.
+
+It also builds the TLS context for DICOM TLS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import shutil
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dicom_denoise_node.config import NodeSettings, TLSSettings
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE title not recognised
+REJECT_CONGESTION = (0x02, 0x03, 0x01)  # transient, service provider (presentation), temporary congestion
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, service provider (presentation), local limit exceeded
+
+
+class Admission:
+    """The node's admission rules; cheap enough to run on every association and every store."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        data_dir: Path,
+        pending_series: Callable[[], int] | None = None,
+        free_bytes: Callable[[Path], int] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.data_dir = Path(data_dir)
+        self._pending_series = pending_series
+        self._free_bytes = free_bytes or (lambda p: shutil.disk_usage(p).free)
+        self._networks = {
+            ae: [ipaddress.ip_network(n, strict=False) for n in nets] for ae, nets in settings.allowed_peers.items()
+        }
+        self._pending_cache: tuple[float, int] = (0.0, 0)
+
+    def peer_allowed(self, calling_ae: str, address: str) -> bool:
+        """False when the calling AE has an address allowlist that does not contain the peer's address."""
+        networks = self._networks.get(calling_ae.strip())
+        if networks is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in networks)
+
+    def free_mb(self) -> float:
+        return self._free_bytes(self.data_dir) / MIB
+
+    def disk_ok(self) -> bool:
+        """Whether the data directory has at least ``min_free_mb`` free."""
+        return self.free_mb() >= self.settings.min_free_mb
+
+    def pending(self) -> int:
+        """Series waiting for the worker (cached for a second: this runs on every association)."""
+        if self._pending_series is None:
+            return 0
+        now = time.monotonic()
+        at, value = self._pending_cache
+        if now - at > 1.0:
+            value = self._pending_series()
+            self._pending_cache = (now, value)
+        return value
+
+    def association_refusal(self, calling_ae: str, address: str) -> tuple[tuple[int, int, int], str] | None:
+        """(A-ASSOCIATE-RJ result/source/diagnostic, reason) when a new association must be refused, else None."""
+        if not self.peer_allowed(calling_ae, address):
+            return REJECT_CALLING_AE, f"calling AE {calling_ae} is not allowed from {address}"
+        if not self.disk_ok():
+            return (
+                REJECT_LOCAL_LIMIT,
+                f"free space {self.free_mb():.0f} MiB under {self.data_dir} is below min_free_mb="
+                f"{self.settings.min_free_mb:g}",
+            )
+        limit = self.settings.max_pending_series
+        if limit and self.pending() >= limit:
+            return REJECT_CONGESTION, f"{self.pending()} series waiting for the worker (max_pending_series={limit})"
+        return None
+
+    def store_refusal(self, size: int) -> str | None:
+        """Why a dataset of ``size`` bytes must get Out of Resources, or None."""
+        if size > self.settings.max_dataset_mb * MIB:
+            return f"dataset of {size / MIB:.1f} MiB exceeds max_dataset_mb={self.settings.max_dataset_mb:g}"
+        if not self.disk_ok():
+            return (
+                f"free space {self.free_mb():.0f} MiB under {self.data_dir} is below "
+                f"min_free_mb={self.settings.min_free_mb:g}"
+            )
+        return None
+
+
+def server_tls_context(tls: TLSSettings) -> ssl.SSLContext | None:
+    """The SSL context for the listening port (TLS 1.2+), or None when TLS is off. Errors name the file."""
+    if not tls.enabled:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        if tls.ca_file:
+            ctx.load_verify_locations(cafile=tls.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"[node.tls] cannot load {tls.cert_file} / {tls.key_file} / {tls.ca_file}: {exc}") from exc
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
+    return ctx

@@ -1,0 +1,56 @@
+"""Retention: remove spool data of delivered series after `[retention] sent_days`; purge FAILED ones on command.
+
+The series row stays (state, UIDs, timestamps, purged_at) as the audit trail; instance and derived rows go first,
+then the files, so a crash in between leaves only orphan files, which the start-up check handles.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from dicom_denoise_node.catalog import Catalog, SeriesState, utcnow
+from dicom_denoise_node.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+def _delete(spool: Spool, paths: list[str]) -> int:
+    removed = 0
+    for raw in paths:
+        path = Path(raw)
+        path.unlink(missing_ok=True)
+        removed += 1
+        # Remove emptied series/study directories, never the spool roots themselves.
+        for parent in path.parents:
+            if parent in (spool.incoming, spool.derived, spool.root) or spool.root not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+    return removed
+
+
+def purge_sent(spool: Spool, catalog: Catalog, sent_days: float) -> list[str]:
+    """Delete the spool files of SENT series older than ``sent_days``; returns their UIDs."""
+    purged = []
+    for series_id, uid in catalog.sent_before(utcnow() - timedelta(days=sent_days)):
+        files = _delete(spool, catalog.purge(series_id, (SeriesState.SENT,)))
+        log.info("retention: series %s purged (%d files, sent more than %g days ago)", uid, files, sent_days)
+        purged.append(uid)
+    return purged
+
+
+def purge_series(spool: Spool, catalog: Catalog, series_uid: str) -> int:
+    """`denoise-node purge`: delete a FAILED (or SENT) series' spool data; returns the number of files."""
+    series_id = catalog.series_id(series_uid)
+    if series_id is None:
+        raise KeyError(f"no series {series_uid} in the catalog")
+    state = catalog.series_state(series_uid)
+    if state not in (SeriesState.FAILED, SeriesState.SENT):
+        raise ValueError(f"series {series_uid} is {state}; only FAILED or SENT series can be purged")
+    files = _delete(spool, catalog.purge(series_id, (SeriesState.FAILED, SeriesState.SENT)))
+    log.info("series %s purged on request (%d files)", series_uid, files)
+    return files
