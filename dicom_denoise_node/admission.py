@@ -15,12 +15,14 @@ It also builds the TLS context for DICOM TLS.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import shutil
 import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dicom_denoise_node.config import NodeSettings, TLSSettings
@@ -44,10 +46,13 @@ class Admission:
         data_dir: Path,
         pending_series: Callable[[], int] | None = None,
         free_bytes: Callable[[Path], int] | None = None,
+        known_series: Callable[[str], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.data_dir = Path(data_dir)
         self._pending_series = pending_series
+        self._known_series = known_series
+        self._new_series_lock = threading.Lock()
         self._free_bytes = free_bytes or (lambda p: shutil.disk_usage(p).free)
         self._networks = {
             ae: [ipaddress.ip_network(n, strict=False) for n in nets] for ae, nets in settings.allowed_peers.items()
@@ -97,6 +102,23 @@ class Admission:
         if limit and self.pending() >= limit:
             return REJECT_CONGESTION, f"{self.pending()} series waiting for the worker (max_pending_series={limit})"
         return None
+
+    @contextlib.contextmanager
+    def new_series_gate(self, series_uid: str) -> Iterator[str | None]:
+        """Back-pressure per store: yields why the first instance of a *new* series must wait (the queue is
+        full), or None. Instances of series already arriving always pass, so a limit never cuts a scanner's
+        series in two. First instances of new series are checked and recorded one at a time (the caller stores
+        the instance inside the block), so concurrent scanners cannot overshoot the limit."""
+        limit = self.settings.max_pending_series
+        if not limit or self._pending_series is None or self._known_series is None or self._known_series(series_uid):
+            yield None
+            return
+        with self._new_series_lock:
+            waiting = self._pending_series()
+            if self._known_series(series_uid) or waiting < limit:
+                yield None
+            else:
+                yield f"{waiting} series waiting for the worker (max_pending_series={limit}); new series later"
 
     def store_refusal(self, size: int) -> str | None:
         """Why a dataset of ``size`` bytes must get Out of Resources, or None."""

@@ -56,7 +56,12 @@ class Node:
         self.spool = Spool(settings.node.data_dir)
         self.catalog = Catalog(settings.catalog_url)
         self.denoiser = denoiser
-        self.admission = Admission(settings.node, settings.node.data_dir, self.catalog.pending_series)
+        self.admission = Admission(
+            settings.node,
+            settings.node.data_dir,
+            self.catalog.pending_series,
+            known_series=lambda uid: self.catalog.series_state(uid) is not None,
+        )
         self._disk_low = False
         self.server: ThreadedAssociationServer | None = None
         self.scheduler: BackgroundScheduler | None = None

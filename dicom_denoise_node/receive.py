@@ -6,6 +6,7 @@ durable, commits the catalog row, and only then answers Success. It never decode
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import logging
@@ -133,56 +134,60 @@ def handle_store(event: Event, spool: Spool, catalog: Catalog, admission: Admiss
     except Exception as exc:
         return _reject(StoreStatus.CANNOT_UNDERSTAND, f"dataset could not be decoded: {exc}", event)
 
-    context_class = event.context.abstract_syntax
-    if str(ds.get("SOPClassUID", "")) != context_class:
-        return _reject(
-            StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-            f"SOPClassUID {ds.get('SOPClassUID')} does not match the presentation context {context_class}",
-            event,
-        )
-    if "PixelData" not in ds and "FloatPixelData" not in ds:
-        return _reject(StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "no PixelData in a CT image", event)
-    try:
-        problem = pixel_data_problem(ds, dcm_uid.UID(str(event.context.transfer_syntax)))
-    except Exception as exc:  # a value pydicom cannot even parse
-        problem = f"dataset could not be decoded: {exc}"
-    if problem:
-        return _reject(StoreStatus.CANNOT_UNDERSTAND, problem, event)
-
-    try:
-        path = spool.incoming_path(study_uid, series_uid, sop_uid)
-        data = event.encoded_dataset(include_meta=True)
-        write_atomic(path, data)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return _reject(StoreStatus.OUT_OF_RESOURCES, f"disk full writing {sop_uid}: {exc}", event)
-        return _reject(StoreStatus.OUT_OF_RESOURCES, f"could not write {sop_uid} to the spool: {exc}", event)
-
-    try:
-        catalog.record_instance(
-            InstanceMeta(
-                patient_id=str(ds.get("PatientID", "") or "")[:64],
-                study_uid=study_uid,
-                series_uid=series_uid,
-                sop_uid=sop_uid,
-                sop_class_uid=context_class,
-                transfer_syntax=str(event.context.transfer_syntax),
-                modality=str(ds.get("Modality", "") or ""),
-                series_description=str(ds.get("SeriesDescription", "") or ""),
-                instance_number=_instance_number(ds),
-                path=str(path),
-                size=len(data),
-                calling_aet=event.assoc.requestor.ae_title,
+    gate = admission.new_series_gate(series_uid) if admission is not None else contextlib.nullcontext(None)
+    with gate as refusal:  # the first instance of a new series is admitted under a lock: the limit is exact
+        if refusal:
+            return _reject(StoreStatus.OUT_OF_RESOURCES, refusal, event)
+        context_class = event.context.abstract_syntax
+        if str(ds.get("SOPClassUID", "")) != context_class:
+            return _reject(
+                StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                f"SOPClassUID {ds.get('SOPClassUID')} does not match the presentation context {context_class}",
+                event,
             )
-        )
-    except Exception as exc:
-        # No row, no file: the SCU got a failure and will resend; the spool stays consistent.
-        path.unlink(missing_ok=True)
-        log.exception("catalog write failed for %s", sop_uid)
-        return _reject(StoreStatus.PROCESSING_FAILURE, f"catalog write failed: {exc}", event)
+        if "PixelData" not in ds and "FloatPixelData" not in ds:
+            return _reject(StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "no PixelData in a CT image", event)
+        try:
+            problem = pixel_data_problem(ds, dcm_uid.UID(str(event.context.transfer_syntax)))
+        except Exception as exc:  # a value pydicom cannot even parse
+            problem = f"dataset could not be decoded: {exc}"
+        if problem:
+            return _reject(StoreStatus.CANNOT_UNDERSTAND, problem, event)
 
-    log.debug("stored %s (series %s) from %s", sop_uid, series_uid, event.assoc.requestor.ae_title)
-    return StoreStatus.SUCCESS.value
+        try:
+            path = spool.incoming_path(study_uid, series_uid, sop_uid)
+            data = event.encoded_dataset(include_meta=True)
+            write_atomic(path, data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return _reject(StoreStatus.OUT_OF_RESOURCES, f"disk full writing {sop_uid}: {exc}", event)
+            return _reject(StoreStatus.OUT_OF_RESOURCES, f"could not write {sop_uid} to the spool: {exc}", event)
+
+        try:
+            catalog.record_instance(
+                InstanceMeta(
+                    patient_id=str(ds.get("PatientID", "") or "")[:64],
+                    study_uid=study_uid,
+                    series_uid=series_uid,
+                    sop_uid=sop_uid,
+                    sop_class_uid=context_class,
+                    transfer_syntax=str(event.context.transfer_syntax),
+                    modality=str(ds.get("Modality", "") or ""),
+                    series_description=str(ds.get("SeriesDescription", "") or ""),
+                    instance_number=_instance_number(ds),
+                    path=str(path),
+                    size=len(data),
+                    calling_aet=event.assoc.requestor.ae_title,
+                )
+            )
+        except Exception as exc:
+            # No row, no file: the SCU got a failure and will resend; the spool stays consistent.
+            path.unlink(missing_ok=True)
+            log.exception("catalog write failed for %s", sop_uid)
+            return _reject(StoreStatus.PROCESSING_FAILURE, f"catalog write failed: {exc}", event)
+
+        log.debug("stored %s (series %s) from %s", sop_uid, series_uid, event.assoc.requestor.ae_title)
+        return StoreStatus.SUCCESS.value
 
 
 def handle_echo(event: Event) -> int:
@@ -235,7 +240,9 @@ def start_scp(
 ) -> ThreadedAssociationServer:
     """Start listening (non-blocking) with handlers bound to the spool, the catalog and the admission rules."""
     ae = build_ae(settings)
-    admission = admission or Admission(settings, spool.root, catalog.pending_series)
+    admission = admission or Admission(
+        settings, spool.root, catalog.pending_series, known_series=lambda uid: catalog.series_state(uid) is not None
+    )
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, partial(handle_requested, admission=admission)),
         (evt.EVT_C_ECHO, handle_echo),

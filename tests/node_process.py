@@ -22,6 +22,7 @@ def write_config(
     extra: str = "",
     quiet_period_s: float = 1.0,
     log_level: str = "DEBUG",
+    node_extra: str = "",
 ) -> Path:
     dests = "".join(
         f'\n[[destinations]]\nae_title = "{d["ae_title"]}"\nhost = "{d.get("host", LOOPBACK)}"\nport = {d["port"]}\n'
@@ -34,6 +35,8 @@ host = "{LOOPBACK}"
 port = {port}
 data_dir = "{data_dir}"
 log_level = "{log_level}"
+{"" if "min_free_mb" in node_extra else "min_free_mb = 0"}
+{node_extra}
 
 [series]
 quiet_period_s = {quiet_period_s}

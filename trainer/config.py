@@ -31,6 +31,8 @@ class TrainConfig(BaseModel):
     upsample: Literal["resize_conv", "transpose"] = "resize_conv"
     residual: bool = Field(False, description="global skip: generators predict a correction to their input")
     disc_filters: int = Field(64, ge=4)
+    disc_layers: int = Field(3, ge=1, le=5, description="3 = the method's 70×70 PatchGAN; 2 = 34×34")
+    disc_norm: Literal["instance", "none"] = "instance"
     # Data
     hu_min: float = -1024.0
     hu_max: float = 3071.0
@@ -82,7 +84,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # What a 2-core CPU can train in a few hours (and the bundled model's architecture). A narrower HU window
     # (−1024…1024) makes soft-tissue noise twice as large in [−1, 1] units, so the discriminators see it; HU
     # outside the window pass through the node unchanged (bone cortex, metal). The residual generators start as the
-    # identity, so a short run refines the input instead of relearning every HU (see generator.py).
+    # identity, so a short run refines the input instead of relearning every HU (see generator.py). The
+    # discriminators see 34×34 texture at its true amplitude (no instance norm; see cyclegan.PatchDiscriminator).
     "cpu": dict(
         filters=32,
         blocks=6,
@@ -95,6 +98,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         hu_min=-1024.0,
         hu_max=1024.0,
         residual=True,
+        disc_layers=2,
+        disc_norm="none",
     ),
     # Seconds, for tests and smoke runs.
     "tiny": dict(

@@ -120,7 +120,7 @@ def train(
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     gen_config = GeneratorConfig(filters=cfg.filters, blocks=cfg.blocks, upsample=cfg.upsample, residual=cfg.residual)
     gens = CycleGenerators(gen_config)
-    discs = Discriminators(cfg.disc_filters)
+    discs = Discriminators(cfg.disc_filters, cfg.disc_layers, cfg.disc_norm)
     init_weights(gens)
     init_weights(discs)
     gens.to(device)
