@@ -7,8 +7,9 @@ answered with a proper A-ASSOCIATE-RJ) and per C-STORE:
 - a per-AE peer-address allowlist (``[node] allowed_peers``): permanent rejection, calling AE not recognised;
 - free space under the data directory below ``min_free_mb``: transient rejection (local limit exceeded) for new
   associations, Out of Resources for stores on open ones, so nothing is half-written on a full disk;
-- back-pressure: ``max_pending_series`` series waiting for the worker → transient rejection (temporary
-  congestion); the SCU retries later and the queue never grows without bound.
+- back-pressure: with ``max_pending_series`` series waiting for the worker, the first instance of a new series
+  gets Out of Resources (instances of series already arriving pass); the SCU retries later and the queue never
+  grows without bound.
 
 It also builds the TLS context for DICOM TLS.
 """
@@ -21,7 +22,6 @@ import logging
 import shutil
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,7 +33,6 @@ MIB = 1024 * 1024
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE title not recognised
-REJECT_CONGESTION = (0x02, 0x03, 0x01)  # transient, service provider (presentation), temporary congestion
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, service provider (presentation), local limit exceeded
 
 
@@ -57,7 +56,6 @@ class Admission:
         self._networks = {
             ae: [ipaddress.ip_network(n, strict=False) for n in nets] for ae, nets in settings.allowed_peers.items()
         }
-        self._pending_cache: tuple[float, int] = (0.0, 0)
 
     def peer_allowed(self, calling_ae: str, address: str) -> bool:
         """False when the calling AE has an address allowlist that does not contain the peer's address."""
@@ -77,17 +75,6 @@ class Admission:
         """Whether the data directory has at least ``min_free_mb`` free."""
         return self.free_mb() >= self.settings.min_free_mb
 
-    def pending(self) -> int:
-        """Series waiting for the worker (cached for a second: this runs on every association)."""
-        if self._pending_series is None:
-            return 0
-        now = time.monotonic()
-        at, value = self._pending_cache
-        if now - at > 1.0:
-            value = self._pending_series()
-            self._pending_cache = (now, value)
-        return value
-
     def association_refusal(self, calling_ae: str, address: str) -> tuple[tuple[int, int, int], str] | None:
         """(A-ASSOCIATE-RJ result/source/diagnostic, reason) when a new association must be refused, else None."""
         if not self.peer_allowed(calling_ae, address):
@@ -98,9 +85,6 @@ class Admission:
                 f"free space {self.free_mb():.0f} MiB under {self.data_dir} is below min_free_mb="
                 f"{self.settings.min_free_mb:g}",
             )
-        limit = self.settings.max_pending_series
-        if limit and self.pending() >= limit:
-            return REJECT_CONGESTION, f"{self.pending()} series waiting for the worker (max_pending_series={limit})"
         return None
 
     @contextlib.contextmanager

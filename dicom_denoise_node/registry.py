@@ -103,6 +103,8 @@ def save_model(
     (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if activate:
         (out_dir / ACTIVE_FILE).write_text(name + "\n", encoding="utf-8")
+    for written in (weights, out_dir / f"{name}.json"):
+        written.chmod(0o600)  # owner-only, like the spool and the catalog; the service user reads them
     return read_metadata(out_dir / f"{name}.json")
 
 

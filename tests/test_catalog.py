@@ -2,6 +2,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 
 from dicom_denoise_node.catalog import Catalog, DerivedRecord, InstanceMeta, SeriesState, utcnow
 
@@ -134,3 +135,14 @@ def test_concurrent_claims_take_each_series_once(tmp_path):
     assert sorted(claimed) == sorted(f"1.2.3.{s + 10}" for s in range(10))
     for c in catalogs:
         c.close()
+
+
+def test_catalog_file_is_owner_only(tmp_path):
+    cat = Catalog(f"sqlite:///{tmp_path / 'new' / 'catalog.sqlite'}")
+    try:
+        with cat.session() as s:
+            s.execute(text("SELECT 1"))
+        for path in (tmp_path / "new").iterdir():
+            assert path.stat().st_mode & 0o077 == 0, path
+    finally:
+        cat.close()

@@ -24,6 +24,8 @@ def test_round_trip_without_pickle(tmp_path):
     # Same model through the .safetensors path and through the directory.
     assert read_metadata(info.weights_path).sha256 == info.sha256
     assert read_metadata(tmp_path).sha256 == info.sha256
+    for written in (info.weights_path, meta_path):
+        assert written.stat().st_mode & 0o077 == 0  # owner-only
 
 
 def test_corrupt_weights_are_refused(tmp_path):

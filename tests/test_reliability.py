@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,17 @@ class Sender(threading.Thread):
             _config.STORE_SEND_CHUNKED_DATASET = chunked
 
 
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[StoreSCP]:
+    """A running dcmtk storescp as the PACS."""
+    scp = StoreSCP(tmp_path / "pacs")
+    scp.start()
+    try:
+        yield scp
+    finally:
+        scp.stop()
+
+
 def _deliveries(pacs: StoreSCP) -> Counter[str]:
     """SOP Instance UID → how many times the PACS stored it (every C-STORE adds a ledger line)."""
     lines = [line for line in pacs.ledger_path.read_text().splitlines() if line]
@@ -81,9 +93,7 @@ def _deliveries(pacs: StoreSCP) -> Counter[str]:
 # ---------------------------------------------------------------------------------------------- crash safety
 
 
-def test_kill9_while_receiving_and_while_denoising_loses_nothing(tmp_path, tiny_model):
-    pacs = StoreSCP(tmp_path / "pacs")
-    pacs.start()
+def test_kill9_while_receiving_and_while_denoising_loses_nothing(tmp_path, tiny_model, pacs):
     node = NodeProcess(tmp_path, tiny_model, [{"ae_title": "PACS", "port": pacs.port}], quiet_period_s=1.5).start()
     try:
         # 1. kill -9 while a series is arriving.
@@ -212,9 +222,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_full_disk_refuses_then_resumes_on_a_real_filesystem(tmp_path, tiny_model, small_disk):
-    pacs = StoreSCP(tmp_path / "pacs")
-    pacs.start()
+def test_full_disk_refuses_then_resumes_on_a_real_filesystem(tmp_path, tiny_model, pacs, small_disk):
     node = NodeProcess(
         tmp_path,
         tiny_model,
@@ -255,12 +263,11 @@ def test_full_disk_refuses_then_resumes_on_a_real_filesystem(tmp_path, tiny_mode
 # ---------------------------------------------------------------------------------------------- load
 
 
-def test_load_eight_concurrent_scanners_with_back_pressure_and_bounded_memory(tmp_path, tiny_model, request):
-    """8 storescu × 200 slices at once. With max_pending_series=4 the node turns some associations away
-    (transient rejection) instead of queueing without bound; the scanners retry (bounded) until all is in."""
+def test_load_eight_concurrent_scanners_with_back_pressure_and_bounded_memory(tmp_path, tiny_model, pacs, request):
+    """8 storescu × 200 slices at once. With max_pending_series=4 the node admits four new series and answers
+    the first instance of any further one with Out of Resources instead of queueing without bound; those
+    scanners retry (bounded) until all is in."""
     scanners, slices = 8, 200
-    pacs = StoreSCP(tmp_path / "pacs")
-    pacs.start()
     node = NodeProcess(
         tmp_path,
         tiny_model,
@@ -419,9 +426,7 @@ def test_dicom_tls_with_client_certificates(tmp_path, tiny_model, pki):
 # ---------------------------------------------------------------------------------------------- retention
 
 
-def test_retention_purges_sent_series_and_keeps_failed_until_purged(tmp_path, tiny_model):
-    pacs = StoreSCP(tmp_path / "pacs")
-    pacs.start()
+def test_retention_purges_sent_series_and_keeps_failed_until_purged(tmp_path, tiny_model, pacs):
     node = NodeProcess(
         tmp_path,
         tiny_model,
