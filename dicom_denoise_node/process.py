@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ class SeriesResult:
     derived_series_uid: str
     written: list[tuple[str, str, Path]] = field(default_factory=list)  # (derived SOP, source SOP, path)
     skipped: list[Skipped] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "inference": 0.0, "encode": 0.0})
 
 
 class SeriesDenoiser:
@@ -95,27 +97,42 @@ class SeriesDenoiser:
             raise NothingToDenoise(f"nothing to denoise in series {source_series_uid}: {reasons}")
         result = SeriesResult(derived_series_uid(source_series_uid, self.info.version), skipped=skipped)
         sources: list[SourceSlice] = []
+        timings = result.timings
+        started = time.perf_counter()
 
         def hu_stream() -> Iterator[np.ndarray]:
-            for src in iter_slices(refs):
+            slices = iter_slices(refs)
+            while True:
                 if stop is not None and stop.is_set():
                     raise Interrupted("node stopping")
+                t0 = time.perf_counter()
+                src = next(slices, None)
+                timings["decode"] += time.perf_counter() - t0
+                if src is None:
+                    return
                 sources.append(src)
                 yield src.hu
 
         for k, hu in enumerate(self.denoise_hu(hu_stream()), start=1):
+            t0 = time.perf_counter()
             src = sources.pop(0)
             derived = derive_instance(src.dataset, hu, result.derived_series_uid, self.derivation)
             path = out_path(result.derived_series_uid, str(derived.SOPInstanceUID))
             write_atomic(path, encode(derived))
             result.written.append((str(derived.SOPInstanceUID), src.ref.sop_uid, path))
+            timings["encode"] += time.perf_counter() - t0
             if progress:
                 progress(k, len(refs))
+        # Inference is what remains: tiling, the network and the HU conversions.
+        timings["inference"] = time.perf_counter() - started - timings["decode"] - timings["encode"]
         log.info(
-            "series %s: %d slices denoised into %s (%d skipped)",
+            "series %s: %d slices denoised into %s (%d skipped); decode %.2f s, inference %.2f s, encode+write %.2f s",
             source_series_uid,
             len(result.written),
             result.derived_series_uid,
             len(skipped),
+            timings["decode"],
+            timings["inference"],
+            timings["encode"],
         )
         return result

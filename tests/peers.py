@@ -16,10 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from demo import peers as _peers
 from demo.peers import (  # noqa: F401  (re-exported for the tests)
@@ -43,6 +40,7 @@ from demo.peers import (  # noqa: F401  (re-exported for the tests)
     storescu,
     wait_for_port,
     wait_until,
+    write_ct_series,
 )
 
 
@@ -55,60 +53,6 @@ def require(binary: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- test data
-
-
-def write_ct_series(
-    directory: StrPath,
-    count: int = 3,
-    *,
-    rows: int = 16,
-    columns: int = 16,
-    study_uid: str | None = None,
-    series_uid: str | None = None,
-) -> list[Path]:
-    """Write ``count`` small valid CT Image Storage files (Explicit VR Little Endian, uint16) and return them.
-
-    The files pass ``dciodvfy`` without errors; names are ``ct0000.dcm``, ``ct0001.dcm``, ...
-    """
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    study_uid = study_uid or generate_uid()
-    series_uid = series_uid or generate_uid()
-    frame_uid = generate_uid()
-    paths = []
-    for index in range(count):
-        sop_uid = generate_uid()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Peer^Test", "PEER-TEST", "", "O"
-        ds.StudyInstanceUID, ds.StudyID, ds.AccessionNumber = study_uid, "1", ""
-        ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName = "20240101", "120000", ""
-        ds.SeriesInstanceUID, ds.SeriesNumber, ds.Modality = series_uid, 1, "CT"
-        ds.PatientPosition, ds.BodyPartExamined, ds.Manufacturer = "HFS", "ABDOMEN", ""
-        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_uid, ""
-        ds.InstanceNumber, ds.AcquisitionNumber = index + 1, 1
-        ds.ContentDate, ds.ContentTime = "20240101", "120000"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [0.0, 0.0, float(index)]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing, ds.SliceThickness, ds.KVP = [0.5, 0.5], 1.0, 120
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows, ds.Columns = rows, columns
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-        pixels = (np.arange(rows * columns, dtype=np.uint32) * 7 + 900 + 10 * index) % 4096
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-        path = out / f"ct{index:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 def dciodvfy(path: StrPath) -> tuple[list[str], list[str]]:

@@ -126,7 +126,7 @@ def train(
     gens.to(device)
     discs.to(device)
     opt_g = torch.optim.Adam(gens.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    opt_d = torch.optim.Adam(discs.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(discs.parameters(), lr=cfg.lr * cfg.lr_d_factor, betas=(cfg.beta1, cfg.beta2))
     sched_g = LambdaLR(opt_g, _linear_decay(cfg))
     sched_d = LambdaLR(opt_d, _linear_decay(cfg))
     rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
