@@ -8,11 +8,12 @@ DEBIAN_PEERS = dcmtk orthanc dicom3tools
 # torch is pinned to the CPU wheel for dev/CI by constraints.txt; pyproject.toml keeps an honest range.
 CONSTRAINTS = constraints.txt
 
-.PHONY: venv peers demo test lint clean help
+.PHONY: venv peers demo test bench lint clean help
 
 help:
 	@echo "make demo   - install venv (+ dcmtk/orthanc when apt allows) and run one synthetic LD CT study through the node"
 	@echo "make test   - install venv + Debian peers (dcmtk, orthanc, dicom3tools) and run the test suite"
+	@echo "make bench  - every benchmark at a small size (a few minutes); figures go to docs/benchmarks.md by hand"
 	@echo "make lint   - ruff"
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
@@ -42,6 +43,13 @@ demo: venv
 
 test: venv peers
 	bash scripts/pytest.sh
+
+# Benchmarks are not tests: each prints ratios measured in one run against its baseline (docs/benchmarks.md).
+bench: venv peers
+	$(PY) -m bench.inference --slices 2 --filters 32 --tile 272
+	TCP_NODELAY=1 $(PY) -m bench.receive --files 50 --size 512
+	TCP_NODELAY=1 $(PY) -m bench.e2e --slices 16 --size 512 --filters 32
+	$(PY) -m bench.train --preset cpu --steps 3
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -172,8 +172,17 @@ def synthesise(options: DemoOptions, data_dir: Path, progress: Callable[[int, in
     return data_dir / records[0].patient_id
 
 
-def write_node_config(path: Path, data_dir: Path, port: int, pacs_port: int, model: str, device: str) -> Path:
-    """The demo's node config: loopback only, short quiet period, everything under the demo folder."""
+def write_node_config(
+    path: Path,
+    data_dir: Path,
+    port: int,
+    pacs_port: int,
+    model: str,
+    device: str,
+    quiet_period_s: float = 2.0,
+    log_level: str = "INFO",
+) -> Path:
+    """The demo's (and the benchmarks') node config: loopback only, everything under one folder."""
     path.write_text(
         f"""# Written by `make demo`; every key is documented in etc/denoise-node.toml.
 [node]
@@ -181,10 +190,10 @@ ae_title = "{NODE_AET}"
 host = "{peers.LOOPBACK}"
 port = {port}
 data_dir = "{data_dir}"
-log_level = "INFO"
+log_level = "{log_level}"
 
 [series]
-quiet_period_s = 2.0
+quiet_period_s = {quiet_period_s}
 poll_interval_s = 0.5
 
 [model]

@@ -205,13 +205,15 @@ class Node:
         for dest in self.settings.destinations:
             if dest.key in done:
                 continue
+            t0 = time.monotonic()
             try:
                 n = send_files(files, dest, self.settings.node.ae_title, self.settings.send.timeout_s)
             except (SendError, OSError) as exc:
                 errors.append(str(exc))
                 continue
             self.catalog.record_delivery(claim, dest.key)
-            log.info("series %s: %d instances sent to %s", claim.series_uid, n, dest.key)
+            seconds = time.monotonic() - t0
+            log.info("series %s: %d instances sent to %s in %.2f s", claim.series_uid, n, dest.key, seconds)
         if errors:
             cfg = self.settings.send
             outcome = self.catalog.send_failed(

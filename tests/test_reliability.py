@@ -343,10 +343,12 @@ def test_peer_allowlist_limits_and_dataset_size(tmp_path, tiny_model):
     ).start()
     try:
         assert not _echo(node.port, "SCANNER")  # listed, but not from this address
-        assert _echo(node.port, "LOCALCT")  # listed and from its network
-        assert _echo(node.port, "OTHER")  # not listed: no address rule
+        # max_associations = 1: the previous association may still be closing, so positive checks may retry.
+        assert wait_until(lambda: _echo(node.port, "LOCALCT"), timeout=10)  # listed and from its network
+        assert wait_until(lambda: _echo(node.port, "OTHER"), timeout=10)  # not listed: no address rule
         assert "SCANNER is not allowed from 127.0.0.1" in node.log()
         # Association limit: one open association, a second one is turned away; the first still works.
+        time.sleep(0.5)
         holder = _ae(Verification)
         holder.ae_title = "OTHER"
         held = holder.associate(LOOPBACK, node.port, ae_title="DENOISE")

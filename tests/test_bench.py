@@ -1,0 +1,48 @@
+"""Every benchmark runs at a tiny size, so that none of them rots (the figures themselves are not checked)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.peers import require
+
+
+def _bench(module: str, tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / f"{module}.json"
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    cmd = [sys.executable, "-m", f"bench.{module}", *args, "--json", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_inference_bench(tmp_path):
+    result = _bench("inference", tmp_path, "--slices", "1", "--size", "64", "--filters", "8", "--tile", "32",
+                    "--overlap", "8", "--device", "cpu")  # fmt: skip
+    assert result
+
+
+@pytest.mark.e2e
+def test_receive_bench(tmp_path):
+    require("storescp")
+    result = _bench("receive", tmp_path, "--files", "4", "--size", "32", "--repeat", "1")
+    assert result["images_per_s"]["node"] > 0 and result["images_per_s"]["storescp"] > 0
+
+
+@pytest.mark.e2e
+def test_e2e_bench(tmp_path):
+    require("storescp")
+    result = _bench("e2e", tmp_path, "--slices", "2", "--size", "64", "--filters", "4", "--quiet-period", "0.5")
+    assert result["seconds"]["inference"] > 0 and result["seconds"]["total"] > 0.5
+
+
+def test_train_bench(tmp_path):
+    result = _bench("train", tmp_path, "--preset", "tiny", "--steps", "1", "--device", "cpu", "--run-dir",
+                    str(tmp_path / "run"))  # fmt: skip
+    assert result
