@@ -217,6 +217,21 @@ class DerivedRecord:
     path: str
 
 
+_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
+_BUMP_ARRIVING = (
+    "UPDATE series SET generation = generation + 1, last_received_at = ? "
+    "WHERE series_uid = ? AND state = 'RECEIVING' AND origin = 'received' RETURNING id"
+)
+_UPSERT_INSTANCE = (
+    "INSERT INTO instances (sop_uid, series_fk, sop_class_uid, transfer_syntax, instance_number, path, size, "
+    "calling_aet, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sop_uid) DO UPDATE SET "
+    "series_fk = excluded.series_fk, sop_class_uid = excluded.sop_class_uid, "
+    "transfer_syntax = excluded.transfer_syntax, instance_number = excluded.instance_number, "
+    "path = excluded.path, size = excluded.size, calling_aet = excluded.calling_aet, "
+    "received_at = excluded.received_at"
+)
+
+
 def _sqlite_pragmas(dbapi_connection: object, connection_record: object) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -264,6 +279,8 @@ class Catalog:
 
     def record_instance(self, meta: InstanceMeta) -> None:
         """Insert or replace an instance row and wake its series (RECEIVING, generation+1), in one commit."""
+        if self.url.startswith("sqlite") and self._record_arriving(meta):
+            return
         for attempt in range(2):
             try:
                 with self._tx() as s:
@@ -272,6 +289,35 @@ class Catalog:
             except IntegrityError:  # a concurrent writer (another process) inserted the same parent first
                 if attempt:
                     raise
+
+    def _record_arriving(self, meta: InstanceMeta) -> bool:
+        """The common case in two prepared statements and one commit: another instance of a RECEIVING series.
+
+        SQLite only (the caller checks). The ORM path below costs four lookups, two flushes and statement
+        construction per instance, about 3 ms; this costs about 0.3 ms, which is what keeps the C-STORE path
+        short under load (bench/receive.py). Returns False, having written nothing, for any other case.
+        """
+        now = utcnow().astimezone(UTC).strftime(_SQLITE_DATETIME)  # SQLAlchemy's own SQLite format
+        with self._tx() as s:
+            conn = s.connection()
+            series_id = conn.exec_driver_sql(_BUMP_ARRIVING, (now, meta.series_uid)).scalar()
+            if series_id is None:
+                return False
+            conn.exec_driver_sql(
+                _UPSERT_INSTANCE,
+                (
+                    meta.sop_uid,
+                    series_id,
+                    meta.sop_class_uid,
+                    meta.transfer_syntax,
+                    meta.instance_number,
+                    meta.path,
+                    meta.size,
+                    meta.calling_aet,
+                    now,
+                ),
+            )
+        return True
 
     def _record(self, s: Session, meta: InstanceMeta) -> None:
         now = utcnow()
