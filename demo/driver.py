@@ -82,12 +82,15 @@ class _Terminated(Exception):
 
 @contextlib.contextmanager
 def _signals_unwind() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into an exception in the main thread (Ctrl-C already is one)."""
+    """Turn SIGTERM and SIGHUP into an exception in the main thread, and make sure SIGINT raises KeyboardInterrupt."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise _Terminated(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # Ctrl-C always unwinds, even when the demo was started from a shell that ignores SIGINT for background jobs
+    # (Python then never installs its KeyboardInterrupt handler).
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:

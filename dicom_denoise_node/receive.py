@@ -258,7 +258,7 @@ def start_scp(
         settings.host,
         settings.port,
         " with TLS" + (" (client certificates required)" if settings.tls.require_client_cert else "") if tls else "",
-        len(ae.supported_contexts[0].transfer_syntax),
+        len(next(c for c in ae.supported_contexts if c.abstract_syntax == CT_IMAGE_STORAGE).transfer_syntax),
         ",".join(settings.allowed_calling_aets) or "any",
         ",".join(settings.allowed_peers) or "none",
     )
