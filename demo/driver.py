@@ -290,6 +290,8 @@ def run_demo(
     pacs: DemoPACS | None = None
     with _signals_unwind():
         try:
+            with step("check model", timings):
+                resolve_model_path(options.model)  # before minutes of synthesis: the node would refuse to start
             with step("synthesise", timings):
                 ui.stage("synthesise", options.slices)
                 patient_dir = synthesise(options, data_dir, lambda k, n: ui.advance("synthesise", k, n))

@@ -144,13 +144,24 @@ def test_demo_without_debian_peers_uses_pynetdicom_and_a_folder(demo_dir: Path, 
     assert _survivors(demo_dir) == []
 
 
-def test_demo_names_the_failed_step_when_a_port_is_busy(demo_dir: Path) -> None:
+def test_demo_names_the_failed_step_when_a_port_is_busy(demo_dir: Path, tiny_model: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        cmd = _demo_cmd(demo_dir, "--pacs", "folder", "--node-port", str(port))
+        cmd = _demo_cmd(demo_dir, "--pacs", "folder", "--node-port", str(port), "--model", str(tiny_model))
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1
     assert "demo step 'start node' failed" in result.stderr and f"port {port}" in result.stderr
     assert _survivors(demo_dir) == []
+
+
+def test_demo_without_a_model_stops_first_and_says_why(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        _demo_cmd(out, "--model", str(tmp_path / "missing.json")), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1
+    assert "demo step 'check model' failed" in result.stderr and "does not exist" in result.stderr
+    assert not (out / "study").exists()  # nothing synthesised, nothing started
+    assert _survivors(out) == []
