@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from dicom_denoise_node.config import NodeSettings, TLSSettings
+from dicom_denoise_node.config import ConfigError, NodeSettings, TLSSettings
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,6 @@ def server_tls_context(tls: TLSSettings) -> ssl.SSLContext | None:
         if tls.ca_file:
             ctx.load_verify_locations(cafile=tls.ca_file)
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"[node.tls] cannot load {tls.cert_file} / {tls.key_file} / {tls.ca_file}: {exc}") from exc
+        raise ConfigError(f"[node.tls] cannot load {tls.cert_file} / {tls.key_file} / {tls.ca_file}: {exc}") from exc
     ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
     return ctx

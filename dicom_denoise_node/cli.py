@@ -94,6 +94,9 @@ def serve(config: ConfigOption = None) -> None:
     except ModelError as exc:
         log.error("cannot start: %s", exc)
         raise typer.Exit(3) from exc
+    except ConfigError as exc:  # a setting that only fails when used, e.g. an unreadable TLS certificate
+        log.error("cannot start: %s", exc)
+        raise typer.Exit(2) from exc
     except OSError as exc:
         log.error("cannot start: %s", exc)
         raise typer.Exit(4) from exc

@@ -425,6 +425,19 @@ def test_dicom_tls_with_client_certificates(tmp_path, tiny_model, pki):
     assert "with TLS (client certificates required)" in node.log()
 
 
+def test_unreadable_tls_certificate_stops_the_node_with_the_reason(tmp_path, tiny_model):
+    node = NodeProcess(
+        tmp_path,
+        tiny_model,
+        [],
+        node_extra=f'[node.tls]\nenabled = true\ncert_file = "{tmp_path / "nope.pem"}"\n'
+        f'key_file = "{tmp_path / "nope.key"}"\n',
+    )
+    node.start(wait=False)
+    assert node.proc is not None and node.proc.wait(timeout=60) == 2
+    assert "[node.tls] cannot load" in node.log() and "Traceback" not in node.log()
+
+
 # ---------------------------------------------------------------------------------------------- retention
 
 
