@@ -75,17 +75,19 @@ class Admission:
         """Whether the data directory has at least ``min_free_mb`` free."""
         return self.free_mb() >= self.settings.min_free_mb
 
+    def disk_refusal(self) -> str | None:
+        """Why the disk is too full for new data, or None."""
+        if self.disk_ok():
+            return None
+        limit = self.settings.min_free_mb
+        return f"free space {self.free_mb():.0f} MiB under {self.data_dir} is below min_free_mb={limit:g}"
+
     def association_refusal(self, calling_ae: str, address: str) -> tuple[tuple[int, int, int], str] | None:
         """(A-ASSOCIATE-RJ result/source/diagnostic, reason) when a new association must be refused, else None."""
         if not self.peer_allowed(calling_ae, address):
             return REJECT_CALLING_AE, f"calling AE {calling_ae} is not allowed from {address}"
-        if not self.disk_ok():
-            return (
-                REJECT_LOCAL_LIMIT,
-                f"free space {self.free_mb():.0f} MiB under {self.data_dir} is below min_free_mb="
-                f"{self.settings.min_free_mb:g}",
-            )
-        return None
+        disk = self.disk_refusal()
+        return (REJECT_LOCAL_LIMIT, disk) if disk else None
 
     @contextlib.contextmanager
     def new_series_gate(self, series_uid: str) -> Iterator[str | None]:
@@ -108,12 +110,7 @@ class Admission:
         """Why a dataset of ``size`` bytes must get Out of Resources, or None."""
         if size > self.settings.max_dataset_mb * MIB:
             return f"dataset of {size / MIB:.1f} MiB exceeds max_dataset_mb={self.settings.max_dataset_mb:g}"
-        if not self.disk_ok():
-            return (
-                f"free space {self.free_mb():.0f} MiB under {self.data_dir} is below "
-                f"min_free_mb={self.settings.min_free_mb:g}"
-            )
-        return None
+        return self.disk_refusal()
 
 
 def server_tls_context(tls: TLSSettings) -> ssl.SSLContext | None:
