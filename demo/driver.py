@@ -203,6 +203,10 @@ poll_interval_s = 0.5
 path = "{model}"
 device = "{device}"
 
+[http]
+host = "{peers.LOOPBACK}"
+port = {peers.free_port()}
+
 [send]
 max_attempts = 3
 backoff_s = 1.0

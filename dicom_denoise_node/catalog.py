@@ -7,6 +7,9 @@ what is written here, never from module globals or directory timestamps.
 Series states::
 
     RECEIVING → COMPLETE → PROCESSING → DERIVED → SENT      (FAILED with last_error, from PROCESSING or DERIVED)
+    RECEIVING → SKIPPED                                      (no routing rule matched; last_error says why)
+
+The schema is versioned with Alembic (migrations/); every Catalog() upgrades its database to the newest revision.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    or_,
     select,
     update,
 )
@@ -42,8 +46,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-
 
 class SeriesState(enum.StrEnum):
     RECEIVING = "RECEIVING"
@@ -52,6 +54,7 @@ class SeriesState(enum.StrEnum):
     DERIVED = "DERIVED"
     SENT = "SENT"
     FAILED = "FAILED"
+    SKIPPED = "SKIPPED"  # received, but no routing rule matched: kept until retention, never denoised
     ARCHIVED = "ARCHIVED"  # indexed by `catalog scan` for training; never processed by the node
 
 
@@ -125,6 +128,9 @@ class Series(Base):
     slices_total: Mapped[int] = mapped_column(Integer, default=0)
     processing_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     processing_seconds: Mapped[float | None] = mapped_column(nullable=True)
+    # Routing (routing.py): NULL = not looked at yet, "" = no rule matched so far, else the rule's name.
+    rule: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    quiet_period_s: Mapped[float | None] = mapped_column(nullable=True)
     # Set when retention (or `purge`) deleted the series' spool files; the row stays as the audit record.
     purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -179,6 +185,24 @@ class Delivery(Base):
     destination: Mapped[str] = mapped_column(String(128))
     generation: Mapped[int] = mapped_column(Integer, default=0)
     delivered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Association(Base):
+    """The association audit: who connected, from where, whether they got in (and why not), what they sent."""
+
+    __tablename__ = "associations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    calling_aet: Mapped[str] = mapped_column(String(16), default="")
+    called_aet: Mapped[str] = mapped_column(String(16), default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    accepted: Mapped[bool] = mapped_column(default=False)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    outcome: Mapped[str] = mapped_column(String(16), default="")  # released, aborted, closed, rejected
 
 
 @dataclass(frozen=True)
@@ -257,7 +281,9 @@ class Catalog:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        from dicom_denoise_node.migrations import upgrade_catalog  # its env imports this module
+
+        upgrade_catalog(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer; serialising writers in-process avoids busy retries under C-STORE load.
         self._write_lock = threading.Lock()
@@ -371,26 +397,75 @@ class Catalog:
 
     # ---- series completion ---------------------------------------------------------------------------------
 
-    def mark_complete(self, quiet_period_s: float, now: datetime | None = None) -> list[str]:
-        """RECEIVING → COMPLETE for every series silent for quiet_period_s. Returns their UIDs."""
-        cutoff = (now or utcnow()) - timedelta(seconds=quiet_period_s)
-        done: list[str] = []
+    def mark_complete(
+        self, quiet_period_s: float, now: datetime | None = None, require_route: bool = False
+    ) -> list[tuple[int, str, str | None]]:
+        """RECEIVING → COMPLETE for every series silent for its quiet period (its rule's, else quiet_period_s).
+
+        Returns (id, UID, rule) of each. ``require_route`` (the node) leaves series routing has not looked at yet.
+        """
+        now = now or utcnow()
+        done: list[tuple[int, str, str | None]] = []
         with self._tx() as s:
-            rows = s.execute(
-                select(Series.id, Series.series_uid).where(
-                    Series.state == SeriesState.RECEIVING, Series.last_received_at <= cutoff
-                )
-            ).all()
-            for sid, uid in rows:
+            query = select(
+                Series.id, Series.series_uid, Series.last_received_at, Series.quiet_period_s, Series.rule
+            ).where(Series.state == SeriesState.RECEIVING, Series.origin == "received")
+            if require_route:
+                query = query.where(Series.rule.is_not(None))
+            for sid, uid, last, quiet, rule in s.execute(query).all():
+                if last > now - timedelta(seconds=quiet or quiet_period_s):
+                    continue
                 res = s.execute(
                     update(Series)
-                    .where(Series.id == sid, Series.state == SeriesState.RECEIVING)
-                    .where(Series.last_received_at <= cutoff)
+                    .where(Series.id == sid, Series.state == SeriesState.RECEIVING, Series.last_received_at == last)
                     .values(state=SeriesState.COMPLETE, updated_at=utcnow())
                 )
                 if res.rowcount == 1:  # type: ignore[attr-defined]
-                    done.append(uid)
+                    done.append((sid, uid, rule))
         return done
+
+    # ---- routing (routing.py, series_complete.py) ----------------------------------------------------------
+
+    def unrouted_series(self) -> list[tuple[int, str]]:
+        """RECEIVING series routing has not looked at yet."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Series.id, Series.series_uid).where(
+                    Series.state == SeriesState.RECEIVING, Series.origin == "received", Series.rule.is_(None)
+                )
+            ).all()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def instance_refs(self, series_id: int, limit: int | None = None) -> list[tuple[Path, str]]:
+        """(path, calling AE) of a series' instances in arrival order: what routing reads."""
+        with self.session() as s:
+            query = (
+                select(Instance.path, Instance.calling_aet)
+                .where(Instance.series_fk == series_id)
+                .order_by(Instance.received_at, Instance.id)
+            )
+            if limit:
+                query = query.limit(limit)
+            return [(Path(r[0]), str(r[1])) for r in s.execute(query).all()]
+
+    def set_route(self, series_id: int, rule: str, quiet_period_s: float | None = None) -> None:
+        """Record the rule that routes a series ("" = none matched so far) and its quiet period."""
+        with self._tx() as s:
+            s.execute(update(Series).where(Series.id == series_id).values(rule=rule, quiet_period_s=quiet_period_s))
+
+    def skip(self, series_id: int, reason: str) -> bool:
+        """COMPLETE → SKIPPED: no routing rule matched any instance; the reason goes to last_error."""
+        with self._tx() as s:
+            res = s.execute(
+                update(Series)
+                .where(Series.id == series_id, Series.state == SeriesState.COMPLETE)
+                .values(state=SeriesState.SKIPPED, last_error=reason[:2000], updated_at=utcnow())
+            )
+            return res.rowcount == 1  # type: ignore[attr-defined]
+
+    def series_rule(self, series_id: int) -> str | None:
+        with self.session() as s:
+            return s.scalar(select(Series.rule).where(Series.id == series_id))
 
     # ---- processing ----------------------------------------------------------------------------------------
 
@@ -401,6 +476,7 @@ class Catalog:
                 select(Series.id, Series.series_uid, Study.study_uid, Series.generation, Series.attempts)
                 .join(Study, Series.study_fk == Study.id)
                 .where(Series.state == SeriesState.COMPLETE)
+                .where(or_(Series.rule.is_(None), Series.rule != ""))  # "" = routing has not decided yet
                 .order_by(Series.last_received_at)
                 .limit(1)
             ).first()
@@ -444,8 +520,11 @@ class Catalog:
         model_version: str,
         derived: list[DerivedRecord],
         processing_seconds: float | None = None,
+        hold_reason: str | None = None,
     ) -> bool:
-        """PROCESSING → DERIVED with the derived instances, unless new instances arrived meanwhile.
+        """PROCESSING → DERIVED with the derived instances, unless new instances arrived meanwhile; with
+        ``hold_reason`` (the guard's "hold" policy) → FAILED at stage "guard" in the same commit, so the sender
+        never sees it.
 
         Returns False (and puts the series back to RECEIVING) when the generation moved on.
         """
@@ -458,14 +537,14 @@ class Catalog:
                     Series.generation == claim.generation,
                 )
                 .values(
-                    state=SeriesState.DERIVED,
+                    state=SeriesState.FAILED if hold_reason else SeriesState.DERIVED,
                     derived_series_uid=derived_series_uid,
                     model_version=model_version,
                     processing_seconds=processing_seconds,
                     attempts=0,
                     next_attempt_at=None,
-                    last_error=None,
-                    failed_stage=None,
+                    last_error=hold_reason[:4000] if hold_reason else None,
+                    failed_stage="guard" if hold_reason else None,
                     updated_at=utcnow(),
                 )
             )
@@ -604,14 +683,15 @@ class Catalog:
     # ---- operations ----------------------------------------------------------------------------------------
 
     def retry(self, series_uid: str) -> SeriesState:
-        """Re-queue a FAILED series: back to DERIVED if it failed while sending, else COMPLETE."""
+        """Re-queue a FAILED series: back to DERIVED if it failed while sending or was held by the guard (a
+        reviewer's "send it as it is"), else COMPLETE (process again)."""
         with self._tx() as s:
             series = s.scalar(select(Series).where(Series.series_uid == series_uid))
             if series is None:
                 raise KeyError(f"no series {series_uid} in the catalog")
             if series.state != SeriesState.FAILED:
                 raise ValueError(f"series {series_uid} is {series.state}, not FAILED")
-            target = SeriesState.DERIVED if series.failed_stage == "send" else SeriesState.COMPLETE
+            target = SeriesState.DERIVED if series.failed_stage in ("send", "guard") else SeriesState.COMPLETE
             series.state = target
             series.attempts = 0
             series.next_attempt_at = None
@@ -664,12 +744,12 @@ class Catalog:
         return sorted(affected)
 
     def sent_before(self, cutoff: datetime) -> list[tuple[int, str]]:
-        """(id, UID) of SENT series whose spool files still exist and that were sent before cutoff."""
+        """(id, UID) of SENT or SKIPPED series whose spool files still exist and that finished before cutoff."""
         with self.session() as s:
             rows = s.execute(
                 select(Series.id, Series.series_uid).where(
                     Series.origin == "received",
-                    Series.state == SeriesState.SENT,
+                    Series.state.in_((SeriesState.SENT, SeriesState.SKIPPED)),
                     Series.purged_at.is_(None),
                     Series.updated_at < cutoff,
                 )
@@ -731,9 +811,9 @@ class Catalog:
                 .correlate(Series)
                 .scalar_subquery()
             )
-            n_der = (
+            n_der = (  # derived images; the quality report (no source instance) is not counted
                 select(func.count(DerivedInstance.id))
-                .where(DerivedInstance.series_fk == Series.id)
+                .where(DerivedInstance.series_fk == Series.id, DerivedInstance.source_sop_uid != "")
                 .correlate(Series)
                 .scalar_subquery()
             )
@@ -750,6 +830,7 @@ class Catalog:
                     "study_uid": r[1],
                     "modality": r[0].modality,
                     "description": r[0].description,
+                    "rule": r[0].rule,
                     "state": r[0].state,
                     "instances": r[2],
                     "derived": r[3],
@@ -769,9 +850,7 @@ class Catalog:
         waiting = (SeriesState.RECEIVING, SeriesState.COMPLETE, SeriesState.PROCESSING)
         with self.session() as s:
             return int(
-                s.scalar(
-                    select(func.count(Series.id)).where(Series.origin == "received", Series.state.in_(waiting))
-                )
+                s.scalar(select(func.count(Series.id)).where(Series.origin == "received", Series.state.in_(waiting)))
                 or 0
             )
 
@@ -779,3 +858,73 @@ class Catalog:
         with self.session() as s:
             state = s.scalar(select(Series.state).where(Series.series_uid == series_uid))
             return None if state is None else SeriesState(state)
+
+    # ---- association audit (audit.py) ---------------------------------------------------------------------
+
+    def record_association(
+        self, calling: str, called: str, address: str, port: int | None, accepted: bool, reason: str | None
+    ) -> int:
+        """A new audit row; returns its id (an accepted association is completed by finish_association)."""
+        with self._tx() as s:
+            row = Association(
+                calling_aet=calling[:16],
+                called_aet=called[:16],
+                address=address[:64],
+                port=port,
+                accepted=accepted,
+                reason=reason,
+                outcome="" if accepted else "rejected",
+                ended_at=None if accepted else utcnow(),
+            )
+            s.add(row)
+            s.flush()
+            return int(row.id)
+
+    def finish_association(self, row_id: int, outcome: str, instances: int, failures: int) -> None:
+        with self._tx() as s:
+            s.execute(
+                update(Association)
+                .where(Association.id == row_id)
+                .values(ended_at=utcnow(), outcome=outcome, instances=instances, failures=failures)
+            )
+
+    def associations(self, limit: int = 50) -> list[dict[str, object]]:
+        """Newest first, for `denoise-node status --associations` and /associations."""
+        with self.session() as s:
+            rows = s.scalars(select(Association).order_by(Association.id.desc()).limit(limit)).all()
+            return [
+                {
+                    "started_at": r.started_at,
+                    "ended_at": r.ended_at,
+                    "calling_aet": r.calling_aet,
+                    "called_aet": r.called_aet,
+                    "address": r.address,
+                    "port": r.port,
+                    "accepted": r.accepted,
+                    "reason": r.reason,
+                    "outcome": r.outcome,
+                    "instances": r.instances,
+                    "failures": r.failures,
+                }
+                for r in rows
+            ]
+
+    def state_counts(self) -> dict[str, int]:
+        """Received series per state (every state present, zeros included), for /metrics and `status`."""
+        counts = {state.value: 0 for state in SeriesState if state != SeriesState.ARCHIVED}
+        with self.session() as s:
+            for state, n in s.execute(
+                select(Series.state, func.count(Series.id)).where(Series.origin == "received").group_by(Series.state)
+            ).all():
+                counts[str(state)] = int(n)
+        return counts
+
+    def write_probe(self) -> None:
+        """Take and release the write lock without changing anything: raises if the catalog cannot be written."""
+        with self._write_lock, self.engine.connect() as conn:
+            if self.engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                conn.exec_driver_sql("ROLLBACK")
+            else:
+                with conn.begin():
+                    conn.exec_driver_sql("SELECT 1")

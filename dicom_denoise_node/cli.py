@@ -141,23 +141,75 @@ def echo(
     raise typer.Exit(1 if failed else 0)
 
 
+def _node_health(settings: Settings) -> dict[str, object] | str:
+    """The running node's /healthz answer, or why it could not be read."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    if not settings.http.enabled:
+        return "[http] is disabled: health is only visible in the log"
+    host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "") else settings.http.host
+    host = f"[{host}]" if ":" in host else host
+    url = f"http://{host}:{settings.http.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return dict(json.load(response))
+    except urllib.error.HTTPError as exc:  # 503 carries the report too
+        return dict(json.load(exc))
+    except (OSError, ValueError) as exc:
+        return f"node not reachable at {url} ({exc}): is it running?"
+
+
 @app.command()
 def status(
     config: ConfigOption = None,
-    limit: Annotated[int, typer.Option(help="Number of series to show, newest first.")] = 50,
+    limit: Annotated[int, typer.Option(help="Number of series (or associations) to show, newest first.")] = 50,
+    associations: Annotated[
+        bool, typer.Option("--associations", help="Show the association audit instead of the series.")
+    ] = False,
 ) -> None:
-    """Show the series in the catalog and their states.
+    """Show the node's health, its queue and the series in the catalog (or the association audit).
 
     Example: `denoise-node status -c /etc/denoise-node/denoise-node.toml --limit 20`
     """
+    import shutil
+
     from dicom_denoise_node.catalog import Catalog
 
     settings = _settings(config)
     catalog = Catalog(settings.catalog_url)
-    rows = catalog.series_overview(limit)
-    table = Table(title=f"series in {settings.catalog_url}")
-    cols = ("series UID", "modality", "description", "state", "instances", "denoised", "derived", "attempts")
-    for col in (*cols, "last error"):
+    try:
+        health = _node_health(settings)
+        if isinstance(health, str):
+            out.print(f"health: {escape(health)}")
+        else:
+            checks = Table(title=f"health: {health.get('status')}")
+            for col in ("check", "ok", "detail"):
+                checks.add_column(col)
+            for name, check in dict(health.get("checks", {})).items():  # type: ignore[call-overload]
+                checks.add_row(name, "yes" if check["ok"] else "[red]NO[/]", escape(str(check["detail"])))
+            out.print(checks)
+        counts = catalog.state_counts()
+        data_dir = settings.node.data_dir
+        free = f"{shutil.disk_usage(data_dir).free / 2**20:.0f} MiB" if data_dir.exists() else "n/a"
+        out.print(
+            "series: "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+            + f" · queue {catalog.pending_series()} · free under {data_dir}: {free}"
+        )
+        if associations:
+            _print_associations(catalog.associations(limit))
+        else:
+            _print_series(catalog.series_overview(limit), settings.catalog_url)
+    finally:
+        catalog.close()
+
+
+def _print_series(rows: list[dict[str, object]], where: str) -> None:
+    table = Table(title=f"series in {where}")
+    cols = ("series UID", "modality", "description", "rule", "state", "instances", "denoised", "derived")
+    for col in (*cols, "attempts", "last error"):
         table.add_column(col)
     for r in rows:
         if r["state"] == "PROCESSING":
@@ -169,16 +221,81 @@ def status(
         table.add_row(
             str(r["series_uid"]),
             str(r["modality"]),
-            str(r["description"]),
+            escape(str(r["description"])),
+            escape(str(r["rule"] or "")),
             str(r["state"]),
             str(r["instances"]),
             denoised,
             str(r["derived"]),
             str(r["attempts"]),
-            str(r["last_error"] or "")[:60],
+            escape(str(r["last_error"] or "")[:80]),
         )
     out.print(table)
-    catalog.close()
+
+
+def _print_associations(rows: list[dict[str, object]]) -> None:
+    table = Table(title="associations (newest first)")
+    for col in ("started (UTC)", "calling AE", "called AE", "address", "result", "instances", "failed", "reason"):
+        table.add_column(col)
+    for r in rows:
+        started = r["started_at"]
+        table.add_row(
+            started.strftime("%Y-%m-%d %H:%M:%S") if hasattr(started, "strftime") else str(started),
+            escape(str(r["calling_aet"])),
+            escape(str(r["called_aet"])),
+            f"{r['address']}:{r['port']}",
+            ("accepted, " + str(r["outcome"] or "open")) if r["accepted"] else "[red]rejected[/]",
+            str(r["instances"]),
+            str(r["failures"]),
+            escape(str(r["reason"] or "")),
+        )
+    out.print(table)
+
+
+rules_app = typer.Typer(help="Routing rules: which received series are denoised.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+
+@rules_app.command("test")
+def rules_test(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (searched recursively).")],
+    config: ConfigOption = None,
+    calling_aet: Annotated[str, typer.Option(help="Calling AE the files would come from.")] = "",
+) -> None:
+    """Show, per series, which rule of the config routes it and why the others do not (no node needed).
+
+    Example: `denoise-node rules test /data/incoming/CT_LD -c /etc/denoise-node/denoise-node.toml`
+    """
+    from dicom_denoise_node.routing import classify_series, read_header
+
+    settings = _settings(config)
+    files = [f for p in paths for f in ([p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()))]
+    if not files:
+        console.print("[red]no files found[/]")
+        raise typer.Exit(1)
+    series: dict[str, list[Path]] = {}
+    descriptions: dict[str, str] = {}
+    unreadable = 0
+    for f in files:
+        try:
+            header = read_header(f)
+        except Exception:
+            unreadable += 1
+            continue
+        uid = str(header.get("SeriesInstanceUID", "") or "(no SeriesInstanceUID)")
+        series.setdefault(uid, []).append(f)
+        descriptions.setdefault(uid, str(header.get("SeriesDescription", "") or ""))
+    rules = settings.active_rules
+    table = Table(title=f"{len(rules)} rule(s): {', '.join(r.name for r in rules)}")
+    for col in ("series UID", "description", "files", "decision", "why"):
+        table.add_column(col)
+    for uid, members in series.items():
+        match = classify_series(rules, [(f, calling_aet) for f in members])
+        decision = f"denoise (rule {match.rule.name})" if match.rule else "[yellow]SKIPPED[/]"
+        table.add_row(uid, escape(descriptions[uid]), str(len(members)), decision, escape(match.explain()))
+    out.print(table)
+    if unreadable:
+        out.print(f"{unreadable} file(s) are not DICOM and were ignored")
 
 
 @app.command()

@@ -140,6 +140,30 @@ class DeriveSettings(_Section):
     institution_name: str = ""
 
 
+class GuardSettings(_Section):
+    """The consistency guard run on every denoised slice (guard.py documents each statistic)."""
+
+    enabled: bool = True
+    policy: Literal["mark", "hold"] = "mark"
+    max_mean_shift_hu: float = Field(15.0, gt=0)
+    block_px: int = Field(32, ge=8)
+    blob_sigma_px: float = Field(2.0, gt=0)
+    blob_z: float = Field(5.0, gt=0)
+    blob_min_hu: float = Field(15.0, gt=0)
+    blob_min_area_px: int = Field(8, ge=1)
+    edge_hu_per_px: float = Field(40.0, gt=0)
+    max_edge_correlation: float = Field(0.5, gt=0, le=1)
+    hu_floor: float = -1100.0
+    hu_margin: float = Field(100.0, ge=0)
+
+
+class ReportSettings(_Section):
+    """The quality report (Comprehensive SR) sent with each derived series."""
+
+    enabled: bool = True
+    notice: str = "Denoised by software; not for primary diagnosis."
+
+
 class SendSettings(_Section):
     max_attempts: int = Field(5, ge=1)
     backoff_s: float = Field(30.0, gt=0)
@@ -149,6 +173,51 @@ class SendSettings(_Section):
 
 class CatalogSettings(_Section):
     url: str = ""
+
+
+class Rule(_Section):
+    """A routing rule: which received series are denoised, where the result goes, and how long to wait.
+
+    A series is denoised when one of its instances meets every condition of a rule (first rule wins). CT (and
+    Enhanced CT) Image Storage with Modality CT only, and ``image_type`` must lead the instance's ImageType, so
+    localizers and derived images never match. Patterns are case-insensitive regular expressions searched in the
+    attribute; thresholds accept an instance whose value is at or below them (and reject one without it).
+    """
+
+    name: str = Field(min_length=1, max_length=64)
+    image_type: list[str] = Field(default_factory=lambda: ["ORIGINAL", "PRIMARY", "AXIAL"])
+    series_description: str = ""
+    protocol_name: str = ""
+    calling_aets: list[str] = Field(default_factory=list)
+    max_exposure_mas: float | None = Field(None, gt=0, description="Exposure (0018,1152) in mAs, at or below")
+    max_ctdivol: float | None = Field(None, gt=0, description="CTDIvol (0018,9345) in mGy, at or below")
+    destinations: list[str] = Field(default_factory=list, description="destination names; empty = all")
+    quiet_period_s: float | None = Field(None, gt=0, description="overrides [series] quiet_period_s")
+
+    @field_validator("series_description", "protocol_name")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from exc
+        return value
+
+    @field_validator("image_type")
+    @classmethod
+    def _upper(cls, values: list[str]) -> list[str]:
+        return [v.strip().upper() for v in values]
+
+
+DEFAULT_RULE = Rule(name="default")
+
+
+class HttpSettings(_Section):
+    """Health, Prometheus metrics and the series list over HTTP; loopback unless an admin opens it."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535, description="0 = any free port (tests)")
 
 
 class RetentionSettings(_Section):
@@ -170,9 +239,44 @@ class Settings(BaseSettings):
     series: SeriesSettings = Field(default_factory=SeriesSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     derive: DeriveSettings = Field(default_factory=DeriveSettings)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
     send: SendSettings = Field(default_factory=SendSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    rules: list[Rule] = Field(default_factory=list)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+
+    @model_validator(mode="after")
+    def _rule_names(self) -> Settings:
+        names = {d.key for d in self.destinations}
+        seen: set[str] = set()
+        for i, rule in enumerate(self.rules):
+            if rule.name in seen:
+                raise ValueError(f"rules[{i}].name: {rule.name!r} is used by an earlier rule")
+            seen.add(rule.name)
+            unknown = [d for d in rule.destinations if d not in names]
+            if unknown:
+                raise ValueError(
+                    f"rules[{i}].destinations: {', '.join(unknown)} not among the [[destinations]] "
+                    f'({", ".join(sorted(names)) or "none configured"}); name a destination with name = "…"'
+                )
+        return self
+
+    @property
+    def active_rules(self) -> list[Rule]:
+        """The configured rules, or the default one (every original axial CT series) when there are none."""
+        return list(self.rules) or [DEFAULT_RULE]
+
+    def rule_named(self, name: str | None) -> Rule | None:
+        return next((r for r in self.active_rules if r.name == name), None)
+
+    def destinations_for(self, rule_name: str | None) -> list[Destination]:
+        """Where a series routed by ``rule_name`` goes: the rule's destinations, or all of them."""
+        rule = self.rule_named(rule_name)
+        if rule is None or not rule.destinations:
+            return list(self.destinations)
+        return [d for d in self.destinations if d.key in rule.destinations]
 
     @classmethod
     def settings_customise_sources(
@@ -235,6 +339,9 @@ def load_settings(path: Path | None) -> Settings:
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
+            if not loc:  # a cross-section check: its message starts with the key it is about
+                problems.append(f"invalid key {str(err['msg']).removeprefix('Value error, ')} in {where}")
+                continue
             key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
             env = _env_name(loc)
             if _in_toml(data, loc) or env.upper() not in {k.upper() for k in os.environ}:

@@ -66,18 +66,18 @@ class DerivationInfo:
 _UID_NAMESPACE = uuid.UUID("6f1c2a4e-3b0d-5e57-9d7a-0de0c0de0001")
 
 
-def _uuid_uid(*parts: str) -> str:
+def deterministic_uid(*parts: str) -> str:
     """A 2.25 UID (PS3.5 B.2) from a name-based UUID: the same inputs always give the same UID."""
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0).join(parts)).int}"
 
 
 def derived_series_uid(source_series_uid: str, model_version: str) -> str:
     """Deterministic: the same source series through the same model always gives the same series UID."""
-    return _uuid_uid("series", source_series_uid, model_version)
+    return deterministic_uid("series", source_series_uid, model_version)
 
 
 def derived_sop_uid(source_sop_uid: str, model_version: str) -> str:
-    return _uuid_uid("sop", source_sop_uid, model_version)
+    return deterministic_uid("sop", source_sop_uid, model_version)
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
@@ -104,9 +104,15 @@ def hu_to_stored(hu: np.ndarray, source: Dataset) -> np.ndarray:
 
 
 def derive_instance(
-    source: Dataset, hu: np.ndarray, series_uid: str, info: DerivationInfo, now: datetime | None = None
+    source: Dataset,
+    hu: np.ndarray,
+    series_uid: str,
+    info: DerivationInfo,
+    now: datetime | None = None,
+    comment: str | None = None,
 ) -> Dataset:
-    """Build the derived instance of one source slice from its denoised HU image."""
+    """Build the derived instance of one source slice from its denoised HU image (``comment``: the guard's flag,
+    added to ImageComments after the site notice)."""
     if hu.shape != (int(source.Rows), int(source.Columns)):
         raise ValueError(f"denoised image {hu.shape} does not match the source {source.Rows}x{source.Columns}")
     now = now or datetime.now(UTC)
@@ -146,8 +152,9 @@ def derive_instance(
     equipment.PurposeOfReferenceCodeSequence = [_code(*PROCESSING_EQUIPMENT)]
     ds.ContributingEquipmentSequence.append(equipment)
 
-    if info.settings.notice:
-        ds.ImageComments = info.settings.notice[:10240]
+    comments = [c for c in (info.settings.notice, comment) if c]
+    if comments:
+        ds.ImageComments = " ".join(comments)[:10240]
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.SeriesDate, ds.SeriesTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime

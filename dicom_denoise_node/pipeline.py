@@ -23,11 +23,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_denoise_node import series_complete
-from dicom_denoise_node.admission import Admission
+from dicom_denoise_node.admission import MIB, Admission
+from dicom_denoise_node.audit import AssociationAudit
 from dicom_denoise_node.catalog import Catalog, Claim, DerivedRecord, SeriesState
-from dicom_denoise_node.config import Settings, describe, env_overrides
+from dicom_denoise_node.config import ConfigError, Settings, describe, env_overrides
 from dicom_denoise_node.consistency import check_spool
+from dicom_denoise_node.health import Check, Health, Heartbeat, run_checks
+from dicom_denoise_node.http_status import StatusServer
 from dicom_denoise_node.inference import select_device
+from dicom_denoise_node.metrics import NodeMetrics
 from dicom_denoise_node.process import Interrupted, SeriesDenoiser
 from dicom_denoise_node.receive import start_scp
 from dicom_denoise_node.registry import load_model, resolve_model_path
@@ -44,7 +48,9 @@ def load_denoiser(settings: Settings) -> SeriesDenoiser:
     """Load the configured (or bundled) model; raises ModelError with an actionable message."""
     device = select_device(settings.model.device)
     network, info = load_model(resolve_model_path(settings.model.path), device)
-    return SeriesDenoiser(network, info, settings.model, settings.derive, device=str(device))
+    return SeriesDenoiser(
+        network, info, settings.model, settings.derive, device=str(device), guard=settings.guard, report=settings.report
+    )
 
 
 class Node:
@@ -63,8 +69,12 @@ class Node:
             known_series=lambda uid: self.catalog.series_state(uid) is not None,
         )
         self._disk_low = False
+        self.metrics = NodeMetrics(self.catalog, lambda: self.admission.free_mb() * MIB)
+        self.audit = AssociationAudit(self.catalog, self.metrics)
+        self.heartbeat = Heartbeat(max(10.0, 5 * settings.series.poll_interval_s))
         self.server: ThreadedAssociationServer | None = None
         self.scheduler: BackgroundScheduler | None = None
+        self.http: StatusServer | None = None
 
     # ---- life cycle ----------------------------------------------------------------------------------------
 
@@ -80,7 +90,21 @@ class Node:
         check_spool(self.spool, self.catalog)
         if not self.settings.destinations:
             log.warning("no [[destinations]] configured: derived series will wait in state DERIVED")
-        self.server = start_scp(self.settings.node, self.spool, self.catalog, self.admission)
+        http = self.settings.http
+        if http.enabled:
+            try:
+                self.http = StatusServer(
+                    http.host,
+                    http.port,
+                    self.health,
+                    self.metrics.exposition,
+                    self.catalog.series_overview,
+                    self.catalog.associations,
+                )
+            except OSError as exc:
+                raise ConfigError(f"[http] cannot listen on {http.host}:{http.port}: {exc}") from exc
+            self.http.start()
+        self.server = start_scp(self.settings.node, self.spool, self.catalog, self.admission, self.audit)
         self.scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(3)}, timezone="UTC")
         every = self.settings.series.poll_interval_s
         common = dict(trigger="interval", seconds=every, max_instances=1, coalesce=True, misfire_grace_time=None)
@@ -97,6 +121,8 @@ class Node:
         self.stop_event.set()
         if self.server is not None:
             self.server.shutdown()
+        if self.http is not None:
+            self.http.stop()
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.catalog.close()
@@ -120,8 +146,43 @@ class Node:
 
     # ---- jobs ----------------------------------------------------------------------------------------------
 
+    def health(self) -> Health:
+        """The checks behind /healthz (and `status`)."""
+
+        def scp() -> Check:
+            if self.server is None or self.server.socket.fileno() < 0:
+                return Check(False, "SCP not listening")
+            host, port = self.server.server_address[:2]
+            return Check(True, f"{self.settings.node.ae_title} listening on {host}:{port}")
+
+        def scheduler() -> Check:
+            return self.heartbeat.check(self.scheduler is not None and self.scheduler.running)
+
+        def catalog() -> Check:
+            self.catalog.write_probe()
+            return Check(True, "writable")
+
+        def model() -> Check:
+            if self.denoiser is None:
+                return Check(False, "no model loaded")
+            info = self.denoiser.info
+            if not info.weights_path.exists():
+                return Check(
+                    False, f"{info.name} {info.version} loaded, but {info.weights_path} is gone: a restart will fail"
+                )
+            return Check(True, f"{info.name} {info.version} on {self.denoiser.inferer.device}")
+
+        def disk() -> Check:
+            free, limit = self.admission.free_mb(), self.settings.node.min_free_mb
+            return Check(
+                free >= limit, f"{free:.0f} MiB free under {self.settings.node.data_dir} (min_free_mb={limit:g})"
+            )
+
+        return run_checks({"scp": scp, "scheduler": scheduler, "catalog": catalog, "model": model, "disk": disk})
+
     def complete_job(self) -> None:
-        series_complete.mark_complete(self.catalog, self.settings.series.quiet_period_s)
+        self.heartbeat.beat()
+        series_complete.mark_complete(self.catalog, self.settings)
 
     def process_job(self) -> None:
         if not self._disk_has_room():
@@ -184,16 +245,35 @@ class Node:
             log.info("series %s interrupted by shutdown; state=COMPLETE", claim.series_uid)
             return
         except Exception as exc:
+            self.metrics.series_processed.labels("failed").inc()
             log.exception("series %s failed while processing", claim.series_uid)
             self.catalog.fail(claim.series_id, "process", f"{type(exc).__name__}: {exc}", SeriesState.PROCESSING)
             log.error("series %s state=FAILED: %s", claim.series_uid, exc)
             return
         records = [DerivedRecord(sop, src, str(path)) for sop, src, path in result.written]
         seconds = time.monotonic() - started
+        self.metrics.series_processed.labels("derived").inc()
+        if result.verdicts:
+            self.metrics.inference_seconds_per_slice.observe(result.timings["inference"] / len(result.verdicts))
+        self.metrics.slices_flagged.inc(len(result.flagged))
+        hold = None
+        if result.flagged and self.settings.guard.policy == "hold":
+            hold = (
+                f"held for review: the consistency guard flagged {len(result.flagged)} of {len(result.verdicts)} "
+                f"slices (first: {result.verdicts[result.flagged[0]].summary()}); `denoise-node retry` sends it as it is"
+            )
         if self.catalog.finish_processing(
-            claim, result.derived_series_uid, self.denoiser.info.version, records, processing_seconds=seconds
+            claim,
+            result.derived_series_uid,
+            self.denoiser.info.version,
+            records,
+            processing_seconds=seconds,
+            hold_reason=hold,
         ):
-            log.info("series %s state=DERIVED (%d instances)", claim.series_uid, len(records))
+            if hold:
+                log.warning("series %s state=FAILED: %s", claim.series_uid, hold)
+            else:
+                log.info("series %s state=DERIVED (%d instances)", claim.series_uid, len(records))
         else:
             log.info("series %s received new instances while processing; state=RECEIVING", claim.series_uid)
 
@@ -202,7 +282,7 @@ class Node:
         files = [Path(d.path) for d in self.catalog.derived_instances(claim.series_id)]
         done = self.catalog.delivered_to(claim)
         errors = []
-        for dest in self.settings.destinations:
+        for dest in self.settings.destinations_for(self.catalog.series_rule(claim.series_id)):
             if dest.key in done:
                 continue
             t0 = time.monotonic()
@@ -210,8 +290,10 @@ class Node:
                 n = send_files(files, dest, self.settings.node.ae_title, self.settings.send.timeout_s)
             except (SendError, OSError) as exc:
                 errors.append(str(exc))
+                self.metrics.send_failures.labels(dest.key).inc()
                 continue
             self.catalog.record_delivery(claim, dest.key)
+            self.metrics.instances_sent.labels(dest.key).inc(n)
             seconds = time.monotonic() - t0
             log.info("series %s: %d instances sent to %s in %.2f s", claim.series_uid, n, dest.key, seconds)
         if errors:

@@ -10,16 +10,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import Dataset
 from torch import nn
 
-from dicom_denoise_node.config import DeriveSettings, ModelSettings
+from dicom_denoise_node.config import DeriveSettings, GuardSettings, ModelSettings, ReportSettings
 from dicom_denoise_node.decode import Skipped, SourceSlice, iter_slices, scan_series
 from dicom_denoise_node.derive import DerivationInfo, derive_instance, derived_series_uid, encode
+from dicom_denoise_node.guard import SliceVerdict, check_slice
 from dicom_denoise_node.inference import TiledInferer
+from dicom_denoise_node.quality_report import ReportInput, build_report, header_only
 from dicom_denoise_node.registry import ModelInfo
 from dicom_denoise_node.spool import write_atomic
 
@@ -41,7 +44,16 @@ class SeriesResult:
     derived_series_uid: str
     written: list[tuple[str, str, Path]] = field(default_factory=list)  # (derived SOP, source SOP, path)
     skipped: list[Skipped] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "inference": 0.0, "encode": 0.0})
+    timings: dict[str, float] = field(
+        default_factory=lambda: {"decode": 0.0, "inference": 0.0, "guard": 0.0, "encode": 0.0}
+    )
+    verdicts: list[SliceVerdict] = field(default_factory=list)
+    report_path: Path | None = None
+
+    @property
+    def flagged(self) -> list[int]:
+        """Indices (in written order) of the slices the guard flagged."""
+        return [i for i, v in enumerate(self.verdicts) if v.flagged]
 
 
 class SeriesDenoiser:
@@ -54,8 +66,13 @@ class SeriesDenoiser:
         model_settings: ModelSettings,
         derive_settings: DeriveSettings,
         device: str = "cpu",
+        guard: GuardSettings | None = None,
+        report: ReportSettings | None = None,
     ) -> None:
         self.info = info
+        self.guard = guard or GuardSettings()
+        self.report = report or ReportSettings(enabled=False)
+        self.derive_settings = derive_settings
         self.inferer = TiledInferer(
             network,
             tile_size=model_settings.tile_size,
@@ -113,26 +130,61 @@ class SeriesDenoiser:
                 sources.append(src)
                 yield src.hu
 
+        report_slices: list[tuple[Dataset, Dataset, SliceVerdict]] = []
         for k, hu in enumerate(self.denoise_hu(hu_stream()), start=1):
-            t0 = time.perf_counter()
             src = sources.pop(0)
-            derived = derive_instance(src.dataset, hu, result.derived_series_uid, self.derivation)
+            t0 = time.perf_counter()
+            verdict = check_slice(src.hu, hu, self.guard)
+            if not self.guard.enabled:
+                verdict = replace(verdict, reasons=[])
+            result.verdicts.append(verdict)
+            comment = f"Denoising guard flagged this slice: {verdict.summary()}" if verdict.flagged else None
+            if comment:
+                log.warning("series %s: slice %s flagged: %s", source_series_uid, src.ref.sop_uid, verdict.summary())
+            t1 = time.perf_counter()
+            timings["guard"] += t1 - t0
+            derived = derive_instance(src.dataset, hu, result.derived_series_uid, self.derivation, comment=comment)
             path = out_path(result.derived_series_uid, str(derived.SOPInstanceUID))
             write_atomic(path, encode(derived))
             result.written.append((str(derived.SOPInstanceUID), src.ref.sop_uid, path))
-            timings["encode"] += time.perf_counter() - t0
+            if self.report.enabled:
+                report_slices.append((header_only(src.dataset), header_only(derived), verdict))
+            timings["encode"] += time.perf_counter() - t1
             if progress:
                 progress(k, len(refs))
+        if report_slices:
+            t0 = time.perf_counter()
+            report = build_report(
+                ReportInput(
+                    source_series_uid,
+                    result.derived_series_uid,
+                    self.info.name,
+                    self.info.version,
+                    self.report.notice,
+                    self.guard.policy if self.guard.enabled else "off",
+                    report_slices,
+                ),
+                manufacturer=self.derive_settings.manufacturer,
+                institution=self.derive_settings.institution_name,
+            )
+            path = out_path(str(report.SeriesInstanceUID), str(report.SOPInstanceUID))
+            write_atomic(path, encode(report))
+            result.written.append((str(report.SOPInstanceUID), "", path))
+            result.report_path = path
+            timings["encode"] += time.perf_counter() - t0
         # Inference is what remains: tiling, the network and the HU conversions.
-        timings["inference"] = time.perf_counter() - started - timings["decode"] - timings["encode"]
+        timings["inference"] = time.perf_counter() - started - timings["decode"] - timings["guard"] - timings["encode"]
         log.info(
-            "series %s: %d slices denoised into %s (%d skipped); decode %.2f s, inference %.2f s, encode+write %.2f s",
+            "series %s: %d slices denoised into %s (%d skipped, %d flagged by the guard); decode %.2f s, "
+            "inference %.2f s, guard %.2f s, encode+write %.2f s",
             source_series_uid,
-            len(result.written),
+            len(result.verdicts),
             result.derived_series_uid,
             len(skipped),
+            len(result.flagged),
             timings["decode"],
             timings["inference"],
+            timings["guard"],
             timings["encode"],
         )
         return result

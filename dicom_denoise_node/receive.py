@@ -24,6 +24,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_denoise_node.admission import Admission, server_tls_context
+from dicom_denoise_node.audit import AssociationAudit
 from dicom_denoise_node.catalog import Catalog, InstanceMeta
 from dicom_denoise_node.config import NodeSettings
 from dicom_denoise_node.spool import InvalidUID, Spool, check_uid, write_atomic
@@ -194,15 +195,7 @@ def handle_echo(event: Event) -> int:
     return EchoStatus.SUCCESS.value
 
 
-def _log_rejection(event: Event) -> None:
-    log.warning(
-        "association from %s (%s) rejected by negotiation (called AE, calling-AE allowlist or association limit)",
-        event.assoc.requestor.ae_title,
-        event.assoc.requestor.address,
-    )
-
-
-def handle_requested(event: Event, admission: Admission) -> None:
+def handle_requested(event: Event, admission: Admission, audit: AssociationAudit | None = None) -> None:
     """Before negotiation: refuse with a proper A-ASSOCIATE-RJ what pynetdicom's own checks cannot know."""
     calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
     address = str(event.assoc.requestor.address)
@@ -213,11 +206,16 @@ def handle_requested(event: Event, admission: Admission) -> None:
     log.warning("association from %s (%s) rejected: %s", calling, address, reason)
     event.assoc.acse.send_reject(result, source, diagnostic)
     event.assoc.is_rejected = True
+    if audit is not None:
+        audit.rejected_by_node(event, reason)
     event.assoc.kill()
 
 
-def _log_accept(event: Event) -> None:
-    log.info("association accepted from %s (%s)", event.assoc.requestor.ae_title, event.assoc.requestor.address)
+def handle_store_counted(event: Event, audit: AssociationAudit, **kwargs: Any) -> int:
+    """handle_store, then count the answer for the association audit and /metrics (in memory only)."""
+    status = handle_store(event, **kwargs)
+    audit.count_store(event, status)
+    return status
 
 
 def build_ae(settings: NodeSettings) -> AE:
@@ -236,19 +234,29 @@ def build_ae(settings: NodeSettings) -> AE:
 
 
 def start_scp(
-    settings: NodeSettings, spool: Spool, catalog: Catalog, admission: Admission | None = None
+    settings: NodeSettings,
+    spool: Spool,
+    catalog: Catalog,
+    admission: Admission | None = None,
+    audit: AssociationAudit | None = None,
 ) -> ThreadedAssociationServer:
-    """Start listening (non-blocking) with handlers bound to the spool, the catalog and the admission rules."""
+    """Start listening (non-blocking) with handlers bound to the spool, the catalog, the admission rules and the
+    association audit."""
     ae = build_ae(settings)
     admission = admission or Admission(
         settings, spool.root, catalog.pending_series, known_series=lambda uid: catalog.series_state(uid) is not None
     )
+    audit = audit or AssociationAudit(catalog)
+    store = partial(handle_store_counted, audit=audit, spool=spool, catalog=catalog, admission=admission)
     handlers: list[Any] = [
-        (evt.EVT_REQUESTED, partial(handle_requested, admission=admission)),
+        (evt.EVT_REQUESTED, partial(handle_requested, admission=admission, audit=audit)),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, partial(handle_store, spool=spool, catalog=catalog, admission=admission)),
-        (evt.EVT_REJECTED, _log_rejection),
-        (evt.EVT_ACCEPTED, _log_accept),
+        (evt.EVT_C_STORE, store),
+        (evt.EVT_REJECTED, audit.on_rejected),
+        (evt.EVT_ACCEPTED, audit.on_accepted),
+        (evt.EVT_RELEASED, audit.on_released),
+        (evt.EVT_ABORTED, audit.on_aborted),
+        (evt.EVT_CONN_CLOSE, audit.on_closed),
     ]
     tls = server_tls_context(settings.tls)
     server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers, ssl_context=tls)

@@ -1,4 +1,5 @@
-"""Retention: remove spool data of delivered series after `[retention] sent_days`; purge FAILED ones on command.
+"""Retention: remove spool data of delivered (SENT) and unrouted (SKIPPED) series after `[retention] sent_days`;
+purge FAILED ones on command.
 
 The series row stays (state, UIDs, timestamps, purged_at) as the audit trail; instance and derived rows go first,
 then the files, so a crash in between leaves only orphan files, which the start-up check handles.
@@ -34,11 +35,12 @@ def _delete(spool: Spool, paths: list[str]) -> int:
 
 
 def purge_sent(spool: Spool, catalog: Catalog, sent_days: float) -> list[str]:
-    """Delete the spool files of SENT series older than ``sent_days``; returns their UIDs."""
+    """Delete the spool files of SENT and SKIPPED series older than ``sent_days``; returns their UIDs."""
     purged = []
+    finished = (SeriesState.SENT, SeriesState.SKIPPED)
     for series_id, uid in catalog.sent_before(utcnow() - timedelta(days=sent_days)):
-        files = _delete(spool, catalog.purge(series_id, (SeriesState.SENT,)))
-        log.info("retention: series %s purged (%d files, sent more than %g days ago)", uid, files, sent_days)
+        files = _delete(spool, catalog.purge(series_id, finished))
+        log.info("retention: series %s purged (%d files, finished more than %g days ago)", uid, files, sent_days)
         purged.append(uid)
     return purged
 
@@ -49,8 +51,9 @@ def purge_series(spool: Spool, catalog: Catalog, series_uid: str) -> int:
     if series_id is None:
         raise KeyError(f"no series {series_uid} in the catalog")
     state = catalog.series_state(series_uid)
-    if state not in (SeriesState.FAILED, SeriesState.SENT):
-        raise ValueError(f"series {series_uid} is {state}; only FAILED or SENT series can be purged")
-    files = _delete(spool, catalog.purge(series_id, (SeriesState.FAILED, SeriesState.SENT)))
+    allowed = (SeriesState.FAILED, SeriesState.SENT, SeriesState.SKIPPED)
+    if state not in allowed:
+        raise ValueError(f"series {series_uid} is {state}; only FAILED, SENT or SKIPPED series can be purged")
+    files = _delete(spool, catalog.purge(series_id, allowed))
     log.info("series %s purged on request (%d files)", series_uid, files)
     return files

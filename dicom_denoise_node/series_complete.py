@@ -1,7 +1,13 @@
-"""② Series completion: a series is COMPLETE once no instance arrived for quiet_period_s.
+"""② Series completion and routing: a series is COMPLETE once no instance arrived for its quiet period, and it is
+denoised only if a routing rule (routing.py) matches it; otherwise it ends SKIPPED with the reason.
 
-DICOM has no "end of series" message, so, like every router, the node waits for a quiet period. The decision is
-an atomic claim in the catalog (RECEIVING → COMPLETE), run as an APScheduler job with max_instances=1.
+DICOM has no "end of series" message, so, like every router, the node waits for a quiet period. Each decision is
+an atomic claim in the catalog, run as one APScheduler job with max_instances=1:
+
+1. a series seen for the first time is routed by its first instance, which sets its rule's quiet period;
+2. a quiet series becomes COMPLETE;
+3. a complete series no rule matched yet is routed by all its instances (a localizer can arrive first); if none
+   matches it becomes SKIPPED.
 """
 
 from __future__ import annotations
@@ -9,13 +15,38 @@ from __future__ import annotations
 import logging
 
 from dicom_denoise_node.catalog import Catalog
+from dicom_denoise_node.config import Settings
+from dicom_denoise_node.routing import classify_series
 
 log = logging.getLogger(__name__)
 
 
-def mark_complete(catalog: Catalog, quiet_period_s: float) -> list[str]:
-    """One pass of the job: returns the series that just became COMPLETE."""
-    done = catalog.mark_complete(quiet_period_s)
-    for uid in done:
-        log.info("series %s state=COMPLETE (quiet for %.1f s)", uid, quiet_period_s)
+def mark_complete(catalog: Catalog, settings: Settings) -> list[str]:
+    """One pass of the job: returns the series that just became COMPLETE (and routed)."""
+    rules = settings.active_rules
+    for series_id, uid in catalog.unrouted_series():
+        first = catalog.instance_refs(series_id, limit=1)
+        match = classify_series(rules, first)
+        quiet = match.rule.quiet_period_s if match.rule is not None else None
+        catalog.set_route(series_id, match.rule.name if match.rule is not None else "", quiet)
+        log.info(
+            "series %s state=RECEIVING from %s: %s",
+            uid,
+            first[0][1] if first else "?",
+            f"rule {match.rule.name}" if match.rule is not None else f"no rule matches yet ({match.explain()})",
+        )
+    default_quiet = settings.series.quiet_period_s
+    done: list[str] = []
+    for series_id, uid, rule in catalog.mark_complete(default_quiet, require_route=True):
+        if not rule:
+            match = classify_series(rules, catalog.instance_refs(series_id))
+            if match.rule is None:
+                reason = f"no routing rule matched: {match.explain()}"
+                if catalog.skip(series_id, reason):
+                    log.info("series %s state=SKIPPED: %s", uid, reason)
+                continue
+            rule = match.rule.name
+            catalog.set_route(series_id, rule)
+        log.info("series %s state=COMPLETE (rule %s)", uid, rule)
+        done.append(uid)
     return done

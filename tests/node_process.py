@@ -23,9 +23,14 @@ def write_config(
     quiet_period_s: float = 1.0,
     log_level: str = "DEBUG",
     node_extra: str = "",
+    http_port: int | None = None,
+    report: bool = False,
 ) -> Path:
+    """A test node's config. The quality report (an SR series beside the derived one) is off unless a test is
+    about it, so PACS ledgers hold the derived images only."""
     dests = "".join(
         f'\n[[destinations]]\nae_title = "{d["ae_title"]}"\nhost = "{d.get("host", LOOPBACK)}"\nport = {d["port"]}\n'
+        + (f'name = "{d["name"]}"\n' if "name" in d else "")
         for d in destinations
     )
     path.write_text(
@@ -54,6 +59,13 @@ max_attempts = 3
 backoff_s = 0.5
 backoff_max_s = 2.0
 timeout_s = 20
+
+[http]
+host = "{LOOPBACK}"
+port = {http_port if http_port is not None else free_port()}
+
+[report]
+enabled = {"true" if report else "false"}
 {extra}
 {dests}"""
     )
@@ -67,7 +79,10 @@ class NodeProcess:
         self.tmp = tmp
         self.port = free_port()
         self.data_dir = tmp / "node-data"
-        self.config = write_config(tmp / "node.toml", self.data_dir, self.port, model, destinations, **kw)
+        self.http_port = free_port()
+        self.config = write_config(
+            tmp / "node.toml", self.data_dir, self.port, model, destinations, http_port=self.http_port, **kw
+        )
         self.log_path = tmp / "node.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -84,6 +99,17 @@ class NodeProcess:
                 self.stop()
                 raise RuntimeError(f"node did not start: {exc}\n{self.log()[-3000:]}") from exc
         return self
+
+    def http_get(self, path: str) -> tuple[int, str]:
+        """GET from the node's status server: (HTTP status, body); 503 is an answer, not an error."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.http_port}{path}", timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -43,7 +43,7 @@ def test_full_life_cycle(catalog):
     catalog.record_instance(meta(1))  # a resend replaces, never duplicates
     assert len(catalog.instances(1)) == 3
     assert catalog.mark_complete(60) == []  # not quiet yet
-    assert catalog.mark_complete(60, now=utcnow() + timedelta(seconds=61)) == ["1.2.3.4"]
+    assert [uid for _, uid, _ in catalog.mark_complete(60, now=utcnow() + timedelta(seconds=61))] == ["1.2.3.4"]
     claim = catalog.claim_for_processing()
     assert claim is not None and catalog.claim_for_processing() is None
     assert catalog.series_state("1.2.3.4") is SeriesState.PROCESSING

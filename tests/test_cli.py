@@ -14,7 +14,7 @@ from pydicom import dcmread
 from tests.peers import StoreSCP, dciodvfy, require, write_ct_series
 
 ROOT = Path(__file__).parents[1]
-COMMANDS = ["serve", "echo", "status", "retry", "denoise"]
+COMMANDS = ["serve", "echo", "status", "retry", "purge", "check", "denoise", "rules test"]
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -25,7 +25,7 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_an_example(command):
-    result = cli(command, "--help")
+    result = cli(*command.split(), "--help")
     assert result.returncode == 0
     assert "Example" in result.stdout
 
@@ -43,8 +43,12 @@ def test_denoise_files_without_network(tmp_path, tiny_model):
     (tmp_path / "in" / "README.txt").write_text("not dicom")
     result = cli("denoise", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tiny_model))
     assert result.returncode == 0, result.stderr
-    out = sorted((tmp_path / "out").rglob("*.dcm"))
-    assert len(out) == 3
+    written = [dcmread(p, stop_before_pixels=True) for p in sorted((tmp_path / "out").rglob("*.dcm"))]
+    reports = [
+        p for p, ds in zip(sorted((tmp_path / "out").rglob("*.dcm")), written, strict=True) if ds.Modality == "SR"
+    ]
+    out = [p for p, ds in zip(sorted((tmp_path / "out").rglob("*.dcm")), written, strict=True) if ds.Modality == "CT"]
+    assert len(out) == 3 and len(reports) == 1  # the derived images and their quality report
     refs = {dcmread(p).SourceImageSequence[0].ReferencedSOPInstanceUID for p in out}
     assert refs == {str(dcmread(p).SOPInstanceUID) for p in src}
     first = dcmread(out[0])
@@ -81,9 +85,7 @@ def test_systemd_unit_is_hardened_and_verifies(tmp_path):
     copy = tmp_path / "denoise-node.service"
     copy.write_text(unit.replace("/opt/denoise-node/venv/bin/denoise-node", str(exe)))
     result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
-    problems = [
-        line for line in (result.stdout + result.stderr).splitlines() if "denoise-node.service" in line
-    ]
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if "denoise-node.service" in line]
     assert result.returncode == 0 and problems == [], result.stderr
 
 

@@ -12,6 +12,10 @@ def test_example_config_is_valid_and_documents_every_key():
     settings = load_settings(EXAMPLE)
     text = EXAMPLE.read_text()
     for section, model in settings:
+        if section == "rules":
+            for key in type(model[0]).model_fields:
+                assert f"\n{key} =" in text or f"\n# {key} =" in text, f"[[rules]] {key} is not in the example"
+            continue
         if section == "destinations":
             continue
         for key in type(model).model_fields:
@@ -23,6 +27,10 @@ def test_example_config_is_valid_and_documents_every_key():
                 continue
             assert f"\n{key} =" in text, f"[{section}] {key} is not in the example config"
     assert settings.destinations[0].ae_title == "PACS"
+    assert settings.rules[0].model_dump(exclude={"name"}) == settings.active_rules[0].model_dump(exclude={"name"})
+    assert load_settings(None).active_rules[0].model_dump(exclude={"name"}) == settings.rules[0].model_dump(
+        exclude={"name"}
+    ), "the example rule is the implicit default"
 
 
 def test_defaults_without_file():
@@ -91,3 +99,22 @@ def test_not_toml(tmp_path):
     cfg.write_text("[node\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(cfg)
+
+
+def test_rule_with_unknown_destination_names_key_and_file(tmp_path):
+    cfg = tmp_path / "rules.toml"
+    cfg.write_text(
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 4242\n'
+        '[[rules]]\nname = "ld"\ndestinations = ["archive"]\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert "rules[0].destinations" in str(err.value) and "archive" in str(err.value) and str(cfg) in str(err.value)
+
+
+def test_rule_with_bad_regex_names_key(tmp_path):
+    cfg = tmp_path / "rules.toml"
+    cfg.write_text('[[rules]]\nname = "ld"\nseries_description = "low(dose"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert "rules[0].series_description" in str(err.value) and str(cfg) in str(err.value)

@@ -283,8 +283,17 @@ def test_load_eight_concurrent_scanners_with_back_pressure_and_bounded_memory(tm
         for _round in range(40):  # bounded: at most 40 rounds of retries
             procs = {
                 i: subprocess.Popen(
-                    [require("storescu"), "-aet", f"CT{i}", "-aec", "DENOISE", "+sd", LOOPBACK, str(node.port),
-                     str(tmp_path / f"s{i}")],  # fmt: skip
+                    [
+                        require("storescu"),
+                        "-aet",
+                        f"CT{i}",
+                        "-aec",
+                        "DENOISE",
+                        "+sd",
+                        LOOPBACK,
+                        str(node.port),
+                        str(tmp_path / f"s{i}"),
+                    ],  # fmt: skip
                     env={**os.environ, "TCP_NODELAY": "1"},
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
@@ -338,7 +347,7 @@ def test_peer_allowlist_limits_and_dataset_size(tmp_path, tiny_model):
         tmp_path,
         tiny_model,
         [],
-        node_extra='max_associations = 1\nmax_dataset_mb = 0.004\nmax_pdu = 16384\n'
+        node_extra="max_associations = 1\nmax_dataset_mb = 0.004\nmax_pdu = 16384\n"
         'allowed_peers = { SCANNER = ["10.9.9.9"], LOCALCT = ["127.0.0.0/8"] }',
     ).start()
     try:
@@ -410,8 +419,18 @@ def test_dicom_tls_with_client_certificates(tmp_path, tiny_model, pki):
             assert not _echo(node.port, ssl_context=untrusting)
         # dcmtk as the TLS peer too.
         result = subprocess.run(
-            [require("echoscu"), "+tls", str(pki / "client.key"), str(pki / "client.pem"), "+cf", str(pki / "ca.pem"),
-             "-aec", "DENOISE", LOOPBACK, str(node.port)],  # fmt: skip
+            [
+                require("echoscu"),
+                "+tls",
+                str(pki / "client.key"),
+                str(pki / "client.pem"),
+                "+cf",
+                str(pki / "ca.pem"),
+                "-aec",
+                "DENOISE",
+                LOOPBACK,
+                str(node.port),
+            ],  # fmt: skip
             capture_output=True,
             text=True,
             timeout=60,
@@ -474,4 +493,3 @@ def test_retention_purges_sent_series_and_keeps_failed_until_purged(tmp_path, ti
     finally:
         node.stop()
         pacs.stop()
-

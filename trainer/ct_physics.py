@@ -28,9 +28,7 @@ from scipy import ndimage
 log = logging.getLogger(__name__)
 
 MU_WATER_PER_MM = 0.0192  # linear attenuation of water at an effective ~70 keV
-DEFAULT_I0_HD = (
-    8.0e5  # photons per ray, unattenuated: ~20 HU (abdomen, liver) / ~10 HU (chest, heart) at 512², 0.7 mm
-)
+DEFAULT_I0_HD = 8.0e5  # photons per ray, unattenuated: ~20 HU (abdomen, liver) / ~10 HU (chest, heart) at 512², 0.7 mm
 DEFAULT_I0_LD = DEFAULT_I0_HD / 4.0  # quarter dose
 DEFAULT_APERTURE = (0.25, 0.5, 0.25)  # signal blur across bins: focal spot and detector aperture
 DEFAULT_ELECTRONIC_NOISE = 8.0  # std of additive detector noise, in counts
@@ -118,9 +116,7 @@ def forward_project(image: np.ndarray, views: int | None = None, *, device: Devi
         return sino.cpu().numpy()
 
 
-def simulate_counts(
-    sino: np.ndarray, i0: float, electronic_noise: float, rng: np.random.Generator
-) -> np.ndarray:
+def simulate_counts(sino: np.ndarray, i0: float, electronic_noise: float, rng: np.random.Generator) -> np.ndarray:
     """Detected counts: Poisson(I0·exp(−p)) plus Gaussian electronic noise, clipped at COUNT_FLOOR."""
     expected = i0 * np.exp(-np.asarray(sino, dtype=np.float64))
     counts = rng.poisson(expected).astype(np.float64)

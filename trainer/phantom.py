@@ -258,9 +258,7 @@ def render_slice_with_labels(
         if section is None:
             continue
         inside = None if st.inside is None else LABEL_IDS[st.inside]
-        _paint(
-            hu, labels, coords, pixel_spacing, section, st.hu, LABEL_IDS[st.label], inside, tex, st.texture
-        )
+        _paint(hu, labels, coords, pixel_spacing, section, st.hu, LABEL_IDS[st.label], inside, tex, st.texture)
     on_slice: list[LesionOnSlice] = []
     if with_lesions:
         for les in anatomy.lesions:
@@ -392,9 +390,7 @@ def _spine(rng: np.random.Generator, t: _Trunk, z0: float) -> list[Structure]:
             texture=3.0,
         ),
         Structure("neural arch", "bone", rng.uniform(600, 800), (cx, canal_y + 1.0), (13.0, 12.0)),
-        Structure(
-            "spinous process", "bone", rng.uniform(600, 800), (cx, canal_y + 20.0), (4.5, 12.0), bands=bone
-        ),
+        Structure("spinous process", "bone", rng.uniform(600, 800), (cx, canal_y + 20.0), (4.5, 12.0), bands=bone),
         Structure("spinal canal", "canal", rng.uniform(5, 20), (cx, canal_y), (8.0, 7.0)),
         Structure("vertebral body", "bone", rng.uniform(950, 1100), (cx, sy), (vr * 1.12, vr), bands=bone),
         Structure(
@@ -543,9 +539,7 @@ def _abdomen(rng: np.random.Generator, z0: float) -> tuple[list[Structure], _Tru
     ia, ib = t.a - t.fat - t.muscle, t.b - t.fat - t.muscle
     out = [
         *layers,
-        Structure(
-            "peritoneal cavity", "cavity", rng.uniform(-95, -70), (cx, cy), (ia, ib), texture=5.0, **wob
-        ),
+        Structure("peritoneal cavity", "cavity", rng.uniform(-95, -70), (cx, cy), (ia, ib), texture=5.0, **wob),
     ]
     # bowel loops (soft tissue) with gas pockets, short along z
     n_loops = int(rng.integers(8, 14))
@@ -629,9 +623,7 @@ def _abdomen(rng: np.random.Generator, z0: float) -> tuple[list[Structure], _Tru
         zc, zh = z0 + rng.uniform(-30, 15), rng.uniform(50, 60)
         ka, kb, kt = rng.uniform(22, 28), rng.uniform(32, 40), side * rng.uniform(0.3, 0.6)
         out.append(
-            Structure(
-                "kidney", "kidney", kidney_hu, (kx, ky), (ka, kb), kt, z_center=zc, z_half=zh, texture=3.0
-            )
+            Structure("kidney", "kidney", kidney_hu, (kx, ky), (ka, kb), kt, z_center=zc, z_half=zh, texture=3.0)
         )
         out.append(
             Structure(
@@ -709,9 +701,7 @@ def _lesion_specs(rng: np.random.Generator, body_part: str, organ_hu: dict[str, 
     return specs
 
 
-def _place_lesions(
-    rng: np.random.Generator, anatomy: PatientAnatomy, specs: list[_LesionSpec]
-) -> tuple[Lesion, ...]:
+def _place_lesions(rng: np.random.Generator, anatomy: PatientAnatomy, specs: list[_LesionSpec]) -> tuple[Lesion, ...]:
     """Put each lesion well inside its organ at a random z of the extent (why: truth must be unambiguous)."""
     organ_hu = {s.label: s.hu for s in reversed(anatomy.structures)}
     coords = _grid(_PLACEMENT_SIZE, _PLACEMENT_SPACING_MM)
@@ -727,9 +717,7 @@ def _place_lesions(
             for other in placed:
                 dz = abs(z - other.center_mm[2])
                 if dz < other.radius_mm + radius + 2.0:
-                    d2 = (coords[None, :] - other.center_mm[0]) ** 2 + (
-                        coords[:, None] - other.center_mm[1]
-                    ) ** 2
+                    d2 = (coords[None, :] - other.center_mm[0]) ** 2 + (coords[:, None] - other.center_mm[1]) ** 2
                     ok &= d2 > (other.radius_mm + radius + 2.0) ** 2
             depth = ndimage.distance_transform_edt(ok) * _PLACEMENT_SPACING_MM
             rows, cols = np.nonzero(depth >= radius + 3.0)

@@ -228,9 +228,7 @@ def _patient_seeds(seed: int, index: int) -> list[np.random.SeedSequence]:
 def patient_anatomy(seed: int, index: int, body_part: str, z_positions_mm: Sequence[float]) -> PatientAnatomy:
     """The anatomy synthesize_archive used for patient `index` (0-based), e.g. for organ masks in scoring."""
     anatomy_seq = _patient_seeds(seed, index)[0]
-    return make_patient(
-        np.random.default_rng(anatomy_seq), body_part, (min(z_positions_mm), max(z_positions_mm))
-    )
+    return make_patient(np.random.default_rng(anatomy_seq), body_part, (min(z_positions_mm), max(z_positions_mm)))
 
 
 def synthesize_archive(
@@ -312,9 +310,7 @@ def synthesize_archive(
                 )
                 ds.save_as(patient_dir / kind / f"{i + 1:04d}.dcm", enforce_file_format=True)
                 sop_uids[kind].append(ds.SOPInstanceUID)
-            slice_truth.append(
-                {"slice_index": i + 1, "z_mm": z, "lesions": [_lesion_json(les) for les in lesions]}
-            )
+            slice_truth.append({"slice_index": i + 1, "z_mm": z, "lesions": [_lesion_json(les) for les in lesions]})
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -346,9 +342,7 @@ def synthesize_archive(
                 slice_positions_mm=list(z_positions),
             )
         )
-        log.info(
-            "synthetic patient %s (%s): %d slices, %d lesions", pid, body_part, slices, len(anatomy.lesions)
-        )
+        log.info("synthetic patient %s (%s): %d slices, %d lesions", pid, body_part, slices, len(anatomy.lesions))
     manifest = {
         "generator": "trainer.synth",
         "seed": seed,

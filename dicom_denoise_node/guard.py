@@ -1,0 +1,160 @@
+"""④a The consistency guard: does the denoised slice keep what the input had, and add nothing?
+
+A GAN denoiser can paint out a small lesion or invent a structure. Removing noise only takes away something
+zero-mean, unstructured and independent of anatomy, so each slice's residual ``r = input − output`` is tested
+for exactly that. Three statistics per slice, each with a threshold in ``[guard]``:
+
+1. **Low-pass content** — ``mean_shift_hu``: the largest |mean(output) − mean(input)| over ``block_px`` blocks
+   inside the body. Noise averages out in a block, anatomy does not: a shifted organ, a bias or a large removed
+   structure moves a block mean.
+2. **Structured residual** — ``blobs``: the residual is low-passed (Gaussian, ``blob_sigma_px``, a matched filter
+   for lesions a few pixels across) and scaled by its robust spread (1.4826 × MAD over the body). Connected
+   regions where the low-passed residual exceeds both ``blob_z`` robust standard deviations and ``blob_min_hu``
+   HU, over at least ``blob_min_area_px`` pixels, are structures the model removed (positive) or added
+   (negative). Pixels on an edge that both input and output show (gradient above ``edge_hu_per_px``) are left
+   out: blurring a kept edge slightly is not a lost structure, while an edge the output lost is kept in.
+   ``edge_correlation`` (Pearson, |low-passed residual| vs the input's gradient magnitude over the body) is
+   reported too: near 0 for noise removal, high when the model erodes anatomy.
+3. **Physical range** — output HU below ``hu_floor`` or above the input's maximum + ``hu_margin``.
+
+Limits, stated: the blob test finds a removed or added structure of about ``blob_min_hu`` HU and a few pixels
+radius when the residual noise is low-passed below ``blob_min_hu / blob_z``; fainter changes are missed, and a
+change along an edge kept by both images is not tested. The statistics are computed per slice; they do not see
+z-consistency. The noise figures (``noise_before``/``noise_after``) use automatically found flat regions: the
+``flat_blocks`` 16-px blocks of soft tissue whose smoothed input varies least.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from dicom_denoise_node.config import GuardSettings
+
+log = logging.getLogger(__name__)
+
+BODY_HU = -950.0  # inside the patient, lungs included
+FLAT_BLOCK = 16
+
+
+@dataclass(frozen=True)
+class SliceVerdict:
+    """The guard's figures for one slice and why it was flagged (empty reasons: passed)."""
+
+    mean_shift_hu: float
+    blobs: int
+    largest_blob_hu: float
+    edge_correlation: float
+    hu_out_of_range: int
+    noise_before: float
+    noise_after: float
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.reasons)
+
+    def summary(self) -> str:
+        return "; ".join(self.reasons) if self.reasons else "passed"
+
+
+def flat_regions(hu: np.ndarray, count: int = 20) -> list[tuple[slice, slice]]:
+    """The ``count`` 16-px soft-tissue blocks (−100…200 HU) whose smoothed input varies least."""
+    smooth = ndimage.gaussian_filter(hu.astype(np.float32), 3.0)
+    h, w = hu.shape
+    candidates = []
+    for y in range(0, h - FLAT_BLOCK + 1, FLAT_BLOCK):
+        for x in range(0, w - FLAT_BLOCK + 1, FLAT_BLOCK):
+            block = smooth[y : y + FLAT_BLOCK, x : x + FLAT_BLOCK]
+            mean = float(block.mean())
+            if -100.0 <= mean <= 200.0:
+                candidates.append((float(block.max() - block.min()), y, x))
+    candidates.sort()
+    return [(slice(y, y + FLAT_BLOCK), slice(x, x + FLAT_BLOCK)) for _, y, x in candidates[:count]]
+
+
+def noise_in(hu: np.ndarray, regions: list[tuple[slice, slice]]) -> float:
+    """Median over regions of the standard deviation (NaN without regions)."""
+    if not regions:
+        return float("nan")
+    return float(np.median([hu[r].std() for r in regions]))
+
+
+def _gradient(image: np.ndarray) -> np.ndarray:
+    smooth = ndimage.gaussian_filter(image, 1.5)
+    return np.hypot(ndimage.sobel(smooth, 0), ndimage.sobel(smooth, 1)) / 8.0  # HU per pixel
+
+
+def check_slice(hu_in: np.ndarray, hu_out: np.ndarray, settings: GuardSettings) -> SliceVerdict:
+    """Compare one input slice with its denoised output; see the module docstring for each statistic."""
+    x = hu_in.astype(np.float32)
+    y = hu_out.astype(np.float32)
+    residual = x - y
+    body = x > BODY_HU
+    reasons: list[str] = []
+
+    # 1. low-pass content
+    b = settings.block_px
+    shift = 0.0
+    for r0 in range(0, x.shape[0] - b + 1, b):
+        for c0 in range(0, x.shape[1] - b + 1, b):
+            inside = body[r0 : r0 + b, c0 : c0 + b]
+            if inside.mean() < 0.5:
+                continue
+            d = residual[r0 : r0 + b, c0 : c0 + b][inside]
+            shift = max(shift, abs(float(d.mean())))
+    if shift > settings.max_mean_shift_hu:
+        reasons.append(f"mean HU moved {shift:.1f} HU in a {b}-px block (limit {settings.max_mean_shift_hu:g})")
+
+    # 2. structured residual
+    low = ndimage.gaussian_filter(residual, settings.blob_sigma_px)
+    grad_in, grad_out = _gradient(x), _gradient(y)
+    kept_edge = ndimage.binary_dilation(
+        (grad_in > settings.edge_hu_per_px) & (grad_out > settings.edge_hu_per_px), iterations=2
+    )
+    region = body & ~kept_edge
+    blobs, largest, corr = 0, 0.0, 0.0
+    if region.sum() > 100:
+        values = low[region]
+        spread = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+        threshold = max(settings.blob_z * spread, settings.blob_min_hu)
+        hot = region & (np.abs(low) > threshold)
+        labels, n = ndimage.label(hot)
+        if n:
+            sizes = ndimage.sum_labels(hot, labels, index=np.arange(1, n + 1))
+            peaks = ndimage.maximum(np.abs(low), labels, index=np.arange(1, n + 1))
+            big = sizes >= settings.blob_min_area_px
+            blobs = int(big.sum())
+            largest = float(np.max(peaks[big])) if blobs else 0.0
+        mag = np.abs(low[body])
+        g = grad_in[body]
+        if mag.std() > 0 and g.std() > 0:
+            corr = float(np.corrcoef(mag, g)[0, 1])
+    if blobs:
+        reasons.append(
+            f"{blobs} structure(s) in the residual (largest {largest:.0f} HU; limit {settings.blob_min_hu:g} HU "
+            f"over {settings.blob_min_area_px} px)"
+        )
+    if corr > settings.max_edge_correlation:
+        reasons.append(f"residual follows anatomy edges (correlation {corr:.2f} > {settings.max_edge_correlation:g})")
+
+    # 3. physical range
+    ceiling = max(float(x.max()), 3071.0) + settings.hu_margin
+    outside = int(np.count_nonzero((y < settings.hu_floor) | (y > ceiling)))
+    if outside:
+        reasons.append(f"{outside} pixel(s) outside {settings.hu_floor:g}…{ceiling:g} HU")
+
+    regions = flat_regions(x)
+    return SliceVerdict(
+        mean_shift_hu=shift,
+        blobs=blobs,
+        largest_blob_hu=largest,
+        edge_correlation=corr,
+        hu_out_of_range=outside,
+        noise_before=noise_in(x, regions),
+        noise_after=noise_in(y, regions),
+        reasons=reasons,
+    )

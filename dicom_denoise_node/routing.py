@@ -1,0 +1,126 @@
+"""②a Routing: which received series the node denoises, by the ``[[rules]]`` of the config (first match wins).
+
+Rules look at headers only (pixels are never read here) and run in the completion job, never on the C-STORE
+path. A series is routed by the first of its instances that meets every condition of a rule; a series that no
+instance routes is SKIPPED with the reason of each rule. `denoise-node rules test` shows the same decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import CTImageStorage, EnhancedCTImageStorage
+
+from dicom_denoise_node.config import Rule
+
+log = logging.getLogger(__name__)
+
+# Everything a rule looks at: read with specific_tags, so a header read costs no pixel I/O.
+HEADER_TAGS = [
+    "SOPClassUID",
+    "Modality",
+    "ImageType",
+    "SeriesDescription",
+    "ProtocolName",
+    "Exposure",
+    "CTDIvol",
+    "SeriesInstanceUID",
+]
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """The decision for one instance or series: the rule that routes it, or why each rule did not."""
+
+    rule: Rule | None
+    reasons: dict[str, list[str]] = field(default_factory=dict)
+
+    def explain(self) -> str:
+        if self.rule is not None:
+            return f"rule {self.rule.name!r} matches"
+        return "; ".join(f"rule {name!r}: {', '.join(why)}" for name, why in self.reasons.items()) or "no rules"
+
+
+def _number(ds: Dataset, keyword: str) -> float | None:
+    value = ds.get(keyword)
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def rule_failures(rule: Rule, ds: Dataset, calling_aet: str = "") -> list[str]:
+    """Every condition of ``rule`` that the header does not meet (empty: the rule matches)."""
+    why: list[str] = []
+    sop_class = str(ds.get("SOPClassUID", ""))
+    # Enhanced CT is routed too: the worker then fails it with "multi-frame not denoised yet" (an admin must see
+    # that, rather than a routing skip).
+    if sop_class not in (CTImageStorage, EnhancedCTImageStorage):
+        why.append(f"SOP class {sop_class or 'missing'} is not CT Image Storage")
+    modality = str(ds.get("Modality", "") or "")
+    if modality != "CT":
+        why.append(f"Modality {modality or 'missing'} is not CT")
+    image_type = [str(v).strip().upper() for v in (ds.get("ImageType") or [])]
+    if image_type[: len(rule.image_type)] != rule.image_type:
+        have, want = "\\".join(image_type) or "missing", "\\".join(rule.image_type)
+        why.append(f"ImageType {have} does not start with {want}")
+    for keyword, pattern in (("SeriesDescription", rule.series_description), ("ProtocolName", rule.protocol_name)):
+        if pattern and not re.search(pattern, str(ds.get(keyword, "") or ""), re.IGNORECASE):
+            why.append(f"{keyword} {str(ds.get(keyword, '') or '')!r} does not match /{pattern}/")
+    if rule.calling_aets and calling_aet.strip() not in rule.calling_aets:
+        why.append(f"calling AE {calling_aet or 'unknown'} not in {', '.join(rule.calling_aets)}")
+    for keyword, limit, unit in (("Exposure", rule.max_exposure_mas, "mAs"), ("CTDIvol", rule.max_ctdivol, "mGy")):
+        if limit is None:
+            continue
+        value = _number(ds, keyword)
+        if value is None:
+            why.append(f"no {keyword} to compare with {limit:g} {unit}")
+        elif value > limit:
+            why.append(f"{keyword} {value:g} {unit} above {limit:g}")
+    return why
+
+
+def match_dataset(rules: Sequence[Rule], ds: Dataset, calling_aet: str = "") -> RuleMatch:
+    """The first rule whose every condition the header meets."""
+    reasons: dict[str, list[str]] = {}
+    for rule in rules:
+        why = rule_failures(rule, ds, calling_aet)
+        if not why:
+            return RuleMatch(rule, reasons)
+        reasons[rule.name] = why
+    return RuleMatch(None, reasons)
+
+
+def read_header(path: Path) -> Dataset:
+    """Only the attributes rules use; raises InvalidDicomError / OSError for what is not a DICOM file."""
+    return dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+
+
+def match_file(rules: Sequence[Rule], path: Path, calling_aet: str = "") -> RuleMatch:
+    try:
+        ds = read_header(path)
+    except (InvalidDicomError, OSError, ValueError) as exc:
+        return RuleMatch(None, {"(file)": [f"cannot read {path.name}: {exc}"]})
+    return match_dataset(rules, ds, calling_aet)
+
+
+def classify_series(rules: Sequence[Rule], instances: Iterable[tuple[Path, str]]) -> RuleMatch:
+    """Route a series by the first instance a rule matches; otherwise the reasons of its first instance.
+
+    ``instances`` are (path, calling AE) in arrival order. Reading stops at the first match, so a normal series
+    costs one header read; a series no rule matches costs one read per instance.
+    """
+    first: RuleMatch | None = None
+    for path, calling_aet in instances:
+        result = match_file(rules, path, calling_aet)
+        if result.rule is not None:
+            return result
+        first = first or result
+    return first or RuleMatch(None, {"(series)": ["no instances"]})

@@ -1,0 +1,85 @@
+"""Catalog schema versions: migrations equal the models, and a catalog of the previous schema is upgraded in place
+with its data kept."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from dicom_denoise_node.catalog import Base, Catalog, SeriesState
+from dicom_denoise_node.migrations import BASELINE, current_revision, head_revision, upgrade_catalog
+
+
+def _schema_1_catalog(path) -> None:
+    """A catalog as the node wrote it before migrations existed: schema 1 tables, no alembic_version, data."""
+    engine = create_engine(f"sqlite:///{path}")
+    upgrade_catalog(engine, BASELINE)
+    engine.dispose()
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE alembic_version")
+    now = "2026-01-01 10:00:00.000000"
+    con.execute("INSERT INTO patients (id, patient_id, created_at) VALUES (1, 'P1', ?)", (now,))
+    con.execute("INSERT INTO studies (id, study_uid, patient_fk, created_at) VALUES (1, '1.2.3', 1, ?)", (now,))
+    con.execute(
+        "INSERT INTO series (id, series_uid, study_fk, modality, description, state, generation, attempts, "
+        "last_received_at, origin, slices_done, slices_total, created_at, updated_at) "
+        "VALUES (1, '1.2.3.4', 1, 'CT', 'LD chest', 'SENT', 3, 0, ?, 'received', 0, 0, ?, ?)",
+        (now, now, now),
+    )
+    con.execute(
+        "INSERT INTO instances (sop_uid, series_fk, sop_class_uid, transfer_syntax, path, size, calling_aet, "
+        "received_at) VALUES ('1.2.3.4.5', 1, '1.2.840.10008.5.1.4.1.1.2', '1.2.840.10008.1.2.1', '/x', 10, "
+        "'CT1', ?)",
+        (now,),
+    )
+    con.commit()
+    con.close()
+
+
+def test_migrations_build_exactly_the_models(tmp_path):
+    catalog = Catalog(f"sqlite:///{tmp_path / 'fresh.sqlite'}")
+    try:
+        assert current_revision(catalog.engine) == head_revision()
+        with catalog.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == [], diff
+    finally:
+        catalog.close()
+
+
+def test_previous_schema_is_upgraded_in_place_with_its_data(tmp_path):
+    path = tmp_path / "old.sqlite"
+    _schema_1_catalog(path)
+    before = {c["name"] for c in inspect(create_engine(f"sqlite:///{path}")).get_columns("series")}
+    assert "rule" not in before
+
+    catalog = Catalog(f"sqlite:///{path}")  # what the node does at start
+    try:
+        assert current_revision(catalog.engine) == head_revision() != BASELINE
+        assert catalog.series_state("1.2.3.4") is SeriesState.SENT
+        row = catalog.series_overview()[0]
+        assert row["description"] == "LD chest" and row["instances"] == 1 and row["rule"] is None
+        # New parts of the schema work on the upgraded file.
+        catalog.record_association("CT1", "DENOISE", "127.0.0.1", 5000, False, "test")
+        assert catalog.associations()[0]["reason"] == "test"
+        assert catalog.state_counts()["SENT"] == 1
+    finally:
+        catalog.close()
+    # Opening again is a no-op (already at head).
+    Catalog(f"sqlite:///{path}").close()
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [(head_revision(),)]
+    con.close()
+
+
+def test_stamped_baseline_upgrades_too(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'b.sqlite'}")
+    upgrade_catalog(engine, BASELINE)
+    assert current_revision(engine) == BASELINE
+    upgrade_catalog(engine)
+    assert current_revision(engine) == head_revision()
+    assert "associations" in inspect(engine).get_table_names()
+    engine.dispose()
