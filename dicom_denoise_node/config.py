@@ -147,7 +147,7 @@ class GuardSettings(_Section):
     policy: Literal["mark", "hold"] = "mark"
     max_mean_shift_hu: float = Field(15.0, gt=0)
     block_px: int = Field(32, ge=8)
-    blob_sigma_px: float = Field(2.0, gt=0)
+    blob_sigmas_px: list[float] = Field(default_factory=lambda: [2.0, 4.0], min_length=1)
     blob_z: float = Field(5.0, gt=0)
     blob_min_hu: float = Field(15.0, gt=0)
     blob_min_area_px: int = Field(8, ge=1)

@@ -260,7 +260,8 @@ class Node:
         if result.flagged and self.settings.guard.policy == "hold":
             hold = (
                 f"held for review: the consistency guard flagged {len(result.flagged)} of {len(result.verdicts)} "
-                f"slices (first: {result.verdicts[result.flagged[0]].summary()}); `denoise-node retry` sends it as it is"
+                f"slices (first: {result.verdicts[result.flagged[0]].summary()}); "
+                "`denoise-node retry` sends it as it is"
             )
         if self.catalog.finish_processing(
             claim,

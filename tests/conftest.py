@@ -25,3 +25,15 @@ def export_tiny_model(directory: Path, version: str = "0.0.1-test", seed: int = 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return export_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def abdomen_patient(tmp_path_factory) -> tuple[Path, dict]:
+    """One synthetic abdomen patient, two 512² slices (LD, HD, noise-free REF) and its lesion truth."""
+    import json
+
+    from trainer.synth import synthesize_archive
+
+    out = tmp_path_factory.mktemp("abdomen")
+    (patient,) = synthesize_archive(out, patients=1, slices=2, size=512, seed=3, body_parts=("abdomen",), views=360)
+    return patient.directory, json.loads((patient.directory / "truth.json").read_text())

@@ -79,9 +79,10 @@ def test_exported_model_round_trips_through_the_node(flow, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    out = sorted((tmp_path / "out").rglob("*.dcm"))
-    assert len(out) == 2
-    ds = dcmread(out[0])
+    written = [dcmread(p) for p in sorted((tmp_path / "out").rglob("*.dcm"))]
+    out = [ds for ds in written if ds.Modality == "CT"]
+    assert len(out) == 2 and [ds.Modality for ds in written].count("SR") == 1  # images and their quality report
+    ds = out[0]
     assert ds.ContributingEquipmentSequence[-1].ManufacturerModelName == "cyclegan-ld2hd-synthetic"
 
 
@@ -108,3 +109,11 @@ def test_catalog_list_and_model_list(flow):
         timeout=120,
     )
     assert models.returncode == 0 and "cyclegan-ld2hd-synthetic" in models.stdout
+
+
+def test_evaluate_scores_lesions_and_tissues_on_the_synthetic_archive(flow):
+    safety = json.loads((flow / "eval" / "safety.json").read_text())
+    methods = {r["method"] for r in safety["tissue_table"]}
+    assert {"LD", "model", "REF"} <= methods
+    assert all(r["bias_hu"] == 0 for r in safety["tissue_table"] if r["method"] == "REF")
+    assert "| method | tissue |" in (flow / "eval" / "safety.md").read_text()

@@ -285,6 +285,8 @@ def evaluate(
     from trainer.data import load_slices
     from trainer.evaluate import EvalSlice, classical_baselines, markdown_table, render_table
     from trainer.evaluate import evaluate as run_eval
+    from trainer.lesions import SafetyScores
+    from trainer.lesions import markdown_tables as lesion_markdown
     from trainer.montage import save_montage
     from trainer.split import paired_slices
 
@@ -324,12 +326,29 @@ def evaluate(
     methods = {"model": lambda xs: list(denoiser.denoise_hu(iter(xs)))}
     if baselines:
         methods.update(classical_baselines(to_eval(val_pairs[:8]) if val_pairs else slices[:4]))
-    report = run_eval(slices, methods, hu_window=(info.hu_min, info.hu_max), reference=reference)
+    truths = _lesion_truths(pairs)
+    safety = SafetyScores()
+
+    def score_safety(method: str, i: int, image: np.ndarray) -> None:
+        if truths[i] is not None:
+            safety.add(method, image, slices[i].ref, truths[i])
+
+    report = run_eval(
+        slices, methods, hu_window=(info.hu_min, info.hu_max), reference=reference, per_output=score_safety
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     report.settings["model"] = {"name": info.name, "version": info.version, "sha256": info.sha256}
     report.to_json(out_dir / "evaluation.json")
     report.to_csv(out_dir / "evaluation.csv")
     (out_dir / "evaluation.md").write_text(markdown_table(report))
+    if any(t is not None for t in truths):
+        for i, s in enumerate(slices):  # the noise-free image against the truth: the scoring's own check
+            if s.ref is not None:
+                score_safety("REF", i, s.ref)
+        safety_data = safety.to_json()
+        (out_dir / "safety.json").write_text(json.dumps(safety_data, indent=1, default=float))
+        (out_dir / "safety.md").write_text(lesion_markdown(safety_data))
+        out.print(safety_table(safety_data))
     first = slices[len(slices) // 2]
     columns = {"LD": first.ld, "model": methods["model"]([first.ld])[0], "HD": first.hd}
     if first.ref is not None:
@@ -337,7 +356,35 @@ def evaluate(
     h, w = first.ld.shape
     save_montage(out_dir / "montage.png", columns, inset=(h // 2 - h // 16, w // 2 - w // 16, h // 8))
     out.print(render_table(report))
-    out.print(f"written: {out_dir}/evaluation.json, evaluation.csv, evaluation.md, montage.png")
+    out.print(f"written: {out_dir}/evaluation.json, evaluation.csv, evaluation.md, montage.png (+ safety.json/md)")
+
+
+def _lesion_truths(pairs: list) -> list:  # type: ignore[type-arg]
+    """Each test slice's lesions from its synthetic patient's truth.json (None for real data without one)."""
+    from trainer.lesions import load_truth
+
+    cache: dict[Path, dict | None] = {}  # type: ignore[type-arg]
+    out = []
+    for p in pairs:
+        patient_dir = Path(p.ld).parent.parent
+        if patient_dir not in cache:
+            cache[patient_dir] = load_truth(patient_dir) if (patient_dir / "truth.json").exists() else None
+        truth = cache[patient_dir]
+        out.append(None if truth is None else truth.get(int(p.instance_number), []))
+    return out
+
+
+def safety_table(data: dict) -> Table:  # type: ignore[type-arg]
+    """Lesion preservation per method, size and contrast (the model card's table), as a rich table."""
+    table = Table(title="lesions: contrast kept (1 = as inserted), CNR gain over LD, lesions lost")
+    for col in ("method", "radius", "contrast", "n", "kept", "CNR gain", "lost"):
+        table.add_column(col)
+    for r in data["lesion_table"]:
+        table.add_row(
+            r["method"], r["size"], r["contrast"], str(r["lesions"]), f"{r['contrast_kept']:.2f}",
+            f"{r['cnr_gain']:.2f}", str(r["lost"]),
+        )  # fmt: skip
+    return table
 
 
 @model_app.command("export")

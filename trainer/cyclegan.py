@@ -118,10 +118,22 @@ def generator_losses(
     lambda_cycle: float,
     lambda_fidelity: float,
     ssim_window: int,
+    cycle_beta: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """The generator objective of the method: adversarial + λ·cycle + fidelity, for both directions."""
+    """The generator objective of the method: adversarial + λ·cycle + fidelity, for both directions.
+
+    ``cycle_beta`` > 0 makes the cycle term smooth L1 (Huber) with that width instead of the method's L1: L1 has a
+    kink at zero error, so a residual generator that starts as the identity is held there by a full-size cycle
+    gradient against the small adversarial one; below ``cycle_beta`` (about the quantum noise amplitude) the
+    penalty is quadratic and lets noise go, above it it is L1 and still forbids changing anatomy.
+    """
     adv = lsgan(discriminators.hd(images["fake_hd"]), True) + lsgan(discriminators.ld(images["fake_ld"]), True)
-    cycle = F.l1_loss(images["rec_ld"].float(), ld.float()) + F.l1_loss(images["rec_hd"].float(), hd.float())
+    if cycle_beta > 0:
+        cycle = F.smooth_l1_loss(images["rec_ld"].float(), ld.float(), beta=cycle_beta) + F.smooth_l1_loss(
+            images["rec_hd"].float(), hd.float(), beta=cycle_beta
+        )
+    else:
+        cycle = F.l1_loss(images["rec_ld"].float(), ld.float()) + F.l1_loss(images["rec_hd"].float(), hd.float())
     fid = fidelity(images["idt_hd"], hd, ssim_window) + fidelity(images["idt_ld"], ld, ssim_window)
     total = adv + lambda_cycle * cycle + lambda_fidelity * fid
     return {"g_total": total, "g_adv": adv, "g_cycle": cycle, "g_fidelity": fid}

@@ -547,10 +547,12 @@ def evaluate(
     flat_size: int = FLAT_SIZE,
     flat_max_regions: int = FLAT_MAX_REGIONS,
     flat_tol_hu: float = FLAT_TOL_HU,
+    per_output: Callable[[str, int, np.ndarray], None] | None = None,
 ) -> EvalReport:
     """Score "LD" (identity, always), each method, and optionally "HD" (sanity row) against the reference.
 
     Seconds per slice are the wall time of each batched call divided by the batch length (0 for LD and HD).
+    ``per_output(method, slice index, output HU)`` sees every output, for scores beyond these (trainer/lesions.py).
     """
     if not slices:
         raise ValueError("evaluate needs at least one slice")
@@ -589,6 +591,8 @@ def evaluate(
             outputs.extend(outs)
             seconds.extend([elapsed / len(batch)] * len(batch))
         for i, (s, out) in enumerate(zip(slices, outputs, strict=True)):
+            if per_output is not None:
+                per_output(name, i, out)
             row: dict[str, Any] = {
                 "patient_id": s.patient_id,
                 "body_part": s.body_part,

@@ -235,7 +235,7 @@ def train(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 images = g_model(ld, hd)
                 g_losses = generator_losses(
-                    images, ld, hd, discs, cfg.lambda_cycle, cfg.lambda_fidelity, cfg.ssim_window
+                    images, ld, hd, discs, cfg.lambda_cycle, cfg.lambda_fidelity, cfg.ssim_window, cfg.cycle_beta
                 )
             opt_g.zero_grad(set_to_none=True)
             scaler.scale(g_losses["g_total"]).backward()
