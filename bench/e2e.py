@@ -1,5 +1,6 @@
 """End-to-end benchmark: one series through the real node to a dcmtk PACS, from the last C-STORE to the last
-derived instance stored by the PACS, split into quiet period, decode, inference, encode+write and send.
+derived instance stored by the PACS, split into quiet period, decode, inference, guard, encode+write (images and
+the quality report) and send.
 
 The split comes from the node's own log (process.py and pipeline.py time each stage); "other" is everything
 else: scheduler polling, catalog transactions, process start-up of nothing (the node is already up). The figure
@@ -24,7 +25,7 @@ from bench.common import machine
 from bench.node import random_model, running_node
 from demo import peers
 
-STAGES = re.compile(r"decode ([\d.]+) s, inference ([\d.]+) s, encode\+write ([\d.]+) s")
+STAGES = re.compile(r"decode ([\d.]+) s, inference ([\d.]+) s, guard ([\d.]+) s, encode\+write ([\d.]+) s")
 SENT = re.compile(r"instances sent to \S+ in ([\d.]+) s")
 
 
@@ -42,7 +43,7 @@ def run(slices: int, size: int, filters: int, quiet_period_s: float) -> dict[str
             last_store = time.perf_counter()
             if result.returncode != 0:
                 raise RuntimeError(f"storescu failed: {result.stderr[-500:]}")
-            pacs.wait_for_files(slices, timeout=3600)
+            pacs.wait_for_files(slices + 1, timeout=3600)  # the derived images and the quality report
             total = time.perf_counter() - last_store
             # The node logs the send after the PACS acknowledged the last instance.
             peers.wait_until(lambda: SENT.search(node.log_path.read_text()) is not None, timeout=30)
@@ -51,9 +52,9 @@ def run(slices: int, size: int, filters: int, quiet_period_s: float) -> dict[str
     sent = SENT.search(log)
     if stages is None or sent is None:
         raise RuntimeError("the node's log has no stage timings")
-    decode, inference, encode = (float(x) for x in stages.groups())
+    decode, inference, guard, encode = (float(x) for x in stages.groups())
     send = float(sent.group(1))
-    other = total - quiet_period_s - decode - inference - encode - send
+    other = total - quiet_period_s - decode - inference - guard - encode - send
     overhead = total - quiet_period_s - inference
     return {
         "slices": slices,
@@ -64,6 +65,7 @@ def run(slices: int, size: int, filters: int, quiet_period_s: float) -> dict[str
             "quiet_period": quiet_period_s,
             "decode": decode,
             "inference": inference,
+            "guard": guard,
             "encode_write": encode,
             "send": send,
             "other": other,

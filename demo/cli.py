@@ -166,6 +166,7 @@ def _show(result: DemoResult) -> None:
     out.print(results_table(result))
     gain = result.metrics["denoised"]["psnr_vs_hd"] - result.metrics["LD"]["psnr_vs_hd"]
     out.print(f"denoised vs LD: {gain:+.2f} dB PSNR against HD")
+    out.print(result.report)
     out.print(f"montage (LD | denoised | HD | noise-free, soft-tissue and lung windows): {result.montage}")
     out.print(f"all figures: {Path(result.montage).with_name('results.json')}")
 

@@ -35,7 +35,17 @@ from typing import Literal
 
 from demo import peers
 from demo.pacs import PACS_AET, DemoPACS, check_port, choose_pacs
-from demo.report import DemoResult, compare, load_volume, montage_inset, read_hu, slice_z, write_report
+from demo.report import (
+    DemoResult,
+    compare,
+    load_volume,
+    montage_inset,
+    read_hu,
+    slice_z,
+    summarise_report,
+    write_report,
+)
+from dicom_denoise_node.quality_report import report_series_uid
 from dicom_denoise_node.registry import read_metadata, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -347,6 +357,7 @@ def run_demo(
                     metrics=metrics,
                     montage=str(montage),
                     pacs_url=pacs.url,
+                    report=summarise_report(pacs.datasets(report_series_uid(ld_uid, progress.model_version))),
                 )
                 write_report(result, out / "results.json")
             if on_ready is not None:

@@ -27,6 +27,7 @@ class DemoResult:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     montage: str = ""
     pacs_url: str = ""
+    report: str = ""  # the quality report (SR) the PACS received: the guard's verdict in one line
 
 
 def slice_z(ds: Any) -> float:
@@ -119,3 +120,18 @@ def write_report(result: DemoResult, path: Path) -> None:
 def _nanmean(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return float(np.mean(finite)) if finite else math.nan
+
+
+def summarise_report(datasets: list[Any]) -> str:
+    """One line from the quality report (SR) the PACS received: flagged slices and noise before/after."""
+    if not datasets:
+        return "no quality report received"
+    values: dict[str, float] = {}
+    for item in datasets[0].ContentSequence:
+        if item.ValueType == "NUM":
+            values[item.ConceptNameCodeSequence[0].CodeValue] = float(item.MeasuredValueSequence[0].NumericValue)
+    flagged = int(values.get("FLAGGED", 0))
+    noise = ""
+    if "NOISEIN" in values and "NOISEOUT" in values:
+        noise = f"; noise in flat regions {values['NOISEIN']:.1f} → {values['NOISEOUT']:.1f} HU"
+    return f"quality report (SR) in the PACS: {flagged} slice(s) flagged by the consistency guard{noise}"

@@ -140,7 +140,9 @@ def test_demo_without_debian_peers_uses_pynetdicom_and_a_folder(demo_dir: Path, 
     report = json.loads((demo_dir / "results.json").read_text())
     assert report["pacs"].startswith("folder") and report["scu"] == "pynetdicom"
     assert report["slices"] == SLICES
-    assert len(list((demo_dir / "pacs" / "received").glob("*.dcm"))) == SLICES
+    assert len(list((demo_dir / "pacs" / "received").glob("*.dcm"))) == SLICES + 1  # the images and their report
+    assert report["report"].startswith("quality report (SR) in the PACS: ")
+    assert "quality report (SR) in the PACS" in result.stdout
     assert _survivors(demo_dir) == []
 
 

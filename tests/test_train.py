@@ -112,3 +112,21 @@ dist.destroy_process_group()
     assert out["steps"] == 4
     assert out["sums"][0] == out["sums"][1]  # gradients were all-reduced: ranks hold identical weights
     assert torch.isfinite(torch.tensor(out["sums"])).all()
+
+
+def test_cycle_term_is_l1_by_default_and_smooth_l1_with_a_width():
+    """`cycle_beta` (an option of the trainer) swaps the method's L1 cycle term for smooth L1 of that width."""
+    import torch
+
+    from dicom_denoise_node.generator import GeneratorConfig
+    from trainer.cyclegan import CycleGenerators, Discriminators, generator_losses
+
+    torch.manual_seed(0)
+    gens, discs = CycleGenerators(GeneratorConfig(filters=4, blocks=1)), Discriminators(4, 2, "none")
+    ld, hd = torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 1, 32, 32) * 2 - 1
+    images = gens(ld, hd)
+    l1 = generator_losses(images, ld, hd, discs, 10.0, 1.0, 3)["g_cycle"]
+    expected = torch.nn.functional.l1_loss(images["rec_ld"], ld) + torch.nn.functional.l1_loss(images["rec_hd"], hd)
+    assert torch.isclose(l1, expected)
+    smooth = generator_losses(images, ld, hd, discs, 10.0, 1.0, 3, cycle_beta=0.05)["g_cycle"]
+    assert 0 < smooth < l1  # smooth L1 is below L1 everywhere (by beta/2 where the error exceeds beta)

@@ -94,9 +94,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     #   (cyclegan.PatchDiscriminator);
     # - cycle L1 × 5 instead of × 10: quantum noise cannot be restored by HD→LD, so every HU of noise that G removes
     #   costs cycle loss. Probed with a trained discriminator (docs/training.md), × 10 makes the identity map as
-    #   good as a denoiser for G; × 5 leaves a clear minimum at mild smoothing;
-    # - the cycle term as smooth L1 of width 0.05 (≈ the quarter-dose noise amplitude in this window): with L1's kink
-    #   at zero error, a generator that starts as the identity stayed exactly there for 3 epochs (run 7).
+    #   good as a denoiser for G; × 5 leaves a clear minimum at mild smoothing. (`cycle_beta`, a smooth-L1 cycle
+    #   term, is available but made no difference in run 7, so the preset keeps the method's L1.)
     "cpu": dict(
         filters=32,
         blocks=6,
@@ -106,7 +105,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=10,
         patches_per_slice=16,
         lambda_cycle=5.0,
-        cycle_beta=0.05,
         sample_every=100,
         hu_min=-400.0,
         hu_max=400.0,
