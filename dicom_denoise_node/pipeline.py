@@ -253,8 +253,8 @@ class Node:
         records = [DerivedRecord(sop, src, str(path)) for sop, src, path in result.written]
         seconds = time.monotonic() - started
         self.metrics.series_processed.labels("derived").inc()
-        if result.verdicts:
-            self.metrics.inference_seconds_per_slice.observe(result.timings["inference"] / len(result.verdicts))
+        if result.images:
+            self.metrics.inference_seconds_per_slice.observe(result.timings["inference"] / result.images)
         self.metrics.slices_flagged.inc(len(result.flagged))
         hold = None
         if result.flagged and self.settings.guard.policy == "hold":

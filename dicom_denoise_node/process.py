@@ -51,6 +51,11 @@ class SeriesResult:
     report_path: Path | None = None
 
     @property
+    def images(self) -> int:
+        """Derived images written (the quality report, which has no source instance, is not one)."""
+        return sum(1 for _, source, _ in self.written if source)
+
+    @property
     def flagged(self) -> list[int]:
         """Indices (in written order) of the slices the guard flagged."""
         return [i for i, v in enumerate(self.verdicts) if v.flagged]
@@ -134,11 +139,14 @@ class SeriesDenoiser:
         for k, hu in enumerate(self.denoise_hu(hu_stream()), start=1):
             src = sources.pop(0)
             t0 = time.perf_counter()
-            verdict = check_slice(src.hu, hu, self.guard)
-            if not self.guard.enabled:
-                verdict = replace(verdict, reasons=[])
-            result.verdicts.append(verdict)
-            comment = f"Denoising guard flagged this slice: {verdict.summary()}" if verdict.flagged else None
+            verdict = None
+            if self.guard.enabled or self.report.enabled:  # the report needs the guard's noise figures
+                verdict = check_slice(src.hu, hu, self.guard)
+                if not self.guard.enabled:
+                    verdict = replace(verdict, reasons=[])
+                result.verdicts.append(verdict)
+            flagged = verdict is not None and verdict.flagged
+            comment = f"Denoising guard flagged this slice: {verdict.summary()}" if flagged else None
             if comment:
                 log.warning("series %s: slice %s flagged: %s", source_series_uid, src.ref.sop_uid, verdict.summary())
             t1 = time.perf_counter()
@@ -147,7 +155,7 @@ class SeriesDenoiser:
             path = out_path(result.derived_series_uid, str(derived.SOPInstanceUID))
             write_atomic(path, encode(derived))
             result.written.append((str(derived.SOPInstanceUID), src.ref.sop_uid, path))
-            if self.report.enabled:
+            if self.report.enabled and verdict is not None:
                 report_slices.append((header_only(src.dataset), header_only(derived), verdict))
             timings["encode"] += time.perf_counter() - t1
             if progress:
@@ -178,7 +186,7 @@ class SeriesDenoiser:
             "series %s: %d slices denoised into %s (%d skipped, %d flagged by the guard); decode %.2f s, "
             "inference %.2f s, guard %.2f s, encode+write %.2f s",
             source_series_uid,
-            len(result.verdicts),
+            result.images,
             result.derived_series_uid,
             len(skipped),
             len(result.flagged),

@@ -182,3 +182,20 @@ def test_node_holds_a_flagged_series_then_retry_sends_it_with_its_report(tmp_pat
     modalities = sorted(dcmread(p, stop_before_pixels=True).Modality for p in received)
     assert modalities == ["CT", "CT", "CT", "SR"]
     assert "flagged" in node.log()
+
+
+def test_worker_skips_the_guard_when_neither_guard_nor_report_wants_it(abdomen, tiny_model, tmp_path):
+    directory, _ = abdomen
+    _, info = load_model(tiny_model)
+    denoiser = SeriesDenoiser(
+        _PaintOut(),
+        info,
+        ModelSettings(tile_size=128, tile_overlap=16),
+        DeriveSettings(),
+        guard=GuardSettings(enabled=False),
+        report=ReportSettings(enabled=False),
+    )
+    sources = sorted((directory / "LD").glob("*.dcm"))
+    result = denoiser.denoise_series("1.2.3", sources, lambda s, o: tmp_path / s / f"{o}.dcm")
+    assert result.verdicts == [] and result.flagged == [] and result.report_path is None
+    assert result.images == len(result.written) == 2
