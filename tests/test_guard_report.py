@@ -87,16 +87,20 @@ class _PaintOut(nn.Module):
         return y
 
 
+def _paint_out_denoiser(model: Path, guard: GuardSettings, report: ReportSettings) -> SeriesDenoiser:
+    _, info = load_model(model)
+    return SeriesDenoiser(
+        _PaintOut(), info, ModelSettings(tile_size=128, tile_overlap=16), DeriveSettings(), guard=guard, report=report
+    )
+
+
 def test_worker_marks_flagged_slices_and_writes_a_valid_report(abdomen, tiny_model, tmp_path):
     directory, _ = abdomen
     _, info = load_model(tiny_model)
-    denoiser = SeriesDenoiser(
-        _PaintOut(),
-        info,
-        ModelSettings(tile_size=128, tile_overlap=16),
-        DeriveSettings(),
-        guard=GuardSettings(),
-        report=ReportSettings(notice="Denoised by software; not for primary diagnosis (test site)."),
+    denoiser = _paint_out_denoiser(
+        tiny_model,
+        GuardSettings(),
+        ReportSettings(notice="Denoised by software; not for primary diagnosis (test site)."),
     )
     sources = sorted((directory / "LD").glob("*.dcm"))
     source_uid = str(dcmread(sources[0]).SeriesInstanceUID)
@@ -186,15 +190,7 @@ def test_node_holds_a_flagged_series_then_retry_sends_it_with_its_report(tmp_pat
 
 def test_worker_skips_the_guard_when_neither_guard_nor_report_wants_it(abdomen, tiny_model, tmp_path):
     directory, _ = abdomen
-    _, info = load_model(tiny_model)
-    denoiser = SeriesDenoiser(
-        _PaintOut(),
-        info,
-        ModelSettings(tile_size=128, tile_overlap=16),
-        DeriveSettings(),
-        guard=GuardSettings(enabled=False),
-        report=ReportSettings(enabled=False),
-    )
+    denoiser = _paint_out_denoiser(tiny_model, GuardSettings(enabled=False), ReportSettings(enabled=False))
     sources = sorted((directory / "LD").glob("*.dcm"))
     result = denoiser.denoise_series("1.2.3", sources, lambda s, o: tmp_path / s / f"{o}.dcm")
     assert result.verdicts == [] and result.flagged == [] and result.report_path is None
