@@ -123,8 +123,8 @@ def check_slice(hu_in: np.ndarray, hu_out: np.ndarray, settings: GuardSettings) 
     region = body & ~kept_edge
     blobs, largest, corr = 0, 0.0, 0.0
     if region.sum() > 100:
-        for sigma in settings.blob_sigmas_px:
-            low = ndimage.gaussian_filter(residual, sigma)
+        lows = {sigma: ndimage.gaussian_filter(residual, sigma) for sigma in settings.blob_sigmas_px}
+        for low in lows.values():
             values = low[region]
             spread = 1.4826 * float(np.median(np.abs(values - np.median(values))))
             threshold = max(settings.blob_z * spread, settings.blob_min_hu)
@@ -138,8 +138,7 @@ def check_slice(hu_in: np.ndarray, hu_out: np.ndarray, settings: GuardSettings) 
             if big.any():
                 blobs = max(blobs, int(big.sum()))
                 largest = max(largest, float(np.max(peaks[big])))
-        low = ndimage.gaussian_filter(residual, settings.blob_sigmas_px[0])
-        mag = np.abs(low[body])
+        mag = np.abs(lows[settings.blob_sigmas_px[0]][body])
         g = grad_in[body]
         if mag.std() > 0 and g.std() > 0:
             corr = float(np.corrcoef(mag, g)[0, 1])

@@ -28,6 +28,7 @@ from dicom_denoise_node.audit import AssociationAudit
 from dicom_denoise_node.catalog import Catalog, InstanceMeta
 from dicom_denoise_node.config import NodeSettings
 from dicom_denoise_node.spool import InvalidUID, Spool, check_uid, write_atomic
+from dicom_denoise_node.tcp import NODELAY_HANDLER
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,7 @@ def start_scp(
         (evt.EVT_RELEASED, audit.on_released),
         (evt.EVT_ABORTED, audit.on_aborted),
         (evt.EVT_CONN_CLOSE, audit.on_closed),
+        NODELAY_HANDLER,
     ]
     tls = server_tls_context(settings.tls)
     server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers, ssl_context=tls)

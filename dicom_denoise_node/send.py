@@ -16,6 +16,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicom_denoise_node.config import Destination
+from dicom_denoise_node.tcp import NODELAY_HANDLER
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def send_files(files: list[Path], dest: Destination, calling_aet: str, timeout_s
     ae = _scu(calling_aet, timeout_s)
     for sop_class in sop_classes:
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER])
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
         raise SendError(f"association with {dest.key} failed ({reason})")
@@ -86,7 +87,7 @@ def echo(dest: Destination, calling_aet: str, timeout_s: float = 30.0) -> int:
     """C-ECHO a destination; returns the status code (raises SendError when no association)."""
     ae = _scu(calling_aet, timeout_s)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER])
     if not assoc.is_established:
         raise SendError(f"association with {dest.key} failed")
     try:

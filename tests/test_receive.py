@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from tests.peers import LOOPBACK, echoscu, free_port, require, storescu, write_c
 
 
 @pytest.fixture
-def scp(tmp_path):
+def scp_server(tmp_path):
+    """The node's SCP on a loopback port: (settings, spool, catalog, the pynetdicom server)."""
     settings = NodeSettings(
         ae_title="DENOISE",
         host=LOOPBACK,
@@ -35,9 +37,14 @@ def scp(tmp_path):
     spool = Spool(settings.data_dir)
     catalog = Catalog(f"sqlite:///{settings.data_dir / 'catalog.sqlite'}")
     server = start_scp(settings, spool, catalog)
-    yield settings, spool, catalog
+    yield settings, spool, catalog, server
     server.shutdown()
     catalog.close()
+
+
+@pytest.fixture
+def scp(scp_server):
+    return scp_server[:3]
 
 
 def _send_raw(port: int, path: Path, calling: str = "PYSCU", sop_class: str = CTImageStorage) -> int:
@@ -73,6 +80,20 @@ def test_storescu_series_is_durable_and_cataloged_before_success(scp, tmp_path):
         # Bytes as received, not re-encoded: same pixel data and transfer syntax.
         assert dcmread(stored).PixelData == dcmread(f).PixelData
     assert not list(spool.root.rglob("*.tmp"))
+
+
+def test_accepted_associations_have_tcp_nodelay(scp_server):
+    settings, _, _, server = scp_server
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(LOOPBACK, settings.port, ae_title="DENOISE")
+    assert assoc.is_established
+    try:
+        (accepted,) = server.active_associations
+        sock = accepted.dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        assoc.release()
 
 
 def test_echo_and_calling_ae_allowlist(scp):
