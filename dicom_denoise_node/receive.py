@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import parse_fragments
 from pydicom.pixels import get_decoder
 from pynetdicom import AE, evt
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
@@ -121,7 +122,7 @@ def handle_store(event: Event, spool: Spool, catalog: Catalog, admission: Admiss
             return _reject(StoreStatus.OUT_OF_RESOURCES, refusal, event)
     try:
         ds = event.dataset
-        ds.file_meta = event.file_meta
+        ds.file_meta = file_meta = event.file_meta  # built once: pynetdicom rebuilds it on every access
     except Exception as exc:  # pydicom raises many types on malformed input
         return _reject(StoreStatus.CANNOT_UNDERSTAND, f"dataset could not be decoded: {exc}", event)
 
@@ -158,8 +159,10 @@ def handle_store(event: Event, spool: Spool, catalog: Catalog, admission: Admiss
 
         try:
             path = spool.incoming_path(study_uid, series_uid, sop_uid)
-            data = event.encoded_dataset(include_meta=True)
-            write_atomic(path, data)
+            # The data set exactly as received (never re-encoded), behind the preamble and file meta.
+            received = event.request.DataSet.getbuffer()
+            meta = b"\x00" * 128 + b"DICM" + encode_file_meta(file_meta)
+            write_atomic(path, (meta, received))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return _reject(StoreStatus.OUT_OF_RESOURCES, f"disk full writing {sop_uid}: {exc}", event)
@@ -178,7 +181,7 @@ def handle_store(event: Event, spool: Spool, catalog: Catalog, admission: Admiss
                     series_description=str(ds.get("SeriesDescription", "") or ""),
                     instance_number=_instance_number(ds),
                     path=str(path),
-                    size=len(data),
+                    size=len(meta) + len(received),
                     calling_aet=event.assoc.requestor.ae_title,
                 )
             )
