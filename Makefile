@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed
-DEBIAN_PEERS = dcmtk orthanc dicom3tools
+DEBIAN_PEERS = dcmtk orthanc dicom3tools g++  # g++: torch.compile's CPU code generation ([model] compile)
 # torch is pinned to the CPU wheel for dev/CI by constraints.txt; pyproject.toml keeps an honest range.
 CONSTRAINTS = constraints.txt
 
@@ -12,7 +12,7 @@ CONSTRAINTS = constraints.txt
 
 help:
 	@echo "make demo   - install venv (+ dcmtk/orthanc when apt allows) and run one synthetic LD CT study through the node"
-	@echo "make test   - install venv + Debian peers (dcmtk, orthanc, dicom3tools) and run the test suite"
+	@echo "make test   - install venv + Debian packages (dcmtk, orthanc, dicom3tools, g++) and run the test suite"
 	@echo "make bench  - every benchmark at a small size (a few minutes); figures go to docs/benchmarks.md by hand"
 	@echo "make lint   - ruff"
 
@@ -30,6 +30,7 @@ peers:
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v Orthanc >/dev/null || test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	command -v g++ >/dev/null || missing="$$missing g++"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \

@@ -122,6 +122,7 @@ class ModelSettings(_Section):
     tile_overlap: int = Field(32, ge=0)
     batch_size: int = Field(4, ge=1)
     half_precision: bool = True
+    compile: bool = False
 
     @model_validator(mode="after")
     def _tiles(self) -> ModelSettings:

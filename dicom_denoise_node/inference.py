@@ -11,6 +11,7 @@ Images are never resized: a slice smaller than a tile is reflect-padded up to th
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
@@ -81,8 +82,30 @@ class _SliceJob:
         return out[: self.height, : self.width].astype(np.float32)
 
 
+def compile_network(network: nn.Module, batch: torch.Tensor) -> nn.Module:
+    """``torch.compile`` (inductor, weights frozen as constants) for one fixed input shape, compiled now by one
+    warm-up pass so that the cost (≈ 20–45 s on a 2-core CPU, seconds once inductor's on-disk cache is warm) is
+    paid at start-up and not by the first series. Measured on CPU (docs/benchmarks.md): 1.3–1.6× faster than
+    eager, because inductor fuses instance norm, ReLU and padding and pre-packs the oneDNN convolution weights.
+    Any failure (no C++ compiler, an unsupported operator) returns the eager network with a warning."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True  # the weights never change in the node: fold them in
+    try:
+        compiled = torch.compile(network, dynamic=False)
+        with torch.inference_mode():
+            compiled(batch)
+    except Exception as exc:
+        log.warning("torch.compile failed (%s: %s); running the generator eagerly", type(exc).__name__, exc)
+        return network
+    return compiled
+
+
 class TiledInferer:
-    """Runs a network over full 2-D slices tile by tile, batching tiles across slices."""
+    """Runs a network over full 2-D slices tile by tile, batching tiles across slices.
+
+    With ``compile=True`` every batch has the same shape (the last one is padded with blank tiles), so the
+    compiled graph is built once."""
 
     def __init__(
         self,
@@ -92,6 +115,7 @@ class TiledInferer:
         batch_size: int = 4,
         device: torch.device | str = "cpu",
         half_precision: bool = True,
+        compile: bool = False,
     ) -> None:
         if tile_size % 4:
             raise ValueError("tile_size must be a multiple of 4")
@@ -104,6 +128,13 @@ class TiledInferer:
         self.device = torch.device(device)
         self.autocast = self.device.type == "cuda" and half_precision
         self.window = blend_window(tile_size, overlap)
+        self.fixed_batch = compile
+        if compile:
+            t0 = time.perf_counter()
+            log.info("compiling the generator for batches of %d × %d² tiles", batch_size, tile_size)
+            example = torch.zeros(batch_size, 1, tile_size, tile_size, device=self.device)
+            self.network = compile_network(network, example)
+            log.info("generator ready in %.1f s", time.perf_counter() - t0)
 
     def _job(self, index: int, image: np.ndarray) -> _SliceJob:
         if image.ndim != 2:
@@ -119,11 +150,15 @@ class TiledInferer:
 
     @torch.inference_mode()
     def _forward(self, batch: np.ndarray) -> np.ndarray:
+        count = len(batch)
+        if self.fixed_batch and count < self.batch_size:
+            blank = np.zeros((self.batch_size - count, *batch.shape[1:]), dtype=batch.dtype)
+            batch = np.concatenate([batch, blank])
         x = torch.from_numpy(batch).to(self.device, non_blocking=True)
         ctx = torch.autocast("cuda", dtype=torch.float16) if self.autocast else nullcontext()
         with ctx:
             y = self.network(x)
-        return y.float().cpu().numpy()
+        return y[:count].float().cpu().numpy()
 
     def run(self, slices: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Yield the network's output for each input slice, in order, each the size of its input."""

@@ -85,6 +85,7 @@ class SeriesDenoiser:
             batch_size=model_settings.batch_size,
             device=device,
             half_precision=model_settings.half_precision,
+            compile=model_settings.compile,
         )
         self.derivation = DerivationInfo(info.name, info.version, derive_settings)
 
