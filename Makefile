@@ -49,6 +49,7 @@ test: venv peers
 bench: venv peers
 	$(PY) -m bench.inference --slices 2 --filters 32 --tile 272
 	TCP_NODELAY=1 $(PY) -m bench.receive --files 50 --size 512
+	TCP_NODELAY=1 $(PY) -m bench.send --files 32 --size 512
 	TCP_NODELAY=1 $(PY) -m bench.e2e --slices 16 --size 512 --filters 32
 	$(PY) -m bench.train --preset cpu --steps 3
 

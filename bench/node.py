@@ -24,13 +24,25 @@ def random_model(directory: Path, filters: int = 32, blocks: int = 6, residual: 
 
 @contextmanager
 def running_node(
-    work: Path, model: Path, pacs_port: int, quiet_period_s: float = 3600.0, device: str = "cpu"
+    work: Path,
+    model: Path,
+    pacs_port: int,
+    quiet_period_s: float = 3600.0,
+    device: str = "cpu",
+    compile: bool = False,
 ) -> Iterator[NodeRunner]:
     """Start the node (its own process group) and always stop it; the node's log is work/node.log."""
     work.mkdir(parents=True, exist_ok=True)
     port = peers.free_port()
     config = write_node_config(
-        work / "node.toml", work / "node", port, pacs_port, str(model), device, quiet_period_s=quiet_period_s
+        work / "node.toml",
+        work / "node",
+        port,
+        pacs_port,
+        str(model),
+        device,
+        quiet_period_s=quiet_period_s,
+        compile=compile,
     )
     node = NodeRunner(config, work / "node.log", port)
     node.start()

@@ -194,6 +194,7 @@ def write_node_config(
     device: str,
     quiet_period_s: float = 2.0,
     log_level: str = "INFO",
+    compile: bool = False,
 ) -> Path:
     """The demo's (and the benchmarks') node config: loopback only, everything under one folder."""
     path.write_text(
@@ -212,6 +213,7 @@ poll_interval_s = 0.5
 [model]
 path = "{model}"
 device = "{device}"
+compile = {str(compile).lower()}
 
 [http]
 host = "{peers.LOOPBACK}"

@@ -90,11 +90,13 @@ class Spool:
         return self.derived / check_uid(derived_series_uid) / f"{check_uid(sop_uid)}.dcm"
 
     def remove_partial_writes(self) -> int:
-        """Delete temporary files left by a crash mid-write; returns how many."""
+        """Delete temporary files left by a crash mid-write; returns how many. Only the spool's own folders:
+        other tenants of the data directory (inductor's kernel cache, see systemd/) keep theirs."""
         count = 0
-        for tmp in self.root.rglob(f"*{TMP_SUFFIX}"):
-            tmp.unlink(missing_ok=True)
-            count += 1
+        for folder in (self.incoming, self.derived):
+            for tmp in folder.rglob(f"*{TMP_SUFFIX}"):
+                tmp.unlink(missing_ok=True)
+                count += 1
         if count:
             log.warning("removed %d partial writes left by an interrupted run", count)
         return count

@@ -46,3 +46,9 @@ def test_train_bench(tmp_path):
     result = _bench("train", tmp_path, "--preset", "tiny", "--steps", "1", "--device", "cpu", "--run-dir",
                     str(tmp_path / "run"))  # fmt: skip
     assert result
+
+
+def test_send_bench(tmp_path):
+    require("storescp")
+    result = _bench("send", tmp_path, "--files", "2", "--size", "64", "--repeat", "1")
+    assert result["seconds"]["node"] > 0

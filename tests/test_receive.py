@@ -201,3 +201,15 @@ def test_compressed_transfer_syntaxes_are_accepted_as_sent(scp, tmp_path, tool, 
     back = dcmread(stored)
     assert str(back.file_meta.TransferSyntaxUID) == ts
     assert (back.pixel_array == dcmread(src).pixel_array).all()
+
+
+def test_partial_writes_are_removed_only_from_the_spool_folders(tmp_path):
+    spool = Spool(tmp_path / "data")
+    left = [spool.incoming / "s" / ".a.dcm.1.tmp", spool.derived / "d" / ".b.dcm.2.tmp"]
+    other = spool.root / "inductor-cache" / "kernel.tmp"  # another tenant of the data directory
+    for path in [*left, other]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    assert spool.remove_partial_writes() == 2
+    assert not any(p.exists() for p in left)
+    assert other.exists()
