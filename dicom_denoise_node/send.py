@@ -1,5 +1,10 @@
 """⑤ The C-STORE SCU: send a derived series to one destination and check every response status.
 
+Nagle's algorithm stays on for the SCU's sockets (unlike the SCP's, tcp.py): with TCP_NODELAY a C-STORE response
+comes back fast enough to hit a race in pynetdicom's requestor reactor, which can take the response off the queue
+before ``send_c_store`` does ("Received unexpected C-STORE service message", then a DIMSE timeout); seen in
+tests/test_reliability.py's eight-scanner load test. The price is ≈ 40 ms per sent instance (docs/benchmarks.md).
+
 Retries are data, not loops: a failed attempt raises SendError, and the pipeline records attempts,
 next_attempt_at and last_error in the catalog (exponential backoff, FAILED after max_attempts).
 """
@@ -16,7 +21,6 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicom_denoise_node.config import Destination
-from dicom_denoise_node.tcp import NODELAY_HANDLER
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ def send_files(files: list[Path], dest: Destination, calling_aet: str, timeout_s
     ae = _scu(calling_aet, timeout_s)
     for sop_class in sop_classes:
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER])
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
         raise SendError(f"association with {dest.key} failed ({reason})")
@@ -87,7 +91,7 @@ def echo(dest: Destination, calling_aet: str, timeout_s: float = 30.0) -> int:
     """C-ECHO a destination; returns the status code (raises SendError when no association)."""
     ae = _scu(calling_aet, timeout_s)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER])
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
         raise SendError(f"association with {dest.key} failed")
     try:

@@ -1,9 +1,10 @@
-"""TCP_NODELAY and a short poll interval on every DIMSE association the node opens or accepts.
+"""TCP_NODELAY and a short poll interval on every DIMSE association the node accepts (its SCP).
 
 pynetdicom leaves Nagle's algorithm on. A C-STORE is a small command PDU followed by data PDUs whose last
 segment is short; with Nagle that segment waits for the peer's delayed ACK (≈ 40 ms on Linux), which capped
-the sender at about 23 instances/s on loopback (44 ms per 512² CT image to dcmtk storescp, 6 ms with
-TCP_NODELAY: docs/benchmarks.md). dcmtk has the same stall and the same cure (its TCP_NODELAY variable).
+a pynetdicom sender at about 23 instances/s on loopback (44 ms per 512² CT image to dcmtk storescp, 6 ms with
+TCP_NODELAY: docs/benchmarks.md). dcmtk has the same stall and the same cure (its TCP_NODELAY variable). The node's
+own SCU (send.py) does not use this handler: fast responses expose a race in pynetdicom's requestor reactor.
 
 pynetdicom's DUL thread also sleeps ``_run_loop_delay`` (1 ms) whenever a pass of its loop found nothing to do,
 and a C-STORE crosses that loop several times; 0.2 ms cut the node's receive time from 7.8 to 6.4 ms per 512²

@@ -1,4 +1,5 @@
-"""The C-STORE SCU against dcmtk storescp: every instance arrives, over a socket with Nagle's algorithm off."""
+"""The C-STORE SCU against dcmtk storescp: every instance arrives. Its socket keeps Nagle's algorithm on (send.py
+explains the pynetdicom race that TCP_NODELAY exposes on the requestor side)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def _nodelay(assoc) -> int:
     return assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
-def test_send_files_delivers_every_instance_with_tcp_nodelay(tmp_path, dcmtk_pacs, monkeypatch):
+def test_send_files_delivers_every_instance_with_nagle_kept_on(tmp_path, dcmtk_pacs, monkeypatch):
     files = write_ct_series(tmp_path / "series", 4, rows=64, columns=64)
     seen: list[int] = []
 
@@ -29,18 +30,6 @@ def test_send_files_delivers_every_instance_with_tcp_nodelay(tmp_path, dcmtk_pac
     monkeypatch.setattr(send, "AE", SpyAE)
     dest = Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=dcmtk_pacs.port)
     assert send.send_files(files, dest, "DENOISE") == 4
-    assert seen == [1]
+    assert seen == [0]
     received = {str(dcmread(p).SOPInstanceUID) for p in dcmtk_pacs.wait_for_files(4, timeout=30)}
     assert received == {str(dcmread(p).SOPInstanceUID) for p in files}
-
-
-def test_plain_pynetdicom_association_keeps_nagle_on(dcmtk_pacs):
-    """The baseline the handler changes: without it the socket keeps Nagle's algorithm (the 40 ms stall)."""
-    ae = AE(ae_title="DENOISE")
-    ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", dcmtk_pacs.port, ae_title="PACS")
-    try:
-        assert assoc.is_established
-        assert _nodelay(assoc) == 0
-    finally:
-        assoc.release()
