@@ -259,11 +259,13 @@ class SeriesDenoiser:
         derived = derive_instance(src.dataset, hu, derived_series, self.derivation, comment=comment)
         path = out_path(derived_series, str(derived.SOPInstanceUID))
         write_atomic(path, encode(derived))
-        pair = (header_only(src.dataset), header_only(derived)) if verdict is not None and self.report.enabled else None
+        report_pair = None
+        if verdict is not None and self.report.enabled:
+            report_pair = (header_only(src.dataset), header_only(derived), verdict)
         return _Finished(
             written=(str(derived.SOPInstanceUID), src.ref.sop_uid, path),
             verdict=verdict,
-            report_pair=(*pair, verdict) if pair is not None and verdict is not None else None,
+            report_pair=report_pair,
             guard_s=t1 - t0,
             encode_s=time.perf_counter() - t1,
         )
