@@ -1,9 +1,10 @@
 """⑤ The C-STORE SCU: send a derived series to one destination and check every response status.
 
-Nagle's algorithm stays on for the SCU's sockets (unlike the SCP's, tcp.py): with TCP_NODELAY a C-STORE response
-comes back fast enough to hit a race in pynetdicom's requestor reactor, which can take the response off the queue
-before ``send_c_store`` does ("Received unexpected C-STORE service message", then a DIMSE timeout); seen in
-tests/test_reliability.py's eight-scanner load test. The price is ≈ 40 ms per sent instance (docs/benchmarks.md).
+Nagle's algorithm is turned off (tcp.py) only while the association's reactor is held (requestor.py): with
+TCP_NODELAY a C-STORE response comes back fast enough to hit a race in pynetdicom's requestor reactor, which can
+take the response off the queue before ``send_c_store`` does ("Received unexpected C-STORE service message", then
+a DIMSE timeout). When the reactor cannot be held, Nagle stays on, at ≈ 40 ms per sent instance
+(docs/benchmarks.md).
 
 Retries are data, not loops: a failed attempt raises SendError, and the pipeline records attempts,
 next_attempt_at and last_error in the catalog (exponential backoff, FAILED after max_attempts).
@@ -18,9 +19,12 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 from dicom_denoise_node.config import Destination
+from dicom_denoise_node.requestor import held_reactor
+from dicom_denoise_node.tcp import disable_nagle
 
 log = logging.getLogger(__name__)
 
@@ -67,23 +71,30 @@ def send_files(files: list[Path], dest: Destination, calling_aet: str, timeout_s
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
         raise SendError(f"association with {dest.key} failed ({reason})")
-    sent = 0
     try:
-        for path in files:
-            ds = dcmread(path)
-            status = assoc.send_c_store(ds)
-            if not status or "Status" not in status:
-                raise SendError(f"{dest.key}: no C-STORE response for {ds.SOPInstanceUID} (connection lost?)")
-            code = int(status.Status)
-            outcome = classify(code)
-            if outcome is StoreOutcome.FAILURE:
-                raise SendError(f"{dest.key} refused {ds.SOPInstanceUID} with status 0x{code:04X}")
-            if outcome is StoreOutcome.WARNING:
-                log.warning("%s stored %s with warning 0x%04X", dest.key, ds.SOPInstanceUID, code)
-            sent += 1
+        with held_reactor(assoc) as held:
+            if held:
+                disable_nagle(assoc)
+            return _store_all(assoc, files, dest)
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _store_all(assoc: Association, files: list[Path], dest: Destination) -> int:
+    sent = 0
+    for path in files:
+        ds = dcmread(path)
+        status = assoc.send_c_store(ds)
+        if not status or "Status" not in status:
+            raise SendError(f"{dest.key}: no C-STORE response for {ds.SOPInstanceUID} (connection lost?)")
+        code = int(status.Status)
+        outcome = classify(code)
+        if outcome is StoreOutcome.FAILURE:
+            raise SendError(f"{dest.key} refused {ds.SOPInstanceUID} with status 0x{code:04X}")
+        if outcome is StoreOutcome.WARNING:
+            log.warning("%s stored %s with warning 0x%04X", dest.key, ds.SOPInstanceUID, code)
+        sent += 1
     return sent
 
 
