@@ -1,4 +1,4 @@
-"""TCP_NODELAY and a short poll interval on every DIMSE association the node accepts (its SCP).
+"""TCP_NODELAY and a short poll interval on the node's DIMSE associations: every one it accepts, and its SCU's.
 
 pynetdicom leaves Nagle's algorithm on. A C-STORE is a small command PDU followed by data PDUs whose last
 segment is short; with Nagle that segment waits for the peer's delayed ACK (≈ 40 ms on Linux), which capped

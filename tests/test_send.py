@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 
+import pytest
 from pydicom import dcmread
 from pynetdicom import AE
 
@@ -144,3 +145,15 @@ def test_gate_opens_when_the_association_is_killed():
     assert not out.wait(0.2)
     assoc._kill = True
     assert out.wait(2.0)
+
+
+def test_a_peer_abort_while_the_reactor_is_held_fails_the_send_and_ends_the_association(tmp_path, storescp_factory):
+    """storescp aborts after the first C-STORE request: SendError (the DIMSE queue gets pynetdicom's abort marker),
+    and the association's threads end although its reactor was held."""
+    aborting = storescp_factory(ae_title="PACS", extra_args=["--abort-after"])
+    files = write_ct_series(tmp_path / "series", 3, rows=64, columns=64)
+    before = {t.ident for t in threading.enumerate()}
+    dest = Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=aborting.port)
+    with pytest.raises(send.SendError, match="no C-STORE response"):
+        send.send_files(files, dest, "DENOISE", timeout_s=20)
+    assert peers.wait_until(lambda: not ({t.ident for t in threading.enumerate()} - before), timeout=10)
