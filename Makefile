@@ -48,6 +48,7 @@ test: venv peers
 # Benchmarks are not tests: each prints ratios measured in one run against its baseline (docs/benchmarks.md).
 bench: venv peers
 	$(PY) -m bench.inference --slices 2 --filters 32 --tile 272
+	$(PY) -m bench.fast_paths --filters 32 --rounds 3
 	TCP_NODELAY=1 $(PY) -m bench.receive --files 50 --size 512
 	TCP_NODELAY=1 $(PY) -m bench.send --files 32 --size 512
 	TCP_NODELAY=1 $(PY) -m bench.e2e --slices 16 --size 512 --filters 32

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dicom_denoise_node.catalog import Catalog
@@ -26,7 +26,7 @@ class _CatalogCollector(Collector):
         self.catalog = catalog
         self.free_bytes = free_bytes
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         series = GaugeMetricFamily(f"{PREFIX}_series", "Received series in the catalog, by state", labels=["state"])
         try:
             counts = self.catalog.state_counts()
@@ -41,6 +41,15 @@ class _CatalogCollector(Collector):
             f"{PREFIX}_queue_depth", "Series received but not yet denoised (RECEIVING, COMPLETE, PROCESSING)", queue
         )
         yield GaugeMetricFamily(f"{PREFIX}_disk_free_bytes", "Free space under data_dir", self.free_bytes())
+        stats = self.catalog.instance_commits
+        yield CounterMetricFamily(
+            f"{PREFIX}_catalog_instance_commits",
+            "Catalog transactions that recorded received instances (fewer than the records when stores overlap)",
+            stats.batches,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_catalog_instance_records", "Received instances recorded in the catalog", stats.items
+        )
 
 
 class NodeMetrics:

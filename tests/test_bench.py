@@ -31,7 +31,7 @@ def test_inference_bench(tmp_path):
 @pytest.mark.e2e
 def test_receive_bench(tmp_path):
     require("storescp")
-    result = _bench("receive", tmp_path, "--files", "4", "--size", "32", "--repeat", "1")
+    result = _bench("receive", tmp_path, "--files", "4", "--size", "32", "--repeat", "1", "--senders", "2")
     assert result["images_per_s"]["node"] > 0 and result["images_per_s"]["storescp"] > 0
 
 
@@ -52,3 +52,8 @@ def test_send_bench(tmp_path):
     require("storescp")
     result = _bench("send", tmp_path, "--files", "2", "--size", "64", "--repeat", "1")
     assert result["seconds"]["node"] > 0
+
+
+def test_fast_paths_bench(tmp_path):
+    result = _bench("fast_paths", tmp_path, "--filters", "4", "--tile", "32", "--batch", "1", "--rounds", "1")
+    assert result["max_difference"] < 1e-4

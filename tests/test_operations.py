@@ -107,6 +107,8 @@ def test_rules_route_per_destination_skip_the_rest_and_metrics_count_it(tmp_path
         assert m[("denoise_node_associations_total", (("result", "rejected"),))] == 2
         assert m[("denoise_node_inference_seconds_per_slice_count", ())] == 1
         assert m[("denoise_node_disk_free_bytes", ())] > 0
+        assert m[("denoise_node_catalog_instance_records_total", ())] == 2 * N
+        assert 1 <= m[("denoise_node_catalog_instance_commits_total", ())] <= 2 * N
 
         status, body = node.http_get("/series")
         assert status == 200
