@@ -19,7 +19,7 @@ help:
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[train,dev]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[train,dev,bench]'
 	touch $@
 
 venv: $(STAMP)

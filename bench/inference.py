@@ -9,9 +9,11 @@ whole-slice pass, measured in the same run. Prints a table and writes JSON.
 compilation itself is paid once at start-up and is not timed here (the JSON has its seconds).
 
 "of peak" divides the FLOPs the inference forward executes by the measured peak (hardware utilisation);
-"nominal of peak" divides the architecture's FLOPs as written, which inference computes with fewer for the
-resize-convolutions (dicom_denoise_node/subpixel.py). The peak is measured again before every timed round
-and the round with the median ratio is reported: this shared machine's slow and fast spells move both.
+"MONAI sw/s" is MONAI's ``sliding_window_inference`` with the same network, tiles, overlap and batch (when MONAI is
+installed: the ``bench`` extra). "nominal of peak" divides the architecture's FLOPs as written, which inference
+computes with fewer for the resize-convolutions (dicom_denoise_node/subpixel.py). The peak is measured again before
+every timed round and the round with the median ratio is reported: this shared machine's slow and fast spells move
+both.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def main() -> None:
                     net(x)
 
             whole_s = timed(whole, device, repeat=3, warmup=1) / x.shape[0]
+            monai_s = _monai_seconds_per_slice(inferer, slices, args, device, precision)
             rows.append(
                 dict(
                     filters=filters,
@@ -99,6 +102,7 @@ def main() -> None:
                     fraction_of_peak=2 * run_macs / per_slice / 1e9 / peak,
                     nominal_fraction_of_peak=2 * macs / per_slice / 1e9 / peak,
                     tiled_vs_whole=whole_s / per_slice,
+                    monai_slices_per_s=None if monai_s is None else 1 / monai_s,
                     floor_slices_per_s=peak * 1e9 / (2 * macs),
                     rounds=[dict(peak_gflops=p, seconds_per_slice=t) for p, t in rounds],
                 )
@@ -113,6 +117,7 @@ def main() -> None:
         "run GMAC",
         "slices/s",
         "whole-slice/s",
+        "MONAI sw/s",
         "GFLOP/s",
         "peak GFLOP/s",
         "of peak",
@@ -130,6 +135,7 @@ def main() -> None:
             f"{r['executed_gmac_per_slice']:.1f}",
             f"{r['slices_per_s']:.2f}",
             f"{r['whole_slice_per_s']:.2f}",
+            "—" if r["monai_slices_per_s"] is None else f"{r['monai_slices_per_s']:.2f}",
             f"{r['achieved_gflops']:.0f}",
             f"{r['peak_gflops']:.0f}",
             f"{r['fraction_of_peak']:.0%}",
@@ -139,6 +145,35 @@ def main() -> None:
     Console(width=200).print(table)
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+
+
+def _monai_seconds_per_slice(
+    inferer: TiledInferer, slices: list[np.ndarray], args: argparse.Namespace, device: torch.device, precision: str
+) -> float | None:
+    """MONAI's ``sliding_window_inference`` over the same slices with the same network (compiled or not), tile,
+    overlap and batch (Gaussian blending, reflect padding); None when MONAI is not installed."""
+    try:
+        from monai.inferers import sliding_window_inference
+    except ImportError:
+        return None
+    x = torch.from_numpy(np.stack(slices))[:, None].to(device)
+
+    def run() -> None:
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=torch.float16, enabled=precision == "fp16"),
+        ):
+            sliding_window_inference(
+                x,
+                (args.tile, args.tile),
+                inferer.batch_size,
+                inferer.network,
+                overlap=args.overlap / args.tile,
+                mode="gaussian",
+                padding_mode="reflect",
+            )
+
+    return timed(run, device, repeat=3, warmup=1) / len(slices)
 
 
 def _median_round(rounds: list[tuple[float, float]], macs: int) -> tuple[float, float]:

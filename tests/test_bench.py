@@ -25,7 +25,7 @@ def _bench(module: str, tmp_path: Path, *args: str) -> dict:
 def test_inference_bench(tmp_path):
     result = _bench("inference", tmp_path, "--slices", "1", "--size", "64", "--filters", "8", "--tile", "32",
                     "--overlap", "8", "--device", "cpu")  # fmt: skip
-    assert result
+    assert result["rows"][0]["monai_slices_per_s"] > 0  # MONAI comes with the bench extra that make test installs
 
 
 @pytest.mark.e2e
