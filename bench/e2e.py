@@ -8,7 +8,9 @@ inference (process.py); their own durations are shown but are not part of the su
 
 The headline figure is the overhead outside inference and the quiet period, as a fraction of inference, with
 inference measured **alone** in the same run (the same model, tiler settings and compile setting, in this
-process after the node has stopped): work overlapped with inference that slows it down counts as overhead.
+process, once before the node starts and once after it has stopped, averaged: this shared machine's speed
+drifts by several per cent over a few minutes, and one side alone mistook that drift for overhead or hid it).
+Work overlapped with inference that slows it down counts as overhead.
 
     python -m bench.e2e --slices 64 --size 512 --filters 32 [--compile]
 """
@@ -65,6 +67,7 @@ def run(slices: int, size: int, filters: int, quiet_period_s: float, compile: bo
         data = work / "series"
         peers.write_ct_series(data, slices, rows=size, columns=size)
         model = random_model(work / "model", filters=filters)
+        alone_before = inference_alone(model, data, compile)  # nothing else runs yet
         with (
             peers.StoreSCP(work / "pacs") as pacs,
             running_node(work / "node", model, pacs.port, quiet_period_s=quiet_period_s, compile=compile) as node,
@@ -78,7 +81,8 @@ def run(slices: int, size: int, filters: int, quiet_period_s: float, compile: bo
             # The node logs the send after the PACS acknowledged the last instance.
             peers.wait_until(lambda: SENT.search(node.log_path.read_text()) is not None, timeout=30)
             log = node.log_path.read_text()
-        alone = inference_alone(model, data, compile)  # the node has stopped: nothing else runs
+        alone_after = inference_alone(model, data, compile)  # the node has stopped: nothing else runs
+    alone = (alone_before + alone_after) / 2
     stages = STAGES.search(log)
     sent = SENT.search(log)
     if stages is None or sent is None:
@@ -104,6 +108,7 @@ def run(slices: int, size: int, filters: int, quiet_period_s: float, compile: bo
         },
         "beside_inference": {"guard": guard, "encode_write": encode},
         "inference_alone": alone,
+        "inference_alone_before_after": [alone_before, alone_after],
         "overhead_fraction_of_inference": overhead / alone if alone else float("nan"),
         "overhead_fraction_of_node_inference": (total - quiet_period_s - inference) / inference,
         "machine": machine(),
@@ -130,7 +135,9 @@ def main() -> None:
     for name, value in result["beside_inference"].items():  # type: ignore[union-attr]
         table.add_row(f"({name.replace('_', ' ')}, beside inference)", f"{value:.2f}", f"{value / args.slices:.3f}")
     alone = float(result["inference_alone"])  # type: ignore[arg-type]
-    table.add_row("inference alone (same run)", f"{alone:.2f}", f"{alone / args.slices:.3f}")
+    before, after = result["inference_alone_before_after"]  # type: ignore[misc]
+    label = f"inference alone (same run: {before:.1f} before, {after:.1f} after)"
+    table.add_row(label, f"{alone:.2f}", f"{alone / args.slices:.3f}")
     console = Console(width=120)
     console.print(table)
     frac = result["overhead_fraction_of_inference"]
