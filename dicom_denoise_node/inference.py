@@ -132,7 +132,10 @@ class TiledInferer:
         if compile:
             t0 = time.perf_counter()
             log.info("compiling the generator for batches of %d × %d² tiles", batch_size, tile_size)
-            example = torch.zeros(batch_size, 1, tile_size, tile_size, device=self.device)
+            # An inference tensor, like every batch _forward makes: a plain tensor has one more dispatch key
+            # (ADInplaceOrView), and that guard failure recompiled the graph on the first series (≈ 20 s).
+            with torch.inference_mode():
+                example = torch.zeros(batch_size, 1, tile_size, tile_size, device=self.device)
             self.network = compile_network(network, example)
             log.info("generator ready in %.1f s", time.perf_counter() - t0)
 
@@ -183,7 +186,9 @@ class TiledInferer:
                 y, x = job.tiles.popleft()
                 batch_refs.append((job, y, x))
             if batch_refs:
-                batch = np.stack([j.padded[y : y + t, x : x + t] for j, y, x in batch_refs])[:, None]
+                tiles = np.stack([j.padded[y : y + t, x : x + t] for j, y, x in batch_refs])
+                batch = tiles.reshape(len(tiles), 1, t, t)  # real strides: [:, None] gives the channel stride 0,
+                # which a compiled graph's guards count as another input layout (a recompilation)
                 outputs = self._forward(batch)
                 for (job, y, x), out in zip(batch_refs, outputs, strict=True):
                     job.numerator[y : y + t, x : x + t] += self.window * out[0]

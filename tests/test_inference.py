@@ -146,5 +146,8 @@ def test_compiled_generator_matches_eager():
     eager = TiledInferer(net, tile_size=64, overlap=8, batch_size=4).run_all(slices)
     compiled = TiledInferer(net, tile_size=64, overlap=8, batch_size=4, compile=True)
     assert compiled.network is not net, "torch.compile fell back to eager (is a C++ compiler installed?)"
-    for a, b in zip(eager, compiled.run_all(slices), strict=True):
+    # The warm-up compiled the graph the slices use: no recompilation (it cost the node's first series ≈ 20 s).
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        outputs = compiled.run_all(slices)
+    for a, b in zip(eager, outputs, strict=True):
         np.testing.assert_allclose(b, a, atol=1e-4)
