@@ -24,7 +24,7 @@ from dicom_denoise_node.decode import Skipped, SourceSlice, iter_slices, scan_se
 from dicom_denoise_node.derive import DerivationInfo, derive_instance, derived_series_uid, encode
 from dicom_denoise_node.guard import SliceVerdict, check_slice
 from dicom_denoise_node.inference import TiledInferer
-from dicom_denoise_node.quality_report import ReportInput, build_report, header_only
+from dicom_denoise_node.quality_report import ReportInput, build_report, header_only, warm_up
 from dicom_denoise_node.registry import ModelInfo
 from dicom_denoise_node.spool import write_atomic
 
@@ -101,6 +101,11 @@ class SeriesDenoiser:
         self.guard = guard or GuardSettings()
         self.report = report or ReportSettings(enabled=False)
         self.derive_settings = derive_settings
+        if self.report.enabled:
+            try:
+                warm_up()
+            except Exception as exc:  # a warm-up never stops the node; the first series pays instead
+                log.warning("quality report warm-up failed (%s: %s)", type(exc).__name__, exc)
         self.inferer = TiledInferer(
             network,
             tile_size=model_settings.tile_size,
