@@ -120,7 +120,6 @@ def test_reactor_not_held_keeps_nagle_on(tmp_path, dcmtk_pacs, monkeypatch):
             return assoc
 
     monkeypatch.setattr(send, "AE", NoCheckpointAE)
-    monkeypatch.setattr(requestor, "BLOCK_TIMEOUT_S", 0.0)
     monkeypatch.setattr(
         requestor.ReactorGate, "wait_until_blocked", lambda self, timeout: False
     )  # as if the reactor never reached its checkpoint
