@@ -151,7 +151,8 @@ def warm_up() -> None:
     ≈ 0.6 s of one-time set-up (0.78 s for a 16-slice report, 0.20 s for the next ones); the node pays it when it
     starts instead of on its first series (docs/benchmarks.md)."""
     source = Dataset()
-    source.PatientID = source.PatientName = "WARMUP"
+    source.PatientID = "WARMUP"
+    source.PatientName = "WARMUP^NODE"  # two components: highdicom warns about a one-component name
     source.PatientBirthDate = source.PatientSex = source.StudyDate = source.StudyTime = ""
     source.AccessionNumber = source.ReferringPhysicianName = source.StudyID = ""
     source.StudyInstanceUID = deterministic_uid("warm-up", "study")
