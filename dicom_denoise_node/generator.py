@@ -69,8 +69,9 @@ class HeadConv2d(nn.Conv2d):
     """The generator's last convolution (many channels in, one out), with a faster CPU inference path.
 
     oneDNN runs a convolution with a single output channel at ≈ 8 GFLOP/s on this project's CPU (12 % of the
-    forward pass for 1 % of its arithmetic, bench/inference.py). The same sum computed as a depthwise convolution
-    (one 7×7 filter per input channel) followed by a sum over channels takes less than half the time. The result
+    forward pass for 1 % of its arithmetic: a per-layer profile, docs/benchmarks.md). The same sum computed as a
+    depthwise convolution (one 7×7 filter per input channel) followed by a sum over channels takes less than half
+    the time. The result
     equals the dense convolution up to float32 summation order. Training and GPUs keep the dense path; the
     parameters and state-dict keys are those of ``nn.Conv2d``.
     """
