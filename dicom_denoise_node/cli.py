@@ -391,6 +391,9 @@ def denoise(
     out_dir: Annotated[Path, typer.Argument(help="Folder for the derived series.")],
     config: ConfigOption = None,
     model: Annotated[str | None, typer.Option(help="Model file or registry dir (overrides [model] path).")] = None,
+    strength: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="0 = source … 1 = model output (overrides [model] strength).")
+    ] = None,
 ) -> None:
     """Denoise a folder of CT files into a derived series, without the network (same code as the node).
 
@@ -404,6 +407,8 @@ def denoise(
     settings = _settings(config)
     if model:
         settings.model.path = model
+    if strength is not None:
+        settings.model.strength = strength
     try:
         denoiser = load_denoiser(settings)
     except ModelError as exc:

@@ -123,6 +123,9 @@ class ModelSettings(_Section):
     batch_size: int = Field(4, ge=1)
     half_precision: bool = True
     compile: bool = False
+    strength: float = Field(
+        1.0, ge=0.0, le=1.0, description="output = input + strength · (model(input) − input), like vendor levels"
+    )
 
     @model_validator(mode="after")
     def _tiles(self) -> ModelSettings:

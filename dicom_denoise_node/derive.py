@@ -51,12 +51,20 @@ class DerivationInfo:
     model_name: str
     model_version: str
     settings: DeriveSettings
+    strength: float = 1.0
+
+    @property
+    def uid_key(self) -> str:
+        """What the deterministic UIDs depend on besides the source: the model version, and the strength when it
+        is not 1 (full strength keeps the UIDs of earlier releases; another strength is another series)."""
+        return derivation_key(self.model_version, self.strength)
 
     @property
     def description(self) -> str:
         text = (
             f"Noise reduction by CycleGAN generator {self.model_name} {self.model_version} "
-            f"(dicom-denoise-node {__version__}), applied tile by tile to the source slice"
+            f"at strength {self.strength:g} (dicom-denoise-node {__version__}), applied tile by tile to the "
+            "source slice"
         )
         if self.settings.notice:
             text += f". {self.settings.notice}"
@@ -69,6 +77,11 @@ _UID_NAMESPACE = uuid.UUID("6f1c2a4e-3b0d-5e57-9d7a-0de0c0de0001")
 def deterministic_uid(*parts: str) -> str:
     """A 2.25 UID (PS3.5 B.2) from a name-based UUID: the same inputs always give the same UID."""
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0).join(parts)).int}"
+
+
+def derivation_key(model_version: str, strength: float = 1.0) -> str:
+    """The model version, plus the strength when it is not 1: the key of every deterministic derived UID."""
+    return model_version if strength == 1.0 else f"{model_version}@strength={strength:g}"
 
 
 def derived_series_uid(source_series_uid: str, model_version: str) -> str:
@@ -123,7 +136,7 @@ def derive_instance(
         ds.add(copy.deepcopy(elem))  # assignments below must never write through to the source
     ds.ContributingEquipmentSequence = Sequence(list(ds.get("ContributingEquipmentSequence", [])))
 
-    version = info.model_version
+    version = info.uid_key
     ds.SOPInstanceUID = derived_sop_uid(str(source.SOPInstanceUID), version)
     ds.SeriesInstanceUID = series_uid
     try:

@@ -1,4 +1,11 @@
-"""The LD→HD generator: the ResNet generator of the method (single source of truth; the trainer imports it).
+"""The LD→HD generators (single source of truth; the trainer imports them).
+
+Two architectures, chosen by the ``type`` in a model's metadata:
+
+* ``resnet_generator``: the ResNet generator of the method (below);
+* ``residual_cnn``: a small normalisation-free residual CNN (``ResidualCNN``), the bundled model's since 1.0.0.
+
+The ResNet generator:
 
 c7s1-64, d128, d256, R256 × n_blocks, u128, u64, c7s1-1, tanh — reflection padding and instance norm, one channel
 in and out. Upsampling defaults to nearest-neighbour resize + 3×3 convolution instead of a transposed convolution,
@@ -159,6 +166,92 @@ class ResnetGenerator(nn.Module):
         return x
 
 
-def build_generator(arch: dict[str, Any]) -> ResnetGenerator:
+@dataclass(frozen=True)
+class ResidualCNNConfig:
+    """A plain residual CNN: ``layers`` 3×3 convolutions (ReLU between), full resolution, no normalisation.
+
+    ``dilations`` (one per layer) widens the receptive field without downsampling: CT noise after FBP is
+    correlated over a few pixels, and a denoiser must see past it to tell noise from edges.
+    """
+
+    in_channels: int = 1
+    filters: int = 32
+    layers: int = 8
+    dilations: tuple[int, ...] = (1, 2, 3, 4, 3, 2, 1, 1)
+    head_init_std: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.layers < 2:
+            raise ValueError("a residual CNN needs at least 2 layers")
+        if len(self.dilations) != self.layers:
+            raise ValueError(f"dilations {self.dilations} must give one value per layer ({self.layers})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "residual_cnn", **asdict(self), "dilations": list(self.dilations)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResidualCNNConfig:
+        data = {k: v for k, v in data.items() if k != "type"}
+        if "dilations" in data:
+            data["dilations"] = tuple(int(d) for d in data["dilations"])
+        return cls(**data)
+
+
+class ResidualCNN(nn.Module):
+    """x + f(x), f a stack of 3×3 convolutions without any normalisation layer.
+
+    Why no normalisation: instance norm rescales each patch's features to unit variance, so the size of the
+    correction cannot follow the noise level of the input; a denoiser must remove more where there is more noise.
+    Without it the network is also exactly translation-equivariant, so tiles agree at their seams.
+    Why a small random last layer (N(0, head_init_std)) rather than zeros: a zero head starts exactly at the
+    identity, the sharpest minimum of the cycle L1, and the head's gradient there is the only one that is not zero.
+    Output is clamped to the model's [−1, 1] window.
+    """
+
+    def __init__(self, config: ResidualCNNConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ResidualCNNConfig()
+        c, f = self.config.in_channels, self.config.filters
+        layers: list[nn.Module] = []
+        for i, d in enumerate(self.config.dilations):
+            last = i == self.config.layers - 1
+            layers.append(
+                nn.Conv2d(c if i == 0 else f, c if last else f, 3, padding=d, dilation=d, padding_mode="reflect")
+            )
+            if not last:
+                layers.append(nn.ReLU(inplace=True))
+        self.body = nn.Sequential(*layers)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation for the ReLU layers, a near-zero head (see the class docstring)."""
+        convs = [m for m in self.body if isinstance(m, nn.Conv2d)]
+        for conv in convs[:-1]:
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        nn.init.normal_(convs[-1].weight, 0.0, self.config.head_init_std)
+        nn.init.zeros_(convs[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + self.body(x)).clamp(-1.0, 1.0)
+
+
+Generator = ResnetGenerator | ResidualCNN
+ArchConfig = GeneratorConfig | ResidualCNNConfig
+
+
+def generator_config(arch: dict[str, Any]) -> ArchConfig:
+    """The architecture config named by a metadata/checkpoint dict's ``type``."""
+    kind = arch.get("type", "resnet_generator")
+    if kind == "residual_cnn":
+        return ResidualCNNConfig.from_dict(arch)
+    return GeneratorConfig.from_dict(arch)
+
+
+def make_generator(config: ArchConfig) -> Generator:
+    return ResidualCNN(config) if isinstance(config, ResidualCNNConfig) else ResnetGenerator(config)
+
+
+def build_generator(arch: dict[str, Any]) -> Generator:
     """Rebuild the generator from the architecture section of a model's metadata."""
-    return ResnetGenerator(GeneratorConfig.from_dict(arch))
+    return make_generator(generator_config(arch))

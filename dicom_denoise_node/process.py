@@ -115,7 +115,8 @@ class SeriesDenoiser:
             half_precision=model_settings.half_precision,
             compile=model_settings.compile,
         )
-        self.derivation = DerivationInfo(info.name, info.version, derive_settings)
+        self.strength = model_settings.strength
+        self.derivation = DerivationInfo(info.name, info.version, derive_settings, self.strength)
 
     def denoise_hu(self, slices: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         """HU in, HU out. Pixels outside the model's HU window (padding, metal) pass through unchanged."""
@@ -129,6 +130,8 @@ class SeriesDenoiser:
         for out in self.inferer.run(normalised()):
             hu = pending.pop(0)
             result = self.info.denormalize(out)
+            if self.strength != 1.0:  # a blend in HU, like a vendor's strength levels
+                result = hu + np.float32(self.strength) * (result - hu)
             outside = (hu < self.info.hu_min) | (hu > self.info.hu_max)
             result[outside] = hu[outside]
             yield result
@@ -146,7 +149,7 @@ class SeriesDenoiser:
         if not refs:
             reasons = "; ".join(sorted({s.reason for s in skipped})) or "no instances"
             raise NothingToDenoise(f"nothing to denoise in series {source_series_uid}: {reasons}")
-        result = SeriesResult(derived_series_uid(source_series_uid, self.info.version), skipped=skipped)
+        result = SeriesResult(derived_series_uid(source_series_uid, self.derivation.uid_key), skipped=skipped)
         sources: list[SourceSlice] = []
         timings = result.timings
         started = time.perf_counter()
@@ -210,6 +213,7 @@ class SeriesDenoiser:
                     self.report.notice,
                     self.guard.policy if self.guard.enabled else "off",
                     report_slices,
+                    self.strength,
                 ),
                 manufacturer=self.derive_settings.manufacturer,
                 institution=self.derive_settings.institution_name,

@@ -19,7 +19,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import CTImageStorage as CT_IMAGE_STORAGE
 
 from dicom_denoise_node import __version__
-from dicom_denoise_node.derive import deterministic_uid
+from dicom_denoise_node.derive import derivation_key, deterministic_uid
 from dicom_denoise_node.guard import SliceVerdict
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ SCHEME = "99DDN"
 TITLE = Code("DNQR", SCHEME, "Denoising quality report")
 NOTICE = Code("NOTICE", SCHEME, "Notice")
 MODEL = Code("MODEL", SCHEME, "Denoising model")
+STRENGTH = Code("STRENGTH", SCHEME, "Denoising strength (0 = source, 1 = model output)")
 SOURCE_SERIES = Code("SRCSER", SCHEME, "Source series")
 DERIVED_SERIES = Code("DERSER", SCHEME, "Derived series")
 SERIES_UID = Code("112002", "DCM", "Series Instance UID")
@@ -41,6 +42,7 @@ RESULT = Code("RESULT", SCHEME, "Consistency guard result")
 MEAN_SHIFT = Code("MEANSHIFT", SCHEME, "Largest block mean HU change")
 HU = Code("[hnsf'U]", "UCUM", "Hounsfield unit")
 COUNT = Code("{slices}", "UCUM", "slices")
+UNIT_NONE = Code("1", "UCUM", "no units")
 
 CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 
@@ -56,6 +58,11 @@ class ReportInput:
     notice: str
     policy: str
     slices: Sequence[tuple[Dataset, Dataset, SliceVerdict]]  # (source header, derived header, verdict)
+    strength: float = 1.0
+
+    @property
+    def uid_key(self) -> str:
+        return derivation_key(self.model_version, self.strength)
 
 
 def report_series_uid(source_series_uid: str, model_version: str) -> str:
@@ -93,6 +100,7 @@ def build_report(data: ReportInput, manufacturer: str, institution: str = "") ->
     items.append(
         hd.sr.TextContentItem(MODEL, f"{data.model_name} {data.model_version}"[:1024], relationship_type=CONTAINS)
     )
+    items.append(_num(STRENGTH, data.strength, UNIT_NONE))
     for concept, uid in ((SOURCE_SERIES, data.source_series_uid), (DERIVED_SERIES, data.derived_series_uid)):
         group = hd.sr.ContainerContentItem(concept, relationship_type=CONTAINS)
         group.ContentSequence = hd.sr.ContentSequence(
@@ -133,9 +141,9 @@ def build_report(data: ReportInput, manufacturer: str, institution: str = "") ->
     report = hd.sr.ComprehensiveSR(
         evidence=evidence,
         content=root,
-        series_instance_uid=report_series_uid(data.source_series_uid, data.model_version),
+        series_instance_uid=report_series_uid(data.source_series_uid, data.uid_key),
         series_number=series_number,
-        sop_instance_uid=deterministic_uid("report", data.source_series_uid, data.model_version),
+        sop_instance_uid=deterministic_uid("report", data.source_series_uid, data.uid_key),
         instance_number=1,
         manufacturer=manufacturer,
         institution_name=institution or None,

@@ -14,12 +14,12 @@ $DN synth "$WORK/archive" --patients 40 --slices 6 --size 512 --seed 1
 $DN catalog scan "$WORK/archive" --catalog "$CAT"
 $DN catalog split --catalog "$CAT" --seed 1
 # Stage 1 (run 7): the cpu preset (lambda_cycle 5), 8 epochs planned, 3 run (576 steps, ends with epoch-003.pt).
-$DN train --preset cpu --catalog "$CAT" --run-dir "$RUN" --seed 1 --epochs 8 --max-steps 576 --device cpu
+$DN train --preset resnet-cpu --catalog "$CAT" --run-dir "$RUN" --seed 1 --epochs 8 --max-steps 576 --device cpu
 # Stage 2: smooth-L1 cycle term, 10 epochs planned, to step 680.
-$DN train --preset cpu --config "$HERE/model-0.1.0/stage2.toml" --catalog "$CAT" --run-dir "$RUN" --seed 1 \
+$DN train --preset resnet-cpu --config "$HERE/model-0.1.0/stage2.toml" --catalog "$CAT" --run-dir "$RUN" --seed 1 \
   --resume "$RUN/checkpoints/epoch-003.pt" --max-steps 680 --device cpu
 # Stage 3 (run 7b): lambda_cycle 1, lambda_fidelity 0.2, to step 1350.
-$DN train --preset cpu --config "$HERE/model-0.1.0/stage3.toml" --catalog "$CAT" --run-dir "$RUN" --seed 1 \
+$DN train --preset resnet-cpu --config "$HERE/model-0.1.0/stage3.toml" --catalog "$CAT" --run-dir "$RUN" --seed 1 \
   --resume "$RUN/checkpoints/step-0000680.pt" --max-steps 1350 --device cpu
 $DN model export "$RUN/checkpoints/step-0001350.pt" --name cyclegan-ld2hd-synthetic --version 0.1.0 \
   --out-dir "$WORK/model"

@@ -15,7 +15,7 @@ CAT="sqlite:///$(realpath -m "$WORK")/archive.sqlite"
 RUN="$WORK/run"
 "$HERE/train_model_0.1.0.sh" "$WORK"
 # Stage 4 (run 8): stage 3's terms, 14 epochs planned (decay from epoch 11), kept at the end of epoch 8.
-$DN train --preset cpu --config "$HERE/model-0.2.0/stage4.toml" --catalog "$CAT" --run-dir "$RUN" --seed 1 \
+$DN train --preset resnet-cpu --config "$HERE/model-0.2.0/stage4.toml" --catalog "$CAT" --run-dir "$RUN" --seed 1 \
   --resume "$RUN/checkpoints/step-0001350.pt" --max-steps 1536 --device cpu
 $DN model export "$RUN/checkpoints/epoch-008.pt" --name cyclegan-ld2hd-synthetic --version 0.2.0 \
   --out-dir "$WORK/model-0.2.0"

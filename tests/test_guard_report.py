@@ -12,6 +12,7 @@ from pydicom import dcmread
 from torch import nn
 
 from dicom_denoise_node.config import DeriveSettings, GuardSettings, ModelSettings, ReportSettings
+from dicom_denoise_node.derive import derived_series_uid
 from dicom_denoise_node.guard import check_slice
 from dicom_denoise_node.process import SeriesDenoiser
 from dicom_denoise_node.registry import load_model
@@ -208,3 +209,42 @@ def test_report_warm_up_runs_once_at_start_when_reports_are_on(tiny_model, monke
     assert calls == [1]
     _paint_out_denoiser(tiny_model, GuardSettings(), ReportSettings(enabled=False))
     assert calls == [1]
+
+
+def test_strength_blends_source_and_model_output_and_is_recorded(abdomen, tiny_model, tmp_path):
+    """[model] strength s: output = input + s·(model − input) in HU, named in DerivationDescription and the SR
+    report, and a strength other than 1 is another derived series (its own UIDs)."""
+    directory, _ = abdomen
+    _, info = load_model(tiny_model)
+    sources = sorted((directory / "LD").glob("*.dcm"))[:1]
+    source_uid = str(dcmread(sources[0]).SeriesInstanceUID)
+    outputs = {}
+    for s in (1.0, 0.5, 0.0):
+        denoiser = SeriesDenoiser(
+            _PaintOut(),
+            info,
+            ModelSettings(tile_size=128, tile_overlap=16, strength=s),
+            DeriveSettings(),
+            guard=GuardSettings(enabled=False),
+            report=ReportSettings(),
+        )
+        result = denoiser.denoise_series(source_uid, sources, lambda u, o, s=s: tmp_path / str(s) / u / f"{o}.dcm")
+        (image,) = [Path(p) for _, src, p in result.written if src]
+        ds = dcmread(image)
+        outputs[s] = (ds, result)
+        assert f"at strength {s:g}" in ds.DerivationDescription
+        sr = dcmread(result.report_path)
+        strengths = [
+            float(i.MeasuredValueSequence[0].NumericValue)
+            for i in sr.ContentSequence
+            if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == "STRENGTH"
+        ]
+        assert strengths == [s]
+    source_hu = dcmread(sources[0]).pixel_array.astype(np.float64) - 1024
+    full, half, none = (outputs[s][0].pixel_array.astype(np.float64) - 1024 for s in (1.0, 0.5, 0.0))
+    np.testing.assert_array_equal(none, source_hu)  # strength 0 gives the source back
+    assert np.abs(full - source_hu).max() > 500  # the painted square is there at full strength
+    np.testing.assert_allclose(half, 0.5 * (source_hu + full), atol=1.0)  # HU rounding on both sides
+    series = {s: r.derived_series_uid for s, (_, r) in outputs.items()}
+    assert len(set(series.values())) == 3
+    assert series[1.0] == derived_series_uid(source_uid, info.version)  # full strength keeps earlier UIDs

@@ -61,6 +61,9 @@ def synth(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same archive.")] = 0,
     views: Annotated[int | None, typer.Option(help="Projection views (default ≈ π/2 · size).")] = None,
     device: Annotated[str, typer.Option(help="Where projection and FBP run: cpu or cuda.")] = "cpu",
+    vary: Annotated[
+        bool, typer.Option(help="Draw each patient's dose, LD fraction, kernel, field of view and detector noise.")
+    ] = False,
 ) -> None:
     """Synthesise a CT archive: LD (quarter dose), HD and noise-free series per patient, Poisson noise on projections.
 
@@ -79,6 +82,7 @@ def synth(
             seed=seed,
             views=views,
             device=device,
+            vary=vary,
             progress=lambda k, n: bar.update(task, completed=k, total=n),
         )
     seconds = time.perf_counter() - start
@@ -149,8 +153,13 @@ def catalog_split(
     catalog: CatalogOption = "sqlite:///archive.sqlite",
     seed: Annotated[int, typer.Option(help="The same seed gives the same split.")] = 0,
     force: Annotated[bool, typer.Option(help="Replace an existing split made with another seed.")] = False,
+    test: Annotated[float, typer.Option(help="Fraction of patients for test (0 when a fresh archive tests).")] = 0.15,
+    val: Annotated[float, typer.Option(help="Fraction of patients for validation (choices are made there).")] = 0.05,
 ) -> None:
     """Patient-level split ≈80/15/5 (train/test/val), stratified by body part; LD and HD training patients disjoint.
+
+    `--test 1 --val 0` makes a held-out test archive; `--test 0 --val 0.12` a training archive whose test patients
+    come from another archive made with another seed.
 
     Example: `denoise-node catalog split --catalog sqlite:///data/archive.sqlite --seed 0`
     """
@@ -158,7 +167,7 @@ def catalog_split(
 
     cat = _catalog(catalog)
     try:
-        roles = make_split(cat, seed=seed, force=force)
+        roles = make_split(cat, seed=seed, fractions=(1.0 - test - val, test, val), force=force)
     except ValueError as exc:
         console.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from exc
@@ -188,10 +197,13 @@ def _load_training_data(catalog_url: str):  # noqa: ANN202
     if not ld_files or not hd_files:
         raise ConfigError("the split has no LD or no HD training slices")
     with _progress() as bar:
-        task = bar.add_task("loading slices", total=len(ld_files) + len(hd_files) + 2 * len(val), info="")
+        with_ref = [p for p in val if p.ref is not None]
+        task = bar.add_task("loading slices", total=len(ld_files) + len(hd_files) + 3 * len(val), info="")
         step = lambda k, n: bar.advance(task)  # noqa: E731
         ld, hd = load_slices(ld_files, step), load_slices(hd_files, step)
         val_ld, val_hd = load_slices([p.ld for p in val], step), load_slices([p.hd for p in val], step)
+        # REF (noise-free, synthetic archives) scores every checkpoint; real archives have none.
+        val_ref = load_slices([p.ref for p in val], step) if val and len(with_ref) == len(val) else []
     description = {
         "catalog": catalog_url,
         "ld_slices": len(ld),
@@ -200,7 +212,7 @@ def _load_training_data(catalog_url: str):  # noqa: ANN202
         "ld_fingerprint": data_fingerprint(ld_files),
         "hd_fingerprint": data_fingerprint(hd_files),
     }
-    return TrainingData(ld, hd, val_ld, val_hd, description)
+    return TrainingData(ld, hd, val_ld, val_hd, val_ref, description)
 
 
 def train(
@@ -261,6 +273,12 @@ def train(
             console.print(f"[bold red]training stopped:[/] {escape(str(exc))}")
             raise typer.Exit(1) from exc
     out.print(f"trained {result.steps} steps ({result.epochs_done} epochs); last checkpoint: {result.checkpoint}")
+    if result.best_checkpoint is not None:
+        best = min(result.validation, key=lambda r: r["val_error_hu"])
+        out.print(
+            f"best on the validation patients: step {best['step']}, error vs REF {best['val_error_hu']:.2f} HU "
+            f"({best['val_error_vs_hd']:.3f} × HD's): {result.best_checkpoint}"
+        )
     out.print(f"export it with: denoise-node model export {result.checkpoint} --name NAME --version VERSION")
 
 

@@ -13,8 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dicom_denoise_node.config import ConfigError
+from dicom_denoise_node.generator import ArchConfig, GeneratorConfig, ResidualCNNConfig
 
-PresetName = Literal["method", "cpu", "tiny"]
+PresetName = Literal["method", "cpu", "resnet-cpu", "tiny"]
 
 
 class TrainConfig(BaseModel):
@@ -26,6 +27,10 @@ class TrainConfig(BaseModel):
     catalog_url: str = ""
     run_dir: Path = Path("runs/cyclegan")
     # Network
+    generator: Literal["resnet", "residual_cnn"] = Field("resnet", description="resnet = the method's generator")
+    layers: int = Field(8, ge=2, description="residual_cnn: 3×3 convolution layers")
+    dilations: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 3, 2, 1, 1])
+    head_init_std: float = Field(1e-3, ge=0, description="residual_cnn: std of the last layer's initial weights")
     filters: int = Field(64, ge=4)
     blocks: int = Field(6, ge=1)
     upsample: Literal["resize_conv", "transpose"] = "resize_conv"
@@ -33,6 +38,8 @@ class TrainConfig(BaseModel):
     disc_filters: int = Field(64, ge=4)
     disc_layers: int = Field(3, ge=1, le=5, description="3 = the method's 70×70 PatchGAN; 2 = 34×34")
     disc_norm: Literal["instance", "none"] = "instance"
+    disc_hu_min: float | None = Field(None, description="HU window the discriminators see; None = the model's")
+    disc_hu_max: float | None = None
     # Data
     hu_min: float = -1024.0
     hu_max: float = 3071.0
@@ -51,7 +58,10 @@ class TrainConfig(BaseModel):
     decay_start_epoch: int = Field(-1, description="epoch where linear decay to 0 starts; -1 = half of epochs")
     lambda_cycle: float = 10.0
     cycle_beta: float = Field(0.0, ge=0, description="0 = the method's cycle L1; > 0 = smooth L1 of this width")
-    lambda_fidelity: float = 1.0
+    lambda_fidelity: float = Field(1.0, description="identity term 1 − SSIM (the method's fidelity loss)")
+    lambda_identity_l1: float = Field(0.0, ge=0, description="identity term L1 (G(hd) ≈ hd, F(ld) ≈ ld)")
+    lambda_lowpass: float = Field(0.0, ge=0, description="L1 between low-passed output and input (holds HU)")
+    lowpass_sigma: float = Field(3.0, gt=0, description="px; Gaussian of the low-pass term")
     ssim_window: int = Field(7, ge=3)
     pool_size: int = Field(50, ge=0)
     # Run
@@ -61,6 +71,8 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, ge=1)
     sample_every: int = Field(200, ge=1)
     val_patches: int = Field(4, ge=1)
+    val_every: int = Field(100, ge=1, description="steps between scores on the validation patients (vs REF)")
+    val_slices: int = Field(8, ge=1, description="validation slices scored (evenly spread over the patients)")
     max_steps: int = Field(0, ge=0, description="stop after this many steps in total (0 = no limit)")
 
     @model_validator(mode="after")
@@ -71,7 +83,24 @@ class TrainConfig(BaseModel):
             raise ValueError("ssim_window must be odd")
         if self.hu_max <= self.hu_min:
             raise ValueError("hu_max must be above hu_min")
+        if (self.disc_hu_min is None) != (self.disc_hu_max is None):
+            raise ValueError("give both disc_hu_min and disc_hu_max, or neither")
+        if self.disc_hu_min is not None and self.disc_hu_max <= self.disc_hu_min:  # type: ignore[operator]
+            raise ValueError("disc_hu_max must be above disc_hu_min")
+        if self.generator == "residual_cnn" and len(self.dilations) != self.layers:
+            raise ValueError(f"dilations has {len(self.dilations)} values for {self.layers} layers")
         return self
+
+    def generator_config(self) -> ArchConfig:
+        """The architecture of both generators, as stored in checkpoints and model metadata."""
+        if self.generator == "residual_cnn":
+            return ResidualCNNConfig(
+                filters=self.filters,
+                layers=self.layers,
+                dilations=tuple(self.dilations),
+                head_init_std=self.head_init_std,
+            )
+        return GeneratorConfig(filters=self.filters, blocks=self.blocks, upsample=self.upsample, residual=self.residual)
 
     @property
     def decay_start(self) -> int:
@@ -83,20 +112,49 @@ PRESETS: dict[str, dict[str, Any]] = {
     "method": dict(
         filters=64, blocks=6, disc_filters=64, patch_size=128, batch_size=32, epochs=3, patches_per_slice=128
     ),
-    # What a 2-core CPU can train in about an hour (and the bundled model's architecture). Documented deviations
-    # from the method, each there because a short CPU run did not learn to denoise without it (docs/training.md):
-    # - a soft-tissue HU window (−400…400): noise is 2.6× larger in [−1, 1] units than in −1024…3071, so the
-    #   discriminators can see it; HU outside the window (lung, bone, air) pass through the node unchanged;
-    # - the discriminators learn 4× faster than the generators (two time-scale update rule);
-    # - residual generators that start as the identity, so a short run refines the input instead of relearning
-    #   every HU (generator.py);
-    # - 34×34 discriminators without instance norm, which see noise texture at its true amplitude
-    #   (cyclegan.PatchDiscriminator);
-    # - cycle L1 × 5 instead of × 10: quantum noise cannot be restored by HD→LD, so every HU of noise that G removes
-    #   costs cycle loss. Probed with a trained discriminator (docs/training.md), × 10 makes the identity map as
-    #   good as a denoiser for G; × 5 leaves a clear minimum at mild smoothing. (`cycle_beta`, a smooth-L1 cycle
-    #   term, is available but made no difference in run 7, so the preset keeps the method's L1.)
+    # The bundled model's recipe (since 1.0.0): what a 2-core CPU trains to regular-dose quality in about two
+    # hours. Each deviation from the method and its reason is in docs/training.md ("The cpu preset"):
+    # - a normalisation-free residual CNN generator (generator.ResidualCNN): 8 dilated 3×3 layers, 32 filters,
+    #   receptive field 35 px, last layer N(0, 1e-3);
+    # - model window −1024…1024 HU (x = HU/1024): losses are in units of ≈ 1000 HU, so λ_cycle 5 here is the
+    #   2.5 of "HU/500 units"; HU outside the window (dense bone, metal) pass through the node unchanged;
+    # - the discriminators see the soft-tissue window −160…240 HU, where noise texture is visible, 4-layer
+    #   PatchGANs (34×34) without normalisation, learning 2× faster than the generators;
+    # - identity L1 instead of 1 − SSIM, and an L1 between Gaussian low-passes (σ 3 px) of output and input,
+    #   which holds mean HU (noise lives at high spatial frequencies, anatomy's HU at low ones);
+    # - 64² body patches, batch 16, a fixed number of steps, the checkpoint chosen on the validation patients.
     "cpu": dict(
+        generator="residual_cnn",
+        filters=32,
+        layers=8,
+        dilations=[1, 2, 3, 4, 3, 2, 1, 1],
+        head_init_std=1e-3,
+        hu_min=-1024.0,
+        hu_max=1024.0,
+        disc_filters=32,
+        disc_layers=2,
+        disc_norm="none",
+        disc_hu_min=-160.0,
+        disc_hu_max=240.0,
+        lr_d_factor=2.0,
+        patch_size=64,
+        batch_size=16,
+        epochs=1,
+        iters_per_epoch=4000,
+        decay_start_epoch=1,
+        lambda_cycle=5.0,
+        lambda_fidelity=0.0,
+        lambda_identity_l1=2.5,
+        lambda_lowpass=10.0,
+        lowpass_sigma=3.0,
+        sample_every=250,
+        val_every=100,
+    ),
+    # The recipe of the bundled models 0.1.0 and 0.2.0 (kept to reproduce them: scripts/train_model_0.*.sh):
+    # a residual ResNet generator with instance norm that starts as the identity, window −400…400 HU, 34×34
+    # discriminators without norm learning 4× faster, cycle L1 × 5. It removed about a fifth of the excess noise
+    # (docs/model-card.md, "Earlier models").
+    "resnet-cpu": dict(
         filters=32,
         blocks=6,
         disc_filters=32,

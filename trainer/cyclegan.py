@@ -7,12 +7,14 @@ discriminators in another: one forward per module per step is what DistributedDa
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
 from torch import nn
 
-from dicom_denoise_node.generator import GeneratorConfig, ResnetGenerator
+from dicom_denoise_node.generator import ArchConfig, ResidualCNN, ResnetGenerator, make_generator
 
 
 class PatchDiscriminator(nn.Module):
@@ -48,7 +50,7 @@ class PatchDiscriminator(nn.Module):
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:
-    """N(0, 0.02) initialisation of the reference CycleGAN implementation."""
+    """N(0, 0.02) initialisation of the reference CycleGAN implementation (a ResidualCNN keeps its own)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
             nn.init.normal_(m.weight, 0.0, gain)
@@ -57,15 +59,17 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
     for m in module.modules():
         if isinstance(m, ResnetGenerator):
             m.start_as_identity()
+        elif isinstance(m, ResidualCNN):
+            m.reset_parameters()
 
 
 class CycleGenerators(nn.Module):
     """G: LD→HD (the one the node ships) and F: HD→LD."""
 
-    def __init__(self, config: GeneratorConfig) -> None:
+    def __init__(self, config: ArchConfig) -> None:
         super().__init__()
-        self.ld2hd = ResnetGenerator(config)
-        self.hd2ld = ResnetGenerator(config)
+        self.ld2hd = make_generator(config)
+        self.hd2ld = make_generator(config)
 
     def forward(self, ld: torch.Tensor, hd: torch.Tensor) -> dict[str, torch.Tensor]:
         n = ld.shape[0]
@@ -84,11 +88,37 @@ class CycleGenerators(nn.Module):
         }
 
 
-class Discriminators(nn.Module):
-    def __init__(self, filters: int = 64, layers: int = 3, norm: str = "instance") -> None:
+class WindowView(nn.Module):
+    """What a discriminator sees: the model's [−1, 1] image re-windowed to another HU window and clipped.
+
+    Why: in a wide model window (−1024…1024 HU) the quantum noise that tells LD from HD is a few thousandths of
+    the range; in the soft-tissue window (−160…240 HU) it is five times larger, and lung or bone, which tell
+    nothing about dose, saturate. An affine map and a clamp, so gradients flow wherever the window is not clipped.
+    """
+
+    def __init__(self, model_window: tuple[float, float], view_window: tuple[float, float] | None = None) -> None:
         super().__init__()
-        self.ld = PatchDiscriminator(filters=filters, layers=layers, norm=norm)
-        self.hd = PatchDiscriminator(filters=filters, layers=layers, norm=norm)
+        lo, hi = model_window
+        vlo, vhi = view_window or model_window
+        # hu = (x + 1) / 2 · (hi − lo) + lo;  v = 2 (hu − vlo) / (vhi − vlo) − 1  =  scale · x + shift
+        self.scale = (hi - lo) / (vhi - vlo)
+        self.shift = (hi + lo - vhi - vlo) / (vhi - vlo)
+        self.active = view_window is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return x
+        return (x * self.scale + self.shift).clamp(-1.0, 1.0)
+
+
+class Discriminators(nn.Module):
+    def __init__(
+        self, filters: int = 64, layers: int = 3, norm: str = "instance", view: WindowView | None = None
+    ) -> None:
+        super().__init__()
+        view = view or WindowView((-1.0, 1.0))
+        self.ld = nn.Sequential(view, PatchDiscriminator(filters=filters, layers=layers, norm=norm))
+        self.hd = nn.Sequential(view, PatchDiscriminator(filters=filters, layers=layers, norm=norm))
 
     def forward(
         self, real_ld: torch.Tensor, fake_ld: torch.Tensor, real_hd: torch.Tensor, fake_hd: torch.Tensor
@@ -110,6 +140,17 @@ def fidelity(x: torch.Tensor, y: torch.Tensor, window: int) -> torch.Tensor:
     return 1.0 - ssim(x.float(), y.float(), data_range=2.0, win_size=window, size_average=True)
 
 
+def gaussian_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (±3σ, reflect padding) in float32."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(torch.float32)
+    y = F.pad(x.float(), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1))
+    return F.conv2d(y, k.view(1, 1, -1, 1))
+
+
 def generator_losses(
     images: dict[str, torch.Tensor],
     ld: torch.Tensor,
@@ -119,8 +160,15 @@ def generator_losses(
     lambda_fidelity: float,
     ssim_window: int,
     cycle_beta: float = 0.0,
+    lambda_identity_l1: float = 0.0,
+    lambda_lowpass: float = 0.0,
+    lowpass_sigma: float = 3.0,
 ) -> dict[str, torch.Tensor]:
     """The generator objective of the method: adversarial + λ·cycle + fidelity, for both directions.
+
+    Beyond the method (all off by default): ``lambda_identity_l1`` adds an L1 identity term; ``lambda_lowpass``
+    an L1 between the Gaussian low-passes of each translation and its input, which holds mean HU in place while
+    leaving the high frequencies, where quantum noise lives, free to change.
 
     ``cycle_beta`` > 0 makes the cycle term smooth L1 (Huber) with that width instead of the method's L1: L1 has a
     kink at zero error, so a residual generator that starts as the identity is held there by a full-size cycle
@@ -134,9 +182,23 @@ def generator_losses(
         )
     else:
         cycle = F.l1_loss(images["rec_ld"].float(), ld.float()) + F.l1_loss(images["rec_hd"].float(), hd.float())
-    fid = fidelity(images["idt_hd"], hd, ssim_window) + fidelity(images["idt_ld"], ld, ssim_window)
-    total = adv + lambda_cycle * cycle + lambda_fidelity * fid
-    return {"g_total": total, "g_adv": adv, "g_cycle": cycle, "g_fidelity": fid}
+    total = adv + lambda_cycle * cycle
+    out = {"g_adv": adv, "g_cycle": cycle}
+    if lambda_fidelity > 0:
+        fid = fidelity(images["idt_hd"], hd, ssim_window) + fidelity(images["idt_ld"], ld, ssim_window)
+        total = total + lambda_fidelity * fid
+        out["g_fidelity"] = fid
+    if lambda_identity_l1 > 0:
+        idt = F.l1_loss(images["idt_hd"].float(), hd.float()) + F.l1_loss(images["idt_ld"].float(), ld.float())
+        total = total + lambda_identity_l1 * idt
+        out["g_identity"] = idt
+    if lambda_lowpass > 0:
+        low = F.l1_loss(
+            gaussian_lowpass(images["fake_hd"], lowpass_sigma), gaussian_lowpass(ld, lowpass_sigma)
+        ) + F.l1_loss(gaussian_lowpass(images["fake_ld"], lowpass_sigma), gaussian_lowpass(hd, lowpass_sigma))
+        total = total + lambda_lowpass * low
+        out["g_lowpass"] = low
+    return {"g_total": total, **out}
 
 
 class ImagePool:

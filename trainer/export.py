@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dicom_denoise_node.generator import GeneratorConfig, ResnetGenerator
+from dicom_denoise_node.generator import build_generator
 from dicom_denoise_node.registry import ModelInfo, save_model, sha256_file
 from trainer.train import load_checkpoint
 
@@ -30,7 +30,7 @@ def export_checkpoint(
     """Write NAME.safetensors + NAME.json from a training checkpoint; returns the registry entry."""
     state = load_checkpoint(checkpoint)
     cfg = state["config"]
-    generator = ResnetGenerator(GeneratorConfig.from_dict(state["generator_config"]))
+    generator = build_generator(state["generator_config"])
     prefix = "ld2hd."
     weights = {k[len(prefix) :]: v for k, v in state["generators"].items() if k.startswith(prefix)}
     generator.load_state_dict(weights, strict=True)

@@ -47,7 +47,13 @@ class SlicePair:
 
 
 def _apportion(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
-    """Train/test/val counts by largest remainder; test ≥ 1 from 3 patients on, train ≥ 2 (both halves non-empty)."""
+    """Train/test/val counts by largest remainder; test ≥ 1 from 3 patients on, train ≥ 2 (both halves non-empty).
+
+    A train fraction of 0 makes a held-out archive (all test and val), e.g. a fresh test archive.
+    """
+    if fractions[0] == 0:
+        val = round(n * fractions[2])
+        return 0, n - val, val
     if n < 2:
         raise ValueError(f"{n} eligible patient(s): a split needs at least 2 (one for train_ld, one for train_hd)")
     quotas = [n * f for f in fractions]

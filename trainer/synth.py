@@ -64,11 +64,12 @@ class PatientRecord:
     slice_positions_mm: list[float] = field(default_factory=list)
 
 
-def series_specs(ld_fraction: float = 0.25) -> dict[str, SeriesSpec]:
+def series_specs(ld_fraction: float = 0.25, hd_mas: float = HD_MAS) -> dict[str, SeriesSpec]:
     """HD, LD and REF series descriptions; LD mAs follows the dose fraction."""
-    ld_mas = HD_MAS * ld_fraction
+    ld_mas = round(hd_mas * ld_fraction, 1)
+    hd_mas = round(hd_mas, 1)
     return {
-        "HD": SeriesSpec("HD", 2, f"Regular dose (HD) {HD_MAS:g} mAs", HD_MAS),
+        "HD": SeriesSpec("HD", 2, f"Regular dose (HD) {hd_mas:g} mAs", hd_mas),
         "LD": SeriesSpec(
             "LD",
             3,
@@ -221,8 +222,46 @@ def _body_parts(rng: np.random.Generator, patients: int, body_parts: Sequence[st
 
 
 def _patient_seeds(seed: int, index: int) -> list[np.random.SeedSequence]:
-    """Independent streams for anatomy, noise and header of one patient (changing one leaves the others)."""
-    return np.random.SeedSequence([seed, index]).spawn(3)
+    """Independent streams for anatomy, noise, header and acquisition of one patient (changing one leaves the
+    others; the fourth is used only by ``vary``, so archives made without it are unchanged)."""
+    return np.random.SeedSequence([seed, index]).spawn(4)
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How one patient was scanned: dose, LD fraction, reconstruction kernel and field of view."""
+
+    i0_hd: float
+    ld_fraction: float
+    window: str
+    pixel_spacing_mm: float
+    electronic_noise: float
+
+    @property
+    def hd_mas(self) -> float:
+        return HD_MAS * self.i0_hd / ct_physics.DEFAULT_I0_HD
+
+
+# Ranges of ``vary``: what differs between scanners, protocols and patients on a real archive. Why: a model trained
+# on one dose, one kernel and one field of view learns that simulator, not low-dose CT (docs/training.md).
+VARY_I0_FACTOR = (0.5, 2.0)  # HD dose relative to the default, log-uniform (patient size and protocol)
+VARY_LD_FRACTION = (0.15, 0.4)  # LD dose as a fraction of HD
+VARY_WINDOWS = ("ram-lak", "shepp-logan", "hann")  # sharp, standard and smooth kernels
+VARY_FOV_MM = (300.0, 420.0)  # reconstruction field of view
+VARY_ELECTRONIC_NOISE = (4.0, 16.0)  # detector noise, counts
+
+
+def draw_acquisition(seq: np.random.SeedSequence, size: int) -> Acquisition:
+    """A random, plausible acquisition for one patient (``synthesize_archive(vary=True)``)."""
+    rng = np.random.default_rng(seq)
+    lo, hi = np.log(VARY_I0_FACTOR)
+    return Acquisition(
+        i0_hd=float(ct_physics.DEFAULT_I0_HD * np.exp(rng.uniform(lo, hi))),
+        ld_fraction=float(rng.uniform(*VARY_LD_FRACTION)),
+        window=str(rng.choice(VARY_WINDOWS)),
+        pixel_spacing_mm=float(rng.uniform(*VARY_FOV_MM) / size),
+        electronic_noise=float(rng.uniform(*VARY_ELECTRONIC_NOISE)),
+    )
 
 
 def patient_anatomy(seed: int, index: int, body_part: str, z_positions_mm: Sequence[float]) -> PatientAnatomy:
@@ -248,25 +287,31 @@ def synthesize_archive(
     electronic_noise: float = ct_physics.DEFAULT_ELECTRONIC_NOISE,
     window: str = "shepp-logan",
     device: ct_physics.Device = "cpu",
+    vary: bool = False,
 ) -> list[PatientRecord]:
     """Write a reproducible archive of `patients` studies × `slices` axial slices (HD, LD, REF series each).
 
     pixel_spacing_mm defaults to a ~358 mm field of view at any size (0.7 mm at 512). progress(done, total)
-    is called after each slice position.
+    is called after each slice position. ``vary`` draws each patient's dose, LD fraction, kernel, field of view
+    and detector noise (``draw_acquisition``) instead of using the arguments.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spacing = pixel_spacing_mm or FOV_MM / size
-    specs = series_specs(ld_fraction)
-    doses = {"HD": i0_hd, "LD": i0_hd * ld_fraction}
+    default = Acquisition(i0_hd, ld_fraction, window, pixel_spacing_mm or FOV_MM / size, electronic_noise)
     root = np.random.SeedSequence([seed])
     parts = _body_parts(np.random.default_rng(root.spawn(1)[0]), patients, list(body_parts))
     total, done, sim_seconds = patients * slices, 0, 0.0
     records: list[PatientRecord] = []
     half = (slices - 1) / 2.0
     z_positions = [round((half - i) * slice_thickness_mm, 4) for i in range(slices)]  # superior first
+    acquisitions: list[Acquisition] = []
     for index, body_part in enumerate(parts):
-        _, noise_seq, header_seq = _patient_seeds(seed, index)
+        _, noise_seq, header_seq, acq_seq = _patient_seeds(seed, index)
+        acq = draw_acquisition(acq_seq, size) if vary else default
+        acquisitions.append(acq)
+        spacing, window = acq.pixel_spacing_mm, acq.window
+        specs = series_specs(acq.ld_fraction, acq.hd_mas)
+        doses = {"HD": acq.i0_hd, "LD": acq.i0_hd * acq.ld_fraction}
         anatomy = patient_anatomy(seed, index, body_part, z_positions)
         noise_rng = np.random.default_rng(noise_seq)
         header = _patient_header(np.random.default_rng(header_seq), index, body_part)
@@ -287,7 +332,7 @@ def synthesize_archive(
                 noise_rng,
                 pixel_spacing=spacing,
                 views=views,
-                electronic_noise=electronic_noise,
+                electronic_noise=acq.electronic_noise,
                 window=window,
                 device=device,
             )
@@ -349,19 +394,21 @@ def synthesize_archive(
         "patients": patients,
         "slices": slices,
         "size": size,
-        "pixel_spacing_mm": spacing,
+        "varied": vary,
+        "pixel_spacing_mm": default.pixel_spacing_mm,
         "slice_thickness_mm": slice_thickness_mm,
         "views": views or ct_physics.default_views(size),
         "detector_bins": ct_physics.detector_bins(size),
-        "i0": doses,
-        "mas": {k: s.mas for k, s in specs.items()},
-        "electronic_noise_counts": electronic_noise,
-        "fbp_window": window,
+        "i0": {"HD": default.i0_hd, "LD": default.i0_hd * default.ld_fraction},
+        "mas": {k: s.mas for k, s in series_specs(default.ld_fraction, default.hd_mas).items()},
+        "electronic_noise_counts": default.electronic_noise,
+        "fbp_window": default.window,
         "mu_water_per_mm": ct_physics.MU_WATER_PER_MM,
         "seconds_per_slice": round(sim_seconds / max(total, 1), 3),
         "device": str(device),
         "patients_list": [
-            {"patient_id": r.patient_id, "body_part": r.body_part, "lesions": r.lesions} for r in records
+            {"patient_id": r.patient_id, "body_part": r.body_part, "lesions": r.lesions, "acquisition": asdict(a)}
+            for r, a in zip(records, acquisitions, strict=True)
         ],
     }
     (out_dir / "archive.json").write_text(json.dumps(manifest, indent=2))

@@ -8,7 +8,9 @@ run takes exactly the steps the uninterrupted run would have taken.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -23,10 +25,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
-from dicom_denoise_node.generator import GeneratorConfig
 from trainer.config import TrainConfig
-from trainer.cyclegan import CycleGenerators, Discriminators, ImagePool, generator_losses, init_weights
+from trainer.cyclegan import CycleGenerators, Discriminators, ImagePool, WindowView, generator_losses, init_weights
 from trainer.data import PatchSampler, paired_patches
+from trainer.validation import ValidationSet, score
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class TrainingData:
     hd: list[np.ndarray]
     val_ld: list[np.ndarray] = field(default_factory=list)
     val_hd: list[np.ndarray] = field(default_factory=list)
+    val_ref: list[np.ndarray] = field(default_factory=list)
     description: dict[str, Any] = field(default_factory=dict)
 
 
@@ -56,6 +59,8 @@ class TrainResult:
     epochs_done: int
     checkpoint: Path | None
     history: list[dict[str, float]]
+    validation: list[dict[str, float]] = field(default_factory=list)
+    best_checkpoint: Path | None = None
     generator: dict[str, torch.Tensor] = field(default_factory=dict)  # final LD→HD weights of this rank
 
 
@@ -118,9 +123,11 @@ def train(
     run_dir = Path(cfg.run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    gen_config = GeneratorConfig(filters=cfg.filters, blocks=cfg.blocks, upsample=cfg.upsample, residual=cfg.residual)
+    gen_config = cfg.generator_config()
     gens = CycleGenerators(gen_config)
-    discs = Discriminators(cfg.disc_filters, cfg.disc_layers, cfg.disc_norm)
+    disc_window = None if cfg.disc_hu_min is None else (cfg.disc_hu_min, cfg.disc_hu_max)
+    view = WindowView((cfg.hu_min, cfg.hu_max), disc_window)  # type: ignore[arg-type]
+    discs = Discriminators(cfg.disc_filters, cfg.disc_layers, cfg.disc_norm, view)
     init_weights(gens)
     init_weights(discs)
     gens.to(device)
@@ -143,6 +150,8 @@ def train(
     # ---- resume ----------------------------------------------------------------------------------------------
     epoch, iteration, step = 0, 0, 0
     history: list[dict[str, float]] = []
+    validation: list[dict[str, float]] = []
+    best_error = math.inf
     if resume is not None:
         state = torch.load(resume, map_location="cpu", weights_only=True)
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -159,6 +168,8 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         scaler.load_state_dict(state["scaler"])
         epoch, iteration, step = state["epoch"], state["iteration"], state["step"]
+        validation = list(state.get("validation", []))
+        best_error = float(state.get("best_val_error", math.inf))
         if main:
             log.info("resumed from %s at epoch %d, iteration %d, step %d", resume, epoch, iteration, step)
     g_model: torch.nn.Module = gens
@@ -175,6 +186,16 @@ def train(
     val_ld, val_hd = None, None
     if main and data.val_ld and data.val_hd:
         val_ld, val_hd = paired_patches(data.val_ld, data.val_hd, cfg.val_patches, cfg.patch_size, window, cfg.seed)
+    val_set = None
+    if main and data.val_ref:
+        val_set = ValidationSet.build(data.val_ld, data.val_hd, data.val_ref, window, cfg.val_slices)
+        log.info(
+            "validation: %d slices; error vs REF in soft tissue: LD %.1f HU, HD %.1f HU",
+            len(val_set.ld),
+            val_set.ld_error,
+            val_set.hd_error,
+        )
+    best_path = run_dir / "checkpoints" / "best.pt"
 
     def save_checkpoint(name: str) -> Path:
         path = run_dir / "checkpoints" / name
@@ -190,6 +211,8 @@ def train(
             "step": step,
             "world_size": world,
             "last_losses": history[-1] if history else {},
+            "validation": validation,
+            "best_val_error": best_error,
             "generators": gens.state_dict(),
             "discriminators": discs.state_dict(),
             "opt_g": opt_g.state_dict(),
@@ -206,6 +229,8 @@ def train(
             tmp = path.with_suffix(".tmp")
             torch.save(state, tmp)
             os.replace(tmp, path)
+            if path == best_path:
+                return path
             last = run_dir / "checkpoints" / "last.pt"
             tmp_last = last.with_suffix(".tmp")
             torch.save(state, tmp_last)
@@ -235,7 +260,17 @@ def train(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 images = g_model(ld, hd)
                 g_losses = generator_losses(
-                    images, ld, hd, discs, cfg.lambda_cycle, cfg.lambda_fidelity, cfg.ssim_window, cfg.cycle_beta
+                    images,
+                    ld,
+                    hd,
+                    discs,
+                    cfg.lambda_cycle,
+                    cfg.lambda_fidelity,
+                    cfg.ssim_window,
+                    cfg.cycle_beta,
+                    cfg.lambda_identity_l1,
+                    cfg.lambda_lowpass,
+                    cfg.lowpass_sigma,
                 )
             opt_g.zero_grad(set_to_none=True)
             scaler.scale(g_losses["g_total"]).backward()
@@ -273,6 +308,25 @@ def train(
                 if writer is not None:
                     for k, v in losses.items():
                         writer.add_scalar(f"train/{k}", v, step)
+            if val_set is not None and (step % cfg.val_every == 0 or step == 1):
+                scores = {"step": step, **score(gens.ld2hd, val_set, window, device)}
+                validation.append(scores)
+                losses.update({k: v for k, v in scores.items() if k != "step"})
+                if writer is not None:
+                    for k, v in scores.items():
+                        if k != "step":
+                            writer.add_scalar(f"val/{k}", v, step)
+                log.info(
+                    "step %d: validation error vs REF %.2f HU (%.3f × HD's %.2f), bias %+.2f HU",
+                    step,
+                    scores["val_error_hu"],
+                    scores["val_error_vs_hd"],
+                    val_set.hd_error,
+                    scores["val_bias_hu"],
+                )
+                if scores["val_error_hu"] < best_error:
+                    best_error = scores["val_error_hu"]
+                    save_checkpoint(best_path.name)
             if main and val_ld is not None and step % cfg.sample_every == 0:
                 _save_samples(run_dir, step, gens.ld2hd, val_ld, val_hd, device)
             if on_step is not None and main:
@@ -290,7 +344,11 @@ def train(
             checkpoint = save_checkpoint(f"step-{step:07d}.pt")
     if writer is not None:
         writer.close()
-    return TrainResult(step, epoch, checkpoint, history, gens.ld2hd.state_dict())
+    if main and validation:
+        ceilings = {"hd_error_hu": val_set.hd_error, "ld_error_hu": val_set.ld_error} if val_set else {}
+        (run_dir / "validation.json").write_text(json.dumps({**ceilings, "curve": validation}, indent=1))
+    best = best_path if best_path.exists() else None
+    return TrainResult(step, epoch, checkpoint, history, validation, best, gens.ld2hd.state_dict())
 
 
 @torch.inference_mode()

@@ -1,0 +1,94 @@
+"""Scores on the validation patients during training, against the noise-free REF: the curve and the checkpoint choice.
+
+Why against REF and not HD: HD carries its own quantum noise, so a denoiser that removes more noise than HD has
+scores worse against HD while being closer to the truth; a CycleGAN's objective is HD-like output, which against
+REF means an error close to HD's own. Why soft tissue: that is where low-dose noise hides low-contrast lesions, and
+where the −160…240 HU window a radiologist reads in shows it. Full slices, through the generator directly (the
+node's tiler gives the same result for this translation-equivariant network up to blending, trainer/evaluate.py
+scores through the tiler).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dicom_denoise_node.registry import normalize_hu
+
+log = logging.getLogger(__name__)
+
+SOFT_TISSUE_HU = (-160.0, 240.0)
+
+
+def soft_tissue_mask(ref_hu: np.ndarray) -> np.ndarray:
+    """Pixels whose noise-free value lies in the soft-tissue window (fat, muscle, organs, lesions)."""
+    return (ref_hu >= SOFT_TISSUE_HU[0]) & (ref_hu <= SOFT_TISSUE_HU[1])
+
+
+def error_figures(out_hu: np.ndarray, ref_hu: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(std, mean) of out − REF over the mask, HU: the error std is the noise a reader sees, the mean a HU bias."""
+    diff = (out_hu - ref_hu)[mask]
+    return float(diff.std()), float(diff.mean())
+
+
+@dataclass
+class ValidationSet:
+    """Validation slices in the model's window, their REF, and HD's own error (the ceiling a CycleGAN aims at)."""
+
+    ld: list[torch.Tensor]
+    ref_hu: list[np.ndarray]
+    masks: list[np.ndarray]
+    hd_error: float
+    ld_error: float
+
+    @classmethod
+    def build(
+        cls,
+        ld_hu: list[np.ndarray],
+        hd_hu: list[np.ndarray],
+        ref_hu: list[np.ndarray],
+        window: tuple[float, float],
+        count: int,
+    ) -> ValidationSet:
+        """``count`` slices evenly spread over the validation slices (every validation patient is represented)."""
+        if not ref_hu or len(ref_hu) != len(ld_hu):
+            raise ValueError("validation needs a REF slice for every LD slice")
+        pick = np.unique(np.linspace(0, len(ld_hu) - 1, min(count, len(ld_hu))).round().astype(int))
+        masks = [soft_tissue_mask(ref_hu[i]) for i in pick]
+        refs = [ref_hu[i] for i in pick]
+        hd_err = np.mean([error_figures(hd_hu[i], r, m)[0] for i, r, m in zip(pick, refs, masks, strict=True)])
+        ld_err = np.mean([error_figures(ld_hu[i], r, m)[0] for i, r, m in zip(pick, refs, masks, strict=True)])
+        lds = [torch.from_numpy(normalize_hu(ld_hu[i], *window))[None, None] for i in pick]
+        return cls(lds, refs, masks, float(hd_err), float(ld_err))
+
+
+@torch.inference_mode()
+def score(
+    generator: nn.Module, val: ValidationSet, window: tuple[float, float], device: torch.device
+) -> dict[str, Any]:
+    """Mean error std and bias (HU) of the generator's output on the validation slices, and error / HD's error.
+
+    Pixels of the output outside the model window are replaced by the input, as the node does (process.py).
+    """
+    lo, hi = window
+    was_training = generator.training
+    generator.eval()
+    errors, biases = [], []
+    for x, ref, mask in zip(val.ld, val.ref_hu, val.masks, strict=True):
+        y = generator(x.to(device)).float().cpu().numpy()[0, 0]
+        out = (y + 1.0) * 0.5 * (hi - lo) + lo
+        err, bias = error_figures(out, ref, mask)
+        errors.append(err)
+        biases.append(bias)
+    generator.train(was_training)
+    err = float(np.mean(errors))
+    return {
+        "val_error_hu": err,
+        "val_bias_hu": float(np.mean(biases)),
+        "val_error_vs_hd": err / val.hd_error if val.hd_error > 0 else float("nan"),
+    }
