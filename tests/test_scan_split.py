@@ -30,6 +30,7 @@ from trainer.split import (
     paired_slices,
     split_summary,
     training_files,
+    training_pairs,
 )
 from trainer.synth import PatientRecord, synthesize_archive
 
@@ -264,8 +265,14 @@ def test_split_is_patient_level_disjoint_and_stratified(scanned: Catalog, archiv
         assert pair.ld.name == pair.hd.name == pair.ref.name == f"{pair.instance_number:04d}.dcm"
         assert pair.ld.parent.parent.name == pair.patient_id and pair.body_part == parts[pair.patient_id]
     assert paired_slices(scanned, "val") == []
-    with pytest.raises(ValueError, match="unpaired"):
-        paired_slices(scanned, "train_ld")
+    with pytest.raises(ValueError, match="unknown split role"):
+        paired_slices(scanned, "train")
+
+    # Paired mode: LD/HD pairs of the training patients only (both halves), never of test or val patients.
+    train_pairs = training_pairs(scanned)
+    assert {p.patient_id for p in train_pairs} == set(split["train_ld"]) | set(split["train_hd"])
+    assert len(train_pairs) == 8 * SLICES
+    assert all(p.ld.name == p.hd.name and p.ld.parent.parent == p.hd.parent.parent for p in train_pairs)
 
     summary = split_summary(scanned)
     assert summary["train_ld"]["patients"] == 4 and summary["train_ld"]["slices"] == 4 * SLICES
@@ -319,3 +326,27 @@ def test_apportion_keeps_test_and_both_training_halves() -> None:
         _apportion(1, fractions)
     roles = _assign({"CHEST": ["a", "b"], "ABDOMEN": ["c"]}, seed=0, fractions=fractions)
     assert sorted(roles.values()) == ["test", "train_hd", "train_ld"]
+
+
+def test_a_zero_train_fraction_makes_a_held_out_archive() -> None:
+    """A fresh test archive (`catalog split --test 1 --val 0`) and a training archive without test patients."""
+    assert _apportion(8, (0.0, 1.0, 0.0)) == (0, 8, 0)
+    assert _apportion(36, (0.88, 0.0, 0.12)) == (32, 0, 4)
+    roles = _assign({"chest": [f"c{i}" for i in range(4)], "abdomen": [f"a{i}" for i in range(4)]}, 0, (0.0, 1.0, 0.0))
+    assert set(roles.values()) == {"test"}
+
+
+def test_pairs_need_the_same_frame_of_reference_and_position(scanned: Catalog, archive, tmp_path: Path) -> None:
+    """An HD slice from another frame of reference (or another z) is not the partner of its LD slice."""
+    split = make_split(scanned, seed=11)
+    pid = split["train_ld"][0]
+    hd_path = archive[0] / pid / "HD" / "0001.dcm"
+    ds = pydicom.dcmread(hd_path)
+    ds.FrameOfReferenceUID = "1.2.3.4.5.6"
+    ds.save_as(hd_path)
+    try:
+        kept = [p for p in training_pairs(scanned) if p.patient_id == pid]
+        assert [p.instance_number for p in kept] == list(range(2, SLICES + 1))
+    finally:
+        ds.FrameOfReferenceUID = pydicom.dcmread(archive[0] / pid / "LD" / "0001.dcm").FrameOfReferenceUID
+        ds.save_as(hd_path)

@@ -130,3 +130,31 @@ def test_fbp_inverts_forward_projection() -> None:
     inside = ndimage.binary_erosion(image > 0, iterations=3)
     assert abs(float(recon[inside].mean()) - 1.0) < 0.02
     assert float(np.abs(recon[~ndimage.binary_dilation(image > 0, iterations=3)]).mean()) < 0.02
+
+
+def test_vary_draws_each_patients_acquisition_and_writes_it_down(tmp_path: Path) -> None:
+    """--vary: dose, LD fraction, kernel and field of view differ between patients; headers and manifest say which;
+    the same seed still gives the same archive, and an archive made without it is the one made before it existed."""
+    out = tmp_path / "varied"
+    records = synthesize_archive(out, patients=4, slices=1, size=64, seed=2, views=64, vary=True)
+    manifest = json.loads((out / "archive.json").read_text())
+    acquisitions = [p["acquisition"] for p in manifest["patients_list"]]
+    assert manifest["varied"] is True and len({a["i0_hd"] for a in acquisitions}) == 4
+    assert len({round(a["pixel_spacing_mm"], 6) for a in acquisitions}) == 4
+    for record, acq in zip(records, acquisitions, strict=True):
+        hd = pydicom.dcmread(record.directory / "HD" / "0001.dcm")
+        ld = pydicom.dcmread(record.directory / "LD" / "0001.dcm")
+        assert hd.ConvolutionKernel == acq["window"].upper()
+        assert float(hd.PixelSpacing[0]) == pytest.approx(acq["pixel_spacing_mm"], rel=1e-5)
+        assert float(ld.Exposure) / float(hd.Exposure) == pytest.approx(acq["ld_fraction"], abs=0.02)
+        assert "(LD)" in ld.SeriesDescription and "(HD)" in hd.SeriesDescription
+    again = tmp_path / "again"
+    synthesize_archive(again, patients=4, slices=1, size=64, seed=2, views=64, vary=True)
+    assert (again / "SYNTH0003" / "LD" / "0001.dcm").read_bytes() == (
+        out / "SYNTH0003" / "LD" / "0001.dcm"
+    ).read_bytes()
+    plain = tmp_path / "plain"
+    synthesize_archive(plain, patients=1, slices=1, size=64, seed=3, views=64)
+    assert (
+        json.loads((plain / "archive.json").read_text())["patients_list"][0]["acquisition"]["window"] == "shepp-logan"
+    )

@@ -128,9 +128,14 @@ def catalog_list(catalog: CatalogOption = "sqlite:///archive.sqlite") -> None:
     Example: `denoise-node catalog list --catalog sqlite:///data/archive.sqlite`
     """
     from trainer.scan import archive_overview
+    from trainer.split import training_pairs
 
     cat = _catalog(catalog)
     rows = archive_overview(cat)
+    try:
+        pairs = training_pairs(cat)
+    except ValueError:  # no split yet: pairs are counted among training patients only
+        pairs = None
     cat.close()
     table = Table(title=f"archive in {catalog}")
     for col in ("patient", "series UID", "description", "domain", "body part", "instances", "split"):
@@ -146,6 +151,14 @@ def catalog_list(catalog: CatalogOption = "sqlite:///archive.sqlite") -> None:
             str(r["split"] or ""),
         )
     out.print(table)
+    if pairs is None:
+        out.print("LD/HD training pairs: no split yet (run `denoise-node catalog split`)")
+    else:
+        patients = len({p.patient_id for p in pairs})
+        out.print(
+            f"LD/HD training pairs (same patient, frame of reference and slice position; for `train --pairing "
+            f"paired`): {len(pairs)} slices of {patients} patients"
+        )
 
 
 @catalog_app.command("split")
@@ -181,14 +194,19 @@ def catalog_split(
     out.print(table)
 
 
-def _load_training_data(catalog_url: str):  # noqa: ANN202
+def _load_training_data(catalog_url: str, pairing: str = "unpaired"):  # noqa: ANN202
     from trainer.data import load_slices
-    from trainer.split import paired_slices, training_files
+    from trainer.split import paired_slices, training_files, training_pairs
     from trainer.train import TrainingData, data_fingerprint
 
     cat = _catalog(catalog_url)
     try:
-        ld_files, hd_files = training_files(cat, "LD"), training_files(cat, "HD")
+        if pairing == "paired":  # LD and HD of the same slices of every training patient
+            pairs = training_pairs(cat)
+            ld_files, hd_files = [p.ld for p in pairs], [p.hd for p in pairs]
+            out.print(f"paired training: {len(pairs)} LD/HD pairs of {len({p.patient_id for p in pairs})} patients")
+        else:
+            ld_files, hd_files = training_files(cat, "LD"), training_files(cat, "HD")
         val = paired_slices(cat, "val")
     except ValueError as exc:
         raise ConfigError(f"{exc} (run `denoise-node catalog scan` and `denoise-node catalog split` first)") from exc
@@ -206,6 +224,7 @@ def _load_training_data(catalog_url: str):  # noqa: ANN202
         val_ref = load_slices([p.ref for p in val], step) if val and len(with_ref) == len(val) else []
     description = {
         "catalog": catalog_url,
+        "pairing": pairing,
         "ld_slices": len(ld),
         "hd_slices": len(hd),
         "val_slices": len(val_ld),
@@ -226,6 +245,9 @@ def train(
     max_steps: Annotated[int | None, typer.Option(help="Stop (with a checkpoint) after this many steps.")] = None,
     seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Checkpoint to continue from, exactly.")] = None,
+    pairing: Annotated[
+        str | None, typer.Option(help="unpaired (the method's CycleGAN) or paired (LD/HD pairs, Noise2Noise).")
+    ] = None,
 ) -> None:
     """Train the CycleGAN of the method on the catalog's training split (torchrun for several GPUs or nodes).
 
@@ -243,12 +265,13 @@ def train(
         iters_per_epoch=iters_per_epoch,
         max_steps=max_steps,
         seed=seed,
+        pairing=pairing,
     )
     try:
         cfg = build_config(preset, config, overrides)
         if not cfg.catalog_url:
             raise ConfigError("no catalog: give --catalog URL or catalog_url in the training config")
-        data = _load_training_data(cfg.catalog_url)
+        data = _load_training_data(cfg.catalog_url, cfg.pairing)
     except ConfigError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
@@ -259,16 +282,22 @@ def train(
         task = bar.add_task("training", total=total, info="")
 
         def on_step(step: int, epoch: int, losses: dict[str, float]) -> None:
-            info = (
-                f"epoch {epoch + 1}/{cfg.epochs} G {losses['g_total']:.3f} cyc {losses['g_cycle']:.3f} "
-                f"D {losses['d_ld'] + losses['d_hd']:.3f}"
-            )
+            info = f"epoch {epoch + 1}/{cfg.epochs} G {losses['g_total']:.3f}"
+            if "g_cycle" in losses:
+                info += f" cyc {losses['g_cycle']:.3f} D {losses['d_ld'] + losses['d_hd']:.3f}"
+            if "val_error_hu" in losses:
+                info += f" val {losses['val_error_hu']:.2f} HU"
             if "samples_per_s" in losses:
                 info += f" {losses['samples_per_s']:.1f} samples/s"
             bar.update(task, completed=step, info=info)
 
         try:
-            result = run_training(cfg, data, resume=resume, on_step=on_step)
+            if cfg.pairing == "paired":
+                from trainer.paired import train_paired
+
+                result = train_paired(cfg, data, resume=resume, on_step=on_step)
+            else:
+                result = run_training(cfg, data, resume=resume, on_step=on_step)
         except TrainingCollapsed as exc:
             console.print(f"[bold red]training stopped:[/] {escape(str(exc))}")
             raise typer.Exit(1) from exc

@@ -64,6 +64,11 @@ class TrainConfig(BaseModel):
     lowpass_sigma: float = Field(3.0, gt=0, description="px; Gaussian of the low-pass term")
     ssim_window: int = Field(7, ge=3)
     pool_size: int = Field(50, ge=0)
+    # Paired mode (beyond the method: `train --pairing paired`, trainer/paired.py)
+    pairing: Literal["unpaired", "paired"] = "unpaired"
+    lambda_pair_l1: float = Field(1.0, ge=0, description="paired: L1 between G(LD) and HD")
+    lambda_pair_msssim: float = Field(1.0, ge=0, description="paired: 1 − MS-SSIM(G(LD), HD), soft-tissue window")
+    lambda_pair_adv: float = Field(0.0, ge=0, description="paired: LSGAN weight against HD (keeps HD's texture)")
     # Run
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -122,7 +127,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     #   PatchGANs (34×34) without normalisation, learning 2× faster than the generators;
     # - identity L1 instead of 1 − SSIM, and an L1 between Gaussian low-passes (σ 3 px) of output and input,
     #   which holds mean HU (noise lives at high spatial frequencies, anatomy's HU at low ones);
-    # - 64² body patches, batch 16, a fixed number of steps, the checkpoint chosen on the validation patients.
+    # - 64² body patches, batch 16, 3 000 steps (the last 1 000 at half the learning rate), the checkpoint chosen
+    #   on the validation patients.
     "cpu": dict(
         generator="residual_cnn",
         filters=32,
@@ -139,9 +145,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr_d_factor=2.0,
         patch_size=64,
         batch_size=16,
-        epochs=1,
-        iters_per_epoch=4000,
-        decay_start_epoch=1,
+        epochs=3,
+        iters_per_epoch=1000,
+        decay_start_epoch=2,
         lambda_cycle=5.0,
         lambda_fidelity=0.0,
         lambda_identity_l1=2.5,

@@ -32,7 +32,11 @@ def load_slices(paths: Sequence[Path], progress: Callable[[int, int], None] | No
 
 
 class PatchSampler:
-    """Random body-containing patches from a set of slices of one domain."""
+    """Random body-containing patches from a set of slices of one domain.
+
+    A slice may also be a (C, H, W) stack of aligned images (paired LD/HD): every channel is cut at the same place
+    and augmented alike; the body is found in channel 0.
+    """
 
     def __init__(
         self,
@@ -51,10 +55,11 @@ class PatchSampler:
         self.images: list[torch.Tensor] = []
         self.body_integral: list[torch.Tensor] = []
         for hu in slices_hu:
-            if min(hu.shape) < patch_size:
-                raise ValueError(f"slice {hu.shape} is smaller than the {patch_size}-px patch")
+            hu = hu if hu.ndim == 3 else hu[None]
+            if min(hu.shape[-2:]) < patch_size:
+                raise ValueError(f"slice {hu.shape[-2:]} is smaller than the {patch_size}-px patch")
             self.images.append(torch.from_numpy(normalize_hu(hu, *hu_window)))
-            body = torch.from_numpy((hu > body_hu).astype(np.float64))
+            body = torch.from_numpy((hu[0] > body_hu).astype(np.float64))
             # Summed-area table: the body fraction of any patch in O(1).
             self.body_integral.append(torch.nn.functional.pad(body.cumsum(0).cumsum(1), (1, 0, 1, 0)))
 
@@ -67,12 +72,12 @@ class PatchSampler:
         return float(total) / (p * p)
 
     def sample(self, batch: int, rng: torch.Generator, tries: int = 20) -> torch.Tensor:
-        """A (batch, 1, p, p) float32 tensor in [−1, 1]."""
-        out = torch.empty(batch, 1, self.patch, self.patch)
+        """A (batch, C, p, p) float32 tensor in [−1, 1] (C = 1 for plain slices)."""
+        out = torch.empty(batch, self.images[0].shape[0], self.patch, self.patch)
         for b in range(batch):
             k = int(torch.randint(0, len(self.images), (), generator=rng))
             image = self.images[k]
-            h, w = image.shape
+            h, w = image.shape[-2:]
             best, best_frac = (0, 0), -1.0
             for _ in range(tries):
                 y = int(torch.randint(0, h - self.patch + 1, (), generator=rng))
@@ -83,12 +88,12 @@ class PatchSampler:
                 if frac >= self.body_fraction:
                     break
             y, x = best
-            patch = image[y : y + self.patch, x : x + self.patch]
+            patch = image[:, y : y + self.patch, x : x + self.patch]
             if self.augment:
-                patch = torch.rot90(patch, int(torch.randint(0, 4, (), generator=rng)), dims=(0, 1))
+                patch = torch.rot90(patch, int(torch.randint(0, 4, (), generator=rng)), dims=(1, 2))
                 if bool(torch.randint(0, 2, (), generator=rng)):
-                    patch = torch.flip(patch, dims=(1,))
-            out[b, 0] = patch
+                    patch = torch.flip(patch, dims=(2,))
+            out[b] = patch
         return out
 
 

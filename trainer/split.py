@@ -224,17 +224,31 @@ def training_files(catalog: Catalog, domain: str) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-def _slice_z(path: Path) -> float | None:
-    """z of a slice from ImagePositionPatient, else SliceLocation (headers only)."""
+def _slice_place(path: Path) -> tuple[float | None, str | None]:
+    """(z, FrameOfReferenceUID) of a slice: z from ImagePositionPatient, else SliceLocation (headers only)."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ImagePositionPatient", "SliceLocation"])
+        ds = pydicom.dcmread(
+            path,
+            stop_before_pixels=True,
+            specific_tags=["ImagePositionPatient", "SliceLocation", "FrameOfReferenceUID"],
+        )
+        frame = str(ds.FrameOfReferenceUID) if ds.get("FrameOfReferenceUID") else None
         if ds.get("ImagePositionPatient"):
-            return float(ds.ImagePositionPatient[2])
+            return float(ds.ImagePositionPatient[2]), frame
         if ds.get("SliceLocation") not in (None, ""):
-            return float(ds.SliceLocation)
+            return float(ds.SliceLocation), frame
+        return None, frame
     except Exception as exc:  # an unreadable header only disables the check for this slice
         log.debug("no slice position in %s: %s", path, exc)
-    return None
+    return None, None
+
+
+def _same_place(a: Path, b: Path) -> bool:
+    """Same frame of reference (when both name one) and the same z within Z_TOLERANCE_MM (when both have one)."""
+    (za, fa), (zb, fb) = _slice_place(a), _slice_place(b)
+    if fa is not None and fb is not None and fa != fb:
+        return False
+    return za is None or zb is None or abs(za - zb) <= Z_TOLERANCE_MM
 
 
 def _numbered(series_uid: str, rows: list[tuple[int | None, str]]) -> dict[int, Path]:
@@ -254,8 +268,8 @@ def paired_slices(catalog: Catalog, role: str, check_positions: bool = True) -> 
     headers of the matched files and drops pairs whose z (ImagePositionPatient, else SliceLocation) differ by
     more than Z_TOLERANCE_MM. A study with several series of one domain uses the one with most instances.
     """
-    if role not in ("test", "val"):
-        raise ValueError(f"paired slices exist for test and val, not {role!r} (training is unpaired)")
+    if role not in ROLES:
+        raise ValueError(f"unknown split role {role!r}; one of {', '.join(ROLES)}")
     with catalog.session() as s:
         _require_split(s)
         rows = s.execute(
@@ -300,17 +314,21 @@ def paired_slices(catalog: Catalog, role: str, check_positions: bool = True) -> 
         for n in sorted(set(ld) & set(hd)):
             ref_path = ref.get(n)
             if check_positions:
-                z_ld, z_hd = _slice_z(ld[n]), _slice_z(hd[n])
-                if z_ld is not None and z_hd is not None and abs(z_ld - z_hd) > Z_TOLERANCE_MM:
+                if not _same_place(ld[n], hd[n]):
                     mismatched += 1
                     continue
-                z_ref = _slice_z(ref_path) if ref_path is not None else None
-                if z_ld is not None and z_ref is not None and abs(z_ld - z_ref) > Z_TOLERANCE_MM:
+                if ref_path is not None and not _same_place(ld[n], ref_path):
                     ref_path = None
             pairs.append(SlicePair(pid, parts[chosen["LD"]], ld[n], hd[n], ref_path, n))
     if mismatched:
-        log.warning("%s: dropped %d LD/HD pairs whose slice positions differ", role, mismatched)
+        log.warning("%s: dropped %d LD/HD pairs whose frame of reference or slice position differ", role, mismatched)
     return pairs
+
+
+def training_pairs(catalog: Catalog, check_positions: bool = True) -> list[SlicePair]:
+    """LD/HD pairs of the training patients (both halves): same patient and study, same frame of reference, same
+    slice position. For `train --pairing paired`; test and val patients are never among them."""
+    return [p for role in TRAIN_ROLE.values() for p in paired_slices(catalog, role, check_positions)]
 
 
 def split_summary(catalog: Catalog) -> dict[str, dict[str, int]]:

@@ -8,9 +8,7 @@ run takes exactly the steps the uninterrupted run would have taken.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -28,7 +26,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from trainer.config import TrainConfig
 from trainer.cyclegan import CycleGenerators, Discriminators, ImagePool, WindowView, generator_losses, init_weights
 from trainer.data import PatchSampler, paired_patches
-from trainer.validation import ValidationSet, score
+from trainer.validation import ValidationSet, Validator
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +93,16 @@ def _linear_decay(cfg: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+def write_checkpoint(state: dict[str, Any], path: Path, also_last: bool = True) -> None:
+    """Atomically (temporary file + rename) write a checkpoint, and the same as last.pt beside it."""
+    targets = [path] + ([path.parent / "last.pt"] if also_last else [])
+    for target in targets:
+        tmp = target.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, target)
+    log.info("checkpoint %s (epoch %d, step %d)", path, state["epoch"], state["step"])
+
+
 def iterations_per_epoch(cfg: TrainConfig, n_ld_slices: int, world: int = 1) -> int:
     if cfg.iters_per_epoch:
         return cfg.iters_per_epoch
@@ -150,8 +158,6 @@ def train(
     # ---- resume ----------------------------------------------------------------------------------------------
     epoch, iteration, step = 0, 0, 0
     history: list[dict[str, float]] = []
-    validation: list[dict[str, float]] = []
-    best_error = math.inf
     if resume is not None:
         state = torch.load(resume, map_location="cpu", weights_only=True)
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -168,8 +174,6 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         scaler.load_state_dict(state["scaler"])
         epoch, iteration, step = state["epoch"], state["iteration"], state["step"]
-        validation = list(state.get("validation", []))
-        best_error = float(state.get("best_val_error", math.inf))
         if main:
             log.info("resumed from %s at epoch %d, iteration %d, step %d", resume, epoch, iteration, step)
     g_model: torch.nn.Module = gens
@@ -189,12 +193,9 @@ def train(
     val_set = None
     if main and data.val_ref:
         val_set = ValidationSet.build(data.val_ld, data.val_hd, data.val_ref, window, cfg.val_slices)
-        log.info(
-            "validation: %d slices; error vs REF in soft tissue: LD %.1f HU, HD %.1f HU",
-            len(val_set.ld),
-            val_set.ld_error,
-            val_set.hd_error,
-        )
+    validator = Validator(val_set, window, device, cfg.val_every, writer)
+    if resume is not None:
+        validator.load_state_dict(state)
     best_path = run_dir / "checkpoints" / "best.pt"
 
     def save_checkpoint(name: str) -> Path:
@@ -211,8 +212,7 @@ def train(
             "step": step,
             "world_size": world,
             "last_losses": history[-1] if history else {},
-            "validation": validation,
-            "best_val_error": best_error,
+            **validator.state_dict(),
             "generators": gens.state_dict(),
             "discriminators": discs.state_dict(),
             "opt_g": opt_g.state_dict(),
@@ -226,16 +226,7 @@ def train(
             "scaler": scaler.state_dict(),
         }
         if main:
-            tmp = path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-            if path == best_path:
-                return path
-            last = run_dir / "checkpoints" / "last.pt"
-            tmp_last = last.with_suffix(".tmp")
-            torch.save(state, tmp_last)
-            os.replace(tmp_last, last)
-            log.info("checkpoint %s (epoch %d, step %d)", path, epoch, step)
+            write_checkpoint(state, path, also_last=path != best_path)
         return path
 
     def gathered_rng() -> list[torch.Tensor]:
@@ -308,25 +299,8 @@ def train(
                 if writer is not None:
                     for k, v in losses.items():
                         writer.add_scalar(f"train/{k}", v, step)
-            if val_set is not None and (step % cfg.val_every == 0 or step == 1):
-                scores = {"step": step, **score(gens.ld2hd, val_set, window, device)}
-                validation.append(scores)
-                losses.update({k: v for k, v in scores.items() if k != "step"})
-                if writer is not None:
-                    for k, v in scores.items():
-                        if k != "step":
-                            writer.add_scalar(f"val/{k}", v, step)
-                log.info(
-                    "step %d: validation error vs REF %.2f HU (%.3f × HD's %.2f), bias %+.2f HU",
-                    step,
-                    scores["val_error_hu"],
-                    scores["val_error_vs_hd"],
-                    val_set.hd_error,
-                    scores["val_bias_hu"],
-                )
-                if scores["val_error_hu"] < best_error:
-                    best_error = scores["val_error_hu"]
-                    save_checkpoint(best_path.name)
+            if validator(step, gens.ld2hd, losses):
+                save_checkpoint(best_path.name)
             if main and val_ld is not None and step % cfg.sample_every == 0:
                 _save_samples(run_dir, step, gens.ld2hd, val_ld, val_hd, device)
             if on_step is not None and main:
@@ -344,11 +318,9 @@ def train(
             checkpoint = save_checkpoint(f"step-{step:07d}.pt")
     if writer is not None:
         writer.close()
-    if main and validation:
-        ceilings = {"hd_error_hu": val_set.hd_error, "ld_error_hu": val_set.ld_error} if val_set else {}
-        (run_dir / "validation.json").write_text(json.dumps({**ceilings, "curve": validation}, indent=1))
+    validator.write(run_dir / "validation.json")
     best = best_path if best_path.exists() else None
-    return TrainResult(step, epoch, checkpoint, history, validation, best, gens.ld2hd.state_dict())
+    return TrainResult(step, epoch, checkpoint, history, validator.curve, best, gens.ld2hd.state_dict())
 
 
 @torch.inference_mode()

@@ -10,8 +10,10 @@ scores through the tiler).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,3 +94,68 @@ def score(
         "val_bias_hu": float(np.mean(biases)),
         "val_error_vs_hd": err / val.hd_error if val.hd_error > 0 else float("nan"),
     }
+
+
+class Validator:
+    """Scores a generator every ``every`` steps (and at step 1), keeps the curve and says when a score is the best.
+
+    Shared by the unpaired and the paired trainer; its state (curve, best error) goes into their checkpoints so a
+    resumed run keeps choosing against the same best.
+    """
+
+    def __init__(
+        self,
+        val: ValidationSet | None,
+        window: tuple[float, float],
+        device: torch.device,
+        every: int,
+        writer: Any = None,
+    ) -> None:
+        self.val, self.window, self.device, self.every, self.writer = val, window, device, every, writer
+        self.curve: list[dict[str, float]] = []
+        self.best_error = float("inf")
+        if val is not None:
+            log.info(
+                "validation: %d slices; error vs REF in soft tissue: LD %.1f HU, HD %.1f HU",
+                len(val.ld),
+                val.ld_error,
+                val.hd_error,
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"validation": self.curve, "best_val_error": self.best_error}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.curve = list(state.get("validation", []))
+        self.best_error = float(state.get("best_val_error", float("inf")))
+
+    def __call__(self, step: int, generator: nn.Module, losses: dict[str, float]) -> bool:
+        """Score when due; adds the scores to ``losses``; True when this is the best score so far."""
+        if self.val is None or not (step % self.every == 0 or step == 1):
+            return False
+        scores = {"step": step, **score(generator, self.val, self.window, self.device)}
+        self.curve.append(scores)
+        losses.update({k: v for k, v in scores.items() if k != "step"})
+        if self.writer is not None:
+            for k, v in scores.items():
+                if k != "step":
+                    self.writer.add_scalar(f"val/{k}", v, step)
+        log.info(
+            "step %d: validation error vs REF %.2f HU (%.3f × HD's %.2f), bias %+.2f HU",
+            step,
+            scores["val_error_hu"],
+            scores["val_error_vs_hd"],
+            self.val.hd_error,
+            scores["val_bias_hu"],
+        )
+        if scores["val_error_hu"] < self.best_error:
+            self.best_error = scores["val_error_hu"]
+            return True
+        return False
+
+    def write(self, path: Path) -> None:
+        """validation.json: the curve and the LD/HD ceilings (the model card plots it)."""
+        if not self.curve or self.val is None:
+            return
+        doc = {"hd_error_hu": self.val.hd_error, "ld_error_hu": self.val.ld_error, "curve": self.curve}
+        path.write_text(json.dumps(doc, indent=1))

@@ -1,0 +1,130 @@
+"""The bundled model's recipe: the normalisation-free residual CNN, the discriminators' HU window, the low-pass term,
+and validation against the noise-free REF that picks the checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dicom_denoise_node.generator import ResidualCNN, ResidualCNNConfig, build_generator
+from dicom_denoise_node.registry import load_model
+from tests.test_train import tiny_slices
+from trainer.config import build_config
+from trainer.cyclegan import WindowView, gaussian_lowpass
+from trainer.export import export_checkpoint
+from trainer.train import TrainingData, load_checkpoint, train
+from trainer.validation import error_figures, soft_tissue_mask
+
+
+def test_residual_cnn_starts_near_identity_and_round_trips_its_config():
+    torch.manual_seed(0)
+    config = ResidualCNNConfig(filters=8, layers=4, dilations=(1, 2, 2, 1))
+    net = ResidualCNN(config)
+    x = torch.rand(2, 1, 40, 36) * 1.6 - 0.8  # any size: no downsampling
+    y = net(x)
+    assert y.shape == x.shape
+    change = (y - x).abs().max().item()
+    assert 0 < change < 0.05  # a small random head: near the identity, not exactly at it
+    rebuilt = build_generator(config.to_dict())
+    assert isinstance(rebuilt, ResidualCNN) and rebuilt.config == config
+    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in net.modules())
+    with pytest.raises(ValueError, match="one value per layer"):
+        ResidualCNNConfig(layers=3, dilations=(1, 2))
+
+
+def test_window_view_maps_the_soft_tissue_window_to_plus_minus_one():
+    view = WindowView((-1024.0, 1024.0), (-160.0, 240.0))
+    hu = torch.tensor([-160.0, 40.0, 240.0, -1000.0, 1000.0])
+    x = hu / 1024.0  # the model's [-1, 1] for the −1024…1024 window
+    np.testing.assert_allclose(view(x).numpy(), [-1.0, 0.0, 1.0, -1.0, 1.0], atol=1e-6)
+    assert torch.equal(WindowView((-1024.0, 1024.0))(x), x)  # no view window: the model's own
+
+
+def test_lowpass_keeps_constants_and_removes_fine_noise():
+    flat = torch.full((1, 1, 32, 32), 0.25)
+    assert torch.allclose(gaussian_lowpass(flat, 3.0), flat, atol=1e-6)
+    noise = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert gaussian_lowpass(noise, 3.0).std() < 0.15 * noise.std()
+
+
+def test_error_figures_over_soft_tissue():
+    ref = np.array([[-1000.0, 0.0], [100.0, 500.0]])
+    mask = soft_tissue_mask(ref)
+    assert mask.tolist() == [[False, True], [True, False]]
+    std, mean = error_figures(ref + np.array([[50.0, 10.0], [-10.0, 50.0]]), ref, mask)
+    assert std == pytest.approx(10.0) and mean == pytest.approx(0.0)
+
+
+@pytest.fixture(scope="module")
+def data_with_ref() -> TrainingData:
+    data = tiny_slices(n=3, size=64)
+    data.val_ref = [0.5 * (data.val_ld[0] + data.val_hd[0])]  # any image: the test checks the bookkeeping
+    return data
+
+
+def test_cpu_recipe_validates_keeps_the_best_checkpoint_and_exports_it(tmp_path, data_with_ref):
+    overrides = {
+        "run_dir": tmp_path / "run",
+        "device": "cpu",
+        "filters": 8,
+        "layers": 3,
+        "dilations": [1, 2, 1],
+        "batch_size": 2,
+        "patch_size": 32,
+        "iters_per_epoch": 3,
+        "epochs": 2,
+        "val_every": 2,
+        "sample_every": 1000,
+        "pool_size": 2,
+    }
+    cfg = build_config("cpu", overrides=overrides)
+    result = train(cfg, data_with_ref)
+    assert [v["step"] for v in result.validation] == [1, 2, 4, 6]
+    for row in result.history:
+        assert {"g_adv", "g_cycle", "g_identity", "g_lowpass"} <= set(row) and "g_fidelity" not in row
+    best = min(result.validation, key=lambda v: v["val_error_hu"])
+    assert result.best_checkpoint is not None
+    state = load_checkpoint(result.best_checkpoint)
+    assert state["step"] == best["step"] and state["best_val_error"] == best["val_error_hu"]
+    assert (tmp_path / "run" / "validation.json").exists()
+    info = export_checkpoint(result.best_checkpoint, tmp_path / "model", "recipe-test", "0.0.1")
+    net, loaded = load_model(info.weights_path.with_suffix(".json"))
+    assert isinstance(net, ResidualCNN) and (loaded.hu_min, loaded.hu_max) == (-1024.0, 1024.0)
+    # Resuming restores the validation history and the best score.
+    more = train(build_config("cpu", overrides={**overrides, "epochs": 3}), data_with_ref, resume=result.checkpoint)
+    assert [v["step"] for v in more.validation][:4] == [1, 2, 4, 6] and more.validation[-1]["step"] == 8
+
+
+def test_paired_mode_trains_on_aligned_pairs_validates_and_exports(tmp_path, data_with_ref):
+    from trainer.paired import ms_ssim_window, train_paired
+
+    overrides = {
+        "run_dir": tmp_path / "paired",
+        "device": "cpu",
+        "pairing": "paired",
+        "filters": 8,
+        "layers": 3,
+        "dilations": [1, 2, 1],
+        "batch_size": 2,
+        "patch_size": 48,
+        "iters_per_epoch": 2,
+        "epochs": 2,
+        "val_every": 2,
+        "lambda_pair_adv": 0.1,
+    }
+    cfg = build_config("cpu", overrides=overrides)
+    result = train_paired(cfg, data_with_ref)
+    assert result.steps == 4 and [v["step"] for v in result.validation] == [1, 2, 4]
+    assert all({"g_l1", "g_msssim", "g_adv", "d_hd"} <= set(h) for h in result.history)
+    info = export_checkpoint(result.checkpoint, tmp_path / "model", "paired-test", "0.0.1")
+    assert info.training["config"]["pairing"] == "paired"
+    assert isinstance(load_model(info.weights_path.with_suffix(".json"))[0], ResidualCNN)
+    more = train_paired(
+        build_config("cpu", overrides={**overrides, "epochs": 3}), data_with_ref, resume=result.checkpoint
+    )
+    assert more.steps == 6
+    assert ms_ssim_window(64, 7) == 3 and ms_ssim_window(128, 7) == 7
+    unaligned = TrainingData(ld=data_with_ref.ld, hd=data_with_ref.hd[:1])
+    with pytest.raises(ValueError, match="aligned pairs"):
+        train_paired(cfg, unaligned)
