@@ -320,8 +320,17 @@ def evaluate(
     max_slices: Annotated[int, typer.Option(help="Evaluate at most this many slices (0 = all).")] = 0,
     baselines: Annotated[bool, typer.Option(help="Also run Gaussian and non-local means (tuned on val).")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    val_catalog: Annotated[
+        str | None, typer.Option(help="Catalog whose val patients tune the baselines (default: --catalog).")
+    ] = None,
+    strength: Annotated[float, typer.Option(min=0.0, max=1.0, help="The node's [model] strength to evaluate.")] = 1.0,
 ) -> None:
     """Evaluate a model on the paired test split: PSNR, SSIM, MS-SSIM, HU bias, noise; vs LD and classical baselines.
+
+    With the noise-free REF (synthetic archives) it also writes the scorecard (scorecard.md/json): error, PSNR and
+    SSIM against REF in soft tissue, HU bias in fat and soft tissue, noise texture relative to HD, lesions, guard
+    flags, per patient with bootstrap 95 % intervals. Baselines are tuned on the validation patients of
+    --val-catalog (a fresh test archive has none of its own), against REF in the soft-tissue window when there is one.
 
     Example: `denoise-node evaluate --model models/cyclegan.json --catalog sqlite:///data/archive.sqlite`
     """
@@ -335,6 +344,8 @@ def evaluate(
     from trainer.lesions import SafetyScores
     from trainer.lesions import markdown_tables as lesion_markdown
     from trainer.montage import save_montage
+    from trainer.scorecard import Scorecard
+    from trainer.scorecard import markdown as scorecard_markdown
     from trainer.split import paired_slices
 
     try:
@@ -346,12 +357,21 @@ def evaluate(
     cat = _catalog(catalog)
     try:
         pairs = paired_slices(cat, role)
-        val_pairs = paired_slices(cat, "val") if baselines else []
     except ValueError as exc:
         console.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(2) from exc
     finally:
         cat.close()
+    val_pairs = []
+    if baselines:
+        vcat = _catalog(val_catalog or catalog)
+        try:
+            val_pairs = paired_slices(vcat, "val")
+        except ValueError as exc:
+            console.print(f"[red]{escape(str(exc))}[/]")
+            raise typer.Exit(2) from exc
+        finally:
+            vcat.close()
     if max_slices and len(pairs) > max_slices:
         # Evenly spaced over the split, so every test patient and body part is represented.
         pairs = [pairs[i] for i in np.linspace(0, len(pairs) - 1, max_slices).round().astype(int)]
@@ -369,23 +389,50 @@ def evaluate(
 
     slices = to_eval(pairs)
     # The model runs through the node's own tiler and HU handling: what is evaluated is what the PACS gets.
-    denoiser = SeriesDenoiser(network, info, ModelSettings(), DeriveSettings(), device=str(dev))
+    denoiser = SeriesDenoiser(network, info, ModelSettings(strength=strength), DeriveSettings(), device=str(dev))
     methods = {"model": lambda xs: list(denoiser.denoise_hu(iter(xs)))}
+    with_ref = all(s.ref is not None for s in slices)
     if baselines:
-        methods.update(classical_baselines(to_eval(val_pairs[:8]) if val_pairs else slices[:4]))
+        if val_pairs:
+            # Evenly spread over the validation patients; tuned where they are scored: vs REF in soft tissue.
+            picked = [val_pairs[i] for i in np.linspace(0, len(val_pairs) - 1, min(8, len(val_pairs))).astype(int)]
+            val_slices = to_eval(picked)
+            tune_ref = with_ref and all(v.ref is not None for v in val_slices)
+            methods.update(
+                classical_baselines(
+                    val_slices, reference="REF" if tune_ref else "HD", metric="psnr_soft" if tune_ref else "psnr"
+                )
+            )
+        else:
+            methods.update(classical_baselines(None))
     truths = _lesion_truths(pairs)
     safety = SafetyScores()
+    card = Scorecard(slices) if with_ref else None
 
     def score_safety(method: str, i: int, image: np.ndarray) -> None:
         if truths[i] is not None:
             safety.add(method, image, slices[i].ref, truths[i])
+        if card is not None:
+            card.add(method, i, image)
 
     report = run_eval(
-        slices, methods, hu_window=(info.hu_min, info.hu_max), reference=reference, per_output=score_safety
+        slices,
+        methods,
+        hu_window=(info.hu_min, info.hu_max),
+        reference=reference,
+        per_output=score_safety,
+        include_hd=card is not None,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     report.settings["model"] = {"name": info.name, "version": info.version, "sha256": info.sha256}
+    report.settings["strength"] = strength
     report.to_json(out_dir / "evaluation.json")
+    if card is not None:
+        summary = card.summary(safety.lesions)
+        summary["model"] = {"name": info.name, "version": info.version, "strength": strength}
+        (out_dir / "scorecard.json").write_text(json.dumps(summary, indent=1, default=float))
+        (out_dir / "scorecard.md").write_text(scorecard_markdown(summary))
+        out.print(scorecard_markdown(summary))
     report.to_csv(out_dir / "evaluation.csv")
     (out_dir / "evaluation.md").write_text(markdown_table(report))
     if any(t is not None for t in truths):

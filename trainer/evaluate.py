@@ -423,14 +423,18 @@ def tune_nlm(
 
 
 def classical_baselines(
-    val_slices: Sequence[EvalSlice] | None = None, *, hu_window: HUWindow = MODEL_HU_WINDOW, reference: str = "HD"
+    val_slices: Sequence[EvalSlice] | None = None,
+    *,
+    hu_window: HUWindow = MODEL_HU_WINDOW,
+    reference: str = "HD",
+    metric: str = "psnr",
 ) -> dict[str, Denoiser]:
     """The "gaussian" and "nlm" baselines, tuned on `val_slices` when given, else with defaults (sigma 1 px, h 0.8σ)."""
     if not val_slices:
         log.warning("no validation slices: classical baselines use untuned defaults (sigma 1 px, h = 0.8 sigma)")
         return {"gaussian": gaussian_denoiser(1.0), "nlm": nlm_denoiser(0.8)}
-    sigma = tune_gaussian(val_slices, hu_window=hu_window, reference=reference)
-    h_factor = tune_nlm(val_slices, hu_window=hu_window, reference=reference)
+    sigma = tune_gaussian(val_slices, hu_window=hu_window, reference=reference, metric=metric)
+    h_factor = tune_nlm(val_slices, hu_window=hu_window, reference=reference, metric=metric)
     return {"gaussian": gaussian_denoiser(sigma), "nlm": nlm_denoiser(h_factor)}
 
 

@@ -1,0 +1,64 @@
+"""The acceptance figures: bootstrap intervals over patients, the NPS texture figure, and the per-method summary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from trainer.evaluate import EvalSlice
+from trainer.scorecard import Scorecard, bootstrap_interval, hf_share, markdown, nps_blocks
+
+
+def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_agreement():
+    mean, lo, hi = bootstrap_interval([1.0, 2.0, 3.0, 4.0])
+    assert lo < mean == 2.5 < hi
+    assert bootstrap_interval([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
+    assert all(np.isnan(bootstrap_interval([])))
+
+
+def test_texture_figure_sees_over_smoothing():
+    rng = np.random.default_rng(0)
+    mask = np.ones((128, 128), bool)
+    white = rng.normal(0, 10, (128, 128))
+    smooth = ndimage.gaussian_filter(white, 1.5) * 5  # same kind of noise, "plastic"
+    share_white, share_smooth = hf_share(nps_blocks(white, mask)), hf_share(nps_blocks(smooth, mask))
+    assert share_white == pytest.approx(1 - np.pi * 0.25**2, abs=0.05)  # white: power spread evenly
+    assert share_smooth < 0.2 * share_white
+    assert np.isnan(hf_share(nps_blocks(white, np.zeros_like(mask))))  # no soft tissue region: no figure
+
+
+def _slices(n_patients: int = 3) -> list[EvalSlice]:
+    rng = np.random.default_rng(1)
+    out = []
+    for p in range(n_patients):
+        ref = np.full((96, 96), 40.0)
+        ref[:, :10] = -1000.0
+        ref[40:60, 40:60] = -100.0  # fat
+        hd = ref + rng.normal(0, 10, ref.shape)
+        ld = ref + rng.normal(0, 20, ref.shape)
+        out.append(EvalSlice(f"P{p}", "abdomen", 1, ld, hd, ref))
+    return out
+
+
+def test_scorecard_ranks_methods_against_ref_per_patient():
+    slices = _slices()
+    card = Scorecard(slices)
+    for i, s in enumerate(slices):
+        card.add("LD", i, s.ld)
+        card.add("HD", i, s.hd)
+        card.add("model", i, s.ref + 0.9 * (s.hd - s.ref) + 5.0)  # HD-like noise, a +5 HU shift
+        card.add("plastic", i, ndimage.gaussian_filter(s.ld, 2.0))
+    summary = card.summary()
+    assert summary["patients"] == 3
+    assert summary["LD"]["error_ref_hu"][0] == pytest.approx(20, rel=0.1)
+    assert summary["model"]["error_vs_hd"][0] == pytest.approx(0.9, rel=0.02)
+    assert summary["model"]["bias_soft_hu"][0] == pytest.approx(5.0, abs=0.5)
+    assert summary["model"]["bias_fat_hu"][0] == pytest.approx(5.0, abs=1.0)
+    assert summary["model"]["texture_vs_hd"][0] == pytest.approx(1.0, abs=0.05)
+    assert summary["plastic"]["texture_vs_hd"][0] < 0.5  # well outside the 0.8–1.2 acceptance band
+    assert summary["model"]["guard_flagged"][1] == 3 and "guard_flagged" not in summary["HD"]
+    table = markdown(summary)
+    assert table.count("\n") == 2 + 4 and "| plastic |" in table
+    with pytest.raises(ValueError, match="REF"):
+        Scorecard([EvalSlice("P", "x", 1, slices[0].ld, slices[0].hd, None)])
