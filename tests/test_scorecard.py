@@ -59,6 +59,24 @@ def test_scorecard_ranks_methods_against_ref_per_patient():
     assert summary["plastic"]["texture_vs_hd"][0] < 0.5  # well outside the 0.8–1.2 acceptance band
     assert summary["model"]["guard_flagged"][1] == 3 and "guard_flagged" not in summary["HD"]
     table = markdown(summary)
-    assert table.count("\n") == 2 + 4 and "| plastic |" in table
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + 4 and "| plastic |" in table
+    assert "Guard catches (added nodule): 3/3" in table
     with pytest.raises(ValueError, match="REF"):
         Scorecard([EvalSlice("P", "x", 1, slices[0].ld, slices[0].hd, None)])
+
+
+def test_guard_catch_rates_on_tampered_outputs():
+    from trainer.lesions import LesionTruth
+
+    rng = np.random.default_rng(2)
+    ref = np.full((160, 160), 50.0)
+    yy, xx = np.mgrid[:160, :160]
+    ref[np.hypot(xx - 50, yy - 50) <= 7] = 20.0  # a −30 HU lesion of 7 px radius
+    ld = ref + rng.normal(0, 20, ref.shape)
+    hd = ref + rng.normal(0, 10, ref.shape)
+    lesion = LesionTruth("P0", 1, 0, "hypodense", "liver", (50.0, 50.0), 7.0, 5.0, -30.0)
+    card = Scorecard([EvalSlice("P0", "abdomen", 1, ld, hd, ref)], lesions=[[lesion]])
+    card.add("HD", 0, hd)
+    card.add("model", 0, ref + rng.normal(0, 10, ref.shape))
+    catches = card.summary()["guard_catches"]
+    assert catches == {"painted_out_lesion": [1, 1], "added_nodule": [1, 1]}

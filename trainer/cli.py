@@ -407,7 +407,7 @@ def evaluate(
             methods.update(classical_baselines(None))
     truths = _lesion_truths(pairs)
     safety = SafetyScores()
-    card = Scorecard(slices) if with_ref else None
+    card = Scorecard(slices, lesions=truths) if with_ref else None
 
     def score_safety(method: str, i: int, image: np.ndarray) -> None:
         if truths[i] is not None:

@@ -20,13 +20,18 @@ from scipy import ndimage
 from dicom_denoise_node.config import GuardSettings
 from dicom_denoise_node.guard import check_slice
 from trainer.evaluate import EvalSlice, psnr, ssim, to_soft_tissue
-from trainer.lesions import LesionScore, tissue_bias
+from trainer.lesions import LesionScore, LesionTruth, lesion_masks, tissue_bias
 from trainer.validation import error_figures, soft_tissue_mask
 
 NPS_BLOCK = 32  # px: square regions of soft tissue in which the residual's power spectrum is measured
 HF_CUTOFF = 0.25  # cycles/px: above this radial frequency (half of Nyquist) counts as "high frequency"
 MIN_LESION_RADIUS_MM = 1.5  # "lesions ≥ 3 mm" read as diameter, the stricter reading
 BOOTSTRAP = 2000
+# The guard's catch rates are measured on the tampering it is specified to find (dicom_denoise_node/guard.py):
+TAMPER_MIN_CONTRAST_HU = 20.0  # painted-out lesions: |inserted contrast| at least this …
+TAMPER_MIN_RADIUS_PX = 4.0  # … and at least this radius
+NODULE_RADIUS_PX = 6.0  # an added nodule: a disk of this radius …
+NODULE_HU = 60.0  # … this much brighter than its surroundings, in soft tissue away from every lesion
 
 
 def _radial_frequency(n: int) -> np.ndarray:
@@ -68,7 +73,13 @@ def bootstrap_interval(values: Sequence[float], seed: int = 0, n: int = BOOTSTRA
 class Scorecard:
     """Per-slice figures of every method against REF (and HD), summarised per patient."""
 
-    def __init__(self, slices: Sequence[EvalSlice], guard: GuardSettings | None = None) -> None:
+    def __init__(
+        self,
+        slices: Sequence[EvalSlice],
+        guard: GuardSettings | None = None,
+        lesions: Sequence[list[LesionTruth] | None] | None = None,
+        tamper_method: str = "model",
+    ) -> None:
         if any(s.ref is None for s in slices):
             raise ValueError("the scorecard needs the noise-free REF of every slice (synthetic archives)")
         self.slices = list(slices)
@@ -77,6 +88,9 @@ class Scorecard:
         self.guard = guard or GuardSettings()
         self.rows: list[dict[str, Any]] = []
         self._nps: dict[tuple[str, str], np.ndarray] = {}
+        self.lesions = list(lesions) if lesions is not None else [None] * len(self.slices)
+        self.tamper_method = tamper_method
+        self.tamper: dict[str, list[bool]] = {"painted_out_lesion": [], "added_nodule": []}
 
     def add(self, method: str, i: int, out: np.ndarray) -> None:
         s = self.slices[i]
@@ -97,10 +111,38 @@ class Scorecard:
         }
         if method not in ("LD", "HD", "REF"):
             row["guard_flagged"] = bool(check_slice(s.ld, out, self.guard).reasons)
+        if method == self.tamper_method:
+            self._tamper(i, out)
         self.rows.append(row)
         nps = nps_blocks(out - ref, self.nps_masks[i])
         key = (method, s.patient_id)
         self._nps[key] = self._nps.get(key, 0) + nps
+
+    def _tamper(self, i: int, out: np.ndarray) -> None:
+        """Is the guard still catching a lesion painted out of this output, and a nodule added to it?"""
+        s, lesions = self.slices[i], self.lesions[i] or []
+        yy, xx = np.mgrid[: out.shape[0], : out.shape[1]]
+        for lesion in lesions:
+            if abs(lesion.contrast_hu) < TAMPER_MIN_CONTRAST_HU or lesion.radius_px < TAMPER_MIN_RADIUS_PX:
+                continue
+            _, ring = lesion_masks(out.shape, lesion, lesions, s.ref)
+            if ring.sum() < 8:
+                continue
+            painted = out.copy()
+            inside = np.hypot(xx - lesion.center_px[0], yy - lesion.center_px[1]) <= lesion.radius_px + 1.0
+            painted[inside] = np.median(out[ring])
+            self.tamper["painted_out_lesion"].append(bool(check_slice(s.ld, painted, self.guard).reasons))
+        # A nodule where the noise-free image is soft tissue all around, away from every lesion.
+        room = ndimage.binary_erosion(self.masks[i], iterations=int(3 * NODULE_RADIUS_PX))
+        for lesion in lesions:
+            far = lesion.radius_px + 3 * NODULE_RADIUS_PX
+            room &= np.hypot(xx - lesion.center_px[0], yy - lesion.center_px[1]) > far
+        ys, xs = np.nonzero(room)
+        if ys.size:
+            k = ys.size // 2  # deterministic: the middle of the candidates in raster order
+            disk = np.hypot(xx - xs[k], yy - ys[k]) <= NODULE_RADIUS_PX
+            added = out + NODULE_HU * ndimage.gaussian_filter(disk.astype(np.float64), 1.0)
+            self.tamper["added_nodule"].append(bool(check_slice(s.ld, added, self.guard).reasons))
 
     def methods(self) -> list[str]:
         return list(dict.fromkeys(r["method"] for r in self.rows))
@@ -152,6 +194,8 @@ class Scorecard:
                 figures["lesions_lost"] = sum(s.lost for s in mine)
                 figures["median_contrast_kept"] = float(np.median(kept)) if kept else math.nan
             result[method] = figures
+        # Tampered outputs of tamper_method that the guard flagged: [caught, tried].
+        result["guard_catches"] = {k: [sum(v), len(v)] for k, v in self.tamper.items()}
         return result
 
 
@@ -171,7 +215,7 @@ def markdown(summary: dict[str, Any]) -> str:
     )
     lines = [head, "|---" * 12 + "|"]
     for method, f in summary.items():
-        if not isinstance(f, dict):
+        if not isinstance(f, dict) or "error_ref_hu" not in f:
             continue
         flagged = f.get("guard_flagged")
         lines.append(
@@ -181,4 +225,8 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {f.get('median_contrast_kept', math.nan):.2f} | {f.get('lesions_lost', '—')}/{f.get('lesions', '—')} "
             f"| {f'{flagged[0]}/{flagged[1]}' if flagged else '—'} |"
         )
+    catches = summary.get("guard_catches", {})
+    if any(n for _, n in catches.values()):
+        lines.append("")
+        lines += [f"Guard catches ({k.replace('_', ' ')}): {c}/{n}" for k, (c, n) in catches.items()]
     return "\n".join(lines) + "\n"
