@@ -128,3 +128,20 @@ def test_paired_mode_trains_on_aligned_pairs_validates_and_exports(tmp_path, dat
     unaligned = TrainingData(ld=data_with_ref.ld, hd=data_with_ref.hd[:1])
     with pytest.raises(ValueError, match="aligned pairs"):
         train_paired(cfg, unaligned)
+
+
+def test_normalisation_free_discriminator_keeps_pytorchs_initialisation():
+    """N(0, 0.02) starves a discriminator without instance norm of signal (it stays at chance); with norm it is
+    the reference implementation's choice and stays."""
+    from trainer.cyclegan import Discriminators, init_weights
+
+    torch.manual_seed(0)
+    plain, normed = Discriminators(16, 3, "none"), Discriminators(16, 3, "instance")
+    init_weights(plain)
+    init_weights(normed)
+    first = [m for m in plain.hd.modules() if isinstance(m, torch.nn.Conv2d)][1]
+    assert first.weight.std().item() > 0.03  # default: U(±1/sqrt(fan_in)), fan_in 16·16 → std ≈ 0.036
+    normed_first = [m for m in normed.hd.modules() if isinstance(m, torch.nn.Conv2d)][1]
+    assert normed_first.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    x = torch.randn(2, 1, 64, 64) * 0.3
+    assert plain.hd(x).std() > 1e-3  # a score map that varies with the input

@@ -123,8 +123,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     #   receptive field 35 px, last layer N(0, 1e-3);
     # - model window −1024…1024 HU (x = HU/1024): losses are in units of ≈ 1000 HU, so λ_cycle 5 here is the
     #   2.5 of "HU/500 units"; HU outside the window (dense bone, metal) pass through the node unchanged;
-    # - the discriminators see the soft-tissue window −160…240 HU, where noise texture is visible, 4-layer
-    #   PatchGANs (34×34) without normalisation, learning 2× faster than the generators;
+    # - the discriminators see the soft-tissue window −160…240 HU, where noise texture is visible: the method's
+    #   70×70 PatchGAN without normalisation (PyTorch's default initialisation), learning 2× faster;
     # - identity L1 instead of 1 − SSIM, and an L1 between Gaussian low-passes (σ 3 px) of output and input,
     #   which holds mean HU (noise lives at high spatial frequencies, anatomy's HU at low ones);
     # - 64² body patches, batch 16, 3 000 steps (the last 1 000 at half the learning rate), the checkpoint chosen
@@ -138,7 +138,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         hu_min=-1024.0,
         hu_max=1024.0,
         disc_filters=32,
-        disc_layers=2,
+        disc_layers=3,
         disc_norm="none",
         disc_hu_min=-160.0,
         disc_hu_max=240.0,

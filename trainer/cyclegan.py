@@ -44,6 +44,21 @@ class PatchDiscriminator(nn.Module):
             channels = out
         blocks.append(nn.Conv2d(channels, 1, 4, stride=1, padding=1))
         self.model = nn.Sequential(*blocks)
+        self.norm = norm
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default convolution initialisation, used when there is no normalisation layer.
+
+        Why: the reference N(0, 0.02) initialisation relies on instance norm to rescale every layer. Without it the
+        signal shrinks several-fold per layer, the score map starts flat whatever the input, and the discriminator
+        sits at chance (LSGAN loss 0.25) while the generators, given no signal, settle on the identity: what the
+        first run of the normalisation-free recipe did for 200 steps. A discriminator alone telling quarter-dose
+        from regular-dose 64² patches, 100 steps (docs/model-card.md): N(0, 0.02) stays at chance, He-normal is
+        unstable (loss 0.30–0.37), PyTorch's default separates the domains.
+        """
+        for m in self.model:
+            if isinstance(m, nn.Conv2d):
+                m.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -59,7 +74,7 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
     for m in module.modules():
         if isinstance(m, ResnetGenerator):
             m.start_as_identity()
-        elif isinstance(m, ResidualCNN):
+        elif isinstance(m, ResidualCNN) or (isinstance(m, PatchDiscriminator) and m.norm == "none"):
             m.reset_parameters()
 
 
