@@ -117,6 +117,7 @@ class SeriesSettings(_Section):
 
 class ModelSettings(_Section):
     path: str = ""
+    name: str = ""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tile_size: int = Field(272, ge=32)
     tile_overlap: int = Field(32, ge=0)

@@ -47,7 +47,7 @@ SEND_LEASE_S = 600.0
 def load_denoiser(settings: Settings) -> SeriesDenoiser:
     """Load the configured (or bundled) model; raises ModelError with an actionable message."""
     device = select_device(settings.model.device)
-    network, info = load_model(resolve_model_path(settings.model.path), device)
+    network, info = load_model(resolve_model_path(settings.model.path, settings.model.name), device)
     return SeriesDenoiser(
         network, info, settings.model, settings.derive, device=str(device), guard=settings.guard, report=settings.report
     )

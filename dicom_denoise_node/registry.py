@@ -146,8 +146,18 @@ def read_metadata(path: Path) -> ModelInfo:
         raise ModelError(f"model metadata {meta_path} is incomplete or invalid: {exc}") from exc
 
 
-def resolve_model_path(configured: str) -> Path:
-    """The configured model path, or the bundled model when the setting is empty."""
+def resolve_model_path(configured: str, name: str = "") -> Path:
+    """The configured model path, or the bundled models when the setting is empty; ``name`` picks one model of a
+    registry directory by name instead of its ACTIVE file (``[model] name``, `denoise-node model list`)."""
+    if name:
+        directory = Path(configured).expanduser() if configured else BUNDLED_DIR
+        if not directory.is_dir():
+            raise ModelError(f"[model] name {name!r} needs [model] path to be a registry directory, not {directory}")
+        chosen = directory / f"{name}.json"
+        if not chosen.exists():
+            known = ", ".join(sorted(p.stem for p in directory.glob("*.json"))) or "none"
+            raise ModelError(f"[model] name {name!r}: no such model in {directory} (models there: {known})")
+        return chosen
     if configured:
         path = Path(configured).expanduser()
         if not path.exists():

@@ -145,3 +145,43 @@ def test_normalisation_free_discriminator_keeps_pytorchs_initialisation():
     assert normed_first.weight.std().item() == pytest.approx(0.02, rel=0.1)
     x = torch.randn(2, 1, 64, 64) * 0.3
     assert plain.hd(x).std() > 1e-3  # a score map that varies with the input
+
+
+def test_fast_engine_samples_on_the_device_and_trains_with_the_same_losses(tmp_path, data_with_ref):
+    from trainer.fast import DevicePool, DeviceSampler, train_fast
+
+    sampler = DeviceSampler(data_with_ref.ld, 32, (-1024.0, 1024.0), -500.0, 0.5, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    batch = sampler.sample(6, gen)
+    assert batch.shape == (6, 1, 32, 32) and batch.is_contiguous(memory_format=torch.channels_last)
+    assert (batch > -0.45).float().mean() > 0.5  # body (> −500 HU ≈ −0.49) in most of every patch
+    again = sampler.sample(6, torch.Generator().manual_seed(0))
+    assert torch.equal(batch, again)  # one device generator: reproducible
+    pool = DevicePool(4, (1, 32, 32), torch.device("cpu"))
+    first = pool.query(batch[:4], gen)
+    assert torch.equal(first, batch[:4]) and pool.filled == 4
+    mixed = pool.query(batch[2:6] + 1.0, gen)
+    assert {
+        bool((m == b + 1).all()) or any(bool((m == old).all()) for old in batch[:4])
+        for m, b in zip(mixed, batch[2:6], strict=True)
+    } == {True}
+
+    overrides = {
+        "run_dir": tmp_path / "fast",
+        "device": "cpu",
+        "filters": 8,
+        "layers": 3,
+        "dilations": [1, 2, 1],
+        "batch_size": 2,
+        "patch_size": 32,
+        "iters_per_epoch": 3,
+        "epochs": 2,
+        "val_every": 3,
+        "log_every": 3,
+        "pool_size": 2,
+    }
+    result = train_fast(build_config("cpu", overrides=overrides), data_with_ref, compile=False)
+    assert result.steps == 6 and result.epochs_done == 2 and [v["step"] for v in result.validation] == [1, 3, 6]
+    assert len(result.history) == 2 and all(np.isfinite(v) for h in result.history for v in h.values())
+    info = export_checkpoint(result.checkpoint, tmp_path / "model", "fast-test", "0.0.1")
+    assert isinstance(load_model(info.weights_path.with_suffix(".json"))[0], ResidualCNN)

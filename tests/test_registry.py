@@ -81,3 +81,22 @@ def test_no_model_and_no_bundled_model_refuses(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path / "empty")
     with pytest.raises(ModelError, match="never passes images through"):
         resolve_model_path("")
+
+
+def test_model_name_picks_a_model_of_the_registry(tmp_path):
+    """[model] name: one model of a registry directory by name, whatever ACTIVE says; a wrong name lists the others."""
+    from dicom_denoise_node.generator import ResnetGenerator
+    from dicom_denoise_node.registry import BUNDLED_DIR, save_model
+    from tests.conftest import TINY
+
+    for name in ("first", "second"):
+        save_model(ResnetGenerator(TINY), tmp_path, name, "1.0", (-1024.0, 3071.0), activate=name == "first")
+    assert resolve_model_path(str(tmp_path), "second") == tmp_path / "second.json"
+    assert read_metadata(resolve_model_path(str(tmp_path))).name == "first"  # no name: the ACTIVE one
+    with pytest.raises(ModelError, match="models there: first, second"):
+        resolve_model_path(str(tmp_path), "third")
+    with pytest.raises(ModelError, match="registry directory"):
+        resolve_model_path(str(tmp_path / "first.json"), "first")
+    bundled = {p.stem for p in BUNDLED_DIR.glob("*.json")}
+    for name in bundled:
+        assert resolve_model_path("", name) == BUNDLED_DIR / f"{name}.json"

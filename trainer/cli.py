@@ -248,6 +248,9 @@ def train(
     pairing: Annotated[
         str | None, typer.Option(help="unpaired (the method's CycleGAN) or paired (LD/HD pairs, Noise2Noise).")
     ] = None,
+    engine: Annotated[
+        str, typer.Option(help="standard (resumable, DDP) or fast (one GPU: step kept on the device, compiled).")
+    ] = "standard",
 ) -> None:
     """Train the CycleGAN of the method on the catalog's training split (torchrun for several GPUs or nodes).
 
@@ -296,11 +299,20 @@ def train(
                 from trainer.paired import train_paired
 
                 result = train_paired(cfg, data, resume=resume, on_step=on_step)
+            elif engine == "fast":
+                from trainer.fast import train_fast
+
+                if resume is not None:
+                    raise ConfigError("--engine fast does not resume; use the standard engine to continue a run")
+                result = train_fast(cfg, data, on_step=on_step)
             else:
                 result = run_training(cfg, data, resume=resume, on_step=on_step)
         except TrainingCollapsed as exc:
             console.print(f"[bold red]training stopped:[/] {escape(str(exc))}")
             raise typer.Exit(1) from exc
+        except ConfigError as exc:
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(2) from exc
     out.print(f"trained {result.steps} steps ({result.epochs_done} epochs); last checkpoint: {result.checkpoint}")
     if result.best_checkpoint is not None:
         best = min(result.validation, key=lambda r: r["val_error_hu"])
@@ -521,14 +533,19 @@ def model_list(
     directory = directory or BUNDLED_DIR
     active = (directory / ACTIVE_FILE).read_text().strip() if (directory / ACTIVE_FILE).exists() else ""
     table = Table(title=f"models in {directory}")
-    for col in ("name", "version", "architecture", "HU window", "trained", "sha256", "active"):
+    for col in ("name", "version", "architecture", "training", "HU window", "steps", "sha256", "active"):
         table.add_column(col)
     for m in list_models(directory):
-        arch = f"{m.architecture.get('filters')}f/{m.architecture.get('blocks')}b"
+        if m.architecture.get("type") == "residual_cnn":
+            arch = f"residual CNN {m.architecture.get('filters')}f/{m.architecture.get('layers')}l"
+        else:
+            arch = f"ResNet {m.architecture.get('filters')}f/{m.architecture.get('blocks')}b"
+        pairing = m.training.get("config", {}).get("pairing", "unpaired")
         table.add_row(
             m.name,
             m.version,
             arch,
+            pairing,
             f"{m.hu_min:g}…{m.hu_max:g}",
             str(m.training.get("steps", "")),
             m.sha256[:12],

@@ -53,6 +53,7 @@ class TrainConfig(BaseModel):
     patches_per_slice: int = Field(128, ge=1)
     lr: float = Field(2e-4, gt=0)
     lr_d_factor: float = Field(1.0, gt=0, description="discriminator learning rate = lr × this (the method: 1)")
+    d_warmup_steps: int = Field(0, ge=0, description="first steps train the discriminators only (the method: 0)")
     beta1: float = 0.5
     beta2: float = 0.999
     decay_start_epoch: int = Field(-1, description="epoch where linear decay to 0 starts; -1 = half of epochs")
@@ -60,7 +61,7 @@ class TrainConfig(BaseModel):
     cycle_beta: float = Field(0.0, ge=0, description="0 = the method's cycle L1; > 0 = smooth L1 of this width")
     lambda_fidelity: float = Field(1.0, description="identity term 1 − SSIM (the method's fidelity loss)")
     lambda_identity_l1: float = Field(0.0, ge=0, description="identity term L1 (G(hd) ≈ hd, F(ld) ≈ ld)")
-    lambda_lowpass: float = Field(0.0, ge=0, description="L1 between low-passed output and input (holds HU)")
+    lambda_lowpass: float = Field(0.0, ge=0, description="squared error of low-passed output and input (holds HU)")
     lowpass_sigma: float = Field(3.0, gt=0, description="px; Gaussian of the low-pass term")
     ssim_window: int = Field(7, ge=3)
     pool_size: int = Field(50, ge=0)

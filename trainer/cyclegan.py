@@ -182,8 +182,8 @@ def generator_losses(
     """The generator objective of the method: adversarial + λ·cycle + fidelity, for both directions.
 
     Beyond the method (all off by default): ``lambda_identity_l1`` adds an L1 identity term; ``lambda_lowpass``
-    an L1 between the Gaussian low-passes of each translation and its input, which holds mean HU in place while
-    leaving the high frequencies, where quantum noise lives, free to change.
+    a squared error between the Gaussian low-passes of each translation and its input, which holds mean HU in
+    place while leaving the high frequencies, where quantum noise lives, free to change.
 
     ``cycle_beta`` > 0 makes the cycle term smooth L1 (Huber) with that width instead of the method's L1: L1 has a
     kink at zero error, so a residual generator that starts as the identity is held there by a full-size cycle
@@ -208,9 +208,12 @@ def generator_losses(
         total = total + lambda_identity_l1 * idt
         out["g_identity"] = idt
     if lambda_lowpass > 0:
-        low = F.l1_loss(
+        # Squared, not L1: an L1 term is zero with a kink at the identity, and with the cycle and identity L1 it
+        # held the generators there for good (run 2, docs/model-card.md); squared, it lets small changes go and
+        # grows with a HU shift.
+        low = F.mse_loss(
             gaussian_lowpass(images["fake_hd"], lowpass_sigma), gaussian_lowpass(ld, lowpass_sigma)
-        ) + F.l1_loss(gaussian_lowpass(images["fake_ld"], lowpass_sigma), gaussian_lowpass(hd, lowpass_sigma))
+        ) + F.mse_loss(gaussian_lowpass(images["fake_ld"], lowpass_sigma), gaussian_lowpass(hd, lowpass_sigma))
         total = total + lambda_lowpass * low
         out["g_lowpass"] = low
     return {"g_total": total, **out}

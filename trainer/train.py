@@ -246,9 +246,12 @@ def train(
             ld = ld_sampler.sample(cfg.batch_size, rng).to(device, non_blocking=True)
             hd = hd_sampler.sample(cfg.batch_size, rng).to(device, non_blocking=True)
 
-            # Generator step: the discriminators judge, they do not learn.
+            # Generator step: the discriminators judge, they do not learn. During the discriminators' warm-up the
+            # generators only produce the fakes (near the identity: LD itself), so the discriminators learn to tell
+            # the doses apart before the generators are pulled to the identity by the L1 terms.
             _set_requires_grad(discs, False)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            warm_up = step < cfg.d_warmup_steps
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp), torch.set_grad_enabled(not warm_up):
                 images = g_model(ld, hd)
                 g_losses = generator_losses(
                     images,
@@ -263,9 +266,10 @@ def train(
                     cfg.lambda_lowpass,
                     cfg.lowpass_sigma,
                 )
-            opt_g.zero_grad(set_to_none=True)
-            scaler.scale(g_losses["g_total"]).backward()
-            scaler.step(opt_g)
+            if not warm_up:
+                opt_g.zero_grad(set_to_none=True)
+                scaler.scale(g_losses["g_total"]).backward()
+                scaler.step(opt_g)
 
             # Discriminator step on real images and pooled past fakes.
             _set_requires_grad(discs, True)
