@@ -1,5 +1,6 @@
-"""The physicist's flow as documented (scripts/train_bundled.sh), at a tiny size: synth → catalog scan → split →
-train → export → evaluate → export with figures → the node's `denoise` loads the exported model."""
+"""The physicist's flow as documented (scripts/train_bundled.sh), at a tiny size: varied training archive and
+fresh test archive → catalog scan → split → train → best checkpoint on validation → export → evaluate (scorecard)
+→ export with figures → the node's `denoise` loads the exported model."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def flow(tmp_path_factory) -> Path:
     env = {
         **os.environ,
         "PATIENTS": "6",
+        "TEST_PATIENTS": "2",
         "SLICES": "2",
         "SIZE": "128",
         "PRESET": "tiny",
@@ -42,13 +44,30 @@ def flow(tmp_path_factory) -> Path:
 
 def test_export_carries_provenance_and_evaluation(flow):
     meta = json.loads((flow / "model" / "cyclegan-ld2hd-synthetic.json").read_text())
-    assert meta["training"]["preset"] == "tiny" and meta["training"]["steps"] == 4
+    assert meta["training"]["preset"] == "tiny"
+    best = min(_curve(flow), key=lambda r: r["val_error_hu"])
+    assert meta["training"]["steps"] == best["step"]  # the checkpoint chosen on the validation patients
+    assert meta["training"]["checkpoint"].endswith("best.pt")
     assert meta["training"]["checkpoint_sha256"] and meta["training"]["data"]["ld_slices"] > 0
     methods = {row["method"] for row in meta["evaluation"]["summary"]}
     assert {"LD", "model", "gaussian", "nlm"} <= methods
     assert (flow / "model" / "ACTIVE").read_text().strip() == "cyclegan-ld2hd-synthetic"
     net, info = load_model(flow / "model")
     assert info.architecture["filters"] == 8
+
+
+def _curve(flow: Path) -> list[dict]:
+    return json.loads((flow / "run" / "validation.json").read_text())["curve"]
+
+
+def test_scorecard_on_the_fresh_test_archive(flow):
+    card = json.loads((flow / "eval" / "scorecard.json").read_text())
+    assert card["patients"] == 2 and {"LD", "model", "gaussian", "nlm", "HD"} <= set(card)
+    assert card["HD"]["error_vs_hd"][0] == 1.0 and card["HD"]["texture_vs_hd"][0] == 1.0
+    assert card["LD"]["error_ref_hu"][0] > card["HD"]["error_ref_hu"][0]  # quarter dose is noisier than HD
+    assert card["model"]["guard_flagged"][1] == 4 and "| model |" in (flow / "eval" / "scorecard.md").read_text()
+    test_patients = {p.name for p in (flow / "test-archive").glob("SYNTH*")}
+    assert len(test_patients) == 2
 
 
 def test_evaluate_wrote_json_csv_and_montage(flow):
@@ -62,7 +81,7 @@ def test_evaluate_wrote_json_csv_and_montage(flow):
 
 
 def test_exported_model_round_trips_through_the_node(flow, tmp_path):
-    ld_dir = next((flow / "archive").glob("SYNTH*/LD"))
+    ld_dir = next((flow / "test-archive").glob("SYNTH*/LD"))
     result = subprocess.run(
         [
             sys.executable,
@@ -95,13 +114,14 @@ def test_catalog_list_and_model_list(flow):
             "catalog",
             "list",
             "--catalog",
-            f"sqlite:///{flow / 'archive.sqlite'}",
+            f"sqlite:///{flow / 'train.sqlite'}",
         ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert listing.returncode == 0 and "train_ld" in listing.stdout and "REF" in listing.stdout
+    assert "LD/HD training pairs" in listing.stdout and "10 slices of 5 patients" in listing.stdout
     models = subprocess.run(
         [sys.executable, "-m", "dicom_denoise_node", "model", "list", str(flow / "model")],
         capture_output=True,

@@ -441,7 +441,7 @@ def evaluate(
     report.to_json(out_dir / "evaluation.json")
     if card is not None:
         summary = card.summary(safety.lesions)
-        summary["model"] = {"name": info.name, "version": info.version, "strength": strength}
+        summary["model_info"] = {"name": info.name, "version": info.version, "strength": strength}
         (out_dir / "scorecard.json").write_text(json.dumps(summary, indent=1, default=float))
         (out_dir / "scorecard.md").write_text(scorecard_markdown(summary))
         out.print(scorecard_markdown(summary))

@@ -191,6 +191,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         pool_size=4,
         log_every=1,
         sample_every=2,
+        val_every=2,
         val_patches=2,
         ssim_window=3,
     ),
