@@ -24,17 +24,17 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import machine, sync
-from dicom_denoise_node.generator import GeneratorConfig
 from trainer.config import build_config
-from trainer.cyclegan import CycleGenerators, Discriminators, generator_losses
+from trainer.cyclegan import CycleGenerators, Discriminators, WindowView, generator_losses
 from trainer.train import TrainingData, train
 
 
 def reference_step_rate(cfg, device: torch.device, steps: int) -> float:  # noqa: ANN001
     """The textbook step: G forward/backward/step, D forward/backward/step; fresh tensors each step."""
-    gen_config = GeneratorConfig(filters=cfg.filters, blocks=cfg.blocks, upsample=cfg.upsample, residual=cfg.residual)
-    gens = CycleGenerators(gen_config).to(device)
-    discs = Discriminators(cfg.disc_filters, cfg.disc_layers, cfg.disc_norm).to(device)
+    gens = CycleGenerators(cfg.generator_config()).to(device)
+    disc_window = None if cfg.disc_hu_min is None else (cfg.disc_hu_min, cfg.disc_hu_max)
+    view = WindowView((cfg.hu_min, cfg.hu_max), disc_window, cfg.disc_highpass_sigma)
+    discs = Discriminators(cfg.disc_filters, cfg.disc_layers, cfg.disc_norm, view).to(device)
     opt_g = torch.optim.Adam(gens.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(discs.parameters(), lr=cfg.lr * cfg.lr_d_factor, betas=(cfg.beta1, cfg.beta2))
     amp = device.type == "cuda" and cfg.amp
@@ -47,7 +47,17 @@ def reference_step_rate(cfg, device: torch.device, steps: int) -> float:  # noqa
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             images = gens(ld, hd)
             loss = generator_losses(
-                images, ld, hd, discs, cfg.lambda_cycle, cfg.lambda_fidelity, cfg.ssim_window, cfg.cycle_beta
+                images,
+                ld,
+                hd,
+                discs,
+                cfg.lambda_cycle,
+                cfg.lambda_fidelity,
+                cfg.ssim_window,
+                cfg.cycle_beta,
+                cfg.lambda_identity_l1,
+                cfg.lambda_lowpass,
+                cfg.lowpass_sigma,
             )
         opt_g.zero_grad()
         loss["g_total"].backward()
@@ -88,6 +98,7 @@ def trainer_rate(cfg, device: torch.device, steps: int, run_dir: Path) -> float:
             "max_steps": steps + 1,
             "epochs": 1,
             "iters_per_epoch": steps + 1,
+            "d_warmup_steps": 0,  # full steps only: the warm-up's discriminator-only steps are cheaper
         },
     )
     ends: list[float] = []

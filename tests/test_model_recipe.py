@@ -185,3 +185,13 @@ def test_fast_engine_samples_on_the_device_and_trains_with_the_same_losses(tmp_p
     assert len(result.history) == 2 and all(np.isfinite(v) for h in result.history for v in h.values())
     info = export_checkpoint(result.checkpoint, tmp_path / "model", "fast-test", "0.0.1")
     assert isinstance(load_model(info.weights_path.with_suffix(".json"))[0], ResidualCNN)
+
+
+def test_window_view_high_pass_keeps_noise_and_drops_anatomy():
+    view = WindowView((-1024.0, 1024.0), (-160.0, 240.0), highpass_sigma=2.0)
+    flat = torch.full((1, 1, 48, 48), 40.0 / 1024)
+    ramp = torch.linspace(-0.05, 0.1, 48).expand(1, 1, 48, 48)  # smooth anatomy: −50…100 HU
+    noise = torch.randn(1, 1, 48, 48, generator=torch.Generator().manual_seed(0)) * 20 / 1024
+    assert view(flat).abs().max() < 1e-5
+    assert view(ramp)[..., 8:-8, 8:-8].abs().max() < 0.01
+    assert view(flat + noise).std() > 0.8 * 4 * (20 / 200)  # 20 HU = 0.1 in the 400-HU view; ×4 gain; most survives

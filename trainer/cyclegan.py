@@ -109,10 +109,18 @@ class WindowView(nn.Module):
     Why: in a wide model window (−1024…1024 HU) the quantum noise that tells LD from HD is a few thousandths of
     the range; in the soft-tissue window (−160…240 HU) it is five times larger, and lung or bone, which tell
     nothing about dose, saturate. An affine map and a clamp, so gradients flow wherever the window is not clipped.
+    ``highpass_sigma`` > 0 then subtracts a Gaussian low-pass of that width (and multiplies by ``highpass_gain``).
     """
 
-    def __init__(self, model_window: tuple[float, float], view_window: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        model_window: tuple[float, float],
+        view_window: tuple[float, float] | None = None,
+        highpass_sigma: float = 0.0,
+        highpass_gain: float = 4.0,
+    ) -> None:
         super().__init__()
+        self.highpass_sigma, self.highpass_gain = highpass_sigma, highpass_gain
         lo, hi = model_window
         vlo, vhi = view_window or model_window
         # hu = (x + 1) / 2 · (hi − lo) + lo;  v = 2 (hu − vlo) / (vhi − vlo) − 1  =  scale · x + shift
@@ -121,9 +129,13 @@ class WindowView(nn.Module):
         self.active = view_window is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.active:
-            return x
-        return (x * self.scale + self.shift).clamp(-1.0, 1.0)
+        if self.active:
+            x = (x * self.scale + self.shift).clamp(-1.0, 1.0)
+        if self.highpass_sigma > 0:
+            # Only the fine detail: quantum noise, and edges. Why: what tells the doses apart is noise texture;
+            # without the anatomy a discriminator learns it several times faster (docs/model-card.md, D probes).
+            x = (x - gaussian_lowpass(x, self.highpass_sigma)) * self.highpass_gain
+        return x
 
 
 class Discriminators(nn.Module):

@@ -134,7 +134,9 @@ def train_fast(
     gens = CycleGenerators(gen_config)
     window = (cfg.hu_min, cfg.hu_max)
     disc_window = None if cfg.disc_hu_min is None else (cfg.disc_hu_min, cfg.disc_hu_max)
-    discs = Discriminators(cfg.disc_filters, cfg.disc_layers, cfg.disc_norm, WindowView(window, disc_window))  # type: ignore[arg-type]
+    discs = Discriminators(
+        cfg.disc_filters, cfg.disc_layers, cfg.disc_norm, WindowView(window, disc_window, cfg.disc_highpass_sigma)
+    )  # type: ignore[arg-type]
     init_weights(gens)
     init_weights(discs)
     gens.to(device, memory_format=torch.channels_last)

@@ -91,10 +91,13 @@ def train_paired(
     init_weights(generator)
     window = (cfg.hu_min, cfg.hu_max)
     disc_window = None if cfg.disc_hu_min is None else (cfg.disc_hu_min, cfg.disc_hu_max)
-    view = WindowView(window, disc_window)  # type: ignore[arg-type]
+    view = WindowView(window, disc_window)  # type: ignore[arg-type]  # the soft-tissue window, for MS-SSIM
+    disc_view = WindowView(window, disc_window, cfg.disc_highpass_sigma)  # type: ignore[arg-type]
     discriminator: nn.Module | None = None
     if cfg.lambda_pair_adv > 0:
-        discriminator = nn.Sequential(view, PatchDiscriminator(1, cfg.disc_filters, cfg.disc_layers, cfg.disc_norm))
+        discriminator = nn.Sequential(
+            disc_view, PatchDiscriminator(1, cfg.disc_filters, cfg.disc_layers, cfg.disc_norm)
+        )
         init_weights(discriminator)
         discriminator.to(device)
     generator.to(device)

@@ -134,7 +134,7 @@ def train(
     gen_config = cfg.generator_config()
     gens = CycleGenerators(gen_config)
     disc_window = None if cfg.disc_hu_min is None else (cfg.disc_hu_min, cfg.disc_hu_max)
-    view = WindowView((cfg.hu_min, cfg.hu_max), disc_window)  # type: ignore[arg-type]
+    view = WindowView((cfg.hu_min, cfg.hu_max), disc_window, cfg.disc_highpass_sigma)  # type: ignore[arg-type]
     discs = Discriminators(cfg.disc_filters, cfg.disc_layers, cfg.disc_norm, view)
     init_weights(gens)
     init_weights(discs)
