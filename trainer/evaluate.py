@@ -52,7 +52,7 @@ FLAT_MAX_REGIONS = 8
 FLAT_TOL_HU = 5.0
 FLAT_SMOOTH = 5  # px box that smooths HD for the flatness test when there is no REF
 GAUSSIAN_SIGMAS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
-NLM_H_FACTORS: tuple[float, ...] = (0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
+NLM_H_FACTORS: tuple[float, ...] = (0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.5, 8.0, 10.0)
 
 METRIC_KEYS: tuple[str, ...] = (
     "psnr",
