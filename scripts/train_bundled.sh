@@ -10,9 +10,10 @@
 set -euo pipefail
 WORK=${1:-work/bundled}
 PATIENTS=${PATIENTS:-36}          # training archive: 16 + 16 training patients (LD / HD halves) and 4 validation
-SLICES=${SLICES:-8}
+TEST_SLICES=${TEST_SLICES:-8}
+SLICES=${SLICES:-6}
 SIZE=${SIZE:-512}
-SEED=${SEED:-101}
+SEED=${SEED:-202}
 TEST_PATIENTS=${TEST_PATIENTS:-8}  # fresh test archive: quarter dose, one protocol, another seed
 TEST_SEED=${TEST_SEED:-9001}
 DEVICE=${DEVICE:-auto}
@@ -38,7 +39,7 @@ if [ ! -f "$WORK/train-archive/archive.json" ]; then
 fi
 if [ ! -f "$WORK/test-archive/archive.json" ]; then
   step "synthesise the test archive: $TEST_PATIENTS patients, quarter dose, seed $TEST_SEED"
-  $DN synth "$WORK/test-archive" --patients "$TEST_PATIENTS" --slices "$SLICES" --size "$SIZE" --seed "$TEST_SEED" \
+  $DN synth "$WORK/test-archive" --patients "$TEST_PATIENTS" --slices "$TEST_SLICES" --size "$SIZE" --seed "$TEST_SEED" \
     --device "${SYNTH_DEVICE:-cpu}"
 fi
 step "catalogs and splits (training archive: train + val; test archive: test only)"

@@ -25,6 +25,7 @@ def flow(tmp_path_factory) -> Path:
         **os.environ,
         "PATIENTS": "6",
         "TEST_PATIENTS": "2",
+        "TEST_SLICES": "2",
         "SLICES": "2",
         "SIZE": "128",
         "PRESET": "tiny",
