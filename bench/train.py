@@ -25,8 +25,8 @@ from rich.table import Table
 
 from bench.common import machine, sync
 from trainer.config import build_config
-from trainer.cyclegan import CycleGenerators, Discriminators, WindowView, generator_losses
-from trainer.train import TrainingData, train
+from trainer.cyclegan import CycleGenerators, Discriminators, WindowView
+from trainer.train import TrainingData, configured_losses, train
 
 
 def reference_step_rate(cfg, device: torch.device, steps: int) -> float:  # noqa: ANN001
@@ -46,19 +46,7 @@ def reference_step_rate(cfg, device: torch.device, steps: int) -> float:  # noqa
             p.requires_grad_(False)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             images = gens(ld, hd)
-            loss = generator_losses(
-                images,
-                ld,
-                hd,
-                discs,
-                cfg.lambda_cycle,
-                cfg.lambda_fidelity,
-                cfg.ssim_window,
-                cfg.cycle_beta,
-                cfg.lambda_identity_l1,
-                cfg.lambda_lowpass,
-                cfg.lowpass_sigma,
-            )
+            loss = configured_losses(cfg, images, ld, hd, discs)
         opt_g.zero_grad()
         loss["g_total"].backward()
         opt_g.step()

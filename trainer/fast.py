@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,16 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from dicom_denoise_node.registry import normalize_hu
 from trainer.config import TrainConfig
-from trainer.cyclegan import CycleGenerators, Discriminators, WindowView, generator_losses, init_weights
+from trainer.cyclegan import CycleGenerators, Discriminators, WindowView, init_weights
 from trainer.train import (
-    CHECKPOINT_FORMAT,
     StepCallback,
     TrainingData,
     TrainResult,
     _device,
     _linear_decay,
     _set_requires_grad,
+    checkpoint_header,
+    configured_losses,
     iterations_per_epoch,
     write_checkpoint,
 )
@@ -163,16 +163,7 @@ def train_fast(
     def save(name: str) -> Path:
         path = run_dir / "checkpoints" / name
         state: dict[str, Any] = {
-            "format": CHECKPOINT_FORMAT,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "torch": str(torch.__version__),
-            "config": cfg.model_dump(mode="json"),
-            "generator_config": gen_config.to_dict(),
-            "data": {**data.description, "engine": "fast"},
-            "epoch": epoch,
-            "iteration": 0,
-            "step": step,
-            "world_size": 1,
+            **checkpoint_header(cfg, gen_config.to_dict(), {**data.description, "engine": "fast"}, epoch, 0, step, 1),
             "last_losses": history[-1] if history else {},
             **validator.state_dict(),
             "generators": gens.state_dict(),
@@ -188,19 +179,7 @@ def train_fast(
             ld, hd = ld_sampler.sample(cfg.batch_size, gen), hd_sampler.sample(cfg.batch_size, gen)
             _set_requires_grad(discs, False)
             images = g_step(ld, hd)
-            g_losses = generator_losses(
-                images,
-                ld,
-                hd,
-                discs,
-                cfg.lambda_cycle,
-                cfg.lambda_fidelity,
-                cfg.ssim_window,
-                cfg.cycle_beta,
-                cfg.lambda_identity_l1,
-                cfg.lambda_lowpass,
-                cfg.lowpass_sigma,
-            )
+            g_losses = configured_losses(cfg, images, ld, hd, discs)
             opt_g.zero_grad(set_to_none=True)
             g_losses["g_total"].backward()
             opt_g.step()

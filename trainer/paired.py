@@ -13,7 +13,6 @@ Same checkpoint format as the unpaired trainer (``ld2hd.*`` keys), so `model exp
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from trainer.train import (
     TrainResult,
     _device,
     _linear_decay,
+    checkpoint_header,
     iterations_per_epoch,
     write_checkpoint,
 )
@@ -141,16 +141,7 @@ def train_paired(
     def save(name: str) -> Path:
         path = run_dir / "checkpoints" / name
         state: dict[str, Any] = {
-            "format": CHECKPOINT_FORMAT,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "torch": str(torch.__version__),
-            "config": cfg.model_dump(mode="json"),
-            "generator_config": gen_config.to_dict(),
-            "data": data.description,
-            "epoch": epoch,
-            "iteration": iteration,
-            "step": step,
-            "world_size": 1,
+            **checkpoint_header(cfg, gen_config.to_dict(), data.description, epoch, iteration, step, 1),
             "last_losses": history[-1] if history else {},
             **validator.state_dict(),
             "generators": {f"ld2hd.{k}": v for k, v in generator.state_dict().items()},

@@ -93,6 +93,43 @@ def _linear_decay(cfg: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+def configured_losses(
+    cfg: TrainConfig, images: dict[str, torch.Tensor], ld: torch.Tensor, hd: torch.Tensor, discs: Discriminators
+) -> dict[str, torch.Tensor]:
+    """The generator objective with every weight taken from the training configuration."""
+    return generator_losses(
+        images,
+        ld,
+        hd,
+        discs,
+        cfg.lambda_cycle,
+        cfg.lambda_fidelity,
+        cfg.ssim_window,
+        cfg.cycle_beta,
+        cfg.lambda_identity_l1,
+        cfg.lambda_lowpass,
+        cfg.lowpass_sigma,
+    )
+
+
+def checkpoint_header(
+    cfg: TrainConfig, arch: dict[str, Any], data: dict[str, Any], epoch: int, iteration: int, step: int, world: int
+) -> dict[str, Any]:
+    """What every checkpoint of every engine says about itself (format, versions, configuration, position)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "torch": str(torch.__version__),
+        "config": cfg.model_dump(mode="json"),
+        "generator_config": arch,
+        "data": data,
+        "epoch": epoch,
+        "iteration": iteration,
+        "step": step,
+        "world_size": world,
+    }
+
+
 def write_checkpoint(state: dict[str, Any], path: Path, also_last: bool = True) -> None:
     """Atomically (temporary file + rename) write a checkpoint, and the same as last.pt beside it."""
     targets = [path] + ([path.parent / "last.pt"] if also_last else [])
@@ -201,16 +238,7 @@ def train(
     def save_checkpoint(name: str) -> Path:
         path = run_dir / "checkpoints" / name
         state = {
-            "format": CHECKPOINT_FORMAT,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "torch": str(torch.__version__),
-            "config": cfg.model_dump(mode="json"),
-            "generator_config": gen_config.to_dict(),
-            "data": data.description,
-            "epoch": epoch,
-            "iteration": iteration,
-            "step": step,
-            "world_size": world,
+            **checkpoint_header(cfg, gen_config.to_dict(), data.description, epoch, iteration, step, world),
             "last_losses": history[-1] if history else {},
             **validator.state_dict(),
             "generators": gens.state_dict(),
@@ -253,19 +281,7 @@ def train(
             warm_up = step < cfg.d_warmup_steps
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp), torch.set_grad_enabled(not warm_up):
                 images = g_model(ld, hd)
-                g_losses = generator_losses(
-                    images,
-                    ld,
-                    hd,
-                    discs,
-                    cfg.lambda_cycle,
-                    cfg.lambda_fidelity,
-                    cfg.ssim_window,
-                    cfg.cycle_beta,
-                    cfg.lambda_identity_l1,
-                    cfg.lambda_lowpass,
-                    cfg.lowpass_sigma,
-                )
+                g_losses = configured_losses(cfg, images, ld, hd, discs)
             if not warm_up:
                 opt_g.zero_grad(set_to_none=True)
                 scaler.scale(g_losses["g_total"]).backward()
