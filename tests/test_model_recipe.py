@@ -189,3 +189,59 @@ def test_window_view_high_pass_keeps_noise_and_drops_anatomy():
     assert view(flat).abs().max() < 1e-5
     assert view(ramp)[..., 8:-8, 8:-8].abs().max() < 0.01
     assert view(flat + noise).std() > 0.8 * 4 * (20 / 200)  # 20 HU = 0.1 in the 400-HU view; ×4 gain; most survives
+
+
+def test_weight_average_is_an_ema_of_the_generator_and_resumes():
+    from trainer.averaging import GeneratorAverage
+
+    net = torch.nn.Conv2d(1, 1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    average = GeneratorAverage(net, 0.5)
+    average.update()  # the first update copies
+    for value in (3.0, 5.0):
+        with torch.no_grad():
+            net.weight.fill_(value)
+        average.update()
+    assert average.model.weight.item() == pytest.approx(0.5 * (0.5 * 1.0 + 0.5 * 3.0) + 0.5 * 5.0)  # 3.5
+    assert net.weight.item() == 5.0  # training follows the raw weights
+    resumed = GeneratorAverage(net, 0.5)
+    resumed.load_state_dict(average.state_dict())
+    assert resumed.model.weight.item() == pytest.approx(3.5)
+    with torch.no_grad():
+        net.weight.fill_(7.5)
+    resumed.update()  # continues the average rather than copying again
+    assert resumed.model.weight.item() == pytest.approx(5.5)
+    off = GeneratorAverage(net, 0.0)
+    assert off.model is net and off.state_dict() == {}
+    with pytest.raises(ValueError, match="decay"):
+        GeneratorAverage(net, 1.0)
+
+
+def test_training_validates_and_exports_the_weight_average(tmp_path, data_with_ref):
+    from trainer.averaging import AVERAGE_KEY
+
+    overrides = {
+        "run_dir": tmp_path / "run",
+        **SMALL,
+        "patch_size": 32,
+        "iters_per_epoch": 3,
+        "epochs": 1,
+        "d_warmup_steps": 0,
+        "val_every": 3,
+        "sample_every": 1000,
+        "pool_size": 2,
+        "ema_decay": 0.5,
+    }
+    result = train(build_config("cpu", overrides=overrides), data_with_ref)
+    state = load_checkpoint(result.checkpoint)
+    assert state["average_count"] == 3
+    raw = {k.removeprefix("ld2hd."): v for k, v in state["generators"].items() if k.startswith("ld2hd.")}
+    averaged = {k.removeprefix("ld2hd."): v for k, v in state[AVERAGE_KEY].items()}
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw)
+    assert all(torch.equal(result.generator[k], averaged[k]) for k in averaged)
+    info = export_checkpoint(result.checkpoint, tmp_path / "model", "ema-test", "0.0.1")
+    net, _ = load_model(info.weights_path.with_suffix(".json"))
+    shipped = net.state_dict()
+    assert all(torch.equal(shipped[k], averaged[k]) for k in averaged)
+    assert info.training["weights"] == "EMA of the weights, decay 0.5"

@@ -66,6 +66,9 @@ class TrainConfig(BaseModel):
     lowpass_sigma: float = Field(3.0, gt=0, description="px; Gaussian of the low-pass term")
     ssim_window: int = Field(7, ge=3)
     pool_size: int = Field(50, ge=0)
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="> 0: validate, keep and export an EMA of the generator's weights (the method: 0)"
+    )
     # Paired mode (beyond the method: `train --pairing paired`, trainer/paired.py)
     pairing: Literal["unpaired", "paired"] = "unpaired"
     lambda_pair_l1: float = Field(1.0, ge=0, description="paired: L1 between G(LD) and HD")

@@ -13,6 +13,7 @@ from typing import Any
 
 from dicom_denoise_node.generator import build_generator
 from dicom_denoise_node.registry import ModelInfo, save_model, sha256_file
+from trainer.averaging import exported_weights
 from trainer.train import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -31,14 +32,14 @@ def export_checkpoint(
     state = load_checkpoint(checkpoint)
     cfg = state["config"]
     generator = build_generator(state["generator_config"])
-    prefix = "ld2hd."
-    weights = {k[len(prefix) :]: v for k, v in state["generators"].items() if k.startswith(prefix)}
+    weights, which = exported_weights(state)
     generator.load_state_dict(weights, strict=True)
     training = {
         "preset": cfg["preset"],
         "config": cfg,
         "epochs": state["epoch"],
         "steps": state["step"],
+        "weights": which if which == "raw" else f"EMA of the weights, decay {state.get('average_decay')}",
         "world_size": state.get("world_size", 1),
         "data": state.get("data", {}),
         "last_losses": state.get("last_losses", {}),

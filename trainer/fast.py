@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from dicom_denoise_node.registry import normalize_hu
+from trainer.averaging import GeneratorAverage
 from trainer.config import TrainConfig
 from trainer.cyclegan import CycleGenerators, Discriminators, WindowView, init_weights
 from trainer.train import (
@@ -156,6 +157,7 @@ def train_fast(
     )
     validator = Validator(val_set, window, device, cfg.val_every)
     per_epoch = iterations_per_epoch(cfg, len(data.ld))
+    average = GeneratorAverage(gens.ld2hd, cfg.ema_decay)
     best_path = run_dir / "checkpoints" / "best.pt"
     epoch, step = 0, 0
     history: list[dict[str, float]] = []
@@ -167,6 +169,7 @@ def train_fast(
             "last_losses": history[-1] if history else {},
             **validator.state_dict(),
             "generators": gens.state_dict(),
+            **average.state_dict(),
             "discriminators": discs.state_dict(),
         }
         write_checkpoint(state, path, also_last=path != best_path)
@@ -183,6 +186,7 @@ def train_fast(
             opt_g.zero_grad(set_to_none=True)
             g_losses["g_total"].backward()
             opt_g.step()
+            average.update()
             _set_requires_grad(discs, True)
             fake_ld = pool_ld.query(images["fake_ld"], gen)
             fake_hd = pool_hd.query(images["fake_hd"], gen)
@@ -200,7 +204,7 @@ def train_fast(
                 history.append(losses)
                 if on_step is not None:
                     on_step(step, epoch, losses)
-            if validator(step, gens.ld2hd, {}):
+            if validator(step, average.model, {}):
                 save(best_path.name)
             if cfg.max_steps and step >= cfg.max_steps:
                 break
@@ -212,4 +216,4 @@ def train_fast(
             break
     validator.write(run_dir / "validation.json")
     best = best_path if best_path.exists() else None
-    return TrainResult(step, epoch, checkpoint, history, validator.curve, best, gens.ld2hd.state_dict())
+    return TrainResult(step, epoch, checkpoint, history, validator.curve, best, average.model.state_dict())

@@ -24,6 +24,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from dicom_denoise_node.generator import make_generator
+from trainer.averaging import GeneratorAverage
 from trainer.config import TrainConfig
 from trainer.cyclegan import PatchDiscriminator, WindowView, init_weights, lsgan
 from trainer.data import PatchSampler
@@ -136,6 +137,9 @@ def train_paired(
         torch.set_rng_state(state["torch_rng"])
         validator.load_state_dict(state)
         epoch, iteration, step = state["epoch"], state["iteration"], state["step"]
+    average = GeneratorAverage(generator, cfg.ema_decay)
+    if resume is not None:
+        average.load_state_dict(state)
     best_path = run_dir / "checkpoints" / "best.pt"
 
     def save(name: str) -> Path:
@@ -145,6 +149,7 @@ def train_paired(
             "last_losses": history[-1] if history else {},
             **validator.state_dict(),
             "generators": {f"ld2hd.{k}": v for k, v in generator.state_dict().items()},
+            **average.state_dict(),
             "opt_g": opt_g.state_dict(),
             "sched_g": sched_g.state_dict(),
             "rng": [rng.get_state()],
@@ -171,6 +176,7 @@ def train_paired(
             opt_g.zero_grad(set_to_none=True)
             g_losses["g_total"].backward()
             opt_g.step()
+            average.update()
             losses = {k: float(v.detach()) for k, v in g_losses.items()}
             if discriminator is not None and opt_d is not None:
                 for p in discriminator.parameters():
@@ -183,7 +189,7 @@ def train_paired(
             iteration += 1
             step += 1
             losses["lr"] = opt_g.param_groups[0]["lr"]
-            if validator(step, generator, losses):
+            if validator(step, average.model, losses):
                 save(best_path.name)
             history.append(losses)
             if step % cfg.log_every == 0 or step == 1:
@@ -205,4 +211,4 @@ def train_paired(
     writer.close()
     validator.write(run_dir / "validation.json")
     best = best_path if best_path.exists() else None
-    return TrainResult(step, epoch, checkpoint, history, validator.curve, best, generator.state_dict())
+    return TrainResult(step, epoch, checkpoint, history, validator.curve, best, average.model.state_dict())

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
+from trainer.averaging import GeneratorAverage
 from trainer.config import TrainConfig
 from trainer.cyclegan import CycleGenerators, Discriminators, ImagePool, WindowView, generator_losses, init_weights
 from trainer.data import PatchSampler, paired_patches
@@ -213,6 +214,9 @@ def train(
         epoch, iteration, step = state["epoch"], state["iteration"], state["step"]
         if main:
             log.info("resumed from %s at epoch %d, iteration %d, step %d", resume, epoch, iteration, step)
+    average = GeneratorAverage(gens.ld2hd, cfg.ema_decay)
+    if resume is not None:
+        average.load_state_dict(state)
     g_model: torch.nn.Module = gens
     d_model: torch.nn.Module = discs
     if world > 1:
@@ -242,6 +246,7 @@ def train(
             "last_losses": history[-1] if history else {},
             **validator.state_dict(),
             "generators": gens.state_dict(),
+            **average.state_dict(),
             "discriminators": discs.state_dict(),
             "opt_g": opt_g.state_dict(),
             "opt_d": opt_d.state_dict(),
@@ -286,6 +291,7 @@ def train(
                 opt_g.zero_grad(set_to_none=True)
                 scaler.scale(g_losses["g_total"]).backward()
                 scaler.step(opt_g)
+                average.update()
 
             # Discriminator step on real images and pooled past fakes.
             _set_requires_grad(discs, True)
@@ -319,10 +325,10 @@ def train(
                 if writer is not None:
                     for k, v in losses.items():
                         writer.add_scalar(f"train/{k}", v, step)
-            if validator(step, gens.ld2hd, losses):
+            if validator(step, average.model, losses):
                 save_checkpoint(best_path.name)
             if main and val_ld is not None and step % cfg.sample_every == 0:
-                _save_samples(run_dir, step, gens.ld2hd, val_ld, val_hd, device)
+                _save_samples(run_dir, step, average.model, val_ld, val_hd, device)
             if on_step is not None and main:
                 on_step(step, epoch, losses)
             if cfg.max_steps and step >= cfg.max_steps:
@@ -340,7 +346,7 @@ def train(
         writer.close()
     validator.write(run_dir / "validation.json")
     best = best_path if best_path.exists() else None
-    return TrainResult(step, epoch, checkpoint, history, validator.curve, best, gens.ld2hd.state_dict())
+    return TrainResult(step, epoch, checkpoint, history, validator.curve, best, average.model.state_dict())
 
 
 @torch.inference_mode()
