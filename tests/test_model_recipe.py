@@ -245,3 +245,46 @@ def test_training_validates_and_exports_the_weight_average(tmp_path, data_with_r
     shipped = net.state_dict()
     assert all(torch.equal(shipped[k], averaged[k]) for k in averaged)
     assert info.training["weights"] == "EMA of the weights, decay 0.5"
+
+
+def test_inserted_lesion_term_charges_what_a_denoiser_takes_from_a_lesion():
+    from trainer.cyclegan import gaussian_lowpass
+    from trainer.lesion_term import inserted_lesions, lesion_transfer_loss
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 1, 48, 48, generator=torch.Generator().manual_seed(1)) * 0.02
+    units = 2.0 / 2048.0
+    d, weight = inserted_lesions(x.shape, units, gen, x.device)
+    peak = d.abs().amax(dim=(1, 2, 3)) / units
+    assert bool(((peak >= 5.0 - 1e-3) & (peak <= 60.0 + 1e-3)).all())  # one disk of 5–60 HU per patch
+    assert bool((weight.sum(dim=(1, 2, 3)) > (d != 0).sum(dim=(1, 2, 3))).all())  # the margin counts too
+    assert bool(((d != 0) <= (weight > 0)).all())
+
+    def loss(g):
+        return float(lesion_transfer_loss(g, x, g(x), units, torch.Generator().manual_seed(2)))
+
+    assert loss(lambda t: t) == pytest.approx(0.0, abs=1e-6)
+    assert loss(lambda t: 0.5 * t) == pytest.approx(0.5, abs=1e-4)
+    assert loss(lambda t: gaussian_lowpass(t, 1.5)) > 0.3  # smoothing flattens small lesions
+
+
+def test_training_with_the_lesion_term_logs_it_and_resumes_exactly(tmp_path, data_with_ref):
+    overrides = {
+        "run_dir": tmp_path / "run",
+        **SMALL,
+        "patch_size": 32,
+        "iters_per_epoch": 2,
+        "epochs": 2,
+        "d_warmup_steps": 1,
+        "val_every": 100,
+        "sample_every": 1000,
+        "pool_size": 0,
+        "lambda_lesion": 1.0,
+    }
+    straight = train(build_config("cpu", overrides=overrides), data_with_ref)
+    assert "g_lesion" not in straight.history[0] and all("g_lesion" in h for h in straight.history[1:])
+    first = train(build_config("cpu", overrides={**overrides, "run_dir": tmp_path / "r2", "epochs": 1}), data_with_ref)
+    resumed = train(
+        build_config("cpu", overrides={**overrides, "run_dir": tmp_path / "r2"}), data_with_ref, resume=first.checkpoint
+    )
+    assert resumed.history[-1]["g_lesion"] == pytest.approx(straight.history[-1]["g_lesion"], rel=1e-5)

@@ -64,6 +64,9 @@ class TrainConfig(BaseModel):
     lambda_identity_l1: float = Field(0.0, ge=0, description="identity term L1 (G(hd) ≈ hd, F(ld) ≈ ld)")
     lambda_lowpass: float = Field(0.0, ge=0, description="squared error of low-passed output and input (holds HU)")
     lowpass_sigma: float = Field(3.0, gt=0, description="px; Gaussian of the low-pass term")
+    lambda_lesion: float = Field(
+        0.0, ge=0, description="inserted-lesion contrast term: G(x + disk) − G(x) ≈ disk (trainer/lesion_term.py)"
+    )
     ssim_window: int = Field(7, ge=3)
     pool_size: int = Field(50, ge=0)
     ema_decay: float = Field(

@@ -30,6 +30,7 @@ from dicom_denoise_node.registry import normalize_hu
 from trainer.averaging import GeneratorAverage
 from trainer.config import TrainConfig
 from trainer.cyclegan import CycleGenerators, Discriminators, WindowView, init_weights
+from trainer.lesion_term import with_lesion_term
 from trainer.train import (
     StepCallback,
     TrainingData,
@@ -147,6 +148,7 @@ def train_fast(
     opt_d = torch.optim.Adam(discs.parameters(), lr=cfg.lr * cfg.lr_d_factor, betas=(cfg.beta1, cfg.beta2), **fused)
     sched_g, sched_d = LambdaLR(opt_g, _linear_decay(cfg)), LambdaLR(opt_d, _linear_decay(cfg))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    lesion_rng = torch.Generator().manual_seed(cfg.seed * 1000 + 900)  # a few numbers per step, drawn on the host
     ld_sampler = DeviceSampler(data.ld, cfg.patch_size, window, cfg.body_hu, cfg.body_fraction, device)
     hd_sampler = DeviceSampler(data.hd, cfg.patch_size, window, cfg.body_hu, cfg.body_fraction, device)
     shape = (1, cfg.patch_size, cfg.patch_size)
@@ -183,6 +185,9 @@ def train_fast(
             _set_requires_grad(discs, False)
             images = g_step(ld, hd)
             g_losses = configured_losses(cfg, images, ld, hd, discs)
+            g_losses = with_lesion_term(
+                g_losses, cfg.lambda_lesion, gens.ld2hd, ld, images["fake_hd"], window, lesion_rng
+            )
             opt_g.zero_grad(set_to_none=True)
             g_losses["g_total"].backward()
             opt_g.step()

@@ -28,6 +28,7 @@ from trainer.averaging import GeneratorAverage
 from trainer.config import TrainConfig
 from trainer.cyclegan import PatchDiscriminator, WindowView, init_weights, lsgan
 from trainer.data import PatchSampler
+from trainer.lesion_term import with_lesion_term
 from trainer.train import (
     CHECKPOINT_FORMAT,
     StepCallback,
@@ -109,6 +110,7 @@ def train_paired(
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr * cfg.lr_d_factor, betas=(cfg.beta1, cfg.beta2))
         sched_d = LambdaLR(opt_d, _linear_decay(cfg))
     rng = torch.Generator().manual_seed(cfg.seed * 1000)
+    lesion_rng = torch.Generator().manual_seed(cfg.seed * 1000 + 900)
     stacks = [np.stack([a, b]) for a, b in zip(data.ld, data.hd, strict=True)]
     sampler = PatchSampler(stacks, cfg.patch_size, window, cfg.body_hu, cfg.body_fraction)
     win = ms_ssim_window(cfg.patch_size, cfg.ssim_window)
@@ -135,6 +137,8 @@ def train_paired(
             sched_d.load_state_dict(state["sched_d"])
         rng.set_state(state["rng"][0])
         torch.set_rng_state(state["torch_rng"])
+        if "lesion_rng" in state:
+            lesion_rng.set_state(state["lesion_rng"])
         validator.load_state_dict(state)
         epoch, iteration, step = state["epoch"], state["iteration"], state["step"]
     average = GeneratorAverage(generator, cfg.ema_decay)
@@ -154,6 +158,7 @@ def train_paired(
             "sched_g": sched_g.state_dict(),
             "rng": [rng.get_state()],
             "torch_rng": torch.get_rng_state(),
+            "lesion_rng": lesion_rng.get_state(),
         }
         if discriminator is not None and opt_d is not None and sched_d is not None:
             state.update(
@@ -173,6 +178,7 @@ def train_paired(
                 for p in discriminator.parameters():
                     p.requires_grad_(False)
             g_losses = paired_losses(fake, hd, view, cfg, win, discriminator)
+            g_losses = with_lesion_term(g_losses, cfg.lambda_lesion, generator, ld, fake, window, lesion_rng)
             opt_g.zero_grad(set_to_none=True)
             g_losses["g_total"].backward()
             opt_g.step()

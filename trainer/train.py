@@ -27,6 +27,7 @@ from trainer.averaging import GeneratorAverage
 from trainer.config import TrainConfig
 from trainer.cyclegan import CycleGenerators, Discriminators, ImagePool, WindowView, generator_losses, init_weights
 from trainer.data import PatchSampler, paired_patches
+from trainer.lesion_term import with_lesion_term
 from trainer.validation import ValidationSet, Validator
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,9 @@ def train(
     rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     pool_ld = ImagePool(cfg.pool_size, torch.Generator().manual_seed(cfg.seed * 1000 + 500 + rank))
     pool_hd = ImagePool(cfg.pool_size, torch.Generator().manual_seed(cfg.seed * 1000 + 700 + rank))
+    lesion_rng = torch.Generator().manual_seed(cfg.seed * 1000 + 900 + rank)
+    if world > 1 and cfg.lambda_lesion > 0:
+        raise ValueError("lambda_lesion runs the LD→HD generator outside DistributedDataParallel: train on one device")
     window = (cfg.hu_min, cfg.hu_max)
     ld_sampler = PatchSampler(data.ld, cfg.patch_size, window, cfg.body_hu, cfg.body_fraction)
     hd_sampler = PatchSampler(data.hd, cfg.patch_size, window, cfg.body_hu, cfg.body_fraction)
@@ -210,6 +214,8 @@ def train(
         pool_hd.load_state_dict(state["pool_hd"], device)
         rng.set_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
         torch.set_rng_state(state["torch_rng"])
+        if "lesion_rng" in state:
+            lesion_rng.set_state(state["lesion_rng"])
         scaler.load_state_dict(state["scaler"])
         epoch, iteration, step = state["epoch"], state["iteration"], state["step"]
         if main:
@@ -256,6 +262,7 @@ def train(
             "pool_hd": pool_hd.state_dict(),
             "rng": gathered_rng(),
             "torch_rng": torch.get_rng_state(),
+            "lesion_rng": lesion_rng.get_state(),
             "scaler": scaler.state_dict(),
         }
         if main:
@@ -287,6 +294,10 @@ def train(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp), torch.set_grad_enabled(not warm_up):
                 images = g_model(ld, hd)
                 g_losses = configured_losses(cfg, images, ld, hd, discs)
+                if not warm_up:
+                    g_losses = with_lesion_term(
+                        g_losses, cfg.lambda_lesion, gens.ld2hd, ld, images["fake_hd"], window, lesion_rng
+                    )
             if not warm_up:
                 opt_g.zero_grad(set_to_none=True)
                 scaler.scale(g_losses["g_total"]).backward()
