@@ -33,8 +33,8 @@ from bench.common import machine
 from bench.node import random_model, running_node
 from demo import peers
 from dicom_denoise_node.config import ModelSettings
-from dicom_denoise_node.inference import TiledInferer
-from dicom_denoise_node.registry import load_model
+from dicom_denoise_node.denoise.inference import TiledInferer
+from dicom_denoise_node.model.registry import load_model
 
 STAGES = re.compile(
     r"decode ([\d.]+) s, inference ([\d.]+) s, guard ([\d.]+) s, encode\+write ([\d.]+) s \(both beside inference\), "

@@ -23,8 +23,8 @@ from rich.table import Table
 from torch import nn
 
 from bench.common import machine
-from dicom_denoise_node.generator import GeneratorConfig, HeadConv2d, ResnetGenerator
-from dicom_denoise_node.inference import compile_network
+from dicom_denoise_node.denoise.inference import compile_network
+from dicom_denoise_node.model.generator import GeneratorConfig, HeadConv2d, ResnetGenerator
 
 
 class AsWritten(ResnetGenerator):

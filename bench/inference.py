@@ -11,9 +11,9 @@ compilation itself is paid once at start-up and is not timed here (the JSON has 
 "of peak" divides the FLOPs the inference forward executes by the measured peak (hardware utilisation);
 "MONAI sw/s" is MONAI's ``sliding_window_inference`` with the same network, tiles, overlap and batch (when MONAI is
 installed: the ``bench`` extra). "nominal of peak" divides the architecture's FLOPs as written, which inference
-computes with fewer for the resize-convolutions (dicom_denoise_node/subpixel.py). The peak is measured again before
-every timed round and the round with the median ratio is reported: this shared machine's slow and fast spells move
-both.
+computes with fewer for the resize-convolutions (dicom_denoise_node/model/subpixel.py). The peak is measured again
+before every timed round and the round with the median ratio is reported: this shared machine's slow and fast
+spells move both.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import conv_macs, conv_peak_gflops, executed_macs, machine, timed
-from dicom_denoise_node.generator import GeneratorConfig, ResnetGenerator
-from dicom_denoise_node.inference import TiledInferer
+from dicom_denoise_node.denoise.inference import TiledInferer
+from dicom_denoise_node.model.generator import GeneratorConfig, ResnetGenerator
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ import torch
 
 from demo import peers
 from demo.driver import NodeRunner, write_node_config
-from dicom_denoise_node.generator import GeneratorConfig, ResnetGenerator
-from dicom_denoise_node.registry import save_model
+from dicom_denoise_node.model.generator import GeneratorConfig, ResnetGenerator
+from dicom_denoise_node.model.registry import save_model
 
 
 def random_model(directory: Path, filters: int = 32, blocks: int = 6, residual: bool = True) -> Path:

@@ -19,7 +19,7 @@ from rich.table import Table
 from bench.common import machine
 from demo import peers
 from dicom_denoise_node.config import Destination
-from dicom_denoise_node.send import send_files
+from dicom_denoise_node.send.scu import send_files
 
 
 def run(files: int, size: int, repeat: int) -> dict[str, object]:

@@ -45,8 +45,8 @@ from demo.report import (
     summarise_report,
     write_report,
 )
-from dicom_denoise_node.quality_report import report_series_uid
-from dicom_denoise_node.registry import read_metadata, resolve_model_path
+from dicom_denoise_node.denoise.quality_report import report_series_uid
+from dicom_denoise_node.model.registry import read_metadata, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def send_series(files: list[Path], port: int, scu: str) -> str:
             raise RuntimeError(f"storescu exited with {result.returncode}: {result.stderr.strip()[-500:]}")
         return "dcmtk storescu"
     from dicom_denoise_node.config import Destination
-    from dicom_denoise_node.send import send_files
+    from dicom_denoise_node.send.scu import send_files
 
     send_files(files, Destination(ae_title=NODE_AET, host=peers.LOOPBACK, port=port), SCANNER_AET, 120)
     return "pynetdicom"

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from dicom_denoise_node import __version__
 from dicom_denoise_node.config import CONFIG_ENV, ConfigError, Destination, Settings, load_settings
-from dicom_denoise_node.registry import ModelError
+from dicom_denoise_node.model.registry import ModelError
 
 app = typer.Typer(
     name="denoise-node",
@@ -114,8 +114,8 @@ def echo(
     Examples: `denoise-node echo -c etc/denoise-node.toml`;
     `denoise-node echo --host 127.0.0.1 --port 4242 --aet ORTHANC`
     """
-    from dicom_denoise_node.send import SendError
-    from dicom_denoise_node.send import echo as c_echo
+    from dicom_denoise_node.send.scu import SendError
+    from dicom_denoise_node.send.scu import echo as c_echo
 
     settings = _settings(config)
     if host or port or aet:
@@ -175,7 +175,7 @@ def status(
     """
     import shutil
 
-    from dicom_denoise_node.catalog import Catalog
+    from dicom_denoise_node.store.catalog import Catalog
 
     settings = _settings(config)
     catalog = Catalog(settings.catalog_url)
@@ -266,7 +266,7 @@ def rules_test(
 
     Example: `denoise-node rules test /data/incoming/CT_LD -c /etc/denoise-node/denoise-node.toml`
     """
-    from dicom_denoise_node.routing import classify_series, read_header
+    from dicom_denoise_node.complete.routing import classify_series, read_header
 
     settings = _settings(config)
     files = [f for p in paths for f in ([p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()))]
@@ -304,7 +304,7 @@ def retry(series_uid: str, config: ConfigOption = None) -> None:
 
     Example: `denoise-node retry 1.2.826.0.1.3680043.8.498.1 -c /etc/denoise-node/denoise-node.toml`
     """
-    from dicom_denoise_node.catalog import Catalog
+    from dicom_denoise_node.store.catalog import Catalog
 
     settings = _settings(config)
     catalog = Catalog(settings.catalog_url)
@@ -329,9 +329,9 @@ def purge(
     FAILED series are never removed by retention: they wait for `retry` or for this command.
     Example: `denoise-node purge --failed -c /etc/denoise-node/denoise-node.toml`
     """
-    from dicom_denoise_node.catalog import Catalog, SeriesState
-    from dicom_denoise_node.retention import purge_series
-    from dicom_denoise_node.spool import Spool
+    from dicom_denoise_node.store.catalog import Catalog, SeriesState
+    from dicom_denoise_node.store.retention import purge_series
+    from dicom_denoise_node.store.spool import Spool
 
     if (series_uid is None) == (not failed):
         raise typer.BadParameter("give one SERIES_UID or --failed")
@@ -359,9 +359,9 @@ def check(
 
     Example: `denoise-node check -c /etc/denoise-node/denoise-node.toml` (exit 1 when they disagree)
     """
-    from dicom_denoise_node.catalog import Catalog
-    from dicom_denoise_node.consistency import check_spool
-    from dicom_denoise_node.spool import Spool
+    from dicom_denoise_node.store.catalog import Catalog
+    from dicom_denoise_node.store.spool import Spool
+    from dicom_denoise_node.store.spool_check import check_spool
 
     settings = _settings(config)
     catalog = Catalog(settings.catalog_url)
@@ -401,8 +401,8 @@ def denoise(
     """
     from pydicom import dcmread
 
+    from dicom_denoise_node.denoise.series import NothingToDenoise
     from dicom_denoise_node.pipeline import load_denoiser
-    from dicom_denoise_node.process import NothingToDenoise
 
     settings = _settings(config)
     if model:

@@ -1,7 +1,7 @@
 """The one place that wires the stages and the scheduler jobs, in flow order.
 
     C-STORE SCP ──► spool + catalog ──► Success                      (receive.py, spool.py, catalog.py)
-    quiet period ──► COMPLETE                                         (series_complete.py, job "complete")
+    quiet period ──► COMPLETE                                         (quiet_period.py, job "complete")
     COMPLETE ──► PROCESSING ──► decode, tiles, derive ──► DERIVED    (process.py, job "process")
     DERIVED ──► C-STORE to each destination ──► SENT / retry / FAILED (send.py, job "send")
 
@@ -22,22 +22,22 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_denoise_node import series_complete
-from dicom_denoise_node.admission import MIB, Admission
-from dicom_denoise_node.audit import AssociationAudit
-from dicom_denoise_node.catalog import Catalog, Claim, DerivedRecord, SeriesState
+from dicom_denoise_node.complete import quiet_period
 from dicom_denoise_node.config import ConfigError, Settings, describe, env_overrides
-from dicom_denoise_node.consistency import check_spool
-from dicom_denoise_node.health import Check, Health, Heartbeat, run_checks
-from dicom_denoise_node.http_status import StatusServer
-from dicom_denoise_node.inference import select_device
-from dicom_denoise_node.metrics import NodeMetrics
-from dicom_denoise_node.process import Interrupted, SeriesDenoiser
-from dicom_denoise_node.receive import start_scp
-from dicom_denoise_node.registry import load_model, resolve_model_path
-from dicom_denoise_node.retention import purge_sent
-from dicom_denoise_node.send import SendError, send_files
-from dicom_denoise_node.spool import Spool
+from dicom_denoise_node.denoise.inference import select_device
+from dicom_denoise_node.denoise.series import Interrupted, SeriesDenoiser
+from dicom_denoise_node.model.registry import load_model, resolve_model_path
+from dicom_denoise_node.ops.health import Check, Health, Heartbeat, run_checks
+from dicom_denoise_node.ops.http_status import StatusServer
+from dicom_denoise_node.ops.metrics import NodeMetrics
+from dicom_denoise_node.receive.admission import MIB, Admission
+from dicom_denoise_node.receive.audit import AssociationAudit
+from dicom_denoise_node.receive.scp import start_scp
+from dicom_denoise_node.send.scu import SendError, send_files
+from dicom_denoise_node.store.catalog import Catalog, Claim, DerivedRecord, SeriesState
+from dicom_denoise_node.store.retention import purge_sent
+from dicom_denoise_node.store.spool import Spool
+from dicom_denoise_node.store.spool_check import check_spool
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class Node:
 
     def complete_job(self) -> None:
         self.heartbeat.beat()
-        if series_complete.mark_complete(self.catalog, self.settings):
+        if quiet_period.mark_complete(self.catalog, self.settings):
             self._run_now("process")
 
     def _run_now(self, job_id: str) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dicom_denoise_node.generator import GeneratorConfig, ResnetGenerator
-from dicom_denoise_node.registry import save_model
+from dicom_denoise_node.model.generator import GeneratorConfig, ResnetGenerator
+from dicom_denoise_node.model.registry import save_model
 from tests.peers import dcmtk_pacs, orthanc_factory, orthanc_pacs, storescp_factory  # noqa: F401  (fixtures)
 
 TINY = GeneratorConfig(filters=8, blocks=2)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dicom_denoise_node.catalog import Catalog, SeriesState
+from dicom_denoise_node.store.catalog import Catalog, SeriesState
 from tests.peers import LOOPBACK, free_port, stop_process, wait_for_port, wait_until
 
 

@@ -10,7 +10,7 @@ from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 
-from dicom_denoise_node.catalog import SeriesState
+from dicom_denoise_node.store.catalog import SeriesState
 from tests import peers
 from tests.ct_cases import Case, build_cases
 from tests.node_process import NodeProcess

@@ -4,7 +4,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from dicom_denoise_node.catalog import Catalog, DerivedRecord, InstanceMeta, SeriesState, utcnow
+from dicom_denoise_node.store.catalog import Catalog, DerivedRecord, InstanceMeta, SeriesState, utcnow
 
 
 def meta(n: int, series: str = "1.2.3.4", path: str = "/x") -> InstanceMeta:

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from demo.peers import port_open
-from dicom_denoise_node.registry import ModelError, resolve_model_path
+from dicom_denoise_node.model.registry import ModelError, resolve_model_path
 from tests.peers import require, wait_until
 from trainer.montage import montage_size
 

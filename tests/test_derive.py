@@ -7,7 +7,7 @@ import pytest
 from pydicom import dcmread
 
 from dicom_denoise_node.config import DeriveSettings
-from dicom_denoise_node.derive import (
+from dicom_denoise_node.denoise.derive import (
     DerivationInfo,
     derive_instance,
     derived_series_uid,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from dicom_denoise_node import subpixel
-from dicom_denoise_node.generator import GeneratorConfig, HeadConv2d, ResnetGenerator
+from dicom_denoise_node.model import subpixel
+from dicom_denoise_node.model.generator import GeneratorConfig, HeadConv2d, ResnetGenerator
 
 
 @pytest.mark.parametrize(("height", "width", "bias"), [(5, 7, True), (1, 3, True), (16, 16, False)])

@@ -7,8 +7,8 @@ import threading
 import pytest
 from sqlalchemy import text
 
-from dicom_denoise_node.catalog import Catalog
-from dicom_denoise_node.group_commit import GroupCommit
+from dicom_denoise_node.store.catalog import Catalog
+from dicom_denoise_node.store.group_commit import GroupCommit
 from tests.peers import wait_until
 from tests.test_catalog import meta
 

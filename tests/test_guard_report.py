@@ -12,10 +12,10 @@ from pydicom import dcmread
 from torch import nn
 
 from dicom_denoise_node.config import DeriveSettings, GuardSettings, ModelSettings, ReportSettings
-from dicom_denoise_node.derive import derived_series_uid
-from dicom_denoise_node.guard import check_slice
-from dicom_denoise_node.process import SeriesDenoiser
-from dicom_denoise_node.registry import load_model
+from dicom_denoise_node.denoise.derive import derived_series_uid
+from dicom_denoise_node.denoise.guard import check_slice
+from dicom_denoise_node.denoise.series import SeriesDenoiser
+from dicom_denoise_node.model.registry import load_model
 from tests.peers import dciodvfy, require
 
 
@@ -150,7 +150,7 @@ def test_node_holds_a_flagged_series_then_retry_sends_it_with_its_report(tmp_pat
     import subprocess
     import sys
 
-    from dicom_denoise_node.catalog import SeriesState
+    from dicom_denoise_node.store.catalog import SeriesState
     from tests.node_process import NodeProcess
     from tests.peers import storescu, write_ct_series
 
@@ -200,7 +200,8 @@ def test_worker_skips_the_guard_when_neither_guard_nor_report_wants_it(abdomen, 
 
 def test_report_warm_up_runs_once_at_start_when_reports_are_on(tiny_model, monkeypatch):
     """highdicom's first report in a process costs ≈ 0.6 s of set-up: the worker pays it when it is built."""
-    from dicom_denoise_node import process, quality_report
+    from dicom_denoise_node.denoise import quality_report
+    from dicom_denoise_node.denoise import series as process
 
     quality_report.warm_up()  # the real one: builds a report from made-up data sets without error
     calls: list[int] = []

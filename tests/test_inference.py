@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_denoise_node.generator import GeneratorConfig, ResnetGenerator
-from dicom_denoise_node.inference import TiledInferer, blend_window, tile_starts
+from dicom_denoise_node.denoise.inference import TiledInferer, blend_window, tile_starts
+from dicom_denoise_node.model.generator import GeneratorConfig, ResnetGenerator
 
 
 @pytest.mark.parametrize("shape", [(512, 512), (256, 256), (300, 170), (64, 64), (1024, 700), (1, 37)])
@@ -115,7 +115,7 @@ def test_residual_generator_starts_as_identity_and_learns_a_correction():
 
 def test_fixed_batch_pads_the_last_batch_and_drops_the_padding(monkeypatch):
     """With compile on, every forward pass has the compiled shape; the blank tiles never reach an output."""
-    from dicom_denoise_node import inference
+    from dicom_denoise_node.denoise import inference
 
     calls = []
 

@@ -9,8 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from dicom_denoise_node.catalog import Base, Catalog, SeriesState
-from dicom_denoise_node.migrations import BASELINE, current_revision, head_revision, upgrade_catalog
+from dicom_denoise_node.store.catalog import Base, Catalog, SeriesState
+from dicom_denoise_node.store.migrations import BASELINE, current_revision, head_revision, upgrade_catalog
 
 
 def _schema_1_catalog(path) -> None:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_denoise_node.generator import ResidualCNN, ResidualCNNConfig, build_generator
-from dicom_denoise_node.registry import load_model
+from dicom_denoise_node.model.generator import ResidualCNN, ResidualCNNConfig, build_generator
+from dicom_denoise_node.model.registry import load_model
 from tests.test_train import tiny_slices
 from trainer.config import build_config
 from trainer.cyclegan import WindowView, gaussian_lowpass

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from dicom_denoise_node.catalog import SeriesState
-from dicom_denoise_node.derive import derived_series_uid, derived_sop_uid
-from dicom_denoise_node.registry import read_metadata
+from dicom_denoise_node.denoise.derive import derived_series_uid, derived_sop_uid
+from dicom_denoise_node.model.registry import read_metadata
+from dicom_denoise_node.store.catalog import SeriesState
 from tests.node_process import NodeProcess
 from tests.peers import StoreSCP, dciodvfy, require, storescu, wait_until
 from trainer.synth import synthesize_archive

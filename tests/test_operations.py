@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
 
-from dicom_denoise_node.catalog import SeriesState
+from dicom_denoise_node.store.catalog import SeriesState
 from tests.node_process import NodeProcess
 from tests.peers import echoscu, storescu, wait_until, write_ct_series
 

@@ -17,10 +17,10 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 
-from dicom_denoise_node.catalog import Catalog, SeriesState
 from dicom_denoise_node.config import NodeSettings
-from dicom_denoise_node.receive import StoreStatus, decodable_transfer_syntaxes, start_scp
-from dicom_denoise_node.spool import Spool
+from dicom_denoise_node.receive.scp import StoreStatus, decodable_transfer_syntaxes, start_scp
+from dicom_denoise_node.store.catalog import Catalog, SeriesState
+from dicom_denoise_node.store.spool import Spool
 from tests.peers import LOOPBACK, echoscu, free_port, require, storescu, write_ct_series
 
 

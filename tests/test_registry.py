@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_denoise_node.registry import ModelError, list_models, load_model, read_metadata, resolve_model_path
+from dicom_denoise_node.model.registry import ModelError, list_models, load_model, read_metadata, resolve_model_path
 from tests.conftest import export_tiny_model
 
 
@@ -76,7 +76,7 @@ def test_normalisation_round_trip(tmp_path):
 
 
 def test_no_model_and_no_bundled_model_refuses(tmp_path, monkeypatch):
-    import dicom_denoise_node.registry as registry
+    import dicom_denoise_node.model.registry as registry
 
     monkeypatch.setattr(registry, "BUNDLED_DIR", tmp_path / "empty")
     with pytest.raises(ModelError, match="never passes images through"):
@@ -85,8 +85,8 @@ def test_no_model_and_no_bundled_model_refuses(tmp_path, monkeypatch):
 
 def test_model_name_picks_a_model_of_the_registry(tmp_path):
     """[model] name: one model of a registry directory by name, whatever ACTIVE says; a wrong name lists the others."""
-    from dicom_denoise_node.generator import ResnetGenerator
-    from dicom_denoise_node.registry import BUNDLED_DIR, save_model
+    from dicom_denoise_node.model.generator import ResnetGenerator
+    from dicom_denoise_node.model.registry import BUNDLED_DIR, save_model
     from tests.conftest import TINY
 
     for name in ("first", "second"):

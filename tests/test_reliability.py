@@ -22,9 +22,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
-from dicom_denoise_node.admission import Admission
-from dicom_denoise_node.catalog import SeriesState
 from dicom_denoise_node.config import NodeSettings
+from dicom_denoise_node.receive.admission import Admission
+from dicom_denoise_node.store.catalog import SeriesState
 from tests.node_process import NodeProcess
 from tests.peers import LOOPBACK, StoreSCP, echoscu, free_port, require, sop_instance_uid, storescu, wait_until
 from tests.peers import write_ct_series as _write

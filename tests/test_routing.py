@@ -10,8 +10,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import MRImageStorage
 
+from dicom_denoise_node.complete.routing import classify_series, match_dataset, rule_failures
 from dicom_denoise_node.config import DEFAULT_RULE, Rule, load_settings
-from dicom_denoise_node.routing import classify_series, match_dataset, rule_failures
 from tests.peers import write_ct_series
 
 

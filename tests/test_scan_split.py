@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from dicom_denoise_node.catalog import (
+from dicom_denoise_node.store.catalog import (
     Catalog,
     Instance,
     InstanceMeta,

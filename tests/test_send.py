@@ -12,8 +12,9 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE
 
-from dicom_denoise_node import requestor, send
 from dicom_denoise_node.config import Destination
+from dicom_denoise_node.send import requestor
+from dicom_denoise_node.send import scu as send
 from tests import peers
 from tests.peers import write_ct_series
 

@@ -118,7 +118,7 @@ def test_cycle_term_is_l1_by_default_and_smooth_l1_with_a_width():
     """`cycle_beta` (an option of the trainer) swaps the method's L1 cycle term for smooth L1 of that width."""
     import torch
 
-    from dicom_denoise_node.generator import GeneratorConfig
+    from dicom_denoise_node.model.generator import GeneratorConfig
     from trainer.cyclegan import CycleGenerators, Discriminators, generator_losses
 
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from dicom_denoise_node.registry import load_model
+from dicom_denoise_node.model.registry import load_model
 
 ROOT = Path(__file__).parents[1]
 

@@ -47,8 +47,8 @@ def _progress() -> Progress:
     )
 
 
-def _catalog(url: str):  # noqa: ANN202 - returns dicom_denoise_node.catalog.Catalog
-    from dicom_denoise_node.catalog import Catalog
+def _catalog(url: str):  # noqa: ANN202 - returns dicom_denoise_node.store.catalog.Catalog
+    from dicom_denoise_node.store.catalog import Catalog
 
     return Catalog(url)
 
@@ -347,9 +347,9 @@ def evaluate(
     Example: `denoise-node evaluate --model models/cyclegan.json --catalog sqlite:///data/archive.sqlite`
     """
     from dicom_denoise_node.config import DeriveSettings, ModelSettings
-    from dicom_denoise_node.inference import select_device
-    from dicom_denoise_node.process import SeriesDenoiser
-    from dicom_denoise_node.registry import ModelError, load_model, resolve_model_path
+    from dicom_denoise_node.denoise.inference import select_device
+    from dicom_denoise_node.denoise.series import SeriesDenoiser
+    from dicom_denoise_node.model.registry import ModelError, load_model, resolve_model_path
     from trainer.data import load_slices
     from trainer.evaluate import EvalSlice, classical_baselines, markdown_table, render_table
     from trainer.evaluate import evaluate as run_eval
@@ -528,7 +528,7 @@ def model_list(
 
     Example: `denoise-node model list models/`
     """
-    from dicom_denoise_node.registry import ACTIVE_FILE, BUNDLED_DIR, list_models
+    from dicom_denoise_node.model.registry import ACTIVE_FILE, BUNDLED_DIR, list_models
 
     directory = directory or BUNDLED_DIR
     active = (directory / ACTIVE_FILE).read_text().strip() if (directory / ACTIVE_FILE).exists() else ""

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dicom_denoise_node.config import ConfigError
-from dicom_denoise_node.generator import ArchConfig, GeneratorConfig, ResidualCNNConfig
+from dicom_denoise_node.model.generator import ArchConfig, GeneratorConfig, ResidualCNNConfig
 
 PresetName = Literal["method", "cpu", "resnet-cpu", "tiny"]
 

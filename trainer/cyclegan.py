@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pytorch_msssim import ssim
 from torch import nn
 
-from dicom_denoise_node.generator import ArchConfig, ResidualCNN, ResnetGenerator, make_generator
+from dicom_denoise_node.model.generator import ArchConfig, ResidualCNN, ResnetGenerator, make_generator
 
 
 class PatchDiscriminator(nn.Module):

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dicom_denoise_node.decode import SliceRef, read_hu
-from dicom_denoise_node.registry import normalize_hu
+from dicom_denoise_node.denoise.decode import SliceRef, read_hu
+from dicom_denoise_node.model.registry import normalize_hu
 
 log = logging.getLogger(__name__)
 

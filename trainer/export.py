@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dicom_denoise_node.generator import build_generator
-from dicom_denoise_node.registry import ModelInfo, save_model, sha256_file
+from dicom_denoise_node.model.generator import build_generator
+from dicom_denoise_node.model.registry import ModelInfo, save_model, sha256_file
 from trainer.averaging import exported_weights
 from trainer.train import load_checkpoint
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
-from dicom_denoise_node.registry import normalize_hu
+from dicom_denoise_node.model.registry import normalize_hu
 from trainer.averaging import GeneratorAverage
 from trainer.config import TrainConfig
 from trainer.cyclegan import CycleGenerators, Discriminators, WindowView, init_weights

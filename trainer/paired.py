@@ -23,7 +23,7 @@ from pytorch_msssim import ms_ssim
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from dicom_denoise_node.generator import make_generator
+from dicom_denoise_node.model.generator import make_generator
 from trainer.averaging import GeneratorAverage
 from trainer.config import TrainConfig
 from trainer.cyclegan import PatchDiscriminator, WindowView, init_weights, lsgan

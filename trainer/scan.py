@@ -29,7 +29,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from dicom_denoise_node.catalog import Catalog, Instance, Patient, Series, SeriesState, Split, Study
+from dicom_denoise_node.store.catalog import Catalog, Instance, Patient, Series, SeriesState, Split, Study
 
 log = logging.getLogger(__name__)
 

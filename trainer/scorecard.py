@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from dicom_denoise_node.config import GuardSettings
-from dicom_denoise_node.guard import check_slice
+from dicom_denoise_node.denoise.guard import check_slice
 from trainer.evaluate import EvalSlice, psnr, ssim, to_soft_tissue
 from trainer.lesions import LesionScore, LesionTruth, lesion_masks, tissue_bias
 from trainer.validation import error_figures, soft_tissue_mask
@@ -27,7 +27,7 @@ NPS_BLOCK = 32  # px: square regions of soft tissue in which the residual's powe
 HF_CUTOFF = 0.25  # cycles/px: above this radial frequency (half of Nyquist) counts as "high frequency"
 MIN_LESION_RADIUS_MM = 1.5  # "lesions ≥ 3 mm" read as diameter, the stricter reading
 BOOTSTRAP = 2000
-# The guard's catch rates are measured on the tampering it is specified to find (dicom_denoise_node/guard.py):
+# The guard's catch rates are measured on the tampering it is specified to find (dicom_denoise_node/denoise/guard.py):
 TAMPER_MIN_CONTRAST_HU = 20.0  # painted-out lesions: |inserted contrast| at least this …
 TAMPER_MIN_RADIUS_PX = 4.0  # … and at least this radius
 NODULE_RADIUS_PX = 6.0  # an added nodule: a disk of this radius …

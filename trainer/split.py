@@ -23,7 +23,7 @@ import pydicom
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from dicom_denoise_node.catalog import Catalog, Instance, Patient, Series, Split, Study
+from dicom_denoise_node.store.catalog import Catalog, Instance, Patient, Series, Split, Study
 from trainer.scan import ORIGIN
 
 log = logging.getLogger(__name__)

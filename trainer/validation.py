@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dicom_denoise_node.registry import normalize_hu
+from dicom_denoise_node.model.registry import normalize_hu
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from dicom_denoise_node.group_commit import GroupCommit, GroupCommitStats
+from dicom_denoise_node.store.group_commit import GroupCommit, GroupCommitStats
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class Catalog:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        from dicom_denoise_node.migrations import upgrade_catalog  # its env imports this module
+        from dicom_denoise_node.store.migrations import upgrade_catalog  # its env imports this module
 
         upgrade_catalog(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

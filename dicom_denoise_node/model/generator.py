@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dicom_denoise_node import subpixel
+from dicom_denoise_node.model import subpixel
 
 DOWNSAMPLE_FACTOR = 4  # two stride-2 stages: tile sides must be multiples of this
 

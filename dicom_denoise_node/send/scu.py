@@ -23,8 +23,8 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 from dicom_denoise_node.config import Destination
-from dicom_denoise_node.requestor import held_reactor
-from dicom_denoise_node.tcp import disable_nagle
+from dicom_denoise_node.receive.tcp import disable_nagle
+from dicom_denoise_node.send.requestor import held_reactor
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 
-from dicom_denoise_node.catalog import Catalog
+from dicom_denoise_node.complete.routing import classify_series
 from dicom_denoise_node.config import Settings
-from dicom_denoise_node.routing import classify_series
+from dicom_denoise_node.store.catalog import Catalog
 
 log = logging.getLogger(__name__)
 

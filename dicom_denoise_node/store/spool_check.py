@@ -23,8 +23,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from dicom_denoise_node.catalog import Catalog, InstanceMeta
-from dicom_denoise_node.spool import InvalidUID, Spool, check_uid
+from dicom_denoise_node.store.catalog import Catalog, InstanceMeta
+from dicom_denoise_node.store.spool import InvalidUID, Spool, check_uid
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from dicom_denoise_node.catalog import Catalog
+from dicom_denoise_node.store.catalog import Catalog
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from pydicom.sr.coding import Code
 from pydicom.uid import CTImageStorage as CT_IMAGE_STORAGE
 
 from dicom_denoise_node import __version__
-from dicom_denoise_node.derive import derivation_key, deterministic_uid
-from dicom_denoise_node.guard import SliceVerdict
+from dicom_denoise_node.denoise.derive import derivation_key, deterministic_uid
+from dicom_denoise_node.denoise.guard import SliceVerdict
 
 log = logging.getLogger(__name__)
 

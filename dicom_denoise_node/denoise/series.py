@@ -20,13 +20,13 @@ from pydicom.dataset import Dataset
 from torch import nn
 
 from dicom_denoise_node.config import DeriveSettings, GuardSettings, ModelSettings, ReportSettings
-from dicom_denoise_node.decode import Skipped, SourceSlice, iter_slices, scan_series
-from dicom_denoise_node.derive import DerivationInfo, derive_instance, derived_series_uid, encode
-from dicom_denoise_node.guard import SliceVerdict, check_slice
-from dicom_denoise_node.inference import TiledInferer
-from dicom_denoise_node.quality_report import ReportInput, build_report, header_only, warm_up
-from dicom_denoise_node.registry import ModelInfo
-from dicom_denoise_node.spool import write_atomic
+from dicom_denoise_node.denoise.decode import Skipped, SourceSlice, iter_slices, scan_series
+from dicom_denoise_node.denoise.derive import DerivationInfo, derive_instance, derived_series_uid, encode
+from dicom_denoise_node.denoise.guard import SliceVerdict, check_slice
+from dicom_denoise_node.denoise.inference import TiledInferer
+from dicom_denoise_node.denoise.quality_report import ReportInput, build_report, header_only, warm_up
+from dicom_denoise_node.model.registry import ModelInfo
+from dicom_denoise_node.store.spool import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_denoise_node.admission import Admission, server_tls_context
-from dicom_denoise_node.audit import AssociationAudit
-from dicom_denoise_node.catalog import Catalog, InstanceMeta
 from dicom_denoise_node.config import NodeSettings
-from dicom_denoise_node.spool import InvalidUID, Spool, check_uid, write_atomic
-from dicom_denoise_node.tcp import NODELAY_HANDLER
+from dicom_denoise_node.receive.admission import Admission, server_tls_context
+from dicom_denoise_node.receive.audit import AssociationAudit
+from dicom_denoise_node.receive.tcp import NODELAY_HANDLER
+from dicom_denoise_node.store.catalog import Catalog, InstanceMeta
+from dicom_denoise_node.store.spool import InvalidUID, Spool, check_uid, write_atomic
 
 log = logging.getLogger(__name__)
 

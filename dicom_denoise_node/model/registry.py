@@ -21,11 +21,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dicom_denoise_node.generator import build_generator
+from dicom_denoise_node.model.generator import build_generator
 
 log = logging.getLogger(__name__)
 
-BUNDLED_DIR = Path(__file__).parent / "models"
+BUNDLED_DIR = Path(__file__).parent / "bundled"
 ACTIVE_FILE = "ACTIVE"
 FORMAT_VERSION = 1
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from dicom_denoise_node.health import Health
+from dicom_denoise_node.ops.health import Health
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from pynetdicom.events import Event
 
-from dicom_denoise_node.catalog import Catalog
-from dicom_denoise_node.metrics import NodeMetrics
+from dicom_denoise_node.ops.metrics import NodeMetrics
+from dicom_denoise_node.store.catalog import Catalog
 
 log = logging.getLogger(__name__)
 

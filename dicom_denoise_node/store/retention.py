@@ -11,8 +11,8 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from dicom_denoise_node.catalog import Catalog, SeriesState, utcnow
-from dicom_denoise_node.spool import Spool
+from dicom_denoise_node.store.catalog import Catalog, SeriesState, utcnow
+from dicom_denoise_node.store.spool import Spool
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""② Complete: the quiet-period job that closes a series, and the routing rules that decide what to denoise."""

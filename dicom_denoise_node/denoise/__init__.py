@@ -1,0 +1,1 @@
+"""③ Denoise: decode → tiled inference → derived instances → consistency guard → quality report (SR)."""

@@ -1,0 +1,1 @@
+"""④ Send: the C-STORE SCU that delivers derived series to each destination, statuses checked."""
