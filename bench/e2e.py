@@ -2,9 +2,9 @@
 derived instance stored by the PACS, split into quiet period, decode, inference, the wait for the derive thread,
 the quality report and send.
 
-The split comes from the node's own log (process.py and pipeline.py time each stage); "other" is everything
+The split comes from the node's own log (denoise/series.py and denoise/worker.py time each stage); "other" is everything
 else: scheduler polling, catalog transactions. The guard and encode+write run on a worker thread beside
-inference (process.py); their own durations are shown but are not part of the sum.
+inference (denoise/series.py); their own durations are shown but are not part of the sum.
 
 The headline figure is the overhead outside inference and the quiet period, as a fraction of inference, with
 inference measured **alone** in the same run (the same model, tiler settings and compile setting, in this
@@ -24,15 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from pydicom import dcmread
 from rich.console import Console
 from rich.table import Table
 
+import harness as peers
 from bench.common import machine
 from bench.node import random_model, running_node
-from demo import peers
 from dicom_denoise_node.config import ModelSettings
+from dicom_denoise_node.denoise.decode import file_hu
 from dicom_denoise_node.denoise.inference import TiledInferer
 from dicom_denoise_node.model.registry import load_model
 
@@ -52,9 +51,7 @@ def inference_alone(model: Path, series: Path, compile: bool) -> float:
     )
     slices = []
     for path in sorted(series.iterdir()):
-        ds = dcmread(path)
-        hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-        slices.append(info.normalize(hu))
+        slices.append(info.normalize(file_hu(path)))
     inferer.run_all(slices[:1])  # warm-up
     start = time.perf_counter()
     inferer.run_all(slices)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
-from demo import peers
-from demo.driver import NodeRunner, write_node_config
+import harness as peers
+from demo.driver import demo_node
 from dicom_denoise_node.model.generator import GeneratorConfig, ResnetGenerator
 from dicom_denoise_node.model.registry import save_model
+from harness.node import NodeProcess
 
 
 def random_model(directory: Path, filters: int = 32, blocks: int = 6, residual: bool = True) -> Path:
@@ -30,22 +31,14 @@ def running_node(
     quiet_period_s: float = 3600.0,
     device: str = "cpu",
     compile: bool = False,
-) -> Iterator[NodeRunner]:
+) -> Iterator[NodeProcess]:
     """Start the node (its own process group) and always stop it; the node's log is work/node.log."""
     work.mkdir(parents=True, exist_ok=True)
     port = peers.free_port()
-    config = write_node_config(
-        work / "node.toml",
-        work / "node",
-        port,
-        pacs_port,
-        str(model),
-        device,
-        quiet_period_s=quiet_period_s,
-        compile=compile,
+    node = demo_node(
+        work, work / "node", port, pacs_port, str(model), device, quiet_period_s=quiet_period_s, compile=compile
     )
-    node = NodeRunner(config, work / "node.log", port)
-    node.start()
+    node.start(timeout=180.0)
     try:
         yield node
     finally:

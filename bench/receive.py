@@ -24,9 +24,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+import harness as peers
 from bench.common import machine
 from bench.node import random_model, running_node
-from demo import peers
 
 
 def _send(directories: list[Path], port: int, called: str) -> float:

@@ -21,11 +21,8 @@ import contextlib
 import json
 import logging
 import math
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Literal
 
-from demo import peers
+import harness as peers
 from demo.pacs import PACS_AET, DemoPACS, check_port, choose_pacs
 from demo.report import (
     DemoResult,
@@ -47,6 +44,7 @@ from demo.report import (
 )
 from dicom_denoise_node.denoise.quality_report import report_series_uid
 from dicom_denoise_node.model.registry import read_metadata, resolve_model_path
+from harness.node import NodeProcess
 
 log = logging.getLogger(__name__)
 
@@ -122,40 +120,6 @@ def step(name: str, timings: dict[str, float]) -> Iterator[None]:
         timings[name] = round(time.monotonic() - started, 2)
 
 
-class NodeRunner:
-    """`denoise-node serve` as a child process in its own process group, logging to a file."""
-
-    def __init__(self, config: Path, log_path: Path, port: int) -> None:
-        self.config = config
-        self.log_path = log_path
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 180.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DENOISE_NODE_")}
-        cmd = [sys.executable, "-m", "dicom_denoise_node", "serve", "--config", str(self.config)]
-        with open(self.log_path, "ab") as logfile:
-            self.proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            peers.wait_for_port(self.port, timeout, proc=self.proc)
-        except (RuntimeError, TimeoutError) as exc:
-            self.stop()
-            raise DemoError("start node", f"{exc}; last log lines:\n{self.log_tail()}") from exc
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            peers.stop_process(self.proc, timeout=30)
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "<no log>"
-
-
 # ------------------------------------------------------------------------------------------------ steps
 
 
@@ -185,8 +149,8 @@ def synthesise(options: DemoOptions, data_dir: Path, progress: Callable[[int, in
     return data_dir / records[0].patient_id
 
 
-def write_node_config(
-    path: Path,
+def demo_node(
+    work: Path,
     data_dir: Path,
     port: int,
     pacs_port: int,
@@ -195,44 +159,29 @@ def write_node_config(
     quiet_period_s: float = 2.0,
     log_level: str = "INFO",
     compile: bool = False,
-) -> Path:
-    """The demo's (and the benchmarks') node config: loopback only, everything under one folder."""
-    path.write_text(
-        f"""# Written by `make demo`; every key is documented in etc/denoise-node.toml.
-[node]
-ae_title = "{NODE_AET}"
-host = "{peers.LOOPBACK}"
-port = {port}
-data_dir = "{data_dir}"
-log_level = "{log_level}"
-
-[series]
-quiet_period_s = {quiet_period_s}
-poll_interval_s = 0.5
-
-[model]
-path = "{model}"
-device = "{device}"
-compile = {str(compile).lower()}
-
-[http]
-host = "{peers.LOOPBACK}"
-port = {peers.free_port()}
-
-[send]
-max_attempts = 3
-backoff_s = 1.0
-timeout_s = 60
-
-[[destinations]]
-ae_title = "{PACS_AET}"
-host = "{peers.LOOPBACK}"
-port = {pacs_port}
-name = "demo-pacs"
-""",
-        encoding="utf-8",
+) -> NodeProcess:
+    """The demo's (and the benchmarks') node: loopback only, everything under one folder, the node's defaults for
+    tiles, free space and the quality report."""
+    return NodeProcess(
+        work,
+        model,
+        [{"ae_title": PACS_AET, "port": pacs_port, "name": "demo-pacs"}],
+        data_dir=data_dir,
+        port=port,
+        ae_title=NODE_AET,
+        device=device,
+        compile=compile,
+        tile=None,
+        quiet_period_s=quiet_period_s,
+        poll_interval_s=0.5,
+        log_level=log_level,
+        min_free_mb=None,
+        backoff_s=1.0,
+        backoff_max_s=None,
+        send_timeout_s=60,
+        report=None,
+        header="# Written by `make demo`; every key is documented in etc/denoise-node.toml.\n",
     )
-    return path
 
 
 def send_series(files: list[Path], port: int, scu: str) -> str:
@@ -264,25 +213,23 @@ class SeriesProgress:
 
 def read_progress(catalog_path: Path, series_uid: str) -> SeriesProgress:
     """The series as the node's catalog sees it (read-only; the node keeps writing)."""
-    import sqlite3
+    from sqlalchemy.exc import OperationalError
+
+    from dicom_denoise_node.store.catalog import open_readonly
 
     if not catalog_path.exists():
         return SeriesProgress()
-    con = sqlite3.connect(f"file:{catalog_path}?mode=ro", uri=True, timeout=5)
+    catalog = open_readonly(f"sqlite:///{catalog_path}")
     try:
-        row = con.execute(
-            "SELECT s.state, (SELECT count(*) FROM instances i WHERE i.series_fk = s.id), s.slices_done, "
-            "s.slices_total, s.derived_series_uid, s.model_version, s.processing_seconds, s.last_error "
-            "FROM series s WHERE s.series_uid = ?",
-            (series_uid,),
-        ).fetchone()
-    except sqlite3.OperationalError:  # tables not created yet
+        row = catalog.series_progress(series_uid)
+    except OperationalError:  # tables not created yet
         return SeriesProgress()
     finally:
-        con.close()
+        catalog.close()
     if row is None:
         return SeriesProgress()
-    return SeriesProgress(row[0], row[1], row[2] or 0, row[3] or 0, row[4] or "", row[5] or "", row[6], row[7] or "")
+    received = row.pop("instances")
+    return SeriesProgress(received=received, **row)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -302,7 +249,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     data_dir, node_dir, pacs_dir = out / "study", out / "node", out / "pacs"
     timings: dict[str, float] = {}
-    node: NodeRunner | None = None
+    node: NodeProcess | None = None
     pacs: DemoPACS | None = None
     with _signals_unwind():
         try:
@@ -325,12 +272,12 @@ def run_demo(
                 node_port = options.node_port or peers.free_port()
                 check_port(node_port, "node")
                 node_dir.mkdir(parents=True)
-                config = write_node_config(
-                    out / "node.toml", node_dir, node_port, pacs.dicom_port, options.model, options.device
-                )
-                node = NodeRunner(config, out / "node.log", node_port)
-                node.start()
-                ui.note(f"node: denoise-node serve --config {config} (log {out / 'node.log'})")
+                node = demo_node(out, node_dir, node_port, pacs.dicom_port, options.model, options.device)
+                try:
+                    node.start(timeout=180.0)
+                except RuntimeError as exc:
+                    raise DemoError("start node", str(exc)) from exc
+                ui.note(f"node: denoise-node serve --config {node.config} (log {node.log_path})")
             with step("send LD series", timings):
                 scu = send_series(ld_files, node_port, options.scu)
             with step("wait for derived series", timings):
@@ -374,7 +321,7 @@ def run_demo(
 
 
 def follow(
-    node: NodeRunner,
+    node: NodeProcess,
     pacs: DemoPACS,
     catalog: Path,
     series_uid: str,

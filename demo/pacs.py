@@ -9,7 +9,7 @@ from typing import Any
 
 from pydicom import dcmread
 
-from demo import peers
+import harness as peers
 from demo.receiver import FolderPACS
 
 PACS_AET = "PACS"

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from pydicom import dcmread
 
+from dicom_denoise_node.denoise.decode import dataset_hu
+
 
 @dataclass
 class DemoResult:
@@ -35,9 +37,7 @@ def slice_z(ds: Any) -> float:
 
 
 def read_hu(ds: Any) -> np.ndarray:
-    slope = float(getattr(ds, "RescaleSlope", 1.0))
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0))
-    return ds.pixel_array.astype(np.float64) * slope + intercept
+    return dataset_hu(ds).astype(np.float64)
 
 
 def load_volume(directory: Path) -> dict[float, np.ndarray]:
@@ -59,7 +59,7 @@ def compare(
     """LD vs HD and denoised vs HD: PSNR/SSIM in the model's [−1, 1] normalisation (its HU window, as `evaluate` and
     the model card use), noise std (against the noise-free image, in flat windows) and mean HU bias in the body;
     averages over slices."""
-    from trainer.evaluate import body_mask, find_flat_regions, hu_bias, noise_std, psnr, ssim, to_unit_range
+    from trainer.metrics import body_mask, find_flat_regions, hu_bias, noise_std, psnr, ssim, to_unit_range
 
     positions = sorted(set(ld) & set(den) & set(hd) & set(ref))
     if not positions:

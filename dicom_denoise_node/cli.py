@@ -199,7 +199,9 @@ def status(
             + f" · queue {catalog.pending_series()} · free under {data_dir}: {free}"
         )
         if associations:
-            _print_associations(catalog.associations(limit))
+            from dicom_denoise_node.receive.audit import association_rows
+
+            _print_associations(association_rows(catalog, limit))
         else:
             _print_series(catalog.series_overview(limit), settings.catalog_url)
     finally:

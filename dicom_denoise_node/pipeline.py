@@ -1,9 +1,10 @@
 """The one place that wires the stages and the scheduler jobs, in flow order.
 
-    C-STORE SCP ──► spool + catalog ──► Success                      (receive.py, spool.py, catalog.py)
-    quiet period ──► COMPLETE                                         (quiet_period.py, job "complete")
-    COMPLETE ──► PROCESSING ──► decode, tiles, derive ──► DERIVED    (process.py, job "process")
-    DERIVED ──► C-STORE to each destination ──► SENT / retry / FAILED (send.py, job "send")
+    ① C-STORE SCP ──► spool + catalog ──► Success                 (receive/scp.py; store/spool.py, store/catalog/)
+    ② quiet period ──► COMPLETE (or SKIPPED: no rule)             (complete/quiet_period.py, job "complete")
+    ③ COMPLETE ──► PROCESSING ──► decode, tiles, derive ──► DERIVED (denoise/worker.py, job "process")
+    ④ DERIVED ──► C-STORE to each destination ──► SENT / FAILED    (send/deliver.py, job "send")
+       SENT ──► spool files purged after retention                  (store/retention.py, job "retention")
 
 Every arrow is a catalog transition, so a restart resumes where the node stopped.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -22,19 +22,21 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_denoise_node import pynetdicom_patches
 from dicom_denoise_node.complete import quiet_period
 from dicom_denoise_node.config import ConfigError, Settings, describe, env_overrides
 from dicom_denoise_node.denoise.inference import select_device
-from dicom_denoise_node.denoise.series import Interrupted, SeriesDenoiser
+from dicom_denoise_node.denoise.series import SeriesDenoiser
+from dicom_denoise_node.denoise.worker import denoise_claim
 from dicom_denoise_node.model.registry import load_model, resolve_model_path
-from dicom_denoise_node.ops.health import Check, Health, Heartbeat, run_checks
+from dicom_denoise_node.ops.health import Health, Heartbeat, node_checks
 from dicom_denoise_node.ops.http_status import StatusServer
 from dicom_denoise_node.ops.metrics import NodeMetrics
 from dicom_denoise_node.receive.admission import MIB, Admission
-from dicom_denoise_node.receive.audit import AssociationAudit
+from dicom_denoise_node.receive.audit import AssociationAudit, association_rows
 from dicom_denoise_node.receive.scp import start_scp
-from dicom_denoise_node.send.scu import SendError, send_files
-from dicom_denoise_node.store.catalog import Catalog, Claim, DerivedRecord, SeriesState
+from dicom_denoise_node.send.deliver import deliver_claim
+from dicom_denoise_node.store.catalog import Catalog
 from dicom_denoise_node.store.retention import purge_sent
 from dicom_denoise_node.store.spool import Spool
 from dicom_denoise_node.store.spool_check import check_spool
@@ -81,6 +83,7 @@ class Node:
 
     def start(self) -> None:
         log.info("starting: %s", describe(self.settings))
+        pynetdicom_patches.check_version()
         if env_overrides():
             log.info("environment overrides: %s", ", ".join(env_overrides()))
         if self.denoiser is None:
@@ -100,7 +103,7 @@ class Node:
                     self.health,
                     self.metrics.exposition,
                     self.catalog.series_overview,
-                    self.catalog.associations,
+                    lambda limit: association_rows(self.catalog, limit),
                 )
             except OSError as exc:
                 raise ConfigError(f"[http] cannot listen on {http.host}:{http.port}: {exc}") from exc
@@ -150,40 +153,32 @@ class Node:
     def health(self) -> Health:
         """The checks behind /healthz (and `status`)."""
 
-        def scp() -> Check:
+        def listening() -> tuple[bool, str]:
             if self.server is None or self.server.socket.fileno() < 0:
-                return Check(False, "SCP not listening")
+                return False, "SCP not listening"
             host, port = self.server.server_address[:2]
-            return Check(True, f"{self.settings.node.ae_title} listening on {host}:{port}")
+            return True, f"{self.settings.node.ae_title} listening on {host}:{port}"
 
-        def scheduler() -> Check:
-            return self.heartbeat.check(self.scheduler is not None and self.scheduler.running)
-
-        def catalog() -> Check:
-            self.catalog.write_probe()
-            return Check(True, "writable")
-
-        def model() -> Check:
+        def model() -> tuple[str, str, Path, str] | None:
             if self.denoiser is None:
-                return Check(False, "no model loaded")
+                return None
             info = self.denoiser.info
-            if not info.weights_path.exists():
-                return Check(
-                    False, f"{info.name} {info.version} loaded, but {info.weights_path} is gone: a restart will fail"
-                )
-            return Check(True, f"{info.name} {info.version} on {self.denoiser.inferer.device}")
+            return info.name, info.version, info.weights_path, str(self.denoiser.inferer.device)
 
-        def disk() -> Check:
-            free, limit = self.admission.free_mb(), self.settings.node.min_free_mb
-            return Check(
-                free >= limit, f"{free:.0f} MiB free under {self.settings.node.data_dir} (min_free_mb={limit:g})"
-            )
-
-        return run_checks({"scp": scp, "scheduler": scheduler, "catalog": catalog, "model": model, "disk": disk})
+        return node_checks(
+            listening,
+            self.heartbeat,
+            lambda: self.scheduler is not None and self.scheduler.running,
+            self.catalog.write_probe,
+            model,
+            self.admission.free_mb,
+            self.settings.node.min_free_mb,
+            self.settings.node.data_dir,
+        )
 
     def complete_job(self) -> None:
         self.heartbeat.beat()
-        if quiet_period.mark_complete(self.catalog, self.settings):
+        if quiet_period.route_and_complete(self.catalog, self.settings):
             self._run_now("process")
 
     def _run_now(self, job_id: str) -> None:
@@ -204,7 +199,11 @@ class Node:
                 claim = self.catalog.claim_for_processing()
                 if claim is None:
                     return
-                self.process(claim)
+                assert self.denoiser is not None
+                if denoise_claim(
+                    claim, self.catalog, self.denoiser, self.spool, self.metrics, self.settings.guard, self.stop_event
+                ):
+                    self._run_now("send")
         finally:
             self._running.discard("process")
 
@@ -234,102 +233,6 @@ class Node:
                 claim = self.catalog.claim_for_sending(SEND_LEASE_S)
                 if claim is None:
                     return
-                self.send(claim)
+                deliver_claim(claim, self.catalog, self.settings, self.metrics)
         finally:
             self._running.discard("send")
-
-    # ---- stages --------------------------------------------------------------------------------------------
-
-    def process(self, claim: Claim) -> None:
-        """Denoise a claimed series; the catalog says DERIVED, FAILED, or (interrupted) COMPLETE afterwards."""
-        assert self.denoiser is not None
-        log.info("series %s state=PROCESSING", claim.series_uid)
-        paths = [Path(i.path) for i in self.catalog.instances(claim.series_id)]
-        started = time.monotonic()
-
-        def progress(done: int, total: int) -> None:
-            log.debug("series %s: %d/%d slices", claim.series_uid, done, total)
-            self.catalog.record_progress(claim, done, total)
-
-        try:
-            result = self.denoiser.denoise_series(
-                claim.series_uid,
-                paths,
-                self.spool.derived_path,
-                progress=progress,
-                stop=self.stop_event,
-            )
-        except Interrupted:
-            self.catalog.requeue(claim)
-            log.info("series %s interrupted by shutdown; state=COMPLETE", claim.series_uid)
-            return
-        except Exception as exc:
-            self.metrics.series_processed.labels("failed").inc()
-            log.exception("series %s failed while processing", claim.series_uid)
-            self.catalog.fail(claim.series_id, "process", f"{type(exc).__name__}: {exc}", SeriesState.PROCESSING)
-            log.error("series %s state=FAILED: %s", claim.series_uid, exc)
-            return
-        records = [DerivedRecord(sop, src, str(path)) for sop, src, path in result.written]
-        seconds = time.monotonic() - started
-        self.metrics.series_processed.labels("derived").inc()
-        if result.images:
-            self.metrics.inference_seconds_per_slice.observe(result.timings["inference"] / result.images)
-        self.metrics.slices_flagged.inc(len(result.flagged))
-        hold = None
-        if result.flagged and self.settings.guard.policy == "hold":
-            hold = (
-                f"held for review: the consistency guard flagged {len(result.flagged)} of {len(result.verdicts)} "
-                f"slices (first: {result.verdicts[result.flagged[0]].summary()}); "
-                "`denoise-node retry` sends it as it is"
-            )
-        if self.catalog.finish_processing(
-            claim,
-            result.derived_series_uid,
-            self.denoiser.info.version,
-            records,
-            processing_seconds=seconds,
-            hold_reason=hold,
-        ):
-            if hold:
-                log.warning("series %s state=FAILED: %s", claim.series_uid, hold)
-            else:
-                log.info("series %s state=DERIVED (%d instances)", claim.series_uid, len(records))
-                self._run_now("send")
-        else:
-            log.info("series %s received new instances while processing; state=RECEIVING", claim.series_uid)
-
-    def send(self, claim: Claim) -> None:
-        """Send a DERIVED series to every destination that has not acknowledged it yet."""
-        files = [Path(d.path) for d in self.catalog.derived_instances(claim.series_id)]
-        done = self.catalog.delivered_to(claim)
-        errors = []
-        for dest in self.settings.destinations_for(self.catalog.series_rule(claim.series_id)):
-            if dest.key in done:
-                continue
-            t0 = time.monotonic()
-            try:
-                n = send_files(files, dest, self.settings.node.ae_title, self.settings.send.timeout_s)
-            except (SendError, OSError) as exc:
-                errors.append(str(exc))
-                self.metrics.send_failures.labels(dest.key).inc()
-                continue
-            self.catalog.record_delivery(claim, dest.key)
-            self.metrics.instances_sent.labels(dest.key).inc(n)
-            seconds = time.monotonic() - t0
-            log.info("series %s: %d instances sent to %s in %.2f s", claim.series_uid, n, dest.key, seconds)
-        if errors:
-            cfg = self.settings.send
-            outcome = self.catalog.send_failed(
-                claim, "; ".join(errors), cfg.max_attempts, cfg.backoff_s, cfg.backoff_max_s
-            )
-            log.warning(
-                "series %s send attempt %d/%d failed (%s); state=%s",
-                claim.series_uid,
-                claim.attempts + 1,
-                cfg.max_attempts,
-                "; ".join(errors),
-                outcome,
-            )
-            return
-        if self.catalog.send_succeeded(claim):
-            log.info("series %s state=SENT", claim.series_uid)

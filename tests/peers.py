@@ -1,4 +1,4 @@
-"""Real DICOM peers for tests: dcmtk storescp/storescu/echoscu, Orthanc (from ``demo.peers``) and dciodvfy.
+"""Real DICOM peers for tests: dcmtk storescp/storescu/echoscu, Orthanc (from ``harness``) and dciodvfy, as fixtures.
 
 Everything talks DIMSE over 127.0.0.1 only. Fixtures skip the test when their peer is not installed
 (``make test`` installs them). Fixtures are found by name in the test module; binding them there keeps ruff
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from demo import peers as _peers
-from demo.peers import (  # noqa: F401  (re-exported for the tests)
+import harness as _peers
+from harness import (  # noqa: F401  (re-exported for the tests)
     LOOPBACK,
     Modality,
     Orthanc,

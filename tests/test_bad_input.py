@@ -11,9 +11,9 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 
 from dicom_denoise_node.store.catalog import SeriesState
+from harness.node import NodeProcess
 from tests import peers
 from tests.ct_cases import Case, build_cases
-from tests.node_process import NodeProcess
 from tests.peers import LOOPBACK, echoscu, wait_until, write_ct_series
 
 pytestmark = pytest.mark.e2e

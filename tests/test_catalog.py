@@ -42,8 +42,8 @@ def test_full_life_cycle(catalog):
         catalog.record_instance(meta(n))
     catalog.record_instance(meta(1))  # a resend replaces, never duplicates
     assert len(catalog.instances(1)) == 3
-    assert catalog.mark_complete(60) == []  # not quiet yet
-    assert [uid for _, uid, _ in catalog.mark_complete(60, now=utcnow() + timedelta(seconds=61))] == ["1.2.3.4"]
+    assert catalog.complete_quiet_series(60) == []  # not quiet yet
+    assert [uid for _, uid, _ in catalog.complete_quiet_series(60, now=utcnow() + timedelta(seconds=61))] == ["1.2.3.4"]
     claim = catalog.claim_for_processing()
     assert claim is not None and catalog.claim_for_processing() is None
     assert catalog.series_state("1.2.3.4") is SeriesState.PROCESSING
@@ -62,7 +62,7 @@ def test_full_life_cycle(catalog):
 
 def test_late_instance_during_processing_requeues(catalog):
     catalog.record_instance(meta(1))
-    catalog.mark_complete(0, now=utcnow() + timedelta(seconds=1))
+    catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
     claim = catalog.claim_for_processing()
     catalog.record_instance(meta(2))  # arrives while the worker runs
     assert catalog.series_state("1.2.3.4") is SeriesState.PROCESSING
@@ -72,7 +72,7 @@ def test_late_instance_during_processing_requeues(catalog):
 
 def test_send_backoff_then_failed_then_retry(catalog):
     catalog.record_instance(meta(1))
-    catalog.mark_complete(0, now=utcnow() + timedelta(seconds=1))
+    catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
     claim = catalog.claim_for_processing()
     catalog.finish_processing(claim, "9", "v1", [DerivedRecord("9.1", "1.2.3.4.1", "/d/1")])
     c1 = catalog.claim_for_sending(600)
@@ -91,7 +91,7 @@ def test_send_backoff_then_failed_then_retry(catalog):
 
 def test_processing_failure_retry_goes_back_to_complete(catalog):
     catalog.record_instance(meta(1))
-    catalog.mark_complete(0, now=utcnow() + timedelta(seconds=1))
+    catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
     claim = catalog.claim_for_processing()
     assert catalog.fail(claim.series_id, "process", "bad pixels", SeriesState.PROCESSING)
     assert not catalog.fail(claim.series_id, "process", "again", SeriesState.PROCESSING)  # guarded by state
@@ -103,7 +103,7 @@ def test_processing_failure_retry_goes_back_to_complete(catalog):
 
 def test_restart_recovers_processing(catalog):
     catalog.record_instance(meta(1))
-    catalog.mark_complete(0, now=utcnow() + timedelta(seconds=1))
+    catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
     catalog.claim_for_processing()
     assert catalog.recover_after_restart() == ["1.2.3.4"]
     assert catalog.series_state("1.2.3.4") is SeriesState.COMPLETE
@@ -114,7 +114,7 @@ def test_concurrent_claims_take_each_series_once(tmp_path):
     first = Catalog(url)
     for s in range(10):
         first.record_instance(meta(1, series=f"1.2.3.{s + 10}"))
-    first.mark_complete(0, now=utcnow() + timedelta(seconds=1))
+    first.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
     # Two catalogs on one file behave like two worker processes: no shared lock, only the SQL claim.
     catalogs = [first, Catalog(url)]
     claimed: list[str] = []
@@ -146,3 +146,31 @@ def test_catalog_file_is_owner_only(tmp_path):
             assert path.stat().st_mode & 0o077 == 0, path
     finally:
         cat.close()
+
+
+def test_read_only_opener_reads_a_live_catalog_and_never_writes_or_migrates(catalog, tmp_path):
+    from sqlalchemy.exc import OperationalError
+
+    from dicom_denoise_node.store.catalog import open_readonly
+
+    missing = tmp_path / "none.sqlite"
+    reader = open_readonly(f"sqlite:///{missing}")
+    with pytest.raises(OperationalError):  # no file is created for it, and no schema
+        reader.state_counts()
+    reader.close()
+    assert not missing.exists()
+
+    catalog.record_instance(meta(1))
+    catalog.record_instance(meta(2))
+    reader = open_readonly(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    try:
+        progress = reader.series_progress("1.2.3.4")
+        assert progress is not None and progress["state"] == "RECEIVING" and progress["instances"] == 2
+        assert reader.series_progress("9.9") is None
+        assert reader.state_counts()["RECEIVING"] == 1
+        with pytest.raises(OperationalError, match="readonly"), reader.session() as s:
+            s.execute(text("DELETE FROM instances"))
+            s.commit()
+    finally:
+        reader.close()
+    assert catalog.series_progress("1.2.3.4")["instances"] == 2  # type: ignore[index]

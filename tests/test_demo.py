@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from demo.peers import port_open
 from dicom_denoise_node.model.registry import ModelError, resolve_model_path
+from harness import port_open
 from tests.peers import require, wait_until
 from trainer.montage import montage_size
 

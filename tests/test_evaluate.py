@@ -13,6 +13,7 @@ from PIL import Image
 from rich.table import Table
 from scipy import ndimage
 
+from trainer import baselines, metrics
 from trainer import evaluate as ev
 from trainer.ct_physics import simulate_doses
 from trainer.montage import INSET_COLOUR, montage_size, patch_montage, save_montage
@@ -37,27 +38,27 @@ def _phantom(size: int, seed: int) -> np.ndarray:
     return ndimage.gaussian_filter(hu, 1.0).astype(np.float32)
 
 
-def _slice(seed: int, with_ref: bool = True) -> tuple[ev.EvalSlice, np.ndarray]:
+def _slice(seed: int, with_ref: bool = True) -> tuple[metrics.EvalSlice, np.ndarray]:
     """LD / HD / REF from the projection-domain dose simulation (Poisson counts, FBP), seeded; and the truth."""
     truth = _phantom(SIZE, seed)
     scans = simulate_doses(truth, rng=np.random.default_rng(1000 + seed), pixel_spacing=PIXEL_SPACING)
     ref = scans["REF"] if with_ref else None
-    return ev.EvalSlice(f"P{seed}", "abdomen", seed + 1, scans["LD"], scans["HD"], ref), truth
+    return metrics.EvalSlice(f"P{seed}", "abdomen", seed + 1, scans["LD"], scans["HD"], ref), truth
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[list[ev.EvalSlice], list[np.ndarray]]:
+def data() -> tuple[list[metrics.EvalSlice], list[np.ndarray]]:
     pairs = [_slice(seed) for seed in range(3)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 @pytest.fixture(scope="module")
-def slices(data: tuple[list[ev.EvalSlice], list[np.ndarray]]) -> list[ev.EvalSlice]:
+def slices(data: tuple[list[metrics.EvalSlice], list[np.ndarray]]) -> list[metrics.EvalSlice]:
     return data[0]
 
 
 @pytest.fixture(scope="module")
-def val_slices() -> list[ev.EvalSlice]:
+def val_slices() -> list[metrics.EvalSlice]:
     return [_slice(10)[0]]
 
 
@@ -65,8 +66,8 @@ def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-def test_identity_model_gives_exactly_the_ld_figures(slices: list[ev.EvalSlice]) -> None:
-    report = ev.evaluate(slices, {"model": ev.identity})
+def test_identity_model_gives_exactly_the_ld_figures(slices: list[metrics.EvalSlice]) -> None:
+    report = ev.evaluate(slices, {"model": baselines.identity})
     assert report.methods == ["LD", "model"]
     ld, model = report.method_rows("LD"), report.method_rows("model")
     assert len(ld) == len(model) == len(slices)
@@ -77,7 +78,7 @@ def test_identity_model_gives_exactly_the_ld_figures(slices: list[ev.EvalSlice])
     assert all(math.isfinite(r["psnr"]) and r["ssim"] < 1.0 for r in ld)
 
 
-def test_hd_against_hd_is_perfect(slices: list[ev.EvalSlice]) -> None:
+def test_hd_against_hd_is_perfect(slices: list[metrics.EvalSlice]) -> None:
     report = ev.evaluate(slices, {}, include_hd=True)
     for row in report.method_rows("HD"):
         assert row["psnr"] == math.inf and row["psnr_soft"] == math.inf
@@ -89,28 +90,30 @@ def test_hd_against_hd_is_perfect(slices: list[ev.EvalSlice]) -> None:
 
 
 def test_metric_functions_at_and_near_identity() -> None:
-    a = ev.to_unit_range(_phantom(SIZE, 0))
-    assert ev.psnr(a, a, 2.0) == math.inf and ev.ssim(a, a, 2.0) == 1.0 and ev.ms_ssim(a, a, 2.0) == 1.0
+    a = metrics.to_unit_range(_phantom(SIZE, 0))
+    assert metrics.psnr(a, a, 2.0) == math.inf and metrics.ssim(a, a, 2.0) == 1.0 and metrics.ms_ssim(a, a, 2.0) == 1.0
     b = a.copy()
     b[40, 40] += 0.01
-    assert math.isfinite(ev.psnr(b, a, 2.0)) and ev.ssim(b, a, 2.0) < 1.0 and ev.ms_ssim(b, a, 2.0) < 1.0
+    assert math.isfinite(metrics.psnr(b, a, 2.0)) and metrics.ssim(b, a, 2.0) < 1.0 and metrics.ms_ssim(b, a, 2.0) < 1.0
 
 
-def test_ms_ssim_scales_follow_image_size(slices: list[ev.EvalSlice]) -> None:
-    assert ev.ms_ssim_betas((512, 512)) == ev.MS_SSIM_BETAS
-    small = ev.ms_ssim_betas((SIZE, SIZE))
+def test_ms_ssim_scales_follow_image_size(slices: list[metrics.EvalSlice]) -> None:
+    assert metrics.ms_ssim_betas((512, 512)) == metrics.MS_SSIM_BETAS
+    small = metrics.ms_ssim_betas((SIZE, SIZE))
     assert len(small) == 3 and sum(small) == pytest.approx(1.0)
-    assert len(ev.ms_ssim_betas((128, 128))) == 4
+    assert len(metrics.ms_ssim_betas((128, 128))) == 4
     report = ev.evaluate(slices[:1], {})
     assert report.ms_ssim_betas == {f"{SIZE}x{SIZE}": list(small)}
     assert report.rows[0]["ms_ssim_scales"] == 3
 
 
-def test_tuned_classical_baselines_beat_ld(slices: list[ev.EvalSlice], val_slices: list[ev.EvalSlice]) -> None:
-    assert ev.tune_gaussian(val_slices, (0.5, 1.0)) in (0.5, 1.0)
-    baselines = ev.classical_baselines(val_slices)
-    assert sorted(baselines) == ["gaussian", "nlm"]
-    report = ev.evaluate(slices, baselines)
+def test_tuned_classical_baselines_beat_ld(
+    slices: list[metrics.EvalSlice], val_slices: list[metrics.EvalSlice]
+) -> None:
+    assert baselines.tune_gaussian(val_slices, (0.5, 1.0)) in (0.5, 1.0)
+    tuned = baselines.classical_baselines(val_slices)
+    assert sorted(tuned) == ["gaussian", "nlm"]
+    report = ev.evaluate(slices, tuned)
     assert "sigma=" in report.settings["methods"]["gaussian"] and "h=" in report.settings["methods"]["nlm"]
     summary = {r["method"]: r for r in report.summary_rows()}
     for method in ("gaussian", "nlm"):
@@ -123,25 +126,25 @@ def test_tuned_classical_baselines_beat_ld(slices: list[ev.EvalSlice], val_slice
 
 @pytest.mark.parametrize("with_ref", [True, False])
 def test_flat_regions_lie_in_the_body_and_ld_is_noisier(
-    data: tuple[list[ev.EvalSlice], list[np.ndarray]], with_ref: bool
+    data: tuple[list[metrics.EvalSlice], list[np.ndarray]], with_ref: bool
 ) -> None:
-    size = ev.FLAT_SIZE
+    size = metrics.FLAT_SIZE
     for s, truth in zip(*data, strict=True):
         ref = s.ref if with_ref else None
-        regions = ev.find_flat_regions(s.hd, ref)
-        assert 1 <= len(regions) <= ev.FLAT_MAX_REGIONS
+        regions = metrics.find_flat_regions(s.hd, ref)
+        assert 1 <= len(regions) <= metrics.FLAT_MAX_REGIONS
         covered = np.zeros(truth.shape, dtype=int)
         for y, x in regions:
             assert 0 <= y and 0 <= x and y + size <= SIZE and x + size <= SIZE
             window = truth[y : y + size, x : x + size]
             assert (window > BODY_TRUTH_HU).all()
-            assert window.std() < ev.FLAT_TOL_HU + 2.0  # flat in truth too: no organ, bone or body edge inside
+            assert window.std() < metrics.FLAT_TOL_HU + 2.0  # flat in truth too: no organ, bone or body edge inside
             covered[y : y + size, x : x + size] += 1
         assert covered.max() == 1  # non-overlapping
-        assert ev.noise_std(s.ld, regions, size, ref) > 1.3 * ev.noise_std(s.hd, regions, size, ref)
+        assert metrics.noise_std(s.ld, regions, size, ref) > 1.3 * metrics.noise_std(s.hd, regions, size, ref)
 
 
-def test_hu_bias_of_a_plus_ten_denoiser(slices: list[ev.EvalSlice]) -> None:
+def test_hu_bias_of_a_plus_ten_denoiser(slices: list[metrics.EvalSlice]) -> None:
     def plus_ten(images: list[np.ndarray]) -> list[np.ndarray]:
         return [img + np.float32(10.0) for img in images]
 
@@ -153,30 +156,30 @@ def test_hu_bias_of_a_plus_ten_denoiser(slices: list[ev.EvalSlice]) -> None:
         assert shifted["noise_std"] == pytest.approx(ld["noise_std"], rel=1e-4)  # an offset is not noise
 
 
-def test_a_method_working_in_place_cannot_spoil_the_ld_images(slices: list[ev.EvalSlice]) -> None:
+def test_a_method_working_in_place_cannot_spoil_the_ld_images(slices: list[metrics.EvalSlice]) -> None:
     def zero_in_place(images: list[np.ndarray]) -> list[np.ndarray]:
         for img in images:
             img[...] = 0.0
         return images
 
     before = [s.ld.copy() for s in slices]
-    report = ev.evaluate(slices, {"zero": zero_in_place, "model": ev.identity})
+    report = ev.evaluate(slices, {"zero": zero_in_place, "model": baselines.identity})
     assert all(np.array_equal(s.ld, b) for s, b in zip(slices, before, strict=True))
     assert [r["psnr"] for r in report.method_rows("model")] == [r["psnr"] for r in report.method_rows("LD")]
 
 
-def test_bad_calls_are_refused(slices: list[ev.EvalSlice]) -> None:
-    no_ref = ev.EvalSlice("P9", "chest", 1, slices[0].ld, slices[0].hd)
+def test_bad_calls_are_refused(slices: list[metrics.EvalSlice]) -> None:
+    no_ref = metrics.EvalSlice("P9", "chest", 1, slices[0].ld, slices[0].hd)
     with pytest.raises(ValueError, match="REF"):
         ev.evaluate([no_ref], {}, reference="REF")
     with pytest.raises(ValueError, match="reserved"):
-        ev.evaluate(slices, {"LD": ev.identity})
+        ev.evaluate(slices, {"LD": baselines.identity})
     with pytest.raises(ValueError, match="shape"):
         ev.evaluate(slices[:1], {"crop": lambda imgs: [i[:-4] for i in imgs]})
 
 
-def test_reports_round_trip_as_json_and_csv(slices: list[ev.EvalSlice], tmp_path: Path) -> None:
-    report = ev.evaluate(slices[:2], {"model": ev.gaussian_denoiser(0.5)}, include_hd=True)
+def test_reports_round_trip_as_json_and_csv(slices: list[metrics.EvalSlice], tmp_path: Path) -> None:
+    report = ev.evaluate(slices[:2], {"model": baselines.gaussian_denoiser(0.5)}, include_hd=True)
     report.to_json(tmp_path / "eval.json")
     report.to_csv(tmp_path / "eval.csv")
 
@@ -200,8 +203,8 @@ def test_reports_round_trip_as_json_and_csv(slices: list[ev.EvalSlice], tmp_path
         assert all(_same(float(b[k]), a[k]) for k in ev.METRIC_KEYS)
 
 
-def test_render_table_has_a_row_per_method(slices: list[ev.EvalSlice]) -> None:
-    report = ev.evaluate(slices[:1], {"model": ev.identity}, include_hd=True)
+def test_render_table_has_a_row_per_method(slices: list[metrics.EvalSlice]) -> None:
+    report = ev.evaluate(slices[:1], {"model": baselines.identity}, include_hd=True)
     table = ev.render_table(report)
     assert isinstance(table, Table)
     assert table.row_count == 3
@@ -212,7 +215,7 @@ def test_render_table_has_a_row_per_method(slices: list[ev.EvalSlice]) -> None:
     assert "inf" in list(table.columns[1].cells)[2]
 
 
-def test_save_montage_has_the_expected_size(slices: list[ev.EvalSlice], tmp_path: Path) -> None:
+def test_save_montage_has_the_expected_size(slices: list[metrics.EvalSlice], tmp_path: Path) -> None:
     s = slices[0]
     columns = {"LD": s.ld, "model": s.ld, "HD": s.hd, "noise-free": s.ref}
     path = tmp_path / "montage.png"

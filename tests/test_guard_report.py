@@ -12,6 +12,7 @@ from pydicom import dcmread
 from torch import nn
 
 from dicom_denoise_node.config import DeriveSettings, GuardSettings, ModelSettings, ReportSettings
+from dicom_denoise_node.denoise.decode import file_hu
 from dicom_denoise_node.denoise.derive import derived_series_uid
 from dicom_denoise_node.denoise.guard import check_slice
 from dicom_denoise_node.denoise.series import SeriesDenoiser
@@ -20,8 +21,7 @@ from tests.peers import dciodvfy, require
 
 
 def _hu(path: Path) -> np.ndarray:
-    ds = dcmread(path)
-    return ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    return file_hu(path)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_node_holds_a_flagged_series_then_retry_sends_it_with_its_report(tmp_pat
     import sys
 
     from dicom_denoise_node.store.catalog import SeriesState
-    from tests.node_process import NodeProcess
+    from harness.node import NodeProcess
     from tests.peers import storescu, write_ct_series
 
     files = write_ct_series(tmp_path / "in", 3, rows=64, columns=64)

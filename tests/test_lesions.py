@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-from pydicom import dcmread
 from scipy import ndimage
 
+from dicom_denoise_node.denoise.decode import file_hu
 from trainer.lesions import SafetyScores, lesion_masks, load_truth, markdown_tables, score_lesions, tissue_bias
 
 
 def _hu(path):
-    ds = dcmread(path)
-    return ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    return file_hu(path)
 
 
 def _images(directory, index):

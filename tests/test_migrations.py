@@ -9,6 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from dicom_denoise_node.receive.audit import association_rows, record_association
 from dicom_denoise_node.store.catalog import Base, Catalog, SeriesState
 from dicom_denoise_node.store.migrations import BASELINE, current_revision, head_revision, upgrade_catalog
 
@@ -63,8 +64,8 @@ def test_previous_schema_is_upgraded_in_place_with_its_data(tmp_path):
         row = catalog.series_overview()[0]
         assert row["description"] == "LD chest" and row["instances"] == 1 and row["rule"] is None
         # New parts of the schema work on the upgraded file.
-        catalog.record_association("CT1", "DENOISE", "127.0.0.1", 5000, False, "test")
-        assert catalog.associations()[0]["reason"] == "test"
+        record_association(catalog, "CT1", "DENOISE", "127.0.0.1", 5000, False, "test")
+        assert association_rows(catalog)[0]["reason"] == "test"
         assert catalog.state_counts()["SENT"] == 1
     finally:
         catalog.close()

@@ -247,25 +247,28 @@ def test_training_validates_and_exports_the_weight_average(tmp_path, data_with_r
     assert info.training["weights"] == "EMA of the weights, decay 0.5"
 
 
-def test_inserted_lesion_term_charges_what_a_denoiser_takes_from_a_lesion():
+def test_inserted_lesion_term_charges_the_contrast_a_denoiser_takes_from_a_lesion():
     from trainer.cyclegan import gaussian_lowpass
-    from trainer.lesion_term import inserted_lesions, lesion_transfer_loss
+    from trainer.lesion_term import contrast_kept, inserted_lesions, lesion_transfer_loss
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 1, 48, 48, generator=torch.Generator().manual_seed(1)) * 0.02
     units = 2.0 / 2048.0
-    d, weight = inserted_lesions(x.shape, units, gen, x.device)
+    d, core, ring, amplitude = inserted_lesions(x.shape, units, gen, x.device)
     peak = d.abs().amax(dim=(1, 2, 3)) / units
     assert bool(((peak >= 5.0 - 1e-3) & (peak <= 60.0 + 1e-3)).all())  # one disk of 5–60 HU per patch
-    assert bool((weight.sum(dim=(1, 2, 3)) > (d != 0).sum(dim=(1, 2, 3))).all())  # the margin counts too
-    assert bool(((d != 0) <= (weight > 0)).all())
+    assert torch.allclose(amplitude.abs() / units, peak, rtol=1e-4)
+    assert bool((core.sum(dim=(1, 2, 3)) >= 1).all()) and bool((ring.sum(dim=(1, 2, 3)) > 0).all())
+    assert not bool(((ring > 0) & (d != 0)).any())  # the ring is background
+    assert torch.allclose(contrast_kept(d, core, ring, amplitude), torch.ones(8))
 
     def loss(g):
         return float(lesion_transfer_loss(g, x, g(x), units, torch.Generator().manual_seed(2)))
 
-    assert loss(lambda t: t) == pytest.approx(0.0, abs=1e-6)
+    assert loss(lambda t: t) == pytest.approx(0.0, abs=1e-5)
     assert loss(lambda t: 0.5 * t) == pytest.approx(0.5, abs=1e-4)
-    assert loss(lambda t: gaussian_lowpass(t, 1.5)) > 0.3  # smoothing flattens small lesions
+    assert loss(lambda t: t + 0.3) == pytest.approx(0.0, abs=1e-4)  # a shift is not a contrast loss
+    assert loss(lambda t: gaussian_lowpass(t, 2.0)) > 0.1  # smoothing flattens small lesions
 
 
 def test_training_with_the_lesion_term_logs_it_and_resumes_exactly(tmp_path, data_with_ref):
@@ -288,3 +291,31 @@ def test_training_with_the_lesion_term_logs_it_and_resumes_exactly(tmp_path, dat
         build_config("cpu", overrides={**overrides, "run_dir": tmp_path / "r2"}), data_with_ref, resume=first.checkpoint
     )
     assert resumed.history[-1]["g_lesion"] == pytest.approx(straight.history[-1]["g_lesion"], rel=1e-5)
+
+
+def test_validation_scores_inserted_lesions_and_can_require_them_kept():
+    from trainer.cyclegan import gaussian_lowpass
+    from trainer.validation import ValidationSet, Validator
+
+    rng = np.random.default_rng(0)
+    ref = [np.full((128, 128), 40.0) for _ in range(2)]
+    ld = [r + rng.normal(0, 30, r.shape) for r in ref]
+    hd = [r + rng.normal(0, 15, r.shape) for r in ref]
+    window = (-1024.0, 1024.0)
+    val = ValidationSet.build(ld, hd, ref, window, 2)
+    assert val.lesions is not None and val.lesions.x.shape == (16, 1, 64, 64)
+
+    class Blur(torch.nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return gaussian_lowpass(t, 2.5)
+
+    blur, identity = Blur(), torch.nn.Identity()
+
+    device = torch.device("cpu")
+    plain = Validator(val, window, device, 1)
+    assert plain(1, identity, {})  # the first score is the best so far
+    assert plain(2, blur, {})  # lower error: best when only the error counts
+    kept = {c["step"]: c["val_lesion_kept"] for c in plain.curve}
+    assert kept[1] == pytest.approx(1.0, abs=1e-3) and kept[2] < 0.8
+    strict = Validator(val, window, device, 1, min_lesion_kept=0.9)
+    assert strict(1, identity, {}) and not strict(2, blur, {})  # flattening lesions is never "best"

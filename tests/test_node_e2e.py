@@ -13,7 +13,7 @@ from pydicom import dcmread
 from dicom_denoise_node.denoise.derive import derived_series_uid, derived_sop_uid
 from dicom_denoise_node.model.registry import read_metadata
 from dicom_denoise_node.store.catalog import SeriesState
-from tests.node_process import NodeProcess
+from harness.node import NodeProcess
 from tests.peers import StoreSCP, dciodvfy, require, storescu, wait_until
 from trainer.synth import synthesize_archive
 

@@ -13,8 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
 
+from dicom_denoise_node.receive.audit import association_rows
 from dicom_denoise_node.store.catalog import SeriesState
-from tests.node_process import NodeProcess
+from harness.node import NodeProcess
 from tests.peers import echoscu, storescu, wait_until, write_ct_series
 
 pytestmark = pytest.mark.e2e
@@ -85,8 +86,8 @@ def test_rules_route_per_destination_skip_the_rest_and_metrics_count_it(tmp_path
             assert (
                 row[hd_uid]["state"] == "SKIPPED" and "SeriesDescription 'Chest routine'" in row[hd_uid]["last_error"]
             )
-            assert wait_until(lambda: len(cat.associations()) >= 4, timeout=10)
-            audit = cat.associations()
+            assert wait_until(lambda: len(association_rows(cat)) >= 4, timeout=10)
+            audit = association_rows(cat)
         finally:
             cat.close()
         stores = [a for a in audit if a["accepted"]]

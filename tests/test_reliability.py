@@ -25,7 +25,7 @@ from pynetdicom.sop_class import Verification
 from dicom_denoise_node.config import NodeSettings
 from dicom_denoise_node.receive.admission import Admission
 from dicom_denoise_node.store.catalog import SeriesState
-from tests.node_process import NodeProcess
+from harness.node import NodeProcess
 from tests.peers import LOOPBACK, StoreSCP, echoscu, free_port, require, sop_instance_uid, storescu, wait_until
 from tests.peers import write_ct_series as _write
 

@@ -201,7 +201,7 @@ def test_default_description_patterns(description: str, domain: str | None) -> N
 
 
 def test_archive_series_never_enter_the_pipeline(scanned: Catalog, archive) -> None:
-    assert scanned.mark_complete(0, now=utcnow() + timedelta(days=1)) == []
+    assert scanned.complete_quiet_series(0, now=utcnow() + timedelta(days=1)) == []
     assert scanned.claim_for_processing() is None
     assert scanned.series_overview(limit=100) == []  # `denoise-node status` shows only what the node received
     assert archive_overview(scanned)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from trainer.evaluate import EvalSlice
+from trainer.metrics import EvalSlice
 from trainer.scorecard import Scorecard, bootstrap_interval, hf_share, markdown, nps_blocks
 
 

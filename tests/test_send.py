@@ -1,5 +1,5 @@
 """The C-STORE SCU against dcmtk storescp: every instance arrives, with Nagle off while the association's reactor is
-held (requestor.py), and no response is lost even when the reactor is preempted at its checkpoint."""
+held (pynetdicom_patches.py), and no response is lost even when the reactor is preempted at its checkpoint."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE
 
+from dicom_denoise_node import pynetdicom_patches as requestor
 from dicom_denoise_node.config import Destination
-from dicom_denoise_node.send import requestor
 from dicom_denoise_node.send import scu as send
 from tests import peers
 from tests.peers import write_ct_series
@@ -157,3 +157,20 @@ def test_a_peer_abort_while_the_reactor_is_held_fails_the_send_and_ends_the_asso
     with pytest.raises(send.SendError, match="no C-STORE response"):
         send.send_files(files, dest, "DENOISE", timeout_s=20)
     assert peers.wait_until(lambda: not ({t.ident for t in threading.enumerate()} - before), timeout=10)
+
+
+def test_pynetdicom_is_a_version_the_patches_were_checked_on_and_has_what_they_touch():
+    """Fails loudly when the installed pynetdicom leaves the checked range or drops a patched private attribute:
+    re-read dicom_denoise_node/pynetdicom_patches.py against the new release, then widen CHECKED_VERSIONS."""
+    import inspect
+    from importlib.metadata import version
+
+    from pynetdicom.association import Association
+    from pynetdicom.dul import DULServiceProvider
+
+    installed = version("pynetdicom")
+    assert installed in requestor.CHECKED_VERSIONS, (installed, str(requestor.CHECKED_VERSIONS))
+    assert requestor.check_version()
+    init = inspect.getsource(Association.__init__)
+    assert "_reactor_checkpoint" in init and "_is_paused" in init and "_kill" in init
+    assert "_run_loop_delay" in inspect.getsource(DULServiceProvider)

@@ -158,3 +158,20 @@ def test_vary_draws_each_patients_acquisition_and_writes_it_down(tmp_path: Path)
     assert (
         json.loads((plain / "archive.json").read_text())["patients_list"][0]["acquisition"]["window"] == "shepp-logan"
     )
+
+
+def test_the_same_seed_draws_the_same_patients_as_before_the_phantom_was_split():
+    """The phantom's random draws keep their order (anatomy, then lesions): archives made with a seed stay the same.
+    The digest was recorded with the single-module phantom.py before it became trainer/phantom/."""
+    import hashlib
+
+    from trainer.phantom import make_patient
+
+    h = hashlib.sha256()
+    for seed, part in ((3, "chest"), (4, "abdomen")):
+        anatomy = make_patient(np.random.default_rng(seed), part)
+        h.update(repr((anatomy.structures, anatomy.lesions, anatomy.body_axes_mm)).encode())
+        r = render_slice_with_labels(anatomy, 0.0, 96, 3.0)
+        h.update(np.ascontiguousarray(r.hu, dtype=np.float32).tobytes())
+        h.update(r.labels.tobytes())
+    assert h.hexdigest() == "291c7d175676e4b38fb018a68fad787818ef24b44cbd2368c64b6c4096825801"

@@ -350,11 +350,13 @@ def evaluate(
     from dicom_denoise_node.denoise.inference import select_device
     from dicom_denoise_node.denoise.series import SeriesDenoiser
     from dicom_denoise_node.model.registry import ModelError, load_model, resolve_model_path
+    from trainer.baselines import classical_baselines
     from trainer.data import load_slices
-    from trainer.evaluate import EvalSlice, classical_baselines, markdown_table, render_table
     from trainer.evaluate import evaluate as run_eval
+    from trainer.evaluate import markdown_table, render_table
     from trainer.lesions import SafetyScores
     from trainer.lesions import markdown_tables as lesion_markdown
+    from trainer.metrics import EvalSlice
     from trainer.montage import save_montage
     from trainer.scorecard import Scorecard
     from trainer.scorecard import markdown as scorecard_markdown

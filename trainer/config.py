@@ -86,6 +86,9 @@ class TrainConfig(BaseModel):
     val_patches: int = Field(4, ge=1)
     val_every: int = Field(100, ge=1, description="steps between scores on the validation patients (vs REF)")
     val_slices: int = Field(8, ge=1, description="validation slices scored (evenly spread over the patients)")
+    val_min_lesion_kept: float = Field(
+        0.0, ge=0, le=1, description="best.pt only among steps whose inserted validation lesions keep this contrast"
+    )
     max_steps: int = Field(0, ge=0, description="stop after this many steps in total (0 = no limit)")
 
     @model_validator(mode="after")

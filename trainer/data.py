@@ -66,7 +66,8 @@ class PatchSampler:
     def __len__(self) -> int:
         return len(self.images)
 
-    def _fraction(self, k: int, y: int, x: int) -> float:
+    def body_fraction_at(self, k: int, y: int, x: int) -> float:
+        """Fraction of body pixels in the patch of slice k at (y, x) (integral image: O(1))."""
         s, p = self.body_integral[k], self.patch
         total = s[y + p, x + p] - s[y, x + p] - s[y + p, x] + s[y, x]
         return float(total) / (p * p)
@@ -82,7 +83,7 @@ class PatchSampler:
             for _ in range(tries):
                 y = int(torch.randint(0, h - self.patch + 1, (), generator=rng))
                 x = int(torch.randint(0, w - self.patch + 1, (), generator=rng))
-                frac = self._fraction(k, y, x)
+                frac = self.body_fraction_at(k, y, x)
                 if frac > best_frac:
                     best, best_frac = (y, x), frac
                 if frac >= self.body_fraction:
@@ -116,7 +117,7 @@ def paired_patches(
         for _ in range(50):
             y = int(torch.randint(0, h - patch + 1, (), generator=rng))
             x = int(torch.randint(0, w - patch + 1, (), generator=rng))
-            frac = sampler._fraction(k, y, x)
+            frac = sampler.body_fraction_at(k, y, x)
             if frac > best[2]:
                 best = (y, x, frac)
         y, x, _ = best

@@ -157,7 +157,7 @@ def train_fast(
     val_set = (
         ValidationSet.build(data.val_ld, data.val_hd, data.val_ref, window, cfg.val_slices) if data.val_ref else None
     )
-    validator = Validator(val_set, window, device, cfg.val_every)
+    validator = Validator(val_set, window, device, cfg.val_every, None, cfg.val_min_lesion_kept)
     per_epoch = iterations_per_epoch(cfg, len(data.ld))
     average = GeneratorAverage(gens.ld2hd, cfg.ema_decay)
     best_path = run_dir / "checkpoints" / "best.pt"

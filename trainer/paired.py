@@ -121,7 +121,7 @@ def train_paired(
     val_set = (
         ValidationSet.build(data.val_ld, data.val_hd, data.val_ref, window, cfg.val_slices) if data.val_ref else None
     )
-    validator = Validator(val_set, window, device, cfg.val_every, writer)
+    validator = Validator(val_set, window, device, cfg.val_every, writer, cfg.val_min_lesion_kept)
     epoch, iteration, step = 0, 0, 0
     history: list[dict[str, float]] = []
     if resume is not None:

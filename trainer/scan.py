@@ -327,7 +327,7 @@ def scan_archive(
             progress(done, len(files))
 
     for batch in _batches(groups[uid] for uid in sorted(groups)):
-        with catalog._tx() as s:
+        with catalog.transaction() as s:
             _upsert(s, batch, rules, domain, report)
     report.instances_removed = _remove_vanished(catalog, root, set(first_path))
 
@@ -441,7 +441,7 @@ def _upsert_instances(s: Session, series_id: int, headers: list[_Header], report
 def _remove_vanished(catalog: Catalog, root: Path, seen: set[str]) -> int:
     """Drop archive instance rows under root whose file no longer exists (training would fail to open them)."""
     prefix = str(root) if root.is_file() else str(root).rstrip("/") + "/"
-    with catalog._tx() as s:
+    with catalog.transaction() as s:
         rows = s.execute(
             select(Instance.id, Instance.sop_uid, Instance.path)
             .join(Series, Instance.series_fk == Series.id)

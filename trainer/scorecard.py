@@ -19,8 +19,8 @@ from scipy import ndimage
 
 from dicom_denoise_node.config import GuardSettings
 from dicom_denoise_node.denoise.guard import check_slice
-from trainer.evaluate import EvalSlice, psnr, ssim, to_soft_tissue
 from trainer.lesions import LesionScore, LesionTruth, lesion_masks, tissue_bias
+from trainer.metrics import EvalSlice, psnr, ssim, to_soft_tissue
 from trainer.validation import error_figures, soft_tissue_mask
 
 NPS_BLOCK = 32  # px: square regions of soft tissue in which the residual's power spectrum is measured

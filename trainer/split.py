@@ -166,7 +166,7 @@ def make_split(
     """
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"fractions (train, test, val) must be three non-negative numbers summing to 1: {fractions}")
-    with catalog._tx() as s:
+    with catalog.transaction() as s:
         eligible = _eligible(s)
         strata: dict[str, list[str]] = defaultdict(list)
         for pid, part in eligible.items():

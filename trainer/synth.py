@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from dicom_denoise_node.denoise.decode import file_hu
 from trainer import ct_physics
 from trainer.phantom import PatientAnatomy, make_patient, render_slice
 
@@ -458,6 +458,5 @@ def _write_truth(
 
 
 def read_pixels_hu(path: Path) -> np.ndarray:
-    """HU image of one written slice (a convenience for tests and demos)."""
-    ds = pydicom.dcmread(path)
-    return ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    """HU image of one written slice (the node's HU reader, denoise/decode.py)."""
+    return file_hu(path)

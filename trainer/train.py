@@ -240,7 +240,7 @@ def train(
     val_set = None
     if main and data.val_ref:
         val_set = ValidationSet.build(data.val_ld, data.val_hd, data.val_ref, window, cfg.val_slices)
-    validator = Validator(val_set, window, device, cfg.val_every, writer)
+    validator = Validator(val_set, window, device, cfg.val_every, writer, cfg.val_min_lesion_kept)
     if resume is not None:
         validator.load_state_dict(state)
     best_path = run_dir / "checkpoints" / "best.pt"

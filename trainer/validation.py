@@ -25,6 +25,7 @@ from dicom_denoise_node.model.registry import normalize_hu
 log = logging.getLogger(__name__)
 
 SOFT_TISSUE_HU = (-160.0, 240.0)
+LESION_PATCH = 64
 
 
 def soft_tissue_mask(ref_hu: np.ndarray) -> np.ndarray:
@@ -39,6 +40,55 @@ def error_figures(out_hu: np.ndarray, ref_hu: np.ndarray, mask: np.ndarray) -> t
 
 
 @dataclass
+class InsertedLesions:
+    """Fixed LD patches of the validation slices, each with one inserted disk (trainer/lesion_term.py): the contrast
+    the generator keeps of them is scored beside the error, so that a checkpoint that denoises by flattening faint
+    lesions can be told apart (and ruled out by ``val_min_lesion_kept``)."""
+
+    x: torch.Tensor
+    d: torch.Tensor
+    core: torch.Tensor
+    ring: torch.Tensor
+    amplitude: torch.Tensor
+
+    @classmethod
+    def build(
+        cls, lds: list[torch.Tensor], masks: list[np.ndarray], window: tuple[float, float], per_slice: int = 8
+    ) -> InsertedLesions | None:
+        """``per_slice`` 64² patches centred on soft tissue of each slice; the same every time (seed 0)."""
+        from trainer.lesion_term import inserted_lesions
+
+        rng = np.random.default_rng(0)
+        half = LESION_PATCH // 2
+        patches = []
+        for ld, mask in zip(lds, masks, strict=True):
+            h, w = mask.shape
+            inner = np.zeros_like(mask)
+            inner[half : h - half, half : w - half] = mask[half : h - half, half : w - half]
+            ys, xs = np.nonzero(inner)
+            if ys.size == 0:
+                continue
+            for k in rng.choice(ys.size, size=min(per_slice, ys.size), replace=False):
+                y, x = int(ys[k]), int(xs[k])
+                patches.append(ld[y - half : y + half, x - half : x + half])
+        if not patches:
+            return None
+        x = torch.stack(patches)[:, None].float()
+        gen = torch.Generator().manual_seed(0)
+        d, core, ring, amplitude = inserted_lesions(x.shape, 2.0 / (window[1] - window[0]), gen, x.device)
+        return cls(x, d, core, ring, amplitude)
+
+    def kept(self, generator: nn.Module, device: torch.device) -> np.ndarray:
+        """Contrast kept of each inserted lesion (1 = all of it)."""
+        from trainer.lesion_term import contrast_kept
+
+        x = self.x.to(device)
+        change = generator(x + self.d.to(device)).float() - generator(x).float()
+        args = (t.to(device) for t in (self.core, self.ring, self.amplitude))
+        return contrast_kept(change, *args).cpu().numpy()
+
+
+@dataclass
 class ValidationSet:
     """Validation slices in the model's window, their REF, and HD's own error (the ceiling a CycleGAN aims at)."""
 
@@ -47,6 +97,7 @@ class ValidationSet:
     masks: list[np.ndarray]
     hd_error: float
     ld_error: float
+    lesions: InsertedLesions | None = None
 
     @classmethod
     def build(
@@ -66,7 +117,8 @@ class ValidationSet:
         hd_err = np.mean([error_figures(hd_hu[i], r, m)[0] for i, r, m in zip(pick, refs, masks, strict=True)])
         ld_err = np.mean([error_figures(ld_hu[i], r, m)[0] for i, r, m in zip(pick, refs, masks, strict=True)])
         lds = [torch.from_numpy(normalize_hu(ld_hu[i], *window))[None, None] for i in pick]
-        return cls(lds, refs, masks, float(hd_err), float(ld_err))
+        lesions = InsertedLesions.build([lds[k][0, 0] for k in range(len(pick))], masks, window)
+        return cls(lds, refs, masks, float(hd_err), float(ld_err), lesions)
 
 
 @torch.inference_mode()
@@ -75,7 +127,7 @@ def score(
 ) -> dict[str, Any]:
     """Mean error std and bias (HU) of the generator's output on the validation slices, and error / HD's error.
 
-    Pixels of the output outside the model window are replaced by the input, as the node does (process.py).
+    Pixels of the output outside the model window are replaced by the input, as the node does (denoise/series.py).
     """
     lo, hi = window
     was_training = generator.training
@@ -87,9 +139,14 @@ def score(
         err, bias = error_figures(out, ref, mask)
         errors.append(err)
         biases.append(bias)
+    lesion: dict[str, float] = {}
+    if val.lesions is not None:
+        kept = val.lesions.kept(generator, device)
+        lesion = {"val_lesion_kept": float(np.median(kept)), "val_lesion_lost": float(np.mean(kept < 0.5))}
     generator.train(was_training)
     err = float(np.mean(errors))
     return {
+        **lesion,
         "val_error_hu": err,
         "val_bias_hu": float(np.mean(biases)),
         "val_error_vs_hd": err / val.hd_error if val.hd_error > 0 else float("nan"),
@@ -100,7 +157,9 @@ class Validator:
     """Scores a generator every ``every`` steps (and at step 1), keeps the curve and says when a score is the best.
 
     Shared by the unpaired and the paired trainer; its state (curve, best error) goes into their checkpoints so a
-    resumed run keeps choosing against the same best.
+    resumed run keeps choosing against the same best. With ``min_lesion_kept`` > 0, a score is eligible only when
+    the median contrast kept of the inserted validation lesions reaches it: the lowest error among the checkpoints
+    that keep lesions, not the lowest error.
     """
 
     def __init__(
@@ -110,8 +169,10 @@ class Validator:
         device: torch.device,
         every: int,
         writer: Any = None,
+        min_lesion_kept: float = 0.0,
     ) -> None:
         self.val, self.window, self.device, self.every, self.writer = val, window, device, every, writer
+        self.min_lesion_kept = min_lesion_kept
         self.curve: list[dict[str, float]] = []
         self.best_error = float("inf")
         if val is not None:
@@ -141,13 +202,16 @@ class Validator:
                 if k != "step":
                     self.writer.add_scalar(f"val/{k}", v, step)
         log.info(
-            "step %d: validation error vs REF %.2f HU (%.3f × HD's %.2f), bias %+.2f HU",
+            "step %d: validation error vs REF %.2f HU (%.3f × HD's %.2f), bias %+.2f HU, inserted lesions kept %.2f",
             step,
             scores["val_error_hu"],
             scores["val_error_vs_hd"],
             self.val.hd_error,
             scores["val_bias_hu"],
+            scores.get("val_lesion_kept", float("nan")),
         )
+        if scores.get("val_lesion_kept", 1.0) < self.min_lesion_kept:
+            return False
         if scores["val_error_hu"] < self.best_error:
             self.best_error = scores["val_error_hu"]
             return True

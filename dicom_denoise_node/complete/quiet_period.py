@@ -21,8 +21,9 @@ from dicom_denoise_node.store.catalog import Catalog
 log = logging.getLogger(__name__)
 
 
-def mark_complete(catalog: Catalog, settings: Settings) -> list[str]:
-    """One pass of the job: returns the series that just became COMPLETE (and routed)."""
+def route_and_complete(catalog: Catalog, settings: Settings) -> list[str]:
+    """One pass of the job: route the series not looked at yet, then close those quiet for their rule's period
+    (RECEIVING → COMPLETE, or SKIPPED when no rule matched). Returns the series that just became COMPLETE."""
     rules = settings.active_rules
     for series_id, uid in catalog.unrouted_series():
         first = catalog.instance_refs(series_id, limit=1)
@@ -37,7 +38,7 @@ def mark_complete(catalog: Catalog, settings: Settings) -> list[str]:
         )
     default_quiet = settings.series.quiet_period_s
     done: list[str] = []
-    for series_id, uid, rule in catalog.mark_complete(default_quiet, require_route=True):
+    for series_id, uid, rule in catalog.complete_quiet_series(default_quiet, require_route=True):
         if not rule:
             match = classify_series(rules, catalog.instance_refs(series_id))
             if match.rule is None:

@@ -96,12 +96,21 @@ def scan_series(paths: list[Path]) -> tuple[list[SliceRef], list[Skipped]]:
     return refs, skipped
 
 
+def dataset_hu(ds: Dataset) -> np.ndarray:
+    """HU (float32) of a decoded CT data set through its own rescale (slope/intercept, or a Modality LUT): the one
+    HU reader of the project, used by the node, the trainer, the demo, the benchmarks and the tests."""
+    return apply_rescale(ds.pixel_array, ds).astype(np.float32)
+
+
+def file_hu(path: Path) -> np.ndarray:
+    """HU (float32) of one DICOM file."""
+    return dataset_hu(dcmread(path))
+
+
 def read_hu(ref: SliceRef) -> SourceSlice:
     """Decode one slice to HU (float32) through its own rescale slope/intercept."""
     ds = dcmread(ref.path)
-    stored = ds.pixel_array
-    hu = apply_rescale(stored, ds).astype(np.float32)
-    return SourceSlice(ref, ds, hu)
+    return SourceSlice(ref, ds, dataset_hu(ds))
 
 
 def iter_slices(refs: list[SliceRef]) -> Iterator[SourceSlice]:

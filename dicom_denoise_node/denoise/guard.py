@@ -22,8 +22,8 @@ radius when the residual noise, low-passed, is below ``blob_min_hu / blob_z`` (m
 tests/test_guard_report.py: a removed 22 HU lesion of 7 px radius in quarter-dose noise is found); fainter
 changes are missed, and a
 change along an edge kept by both images is not tested. The statistics are computed per slice; they do not see
-z-consistency. The noise figures (``noise_before``/``noise_after``) use automatically found flat regions: the
-``flat_blocks`` 16-px blocks of soft tissue whose smoothed input varies least.
+z-consistency. The noise figures (``noise_before``/``noise_after``) are the project's one noise definition
+(denoise/noise.py): the standard deviation in flat windows of the body found on the smoothed input.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ import numpy as np
 from scipy import ndimage
 
 from dicom_denoise_node.config import GuardSettings
+from dicom_denoise_node.denoise.noise import find_flat_regions, noise_std
 
 log = logging.getLogger(__name__)
 
 BODY_HU = -950.0  # inside the patient, lungs included
-FLAT_BLOCK = 16
 
 
 @dataclass(frozen=True)
@@ -67,28 +67,6 @@ def _blocks(image: np.ndarray, size: int) -> np.ndarray:
     """(rows, cols, size, size) view of the image's whole size × size blocks (the remainder is left out)."""
     h, w = (image.shape[0] // size) * size, (image.shape[1] // size) * size
     return image[:h, :w].reshape(h // size, size, w // size, size).swapaxes(1, 2)
-
-
-def flat_regions(hu: np.ndarray, count: int = 20) -> list[tuple[slice, slice]]:
-    """The ``count`` 16-px soft-tissue blocks (−100…200 HU) whose smoothed input varies least."""
-    blocks = _blocks(ndimage.gaussian_filter(hu.astype(np.float32), 3.0), FLAT_BLOCK)
-    means = blocks.mean(axis=(2, 3))
-    spread = blocks.max(axis=(2, 3)) - blocks.min(axis=(2, 3))
-    spread = np.where((means >= -100.0) & (means <= 200.0), spread, np.inf)
-    order = np.argsort(spread, axis=None)[:count]
-    rows, cols = np.unravel_index(order, spread.shape)
-    return [
-        (slice(r * FLAT_BLOCK, (r + 1) * FLAT_BLOCK), slice(c * FLAT_BLOCK, (c + 1) * FLAT_BLOCK))
-        for r, c in zip(rows, cols, strict=True)
-        if np.isfinite(spread[r, c])
-    ]
-
-
-def noise_in(hu: np.ndarray, regions: list[tuple[slice, slice]]) -> float:
-    """Median over regions of the standard deviation (NaN without regions)."""
-    if not regions:
-        return float("nan")
-    return float(np.median([hu[r].std() for r in regions]))
 
 
 def _gradient(image: np.ndarray) -> np.ndarray:
@@ -156,14 +134,14 @@ def check_slice(hu_in: np.ndarray, hu_out: np.ndarray, settings: GuardSettings) 
     if outside:
         reasons.append(f"{outside} pixel(s) outside {settings.hu_floor:g}…{ceiling:g} HU")
 
-    regions = flat_regions(x)
+    regions = find_flat_regions(x, fill_with_flattest=True)
     return SliceVerdict(
         mean_shift_hu=shift,
         blobs=blobs,
         largest_blob_hu=largest,
         edge_correlation=corr,
         hu_out_of_range=outside,
-        noise_before=noise_in(x, regions),
-        noise_after=noise_in(y, regions),
+        noise_before=noise_std(x, regions),
+        noise_after=noise_std(y, regions),
         reasons=reasons,
     )

@@ -26,6 +26,7 @@ from dicom_denoise_node.denoise.guard import SliceVerdict, check_slice
 from dicom_denoise_node.denoise.inference import TiledInferer
 from dicom_denoise_node.denoise.quality_report import ReportInput, build_report, header_only, warm_up
 from dicom_denoise_node.model.registry import ModelInfo
+from dicom_denoise_node.store.catalog import REPORT_SOURCE
 from dicom_denoise_node.store.spool import write_atomic
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class SeriesResult:
     @property
     def images(self) -> int:
         """Derived images written (the quality report, which has no source instance, is not one)."""
-        return sum(1 for _, source, _ in self.written if source)
+        return sum(1 for _, source, _ in self.written if source != REPORT_SOURCE)
 
     @property
     def flagged(self) -> list[int]:
@@ -220,7 +221,7 @@ class SeriesDenoiser:
             )
             path = out_path(str(report.SeriesInstanceUID), str(report.SOPInstanceUID))
             write_atomic(path, encode(report))
-            result.written.append((str(report.SOPInstanceUID), "", path))
+            result.written.append((str(report.SOPInstanceUID), REPORT_SOURCE, path))
             result.report_path = path
             timings["report"] += time.perf_counter() - t0
         # Inference is what remains of the wall time: tiling, the network and the HU conversions. Guard and

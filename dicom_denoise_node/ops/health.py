@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +69,47 @@ class Heartbeat:
         if age > self.max_age_s:
             return Check(False, f"jobs last ran {age:.0f} s ago (limit {self.max_age_s:.0f} s)")
         return Check(True, f"jobs ran {age:.1f} s ago")
+
+
+def node_checks(
+    listening: Callable[[], tuple[bool, str]],
+    heartbeat: Heartbeat,
+    scheduler_running: Callable[[], bool],
+    write_probe: Callable[[], None],
+    model: Callable[[], tuple[str, str, Path, str] | None],
+    free_mb: Callable[[], float],
+    min_free_mb: float,
+    data_dir: Path,
+) -> Health:
+    """The node's checks behind /healthz (and `status`): SCP, scheduler, catalog, model file, disk."""
+
+    def scp() -> Check:
+        ok, detail = listening()
+        return Check(ok, detail)
+
+    def catalog() -> Check:
+        write_probe()
+        return Check(True, "writable")
+
+    def model_file() -> Check:
+        loaded = model()
+        if loaded is None:
+            return Check(False, "no model loaded")
+        name, version, weights, device = loaded
+        if not weights.exists():
+            return Check(False, f"{name} {version} loaded, but {weights} is gone: a restart will fail")
+        return Check(True, f"{name} {version} on {device}")
+
+    def disk() -> Check:
+        free = free_mb()
+        return Check(free >= min_free_mb, f"{free:.0f} MiB free under {data_dir} (min_free_mb={min_free_mb:g})")
+
+    return run_checks(
+        {
+            "scp": scp,
+            "scheduler": lambda: heartbeat.check(scheduler_running()),
+            "catalog": catalog,
+            "model": model_file,
+            "disk": disk,
+        }
+    )

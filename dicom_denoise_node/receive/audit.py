@@ -13,9 +13,11 @@ import threading
 from dataclasses import dataclass
 
 from pynetdicom.events import Event
+from sqlalchemy import select, update
 
 from dicom_denoise_node.ops.metrics import NodeMetrics
-from dicom_denoise_node.store.catalog import Catalog
+from dicom_denoise_node.store.catalog import Association, Catalog, utcnow
+from dicom_denoise_node.store.catalog.engine import SessionSource
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,57 @@ REJECT_REASONS = {
     (0x02, 0x03, 0x01): "temporary congestion",
     (0x02, 0x03, 0x02): "local limit exceeded (max_associations)",
 }
+
+
+def record_association(
+    catalog: Catalog, calling: str, called: str, address: str, port: int | None, accepted: bool, reason: str | None
+) -> int:
+    """A new audit row; returns its id (an accepted association is completed by finish_association)."""
+    with catalog.transaction() as s:
+        row = Association(
+            calling_aet=calling[:16],
+            called_aet=called[:16],
+            address=address[:64],
+            port=port,
+            accepted=accepted,
+            reason=reason,
+            outcome="" if accepted else "rejected",
+            ended_at=None if accepted else utcnow(),
+        )
+        s.add(row)
+        s.flush()
+        return int(row.id)
+
+
+def finish_association(catalog: Catalog, row_id: int, outcome: str, instances: int, failures: int) -> None:
+    with catalog.transaction() as s:
+        s.execute(
+            update(Association)
+            .where(Association.id == row_id)
+            .values(ended_at=utcnow(), outcome=outcome, instances=instances, failures=failures)
+        )
+
+
+def association_rows(catalog: SessionSource, limit: int = 50) -> list[dict[str, object]]:
+    """Newest first, for `denoise-node status --associations` and /associations."""
+    with catalog.session() as s:
+        rows = s.scalars(select(Association).order_by(Association.id.desc()).limit(limit)).all()
+        return [
+            {
+                "started_at": r.started_at,
+                "ended_at": r.ended_at,
+                "calling_aet": r.calling_aet,
+                "called_aet": r.called_aet,
+                "address": r.address,
+                "port": r.port,
+                "accepted": r.accepted,
+                "reason": r.reason,
+                "outcome": r.outcome,
+                "instances": r.instances,
+                "failures": r.failures,
+            }
+            for r in rows
+        ]
 
 
 @dataclass
@@ -70,7 +123,7 @@ class AssociationAudit:
         """Called by the admission hook right after it sent A-ASSOCIATE-RJ."""
         calling, called, address, port = self._peer(event)
         self._count("rejected")
-        self._safe("a rejection", self.catalog.record_association, calling, called, address, port, False, reason)
+        self._safe("a rejection", record_association, self.catalog, calling, called, address, port, False, reason)
 
     def on_rejected(self, event: Event) -> None:
         primitive = event.assoc.acceptor.primitive
@@ -79,14 +132,14 @@ class AssociationAudit:
         calling, called, address, port = self._peer(event)
         log.warning("association from %s (%s) rejected: %s", calling, address, reason)
         self._count("rejected")
-        self._safe("a rejection", self.catalog.record_association, calling, called, address, port, False, reason)
+        self._safe("a rejection", record_association, self.catalog, calling, called, address, port, False, reason)
 
     def on_accepted(self, event: Event) -> None:
         calling, called, address, port = self._peer(event)
         log.info("association accepted from %s (%s)", calling, address)
         self._count("accepted")
         try:
-            row = self.catalog.record_association(calling, called, address, port, True, None)
+            row = record_association(self.catalog, calling, called, address, port, True, None)
         except Exception:
             log.exception("association audit: could not record the association from %s", calling)
             return
@@ -110,7 +163,8 @@ class AssociationAudit:
         if entry is not None:
             self._safe(
                 "the end of an association",
-                self.catalog.finish_association,
+                finish_association,
+                self.catalog,
                 entry.row_id,
                 outcome,
                 entry.instances,

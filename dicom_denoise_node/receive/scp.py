@@ -25,9 +25,9 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_denoise_node.config import NodeSettings
+from dicom_denoise_node.pynetdicom_patches import NODELAY_HANDLER
 from dicom_denoise_node.receive.admission import Admission, server_tls_context
 from dicom_denoise_node.receive.audit import AssociationAudit
-from dicom_denoise_node.receive.tcp import NODELAY_HANDLER
 from dicom_denoise_node.store.catalog import Catalog, InstanceMeta
 from dicom_denoise_node.store.spool import InvalidUID, Spool, check_uid, write_atomic
 

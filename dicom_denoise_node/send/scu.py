@@ -1,6 +1,6 @@
 """⑤ The C-STORE SCU: send a derived series to one destination and check every response status.
 
-Nagle's algorithm is turned off (tcp.py) only while the association's reactor is held (requestor.py): with
+Nagle's algorithm is turned off only while the association's reactor is held (pynetdicom_patches.py): with
 TCP_NODELAY a C-STORE response comes back fast enough to hit a race in pynetdicom's requestor reactor, which can
 take the response off the queue before ``send_c_store`` does ("Received unexpected C-STORE service message", then
 a DIMSE timeout). When the reactor cannot be held, Nagle stays on, at ≈ 40 ms per sent instance
@@ -23,8 +23,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 from dicom_denoise_node.config import Destination
-from dicom_denoise_node.receive.tcp import disable_nagle
-from dicom_denoise_node.send.requestor import held_reactor
+from dicom_denoise_node.pynetdicom_patches import disable_nagle, held_reactor
 
 log = logging.getLogger(__name__)
 

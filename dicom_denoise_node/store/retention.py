@@ -38,7 +38,7 @@ def purge_sent(spool: Spool, catalog: Catalog, sent_days: float) -> list[str]:
     """Delete the spool files of SENT and SKIPPED series older than ``sent_days``; returns their UIDs."""
     purged = []
     finished = (SeriesState.SENT, SeriesState.SKIPPED)
-    for series_id, uid in catalog.sent_before(utcnow() - timedelta(days=sent_days)):
+    for series_id, uid in catalog.finished_before(utcnow() - timedelta(days=sent_days)):
         files = _delete(spool, catalog.purge(series_id, finished))
         log.info("retention: series %s purged (%d files, finished more than %g days ago)", uid, files, sent_days)
         purged.append(uid)

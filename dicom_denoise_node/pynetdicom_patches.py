@@ -1,4 +1,36 @@
-"""Hold pynetdicom's requestor reactor while the SCU sends, so that its sockets can run without Nagle.
+"""Every place the node reaches into pynetdicom's internals, in one module, with the versions it was checked on.
+
+pynetdicom has no public API for two things the node needs, so the node patches private attributes here and
+nowhere else (tests/test_send.py fails loudly when the installed pynetdicom leaves ``CHECKED_VERSIONS``, and
+``check_version`` logs a warning at start). Each patch degrades to pynetdicom's own behaviour when an attribute is
+missing, so a newer pynetdicom is slower, not broken:
+
+- ``Association.dul._run_loop_delay`` (the DUL thread's idle poll) and the TCP socket's Nagle setting: see
+  "TCP_NODELAY" below;
+- ``Association._reactor_checkpoint``, ``_is_paused`` and ``_kill`` (the requestor's reactor): see "The requestor's
+  reactor" below.
+
+TCP_NODELAY
+-----------
+TCP_NODELAY and a short poll interval on the node's DIMSE associations: every one it accepts, and its SCU's.
+
+pynetdicom leaves Nagle's algorithm on. A C-STORE is a small command PDU followed by data PDUs whose last
+segment is short; with Nagle that segment waits for the peer's delayed ACK (≈ 40 ms on Linux), which capped
+a pynetdicom sender at about 23 instances/s on loopback (44 ms per 512² CT image to dcmtk storescp, 6 ms with
+TCP_NODELAY: docs/benchmarks.md). dcmtk has the same stall and the same cure (its TCP_NODELAY variable). The node's
+own SCU (send/scu.py) turns Nagle off the same way, but only while it holds its association's reactor
+(held_reactor below): fast responses expose a race in pynetdicom's requestor reactor otherwise.
+
+pynetdicom's DUL thread also sleeps ``_run_loop_delay`` (1 ms) whenever a pass of its loop found nothing to do,
+and a C-STORE crosses that loop several times; 0.2 ms cut the node's receive time from 7.8 to 6.4 ms per 512²
+image (bench/receive.py). The price is CPU while an association sits idle: measured with one idle association,
+both ends in one process, 17 % of a core at 1 ms and 23 % at 0.2 ms. Associations from modalities are short; a
+peer that holds one open for hours costs that much more. ``_run_loop_delay`` is a private attribute: if a
+pynetdicom release drops it, nothing breaks and the default applies.
+
+The requestor's reactor
+-----------------------
+Hold pynetdicom's requestor reactor while the SCU sends, so that its sockets can run without Nagle.
 
 pynetdicom runs a reactor thread on every association, requestor side included, which takes any complete DIMSE
 message off the queue and serves it. ``send_c_store`` pauses it first, but the pause is a check-then-act race: the
@@ -19,13 +51,63 @@ the caller keeps Nagle on.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 
+from packaging.specifiers import SpecifierSet
+from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.events import Event
 
 log = logging.getLogger(__name__)
+
+CHECKED_VERSIONS = SpecifierSet(">=3.0.0,<3.1")  # the private attributes below were read in pynetdicom 3.0.x
+
+
+def check_version() -> bool:
+    """True when the installed pynetdicom is one these patches were checked against; else a warning, once, at start."""
+    installed = version("pynetdicom")
+    if installed in CHECKED_VERSIONS:
+        return True
+    log.warning(
+        "pynetdicom %s is outside %s, the versions the node's patches were checked on "
+        "(dicom_denoise_node/pynetdicom_patches.py): they fall back to pynetdicom's own behaviour where an attribute "
+        "is gone, which may be slower",
+        installed,
+        CHECKED_VERSIONS,
+    )
+    return False
+
+
+DUL_POLL_S = 0.0002
+
+
+def disable_nagle(assoc: Association) -> bool:
+    """Nagle off and a short DUL poll on one association (best effort: never fails it); True when set."""
+    dul = assoc.dul
+    if hasattr(dul, "_run_loop_delay"):
+        dul._run_loop_delay = DUL_POLL_S
+    transport = getattr(dul, "socket", None)
+    sock = getattr(transport, "socket", None)
+    if sock is None:
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as exc:  # not a TCP socket (e.g. a test double) or already closed
+        log.debug("TCP_NODELAY not set: %s", exc)
+        return False
+    return True
+
+
+def set_nodelay(event: Event) -> None:
+    """EVT_CONN_OPEN handler for the SCP: :func:`disable_nagle` on every accepted association."""
+    disable_nagle(event.assoc)
+
+
+NODELAY_HANDLER = (evt.EVT_CONN_OPEN, set_nodelay)
 
 BLOCK_TIMEOUT_S = 2.0
 KILL_POLL_S = 0.05

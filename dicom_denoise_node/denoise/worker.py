@@ -1,0 +1,72 @@
+"""③ The worker's step for one claimed series: denoise it, then record DERIVED, FAILED (error or held by the guard)
+or, when the node stops meanwhile, COMPLETE again."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from dicom_denoise_node.config import GuardSettings
+from dicom_denoise_node.denoise.series import Interrupted, SeriesDenoiser
+from dicom_denoise_node.ops.metrics import NodeMetrics
+from dicom_denoise_node.store.catalog import Catalog, Claim, DerivedRecord, SeriesState
+from dicom_denoise_node.store.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+def denoise_claim(
+    claim: Claim,
+    catalog: Catalog,
+    denoiser: SeriesDenoiser,
+    spool: Spool,
+    metrics: NodeMetrics,
+    guard: GuardSettings,
+    stop: threading.Event,
+) -> bool:
+    """Denoise a claimed series; True when it is DERIVED and ready to send."""
+    log.info("series %s state=PROCESSING", claim.series_uid)
+    paths = [Path(i.path) for i in catalog.instances(claim.series_id)]
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        log.debug("series %s: %d/%d slices", claim.series_uid, done, total)
+        catalog.record_progress(claim, done, total)
+
+    try:
+        result = denoiser.denoise_series(claim.series_uid, paths, spool.derived_path, progress=progress, stop=stop)
+    except Interrupted:
+        catalog.requeue(claim)
+        log.info("series %s interrupted by shutdown; state=COMPLETE", claim.series_uid)
+        return False
+    except Exception as exc:
+        metrics.series_processed.labels("failed").inc()
+        log.exception("series %s failed while processing", claim.series_uid)
+        catalog.fail(claim.series_id, "process", f"{type(exc).__name__}: {exc}", SeriesState.PROCESSING)
+        log.error("series %s state=FAILED: %s", claim.series_uid, exc)
+        return False
+    records = [DerivedRecord(sop, src, str(path)) for sop, src, path in result.written]
+    seconds = time.monotonic() - started
+    metrics.series_processed.labels("derived").inc()
+    if result.images:
+        metrics.inference_seconds_per_slice.observe(result.timings["inference"] / result.images)
+    metrics.slices_flagged.inc(len(result.flagged))
+    hold = None
+    if result.flagged and guard.policy == "hold":
+        hold = (
+            f"held for review: the consistency guard flagged {len(result.flagged)} of {len(result.verdicts)} "
+            f"slices (first: {result.verdicts[result.flagged[0]].summary()}); "
+            "`denoise-node retry` sends it as it is"
+        )
+    if not catalog.finish_processing(
+        claim, result.derived_series_uid, denoiser.info.version, records, processing_seconds=seconds, hold_reason=hold
+    ):
+        log.info("series %s received new instances while processing; state=RECEIVING", claim.series_uid)
+        return False
+    if hold:
+        log.warning("series %s state=FAILED: %s", claim.series_uid, hold)
+        return False
+    log.info("series %s state=DERIVED (%d instances)", claim.series_uid, len(records))
+    return True

@@ -1,0 +1,101 @@
+"""Engine, sessions and transactions of the catalog, and a read-only opener that never migrates.
+
+SQLite (the embedded default) gets WAL, synchronous=FULL (a commit is on disk before the C-STORE answers Success),
+foreign keys and a busy timeout; writers in one process are serialised by a lock, since SQLite has one writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+
+def _sqlite_pragmas(dbapi_connection: object, connection_record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # a commit is on disk before the C-STORE answers Success
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class SessionSource:
+    """Anything that hands out read sessions on a catalog database (the views need only this)."""
+
+    engine: Engine
+    _sessions: sessionmaker[Session]
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as s:
+            yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class CatalogEngine(SessionSource):
+    """The writable catalog database: created owner-only, migrated to the newest schema, one writer at a time."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, object] = {}
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # Owner-only from the first byte (it holds patient IDs); SQLite gives -wal/-shm the same mode.
+                os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        from dicom_denoise_node.store.migrations import upgrade_catalog  # its env imports the schema
+
+        upgrade_catalog(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer; serialising writers in-process avoids busy retries under C-STORE load.
+        self._write_lock = threading.Lock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One write transaction (committed on exit, rolled back on an exception), serialised in this process."""
+        with self._write_lock, self._sessions.begin() as s:
+            yield s
+
+    def write_probe(self) -> None:
+        """Take and release the write lock without changing anything: raises if the catalog cannot be written."""
+        with self._write_lock, self.engine.connect() as conn:
+            if self.engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                conn.exec_driver_sql("ROLLBACK")
+            else:
+                with conn.begin():
+                    conn.exec_driver_sql("SELECT 1")
+
+
+class ReadOnlyEngine(SessionSource):
+    """A catalog opened for reading only: no file is created, no migration runs, no write can succeed.
+
+    For readers beside a running node (the demo's progress display): SQLite opens the file with ``mode=ro``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, object] = {}
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[-1]
+            url = f"sqlite:///file:{path}?mode=ro&uri=true"
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 5}
+        self.engine = create_engine(url, **kwargs)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)

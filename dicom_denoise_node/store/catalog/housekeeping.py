@@ -1,0 +1,102 @@
+"""Housekeeping: the rows the spool check compares with the files, and the rows retention purges."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import delete, select
+
+from dicom_denoise_node.store.catalog.engine import CatalogEngine
+from dicom_denoise_node.store.catalog.schema import DerivedInstance, Instance, Series, SeriesState, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Housekeeping(CatalogEngine):
+    """Spool rows, missing files, finished series and their purge."""
+
+    def spool_rows(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Paths the catalog expects in the spool: (received instance path → series id, derived path → series id)."""
+        with self.session() as s:
+            received = dict(
+                s.execute(
+                    select(Instance.path, Instance.series_fk)
+                    .join(Series, Instance.series_fk == Series.id)
+                    .where(Series.origin == "received")
+                ).all()
+            )
+            derived = dict(s.execute(select(DerivedInstance.path, DerivedInstance.series_fk)).all())
+        return {str(k): int(v) for k, v in received.items()}, {str(k): int(v) for k, v in derived.items()}
+
+    def forget_missing_files(self, received: list[str], derived: list[str]) -> list[str]:
+        """Rows whose file is gone. A received instance: its row goes and its series becomes FAILED with the reason
+        (an operator must look: the PACS got Success for it). A derived instance: its rows go and the series is
+        derived again (COMPLETE), which rewrites the same deterministic UIDs. Returns the affected series UIDs."""
+        affected: set[str] = set()
+        with self.transaction() as s:
+            for path in received:
+                inst = s.scalar(select(Instance).where(Instance.path == path))
+                if inst is None:
+                    continue
+                series = s.get(Series, inst.series_fk)
+                s.delete(inst)
+                if series is not None:
+                    series.state = SeriesState.FAILED
+                    series.failed_stage = "spool"
+                    series.last_error = f"received instance {inst.sop_uid} missing from the spool ({path})"
+                    series.updated_at = utcnow()
+                    affected.add(series.series_uid)
+            for path in derived:
+                der = s.scalar(select(DerivedInstance).where(DerivedInstance.path == path))
+                if der is None:
+                    continue
+                series = s.get(Series, der.series_fk)
+                s.execute(delete(DerivedInstance).where(DerivedInstance.series_fk == der.series_fk))
+                if series is not None and series.state in (SeriesState.DERIVED, SeriesState.FAILED):
+                    series.state = SeriesState.COMPLETE
+                    series.updated_at = utcnow()
+                    affected.add(series.series_uid)
+        return sorted(affected)
+
+    def finished_before(self, cutoff: datetime) -> list[tuple[int, str]]:
+        """(id, UID) of SENT or SKIPPED series whose spool files still exist and that finished before cutoff."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Series.id, Series.series_uid).where(
+                    Series.origin == "received",
+                    Series.state.in_((SeriesState.SENT, SeriesState.SKIPPED)),
+                    Series.purged_at.is_(None),
+                    Series.updated_at < cutoff,
+                )
+            ).all()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def series_by_state(self, state: SeriesState) -> list[tuple[int, str]]:
+        with self.session() as s:
+            rows = s.execute(
+                select(Series.id, Series.series_uid).where(Series.origin == "received", Series.state == state)
+            ).all()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def series_id(self, series_uid: str) -> int | None:
+        with self.session() as s:
+            return s.scalar(select(Series.id).where(Series.series_uid == series_uid))
+
+    def purge(self, series_id: int, allowed: tuple[SeriesState, ...]) -> list[str]:
+        """Drop the instance and derived rows of a series in one of ``allowed`` states, mark it purged, and
+        return the file paths the caller deletes (rows first: a crash leaves orphan files, which the start-up
+        check removes, never rows without files)."""
+        with self.transaction() as s:
+            series = s.get(Series, series_id)
+            if series is None or series.state not in allowed:
+                return []
+            paths = [str(p) for p in s.scalars(select(Instance.path).where(Instance.series_fk == series_id))]
+            paths += [
+                str(p) for p in s.scalars(select(DerivedInstance.path).where(DerivedInstance.series_fk == series_id))
+            ]
+            s.execute(delete(Instance).where(Instance.series_fk == series_id))
+            s.execute(delete(DerivedInstance).where(DerivedInstance.series_fk == series_id))
+            series.purged_at = utcnow()
+            series.updated_at = utcnow()
+        return paths

@@ -1,0 +1,369 @@
+"""The queue: each series' way through the states, as atomic claims (``UPDATE … WHERE state = :expected``), so two
+workers never take the same series and a restart resumes from what is written here.
+
+    RECEIVING ─complete_quiet_series─► COMPLETE ─claim_for_processing─► PROCESSING ─finish_processing─► DERIVED
+    DERIVED ─claim_for_sending─► (lease) ─send_succeeded─► SENT;  send_failed: backoff, FAILED after max attempts
+    COMPLETE ─skip─► SKIPPED;  FAILED ─retry─► COMPLETE or DERIVED;  PROCESSING at start-up ─► COMPLETE
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import or_, select, update
+
+from dicom_denoise_node.store.catalog.engine import CatalogEngine
+from dicom_denoise_node.store.catalog.schema import (
+    Delivery,
+    DerivedInstance,
+    Instance,
+    Series,
+    SeriesState,
+    Study,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A series a worker now owns, and the generation it must finish."""
+
+    series_id: int
+    series_uid: str
+    study_uid: str
+    generation: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class DerivedRecord:
+    sop_uid: str
+    source_sop_uid: str
+    path: str
+
+
+class Queue(CatalogEngine):
+    """State transitions of received series, from complete to sent."""
+
+    def complete_quiet_series(
+        self, quiet_period_s: float, now: datetime | None = None, require_route: bool = False
+    ) -> list[tuple[int, str, str | None]]:
+        """RECEIVING → COMPLETE for every series silent for its quiet period (its rule's, else quiet_period_s).
+
+        Returns (id, UID, rule) of each. ``require_route`` (the node) leaves series routing has not looked at yet.
+        """
+        now = now or utcnow()
+        done: list[tuple[int, str, str | None]] = []
+        with self.transaction() as s:
+            query = select(
+                Series.id, Series.series_uid, Series.last_received_at, Series.quiet_period_s, Series.rule
+            ).where(Series.state == SeriesState.RECEIVING, Series.origin == "received")
+            if require_route:
+                query = query.where(Series.rule.is_not(None))
+            for sid, uid, last, quiet, rule in s.execute(query).all():
+                if last > now - timedelta(seconds=quiet or quiet_period_s):
+                    continue
+                res = s.execute(
+                    update(Series)
+                    .where(Series.id == sid, Series.state == SeriesState.RECEIVING, Series.last_received_at == last)
+                    .values(state=SeriesState.COMPLETE, updated_at=utcnow())
+                )
+                if res.rowcount == 1:  # type: ignore[attr-defined]
+                    done.append((sid, uid, rule))
+        return done
+
+    # ---- routing (complete/routing.py, complete/quiet_period.py) -------------------------------------------
+
+    def unrouted_series(self) -> list[tuple[int, str]]:
+        """RECEIVING series routing has not looked at yet."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Series.id, Series.series_uid).where(
+                    Series.state == SeriesState.RECEIVING, Series.origin == "received", Series.rule.is_(None)
+                )
+            ).all()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def instance_refs(self, series_id: int, limit: int | None = None) -> list[tuple[Path, str]]:
+        """(path, calling AE) of a series' instances in arrival order: what routing reads."""
+        with self.session() as s:
+            query = (
+                select(Instance.path, Instance.calling_aet)
+                .where(Instance.series_fk == series_id)
+                .order_by(Instance.received_at, Instance.id)
+            )
+            if limit:
+                query = query.limit(limit)
+            return [(Path(r[0]), str(r[1])) for r in s.execute(query).all()]
+
+    def set_route(self, series_id: int, rule: str, quiet_period_s: float | None = None) -> None:
+        """Record the rule that routes a series ("" = none matched so far) and its quiet period."""
+        with self.transaction() as s:
+            s.execute(update(Series).where(Series.id == series_id).values(rule=rule, quiet_period_s=quiet_period_s))
+
+    def skip(self, series_id: int, reason: str) -> bool:
+        """COMPLETE → SKIPPED: no routing rule matched any instance; the reason goes to last_error."""
+        with self.transaction() as s:
+            res = s.execute(
+                update(Series)
+                .where(Series.id == series_id, Series.state == SeriesState.COMPLETE)
+                .values(state=SeriesState.SKIPPED, last_error=reason[:2000], updated_at=utcnow())
+            )
+            return res.rowcount == 1  # type: ignore[attr-defined]
+
+    def series_rule(self, series_id: int) -> str | None:
+        with self.session() as s:
+            return s.scalar(select(Series.rule).where(Series.id == series_id))
+
+    # ---- processing ----------------------------------------------------------------------------------------
+
+    def claim_for_processing(self) -> Claim | None:
+        """Atomically take the oldest COMPLETE series (COMPLETE → PROCESSING)."""
+        with self.transaction() as s:
+            row = s.execute(
+                select(Series.id, Series.series_uid, Study.study_uid, Series.generation, Series.attempts)
+                .join(Study, Series.study_fk == Study.id)
+                .where(Series.state == SeriesState.COMPLETE)
+                .where(or_(Series.rule.is_(None), Series.rule != ""))  # "" = routing has not decided yet
+                .order_by(Series.last_received_at)
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            res = s.execute(
+                update(Series)
+                .where(Series.id == row[0], Series.state == SeriesState.COMPLETE)
+                .values(
+                    state=SeriesState.PROCESSING,
+                    slices_done=0,
+                    slices_total=0,
+                    processing_started_at=utcnow(),
+                    processing_seconds=None,
+                    updated_at=utcnow(),
+                )
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return Claim(row[0], row[1], row[2], row[3], row[4])
+
+    def record_progress(self, claim: Claim, done: int, total: int) -> None:
+        """Slices denoised so far in this processing run (only while the claim still holds)."""
+        with self.transaction() as s:
+            s.execute(
+                update(Series)
+                .where(Series.id == claim.series_id, Series.state == SeriesState.PROCESSING)
+                .values(slices_done=done, slices_total=total)
+            )
+
+    def instances(self, series_id: int) -> list[Instance]:
+        with self.session() as s:
+            return list(
+                s.scalars(select(Instance).where(Instance.series_fk == series_id).order_by(Instance.instance_number))
+            )
+
+    def finish_processing(
+        self,
+        claim: Claim,
+        derived_series_uid: str,
+        model_version: str,
+        derived: list[DerivedRecord],
+        processing_seconds: float | None = None,
+        hold_reason: str | None = None,
+    ) -> bool:
+        """PROCESSING → DERIVED with the derived instances, unless new instances arrived meanwhile; with
+        ``hold_reason`` (the guard's "hold" policy) → FAILED at stage "guard" in the same commit, so the sender
+        never sees it.
+
+        Returns False (and puts the series back to RECEIVING) when the generation moved on.
+        """
+        with self.transaction() as s:
+            res = s.execute(
+                update(Series)
+                .where(
+                    Series.id == claim.series_id,
+                    Series.state == SeriesState.PROCESSING,
+                    Series.generation == claim.generation,
+                )
+                .values(
+                    state=SeriesState.FAILED if hold_reason else SeriesState.DERIVED,
+                    derived_series_uid=derived_series_uid,
+                    model_version=model_version,
+                    processing_seconds=processing_seconds,
+                    attempts=0,
+                    next_attempt_at=None,
+                    last_error=hold_reason[:4000] if hold_reason else None,
+                    failed_stage="guard" if hold_reason else None,
+                    updated_at=utcnow(),
+                )
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                s.execute(
+                    update(Series)
+                    .where(Series.id == claim.series_id, Series.state == SeriesState.PROCESSING)
+                    .values(state=SeriesState.RECEIVING, updated_at=utcnow())
+                )
+                return False
+            keep = {d.sop_uid for d in derived}
+            for old in s.scalars(select(DerivedInstance).where(DerivedInstance.series_fk == claim.series_id)):
+                if old.sop_uid not in keep:
+                    s.delete(old)
+            s.flush()
+            existing = {
+                d.sop_uid: d
+                for d in s.scalars(select(DerivedInstance).where(DerivedInstance.series_fk == claim.series_id))
+            }
+            for d in derived:
+                row = existing.get(d.sop_uid)
+                if row is None:
+                    s.add(DerivedInstance(series_fk=claim.series_id, **d.__dict__))
+                else:
+                    row.path, row.source_sop_uid = d.path, d.source_sop_uid
+            return True
+
+    def requeue(self, claim: Claim) -> bool:
+        """PROCESSING → COMPLETE: a worker gives a series back unfinished (shutdown)."""
+        with self.transaction() as s:
+            res = s.execute(
+                update(Series)
+                .where(Series.id == claim.series_id, Series.state == SeriesState.PROCESSING)
+                .values(state=SeriesState.COMPLETE, updated_at=utcnow())
+            )
+            return res.rowcount == 1  # type: ignore[attr-defined]
+
+    def fail(self, series_id: int, stage: str, error: str, expected: SeriesState) -> bool:
+        """expected → FAILED with the reason; the series is kept for `denoise-node retry`."""
+        with self.transaction() as s:
+            res = s.execute(
+                update(Series)
+                .where(Series.id == series_id, Series.state == expected)
+                .values(
+                    state=SeriesState.FAILED,
+                    failed_stage=stage,
+                    last_error=error[:4000],
+                    next_attempt_at=None,
+                    updated_at=utcnow(),
+                )
+            )
+            return res.rowcount == 1  # type: ignore[attr-defined]
+
+    # ---- sending -------------------------------------------------------------------------------------------
+
+    def claim_for_sending(self, lease_s: float, now: datetime | None = None) -> Claim | None:
+        """Take a DERIVED series that is due, by pushing its next_attempt_at forward by a lease."""
+        now = now or utcnow()
+        with self.transaction() as s:
+            due = (Series.next_attempt_at.is_(None)) | (Series.next_attempt_at <= now)
+            row = s.execute(
+                select(Series.id, Series.series_uid, Study.study_uid, Series.generation, Series.attempts)
+                .join(Study, Series.study_fk == Study.id)
+                .where(Series.state == SeriesState.DERIVED, due)
+                .order_by(Series.updated_at)
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            res = s.execute(
+                update(Series)
+                .where(Series.id == row[0], Series.state == SeriesState.DERIVED, due)
+                .values(next_attempt_at=now + timedelta(seconds=lease_s))
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return Claim(row[0], row[1], row[2], row[3], row[4])
+
+    def derived_instances(self, series_id: int) -> list[DerivedInstance]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(DerivedInstance).where(DerivedInstance.series_fk == series_id).order_by(DerivedInstance.id)
+                )
+            )
+
+    def delivered_to(self, claim: Claim) -> set[str]:
+        with self.session() as s:
+            return set(
+                s.scalars(
+                    select(Delivery.destination).where(
+                        Delivery.series_fk == claim.series_id, Delivery.generation == claim.generation
+                    )
+                )
+            )
+
+    def record_delivery(self, claim: Claim, destination: str) -> None:
+        with self.transaction() as s:
+            row = s.scalar(
+                select(Delivery).where(Delivery.series_fk == claim.series_id, Delivery.destination == destination)
+            )
+            if row is None:
+                s.add(Delivery(series_fk=claim.series_id, destination=destination, generation=claim.generation))
+            else:
+                row.generation, row.delivered_at = claim.generation, utcnow()
+
+    def send_succeeded(self, claim: Claim) -> bool:
+        with self.transaction() as s:
+            res = s.execute(
+                update(Series)
+                .where(Series.id == claim.series_id, Series.state == SeriesState.DERIVED)
+                .values(state=SeriesState.SENT, next_attempt_at=None, last_error=None, updated_at=utcnow())
+            )
+            return res.rowcount == 1  # type: ignore[attr-defined]
+
+    def send_failed(
+        self, claim: Claim, error: str, max_attempts: int, backoff_s: float, backoff_max_s: float
+    ) -> SeriesState:
+        """Count the attempt; schedule the next one with exponential backoff or give up (FAILED)."""
+        attempts = claim.attempts + 1
+        with self.transaction() as s:
+            if attempts >= max_attempts:
+                values: dict[str, object] = dict(state=SeriesState.FAILED, failed_stage="send", next_attempt_at=None)
+                outcome = SeriesState.FAILED
+            else:
+                delay = min(backoff_max_s, backoff_s * 2 ** (attempts - 1))
+                values = dict(next_attempt_at=utcnow() + timedelta(seconds=delay))
+                outcome = SeriesState.DERIVED
+            s.execute(
+                update(Series)
+                .where(Series.id == claim.series_id, Series.state == SeriesState.DERIVED)
+                .values(attempts=attempts, last_error=error[:4000], updated_at=utcnow(), **values)
+            )
+        return outcome
+
+    # ---- operations ----------------------------------------------------------------------------------------
+
+    def retry(self, series_uid: str) -> SeriesState:
+        """Re-queue a FAILED series: back to DERIVED if it failed while sending or was held by the guard (a
+        reviewer's "send it as it is"), else COMPLETE (process again)."""
+        with self.transaction() as s:
+            series = s.scalar(select(Series).where(Series.series_uid == series_uid))
+            if series is None:
+                raise KeyError(f"no series {series_uid} in the catalog")
+            if series.state != SeriesState.FAILED:
+                raise ValueError(f"series {series_uid} is {series.state}, not FAILED")
+            target = SeriesState.DERIVED if series.failed_stage in ("send", "guard") else SeriesState.COMPLETE
+            series.state = target
+            series.attempts = 0
+            series.next_attempt_at = None
+            series.failed_stage = None
+            return target
+
+    def recover_after_restart(self) -> list[str]:
+        """A PROCESSING series at start-up was interrupted by a crash: give it back to the queue."""
+        with self.transaction() as s:
+            uids = list(s.scalars(select(Series.series_uid).where(Series.state == SeriesState.PROCESSING)))
+            s.execute(
+                update(Series)
+                .where(Series.state == SeriesState.PROCESSING)
+                .values(state=SeriesState.COMPLETE, updated_at=utcnow())
+            )
+            # Leases of a dead sender are not worth waiting for.
+            s.execute(
+                update(Series)
+                .where(Series.state == SeriesState.DERIVED, Series.attempts == 0)
+                .values(next_attempt_at=None)
+            )
+        return uids

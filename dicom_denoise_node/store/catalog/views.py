@@ -1,0 +1,103 @@
+"""Views: what `status`, /metrics, /series, the admission limits and the demo read. Reads only."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from dicom_denoise_node.store.catalog.engine import SessionSource
+from dicom_denoise_node.store.catalog.schema import REPORT_SOURCE, DerivedInstance, Instance, Series, SeriesState, Study
+
+
+class Views(SessionSource):
+    """Read-only summaries of received series."""
+
+    def series_overview(self, limit: int = 50) -> list[dict[str, object]]:
+        """Rows for `denoise-node status`: newest first, with instance and derived counts."""
+        with self.session() as s:
+            n_inst = (
+                select(func.count(Instance.id))
+                .where(Instance.series_fk == Series.id)
+                .correlate(Series)
+                .scalar_subquery()
+            )
+            n_der = (  # derived images; the quality report (no source instance) is not counted
+                select(func.count(DerivedInstance.id))
+                .where(DerivedInstance.series_fk == Series.id, DerivedInstance.source_sop_uid != REPORT_SOURCE)
+                .correlate(Series)
+                .scalar_subquery()
+            )
+            rows = s.execute(
+                select(Series, Study.study_uid, n_inst, n_der)
+                .join(Study, Series.study_fk == Study.id)
+                .where(Series.origin == "received")
+                .order_by(Series.updated_at.desc())
+                .limit(limit)
+            ).all()
+            return [
+                {
+                    "series_uid": r[0].series_uid,
+                    "study_uid": r[1],
+                    "modality": r[0].modality,
+                    "description": r[0].description,
+                    "rule": r[0].rule,
+                    "state": r[0].state,
+                    "instances": r[2],
+                    "derived": r[3],
+                    "attempts": r[0].attempts,
+                    "last_error": r[0].last_error,
+                    "derived_series_uid": r[0].derived_series_uid,
+                    "slices_done": r[0].slices_done,
+                    "slices_total": r[0].slices_total,
+                    "processing_seconds": r[0].processing_seconds,
+                    "updated_at": r[0].updated_at,
+                }
+                for r in rows
+            ]
+
+    def pending_series(self) -> int:
+        """Received series not yet denoised (RECEIVING, COMPLETE or PROCESSING): the worker's queue length."""
+        waiting = (SeriesState.RECEIVING, SeriesState.COMPLETE, SeriesState.PROCESSING)
+        with self.session() as s:
+            return int(
+                s.scalar(select(func.count(Series.id)).where(Series.origin == "received", Series.state.in_(waiting)))
+                or 0
+            )
+
+    def series_state(self, series_uid: str) -> SeriesState | None:
+        with self.session() as s:
+            state = s.scalar(select(Series.state).where(Series.series_uid == series_uid))
+            return None if state is None else SeriesState(state)
+
+    def state_counts(self) -> dict[str, int]:
+        """Received series per state (every state present, zeros included), for /metrics and `status`."""
+        counts = {state.value: 0 for state in SeriesState if state != SeriesState.ARCHIVED}
+        with self.session() as s:
+            for state, n in s.execute(
+                select(Series.state, func.count(Series.id)).where(Series.origin == "received").group_by(Series.state)
+            ).all():
+                counts[str(state)] = int(n)
+        return counts
+
+    def series_progress(self, series_uid: str) -> dict[str, object] | None:
+        """One series as the demo's progress display shows it (state, instances, slices, result), or None."""
+        with self.session() as s:
+            n_inst = (
+                select(func.count(Instance.id))
+                .where(Instance.series_fk == Series.id)
+                .correlate(Series)
+                .scalar_subquery()
+            )
+            row = s.execute(select(Series, n_inst).where(Series.series_uid == series_uid)).first()
+            if row is None:
+                return None
+            series = row[0]
+            return {
+                "state": series.state,
+                "instances": int(row[1]),
+                "slices_done": series.slices_done or 0,
+                "slices_total": series.slices_total or 0,
+                "derived_series_uid": series.derived_series_uid or "",
+                "model_version": series.model_version or "",
+                "processing_seconds": series.processing_seconds,
+                "last_error": series.last_error or "",
+            }

@@ -1,0 +1,54 @@
+"""The real peers, the node runner and the config writer shared by the tests, the benchmarks and the demo.
+
+One module per peer: net.py (programs, loopback ports, bounded waits, child processes), files.py (test CT series),
+dcmtk.py (storescu, echoscu, storescp), orthanc.py (Orthanc as the PACS), node.py (`denoise-node serve` and its
+config). The names below are re-exported so that ``import harness as peers`` reads well at the call site.
+"""
+
+from harness.dcmtk import StoreSCP, echoscu, file_syntax_profile, storescu
+from harness.files import sop_instance_uid, write_ct_series
+from harness.net import (
+    LOOPBACK,
+    ChildProcess,
+    PeerMissing,
+    StrPath,
+    find_program,
+    free_port,
+    listens,
+    peer_env,
+    pid_alive,
+    port_open,
+    require,
+    stop_process,
+    tail_text,
+    wait_for_port,
+    wait_until,
+)
+from harness.orthanc import Modality, Orthanc, OrthancHTTPError
+
+__all__ = [
+    "LOOPBACK",
+    "ChildProcess",
+    "Modality",
+    "Orthanc",
+    "OrthancHTTPError",
+    "PeerMissing",
+    "StoreSCP",
+    "StrPath",
+    "echoscu",
+    "file_syntax_profile",
+    "find_program",
+    "free_port",
+    "listens",
+    "peer_env",
+    "pid_alive",
+    "port_open",
+    "require",
+    "sop_instance_uid",
+    "stop_process",
+    "storescu",
+    "tail_text",
+    "wait_for_port",
+    "wait_until",
+    "write_ct_series",
+]
