@@ -1,7 +1,7 @@
 """Every place the node reaches into pynetdicom's internals, in one module, with the versions it was checked on.
 
 pynetdicom has no public API for two things the node needs, so the node patches private attributes here and
-nowhere else (tests/test_send.py fails loudly when the installed pynetdicom leaves ``CHECKED_VERSIONS``, and
+nowhere else (tests/send/test_send.py fails loudly when the installed pynetdicom leaves ``CHECKED_VERSIONS``, and
 ``check_version`` logs a warning at start). Each patch degrades to pynetdicom's own behaviour when an attribute is
 missing, so a newer pynetdicom is slower, not broken:
 

@@ -35,12 +35,12 @@ from trainer.train import (
     StepCallback,
     TrainingData,
     TrainResult,
-    _device,
-    _linear_decay,
-    _set_requires_grad,
     checkpoint_header,
     configured_losses,
     iterations_per_epoch,
+    linear_decay,
+    set_requires_grad,
+    training_device,
     write_checkpoint,
 )
 from trainer.validation import ValidationSet, Validator
@@ -124,7 +124,7 @@ def train_fast(
     cfg: TrainConfig, data: TrainingData, on_step: StepCallback | None = None, compile: bool = True
 ) -> TrainResult:
     """Unpaired CycleGAN training with the step kept on the device; see the module docstring."""
-    device = _device(cfg.device, 0)
+    device = training_device(cfg.device, 0)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -146,7 +146,7 @@ def train_fast(
     fused = {"fused": True} if device.type == "cuda" else {}
     opt_g = torch.optim.Adam(gens.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused)
     opt_d = torch.optim.Adam(discs.parameters(), lr=cfg.lr * cfg.lr_d_factor, betas=(cfg.beta1, cfg.beta2), **fused)
-    sched_g, sched_d = LambdaLR(opt_g, _linear_decay(cfg)), LambdaLR(opt_d, _linear_decay(cfg))
+    sched_g, sched_d = LambdaLR(opt_g, linear_decay(cfg)), LambdaLR(opt_d, linear_decay(cfg))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     lesion_rng = torch.Generator().manual_seed(cfg.seed * 1000 + 900)  # a few numbers per step, drawn on the host
     ld_sampler = DeviceSampler(data.ld, cfg.patch_size, window, cfg.body_hu, cfg.body_fraction, device)
@@ -182,7 +182,7 @@ def train_fast(
     while epoch < cfg.epochs:
         for _ in range(per_epoch):
             ld, hd = ld_sampler.sample(cfg.batch_size, gen), hd_sampler.sample(cfg.batch_size, gen)
-            _set_requires_grad(discs, False)
+            set_requires_grad(discs, False)
             images = g_step(ld, hd)
             g_losses = configured_losses(cfg, images, ld, hd, discs)
             g_losses = with_lesion_term(
@@ -192,7 +192,7 @@ def train_fast(
             g_losses["g_total"].backward()
             opt_g.step()
             average.update()
-            _set_requires_grad(discs, True)
+            set_requires_grad(discs, True)
             fake_ld = pool_ld.query(images["fake_ld"], gen)
             fake_hd = pool_hd.query(images["fake_hd"], gen)
             d_losses = d_step(ld, fake_ld, hd, fake_hd)

@@ -34,10 +34,10 @@ from trainer.train import (
     StepCallback,
     TrainingData,
     TrainResult,
-    _device,
-    _linear_decay,
     checkpoint_header,
     iterations_per_epoch,
+    linear_decay,
+    training_device,
     write_checkpoint,
 )
 from trainer.validation import ValidationSet, Validator
@@ -84,7 +84,7 @@ def train_paired(
     """Train the generator on aligned pairs (``data.ld[i]`` and ``data.hd[i]`` are one slice at both doses)."""
     if len(data.ld) != len(data.hd) or not data.ld:
         raise ValueError(f"paired training needs aligned pairs, got {len(data.ld)} LD and {len(data.hd)} HD slices")
-    device = _device(cfg.device, 0)
+    device = training_device(cfg.device, 0)
     run_dir = Path(cfg.run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -104,11 +104,11 @@ def train_paired(
         discriminator.to(device)
     generator.to(device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    sched_g = LambdaLR(opt_g, _linear_decay(cfg))
+    sched_g = LambdaLR(opt_g, linear_decay(cfg))
     opt_d = sched_d = None
     if discriminator is not None:
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr * cfg.lr_d_factor, betas=(cfg.beta1, cfg.beta2))
-        sched_d = LambdaLR(opt_d, _linear_decay(cfg))
+        sched_d = LambdaLR(opt_d, linear_decay(cfg))
     rng = torch.Generator().manual_seed(cfg.seed * 1000)
     lesion_rng = torch.Generator().manual_seed(cfg.seed * 1000 + 900)
     stacks = [np.stack([a, b]) for a, b in zip(data.ld, data.hd, strict=True)]

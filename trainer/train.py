@@ -72,7 +72,8 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
-def _device(requested: str, local_rank: int) -> torch.device:
+def training_device(requested: str, local_rank: int) -> torch.device:
+    """The device a training run asked for ("auto": CUDA when there is one); an error when CUDA is asked but absent."""
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' requested but no CUDA device is available")
@@ -80,12 +81,13 @@ def _device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def _set_requires_grad(module: torch.nn.Module, flag: bool) -> None:
+def set_requires_grad(module: torch.nn.Module, flag: bool) -> None:
+    """Freeze or unfreeze a network (the discriminators judge the generator step without learning from it)."""
     for p in module.parameters():
         p.requires_grad_(flag)
 
 
-def _linear_decay(cfg: TrainConfig) -> Callable[[int], float]:
+def linear_decay(cfg: TrainConfig) -> Callable[[int], float]:
     """Constant learning rate until decay_start, then linear to zero at the last epoch."""
     span = max(1, cfg.epochs - cfg.decay_start)
 
@@ -163,7 +165,7 @@ def train(
     rank, local_rank, world = _distributed()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo")
-    device = _device(cfg.device, local_rank)
+    device = training_device(cfg.device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     main = rank == 0
@@ -181,8 +183,8 @@ def train(
     discs.to(device)
     opt_g = torch.optim.Adam(gens.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(discs.parameters(), lr=cfg.lr * cfg.lr_d_factor, betas=(cfg.beta1, cfg.beta2))
-    sched_g = LambdaLR(opt_g, _linear_decay(cfg))
-    sched_d = LambdaLR(opt_d, _linear_decay(cfg))
+    sched_g = LambdaLR(opt_g, linear_decay(cfg))
+    sched_d = LambdaLR(opt_d, linear_decay(cfg))
     rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     pool_ld = ImagePool(cfg.pool_size, torch.Generator().manual_seed(cfg.seed * 1000 + 500 + rank))
     pool_hd = ImagePool(cfg.pool_size, torch.Generator().manual_seed(cfg.seed * 1000 + 700 + rank))
@@ -289,7 +291,7 @@ def train(
             # Generator step: the discriminators judge, they do not learn. During the discriminators' warm-up the
             # generators only produce the fakes (near the identity: LD itself), so the discriminators learn to tell
             # the doses apart before the generators are pulled to the identity by the L1 terms.
-            _set_requires_grad(discs, False)
+            set_requires_grad(discs, False)
             warm_up = step < cfg.d_warmup_steps
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp), torch.set_grad_enabled(not warm_up):
                 images = g_model(ld, hd)
@@ -305,7 +307,7 @@ def train(
                 average.update()
 
             # Discriminator step on real images and pooled past fakes.
-            _set_requires_grad(discs, True)
+            set_requires_grad(discs, True)
             fake_ld = pool_ld.query(images["fake_ld"].float())
             fake_hd = pool_hd.query(images["fake_hd"].float())
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):

@@ -19,7 +19,7 @@ for exactly that. Three statistics per slice, each with a threshold in ``[guard]
 
 Limits, stated: the blob test finds a removed or added structure of about ``blob_min_hu`` HU and a few pixels
 radius when the residual noise, low-passed, is below ``blob_min_hu / blob_z`` (measured in
-tests/test_guard_report.py: a removed 22 HU lesion of 7 px radius in quarter-dose noise is found); fainter
+tests/denoise/test_guard_report.py: a removed 22 HU lesion of 7 px radius in quarter-dose noise is found); fainter
 changes are missed, and a
 change along an edge kept by both images is not tested. The statistics are computed per slice; they do not see
 z-consistency. The noise figures (``noise_before``/``noise_after``) are the project's one noise definition

@@ -93,7 +93,7 @@ def _median(values: list[float]) -> float:
 
 
 def build_report(data: ReportInput, manufacturer: str, institution: str = "") -> hd.sr.ComprehensiveSR:
-    """The SR dataset; ``dciodvfy`` checks it in tests/test_guard_report.py."""
+    """The SR dataset; ``dciodvfy`` checks it in tests/denoise/test_guard_report.py."""
     items: list[hd.sr.ContentItem] = []
     if data.notice:
         items.append(hd.sr.TextContentItem(NOTICE, data.notice[:1024], relationship_type=CONTAINS))

@@ -6,7 +6,7 @@ that 3×3 convolution only ever sees a 2×2 neighbourhood of the *low-resolution
 convolution on the input with four times the output channels, one phase per group, interleaved afterwards. The
 reflection padding of the upsampled image is the replicate padding of the input (``up[-1] = up[1] = x[0]``). The
 result: 4/9 of the multiply-adds, at the input's resolution where convolutions run closer to peak. It equals the
-three layers up to float32 summation order (tests/test_generator_fast_paths.py). Used for inference only: training
+three layers up to float32 summation order (tests/model/test_generator_fast_paths.py). Used for inference only: training
 keeps the layers as written, whose gradients are the reference.
 
 Per dimension, with 3-tap weights (w0, w1, w2): the even phase takes (w0, w1 + w2) at input offsets (-1, 0), the

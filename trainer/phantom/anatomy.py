@@ -1,5 +1,6 @@
 """The anatomy of a drawn patient: trunk, spine, table, and the organs of a chest or an abdomen, each drawn from the
-patient's seeded generator in a fixed order (the same seed gives the same patient; tests/test_synth.py checks it).
+patient's seeded generator in a fixed order (the same seed gives the same patient; tests/trainer/test_synth.py
+checks it).
 """
 
 from __future__ import annotations

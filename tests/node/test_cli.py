@@ -13,7 +13,7 @@ from pydicom import dcmread
 
 from tests.peers import StoreSCP, dciodvfy, require, write_ct_series
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 COMMANDS = ["serve", "echo", "status", "retry", "purge", "check", "denoise", "rules test"]
 
 

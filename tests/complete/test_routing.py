@@ -125,5 +125,5 @@ def test_rules_test_without_files_fails(tmp_path):
 
 
 def test_example_config_rule_path_is_documented():
-    text = (Path(__file__).parents[1] / "etc" / "denoise-node.toml").read_text()
+    text = (Path(__file__).parents[2] / "etc" / "denoise-node.toml").read_text()
     assert "denoise-node rules test" in text

@@ -17,7 +17,7 @@ def _bench(module: str, tmp_path: Path, *args: str) -> dict:
     out = tmp_path / f"{module}.json"
     env = {**os.environ, "TCP_NODELAY": "1"}
     cmd = [sys.executable, "-m", f"bench.{module}", *args, "--json", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).parents[1])
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).parents[2])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return json.loads(out.read_text())
 

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from dicom_denoise_node.store.catalog import Catalog
 from dicom_denoise_node.store.group_commit import GroupCommit
 from tests.peers import wait_until
-from tests.test_catalog import meta
+from tests.store.test_catalog import meta
 
 
 def _submit_all(group: GroupCommit, items: list, errors: dict) -> list[threading.Thread]:

@@ -9,7 +9,7 @@ import torch
 
 from dicom_denoise_node.model.generator import ResidualCNN, ResidualCNNConfig, build_generator
 from dicom_denoise_node.model.registry import load_model
-from tests.test_train import tiny_slices
+from tests.trainer.test_train import tiny_slices
 from trainer.config import build_config
 from trainer.cyclegan import WindowView, gaussian_lowpass
 from trainer.export import export_checkpoint

@@ -15,7 +15,7 @@ from pydicom import dcmread
 
 from dicom_denoise_node.model.registry import load_model
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module")

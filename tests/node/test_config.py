@@ -5,7 +5,7 @@ from pydantic import BaseModel
 
 from dicom_denoise_node.config import ConfigError, load_settings
 
-EXAMPLE = Path(__file__).parents[1] / "etc" / "denoise-node.toml"
+EXAMPLE = Path(__file__).parents[2] / "etc" / "denoise-node.toml"
 
 
 def test_example_config_is_valid_and_documents_every_key():

@@ -1,0 +1,96 @@
+"""Deliveries: a DERIVED series claimed for sending under a lease, each destination's acknowledgement recorded so a
+retry skips it, and the attempt's outcome (SENT, or backoff and FAILED after max attempts)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+
+from dicom_denoise_node.store.catalog.engine import CatalogEngine
+from dicom_denoise_node.store.catalog.queue import Claim
+from dicom_denoise_node.store.catalog.schema import Delivery, DerivedInstance, Series, SeriesState, Study, utcnow
+
+
+class Deliveries(CatalogEngine):
+    """State transitions of derived series, from DERIVED to SENT or FAILED."""
+
+    def claim_for_sending(self, lease_s: float, now: datetime | None = None) -> Claim | None:
+        """Take a DERIVED series that is due, by pushing its next_attempt_at forward by a lease."""
+        now = now or utcnow()
+        with self.transaction() as s:
+            due = (Series.next_attempt_at.is_(None)) | (Series.next_attempt_at <= now)
+            row = s.execute(
+                select(Series.id, Series.series_uid, Study.study_uid, Series.generation, Series.attempts)
+                .join(Study, Series.study_fk == Study.id)
+                .where(Series.state == SeriesState.DERIVED, due)
+                .order_by(Series.updated_at)
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            res = s.execute(
+                update(Series)
+                .where(Series.id == row[0], Series.state == SeriesState.DERIVED, due)
+                .values(next_attempt_at=now + timedelta(seconds=lease_s))
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return Claim(row[0], row[1], row[2], row[3], row[4])
+
+    def derived_instances(self, series_id: int) -> list[DerivedInstance]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(DerivedInstance).where(DerivedInstance.series_fk == series_id).order_by(DerivedInstance.id)
+                )
+            )
+
+    def delivered_to(self, claim: Claim) -> set[str]:
+        with self.session() as s:
+            return set(
+                s.scalars(
+                    select(Delivery.destination).where(
+                        Delivery.series_fk == claim.series_id, Delivery.generation == claim.generation
+                    )
+                )
+            )
+
+    def record_delivery(self, claim: Claim, destination: str) -> None:
+        with self.transaction() as s:
+            row = s.scalar(
+                select(Delivery).where(Delivery.series_fk == claim.series_id, Delivery.destination == destination)
+            )
+            if row is None:
+                s.add(Delivery(series_fk=claim.series_id, destination=destination, generation=claim.generation))
+            else:
+                row.generation, row.delivered_at = claim.generation, utcnow()
+
+    def send_succeeded(self, claim: Claim) -> bool:
+        with self.transaction() as s:
+            res = s.execute(
+                update(Series)
+                .where(Series.id == claim.series_id, Series.state == SeriesState.DERIVED)
+                .values(state=SeriesState.SENT, next_attempt_at=None, last_error=None, updated_at=utcnow())
+            )
+            return res.rowcount == 1  # type: ignore[attr-defined]
+
+    def send_failed(
+        self, claim: Claim, error: str, max_attempts: int, backoff_s: float, backoff_max_s: float
+    ) -> SeriesState:
+        """Count the attempt; schedule the next one with exponential backoff or give up (FAILED)."""
+        attempts = claim.attempts + 1
+        with self.transaction() as s:
+            if attempts >= max_attempts:
+                values: dict[str, object] = dict(state=SeriesState.FAILED, failed_stage="send", next_attempt_at=None)
+                outcome = SeriesState.FAILED
+            else:
+                delay = min(backoff_max_s, backoff_s * 2 ** (attempts - 1))
+                values = dict(next_attempt_at=utcnow() + timedelta(seconds=delay))
+                outcome = SeriesState.DERIVED
+            s.execute(
+                update(Series)
+                .where(Series.id == claim.series_id, Series.state == SeriesState.DERIVED)
+                .values(attempts=attempts, last_error=error[:4000], updated_at=utcnow(), **values)
+            )
+        return outcome
