@@ -72,7 +72,9 @@ def find_flat_regions(
     windows in the body fill up to ``max_regions``.
     """
     half = size // 2
-    inside = ndimage.binary_erosion(body_mask(hd), structure=np.ones((size, size), bool), border_value=0)
+    # Centres whose whole window is body: a box erosion, as a box mean (exactly 1 only when every pixel is body,
+    # outside the image counting as not body), which is several times faster than binary_erosion with a full square.
+    inside = ndimage.uniform_filter(body_mask(hd).astype(np.float32), size, mode="constant", cval=0.0) > 1.0 - 1e-4
     flat = flatness(hd, ref, size, smooth)
     centres = inside & (flat < tol_hu)
     ys, xs = np.nonzero(centres)
