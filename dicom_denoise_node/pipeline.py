@@ -37,6 +37,7 @@ from dicom_denoise_node.receive.audit import AssociationAudit, association_rows
 from dicom_denoise_node.receive.scp import start_scp
 from dicom_denoise_node.send.deliver import deliver_claim
 from dicom_denoise_node.store.catalog import Catalog
+from dicom_denoise_node.store.lock import DataDirLock
 from dicom_denoise_node.store.retention import purge_sent
 from dicom_denoise_node.store.spool import Spool
 from dicom_denoise_node.store.spool_check import check_spool
@@ -61,8 +62,14 @@ class Node:
     def __init__(self, settings: Settings, denoiser: SeriesDenoiser | None = None) -> None:
         self.settings = settings
         self.stop_event = threading.Event()
-        self.spool = Spool(settings.node.data_dir)
-        self.catalog = Catalog(settings.catalog_url)
+        self.lock = DataDirLock(settings.node.data_dir)
+        self.lock.acquire()  # before the catalog is opened (and migrated) or the spool is touched
+        try:
+            self.spool = Spool(settings.node.data_dir)
+            self.catalog = Catalog(settings.catalog_url)
+        except BaseException:
+            self.lock.release()
+            raise
         self.denoiser = denoiser
         self.admission = Admission(
             settings.node,
@@ -130,6 +137,7 @@ class Node:
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.catalog.close()
+        self.lock.release()
         log.info("stopped")
 
     def serve_forever(self) -> None:

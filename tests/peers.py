@@ -11,6 +11,7 @@ quiet (a parameter named like an imported fixture is F811)::
 """
 
 import contextlib
+import os
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -45,10 +46,13 @@ from harness import (  # noqa: F401  (re-exported for the tests)
 
 
 def require(binary: str) -> str:
-    """Return the full path of ``binary``; skip the calling test when it is not installed."""
+    """Return the full path of ``binary``; when it is not installed, skip the calling test, except under ``CI=true``
+    where a missing peer fails it (CI must never pass by testing less)."""
     try:
         return _peers.require(binary)
     except _peers.PeerMissing as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and a peer is missing: {exc}")
         pytest.skip(str(exc))
 
 

@@ -140,3 +140,20 @@ def test_orthanc_round_trip_and_no_leftover_processes(
 def _assert_dead(pids: list[int]) -> None:
     assert pids, "no process was recorded"
     assert not [p for p in pids if pid_alive(p)], "peer processes survived teardown"
+
+
+def test_a_missing_peer_skips_locally_and_fails_under_ci(monkeypatch):
+    from tests import peers as fixtures
+
+    def outcome() -> BaseException | None:
+        try:
+            fixtures.require("no-such-dicom-peer-xyz")
+        except BaseException as exc:  # noqa: BLE001  (skip and fail are BaseExceptions: caught to be compared)
+            return exc
+        return None
+
+    monkeypatch.delenv("CI", raising=False)
+    assert isinstance(outcome(), pytest.skip.Exception)
+    monkeypatch.setenv("CI", "true")
+    failed = outcome()
+    assert isinstance(failed, pytest.fail.Exception) and "CI=true" in str(failed)

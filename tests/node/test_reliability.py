@@ -169,6 +169,25 @@ def test_startup_check_indexes_orphans_and_reports_missing_files(tmp_path, tiny_
     assert _cli(node, "check").returncode == 0
 
 
+def test_a_second_node_on_the_same_data_directory_refuses_before_touching_it(tmp_path, tiny_model):
+    node = NodeProcess(tmp_path, tiny_model, []).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DENOISE_NODE_")}
+        second = subprocess.run(
+            [sys.executable, "-m", "dicom_denoise_node", "serve", "--config", str(node.config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert second.returncode == 4, second.stderr
+        assert node.proc is not None and f"in use by another denoise-node (pid {node.proc.pid})" in second.stderr
+        assert "starting" not in second.stderr  # refused before the catalog, the spool or recovery were touched
+        assert echoscu(node.port, "DENOISE").returncode == 0  # the first node still serves
+    finally:
+        node.stop()
+
+
 # ---------------------------------------------------------------------------------------------- PACS outage
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import pydicom
 import pytest
 from scipy import ndimage
 
+from tests.peers import dciodvfy
 from trainer import ct_physics
 from trainer.phantom import LABEL_IDS, render_slice_with_labels
 from trainer.synth import PatientRecord, patient_anatomy, read_pixels_hu, synthesize_archive
@@ -96,14 +95,11 @@ def test_quarter_dose_doubles_noise_and_keeps_the_mean(archive: tuple[Path, list
             assert abs(np.mean(means[k]) - np.mean(means["REF"])) < 4.0, (rec.body_part, k, means)
 
 
-@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
 def test_dciodvfy_reports_no_errors(archive: tuple[Path, list[PatientRecord]]) -> None:
     _, records = archive
     for kind in ("HD", "LD", "REF"):
-        path = records[0].directory / kind / "0001.dcm"
-        result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-        report = result.stdout + result.stderr
-        assert not [line for line in report.splitlines() if "Error" in line], report
+        errors, _ = dciodvfy(records[0].directory / kind / "0001.dcm")  # skips, or fails under CI=true, without it
+        assert errors == [], errors
 
 
 def test_same_seed_same_archive(tmp_path: Path) -> None:
