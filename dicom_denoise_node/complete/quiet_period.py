@@ -30,12 +30,15 @@ def route_and_complete(catalog: Catalog, settings: Settings) -> list[str]:
         match = classify_series(rules, first)
         quiet = match.rule.quiet_period_s if match.rule is not None else None
         catalog.set_route(series_id, match.rule.name if match.rule is not None else "", quiet)
+        # The reasons quote header values (SeriesDescription, ProtocolName): DEBUG only, never INFO (PHI in logs).
         log.info(
             "series %s state=RECEIVING from %s: %s",
             uid,
             first[0][1] if first else "?",
-            f"rule {match.rule.name}" if match.rule is not None else f"no rule matches yet ({match.explain()})",
+            f"rule {match.rule.name}" if match.rule is not None else "no rule matches yet",
         )
+        if match.rule is None:
+            log.debug("series %s: %s", uid, match.explain())
     default_quiet = settings.series.quiet_period_s
     done: list[str] = []
     for series_id, uid, rule in catalog.complete_quiet_series(default_quiet, require_route=True):
@@ -44,7 +47,8 @@ def route_and_complete(catalog: Catalog, settings: Settings) -> list[str]:
             if match.rule is None:
                 reason = f"no routing rule matched: {match.explain()}"
                 if catalog.skip(series_id, reason):
-                    log.info("series %s state=SKIPPED: %s", uid, reason)
+                    log.info("series %s state=SKIPPED: no routing rule matched (why: `denoise-node status`)", uid)
+                    log.debug("series %s: %s", uid, reason)
                 continue
             rule = match.rule.name
             catalog.set_route(series_id, rule)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -22,13 +23,30 @@ pytestmark = pytest.mark.e2e
 N = 4
 
 
+PHI = {"PatientName": "Sentinel^Phi", "PatientID": "PHI-ID-4711", "PatientBirthDate": "19510203"}
+
+
 def _series(directory: Path, description: str) -> tuple[list[Path], str]:
     files = write_ct_series(directory, N, rows=32, columns=32)
     for path in files:
         ds = dcmread(path)
         ds.SeriesDescription = description
+        ds.ProtocolName = f"{description} protocol"
+        for keyword, value in PHI.items():
+            setattr(ds, keyword, value)
         ds.save_as(path)
     return files, str(dcmread(files[0]).SeriesInstanceUID)
+
+
+def _logged_at_info_or_above(log_text: str) -> str:
+    """The node's log without its DEBUG entries (a traceback's lines belong to the entry above them)."""
+    kept, level = [], "INFO"
+    for line in log_text.splitlines():
+        match = re.match(r"^\d{4}-\d\d-\d\d \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ", line)
+        level = match.group(1) if match else level
+        if level != "DEBUG":
+            kept.append(line)
+    return "\n".join(kept)
 
 
 def _metrics(node: NodeProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -128,6 +146,11 @@ def test_rules_route_per_destination_skip_the_rest_and_metrics_count_it(tmp_path
     log = node.log()
     assert f"series {hd_uid} state=SKIPPED: no routing rule matched" in log
     assert f"series {ld_uid} state=COMPLETE (rule low-dose)" in log
+    # No PHI and no header text at INFO or above (DEBUG may quote the routing reasons for an admin who asks).
+    visible = _logged_at_info_or_above(log)
+    for value in (*PHI.values(), "Sentinel", "Chest routine", "Chest LOW DOSE"):
+        assert value not in visible, [line for line in visible.splitlines() if value in line][:3]
+    assert "SeriesDescription 'Chest routine'" in log  # the reason is still there, at DEBUG
 
 
 def test_healthz_goes_unhealthy_when_the_model_file_is_gone(tmp_path, tiny_model):

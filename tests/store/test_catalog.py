@@ -174,3 +174,12 @@ def test_read_only_opener_reads_a_live_catalog_and_never_writes_or_migrates(cata
     finally:
         reader.close()
     assert catalog.series_progress("1.2.3.4")["instances"] == 2  # type: ignore[index]
+
+
+def test_a_failed_statement_does_not_carry_its_parameters(catalog):
+    """hide_parameters: a catalog error that is logged (or shown) must not quote a PatientID."""
+    from sqlalchemy.exc import OperationalError
+
+    with pytest.raises(OperationalError) as failed, catalog.transaction() as s:
+        s.execute(text("INSERT INTO no_such_table VALUES (:patient)"), {"patient": "PHI-ID-4711"})
+    assert "PHI-ID-4711" not in str(failed.value)

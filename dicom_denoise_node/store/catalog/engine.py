@@ -57,7 +57,8 @@ class CatalogEngine(SessionSource):
                 # Owner-only from the first byte (it holds patient IDs); SQLite gives -wal/-shm the same mode.
                 os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine = create_engine(url, **kwargs)
+        # hide_parameters: a failed statement's message (logged, or shown by `status`) must not carry a PatientID.
+        self.engine = create_engine(url, hide_parameters=True, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         from dicom_denoise_node.store.migrations import upgrade_catalog  # its env imports the schema
@@ -97,5 +98,5 @@ class ReadOnlyEngine(SessionSource):
             path = url.split("///", 1)[-1]
             url = f"sqlite:///file:{path}?mode=ro&uri=true"
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 5}
-        self.engine = create_engine(url, **kwargs)
+        self.engine = create_engine(url, hide_parameters=True, **kwargs)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
