@@ -12,6 +12,7 @@ import errno
 import logging
 import struct
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from pydicom import uid as dcm_uid
@@ -29,7 +30,7 @@ from dicom_denoise_node.pynetdicom_patches import NODELAY_HANDLER
 from dicom_denoise_node.receive.admission import Admission, server_tls_context
 from dicom_denoise_node.receive.audit import AssociationAudit
 from dicom_denoise_node.store.catalog import Catalog, InstanceMeta
-from dicom_denoise_node.store.spool import InvalidUID, Spool, check_uid, write_atomic
+from dicom_denoise_node.store.spool import InvalidUID, Spool, check_uid, publish, stage_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +158,16 @@ def handle_store(event: Event, spool: Spool, catalog: Catalog, admission: Admiss
         if problem:
             return _reject(StoreStatus.CANNOT_UNDERSTAND, problem, event)
 
+        staged: Path | None = None  # a resend's new copy, published only once its row is committed
         try:
             path = spool.incoming_path(study_uid, series_uid, sop_uid)
             # The data set exactly as received (never re-encoded), behind the preamble and file meta.
             received = event.request.DataSet.getbuffer()
             meta = b"\x00" * 128 + b"DICM" + encode_file_meta(file_meta)
-            write_atomic(path, (meta, received))
+            if path.exists():  # a resend: the copy acknowledged earlier stays until the new row is committed
+                staged = stage_file(path, (meta, received))
+            else:
+                write_atomic(path, (meta, received))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return _reject(StoreStatus.OUT_OF_RESOURCES, f"disk full writing {sop_uid}: {exc}", event)
@@ -186,10 +191,16 @@ def handle_store(event: Event, spool: Spool, catalog: Catalog, admission: Admiss
                 )
             )
         except Exception as exc:
-            # No row, no file: the SCU got a failure and will resend; the spool stays consistent.
-            path.unlink(missing_ok=True)
+            # No new row, no new file: the SCU got a failure and will resend; the spool stays consistent, and a
+            # resend's earlier, acknowledged copy (and its row) is kept.
+            (staged or path).unlink(missing_ok=True)
             log.exception("catalog write failed for %s", sop_uid)
             return _reject(StoreStatus.PROCESSING_FAILURE, f"catalog write failed: {exc}", event)
+        if staged is not None:
+            try:
+                publish(staged, path)
+            except OSError as exc:  # the earlier copy stays in place; the SCU resends this one
+                return _reject(StoreStatus.OUT_OF_RESOURCES, f"could not replace {sop_uid} in the spool: {exc}", event)
 
         log.debug("stored %s (series %s) from %s", sop_uid, series_uid, event.assoc.requestor.ae_title)
         return StoreStatus.SUCCESS.value

@@ -42,9 +42,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview]) -> None:
-    """Write data (one buffer, or parts written one after the other without joining them) to path so that the
-    file is either complete and durable, or absent."""
+def stage_file(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview]) -> Path:
+    """Write data (one buffer, or parts written one after the other without joining them) to a temporary file beside
+    ``path``, durably (fsync), and return it; :func:`publish` renames it into place. A crash leaves only the
+    temporary file, which :meth:`Spool.remove_partial_writes` deletes at the next start."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -60,12 +61,22 @@ def write_atomic(path: Path, data: bytes | memoryview | Sequence[bytes | memoryv
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
+    return tmp
+
+
+def publish(staged: Path, path: Path) -> None:
+    """Rename a staged file into place (atomically replacing an older copy) and make the rename durable."""
     try:
-        os.replace(tmp, path)
+        os.replace(staged, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview]) -> None:
+    """Write data to path so that the file is either complete and durable, or absent."""
+    publish(stage_file(path, data), path)
 
 
 class Spool:

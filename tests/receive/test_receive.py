@@ -213,3 +213,25 @@ def test_partial_writes_are_removed_only_from_the_spool_folders(tmp_path):
     assert spool.remove_partial_writes() == 2
     assert not any(p.exists() for p in left)
     assert other.exists()
+
+
+def test_a_failed_catalog_write_on_a_resend_keeps_the_acknowledged_copy(scp, tmp_path, monkeypatch):
+    settings, spool, catalog = scp
+    (f,) = write_ct_series(tmp_path / "in", 1)
+    assert _send_raw(settings.port, f) == StoreStatus.SUCCESS
+    (stored,) = [p for p in spool.incoming.rglob("*.dcm")]
+    acknowledged = stored.read_bytes()
+    ds = dcmread(f)
+    ds.InstanceNumber = 99  # the resend differs, so that a replaced file would show
+    ds.save_as(f)
+
+    def broken(meta):
+        raise RuntimeError("catalog unavailable")
+
+    monkeypatch.setattr(catalog, "record_instance", broken)
+    assert _send_raw(settings.port, f) == StoreStatus.PROCESSING_FAILURE
+    assert stored.read_bytes() == acknowledged  # what the scanner got Success for is still there
+    assert [p.name for p in stored.parent.iterdir()] == [stored.name]  # and the staged copy is gone
+    monkeypatch.undo()
+    assert _send_raw(settings.port, f) == StoreStatus.SUCCESS  # a later resend replaces it once recorded
+    assert dcmread(stored).InstanceNumber == 99
