@@ -134,8 +134,12 @@ class StoreSCP(ChildProcess):
         ae_title: str = "PACS",
         port: int | None = None,
         extra_args: Sequence[str] = (),
+        accept_only: Sequence[str] = (),
     ) -> None:
+        """``accept_only``: SOP Class UIDs the PACS accepts (uncompressed), refusing every other presentation context;
+        empty: every storage SOP class and transfer syntax dcmtk knows."""
         self.base_dir = Path(base_dir).absolute()
+        self.accept_only = list(accept_only)
         self.ae_title = ae_title
         self.port = port if port is not None else free_port()
         self.out_dir = self.base_dir / "received"
@@ -147,13 +151,25 @@ class StoreSCP(ChildProcess):
     def command(self) -> list[str]:
         """The storescp command line."""
         ledger = f"printf '%s\\n' '#p/#f' >> '{self.ledger_path}'"
+        if self.accept_only:
+            profile = self.base_dir / "accept.cfg"
+            contexts = [f"PresentationContext{i} = {uid}\\UNCOMPRESSED" for i, uid in enumerate(self.accept_only, 1)]
+            lines = ["[[TransferSyntaxes]]", "[UNCOMPRESSED]"]
+            lines += [f"TransferSyntax{i} = {ts}" for i, ts in enumerate(_UNCOMPRESSED, 1)]
+            lines += ["[[PresentationContexts]]", "[ACCEPTED]", *contexts, "[[Profiles]]", "[ONLY]"]
+            lines += ["PresentationContexts = ACCEPTED"]
+            self.base_dir.mkdir(parents=True, exist_ok=True)
+            profile.write_text("\n".join(lines) + "\n")
+            negotiation = ["-xf", str(profile), "ONLY"]
+        else:
+            # all supported transfer syntaxes; promiscuous: unknown (private, newer) storage SOP classes too
+            negotiation = ["+xa", "-pm"]
         return [
             require("storescp"),
             "-aet", self.ae_title,
             "-od", str(self.out_dir),
             "-uf",  # file name = modality prefix + SOP Instance UID (dcmtk default, stated explicitly)
-            "+xa",  # accept all supported transfer syntaxes
-            "-pm",  # promiscuous: accept unknown (private, newer) storage SOP classes
+            *negotiation,
             "-dhl",  # no reverse DNS lookups
             "-xcr", ledger,
             "-xs",  # run the ledger command synchronously: no background children

@@ -79,10 +79,12 @@ def storescp_factory(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
     with contextlib.ExitStack() as stack:
         count = 0
 
-        def make(ae_title: str = "PACS", port: int | None = None, extra_args: Sequence[str] = ()) -> StoreSCP:
+        def make(
+            ae_title: str = "PACS", port: int | None = None, extra_args: Sequence[str] = (), **kwargs: Any
+        ) -> StoreSCP:
             nonlocal count
             count += 1
-            scp = StoreSCP(tmp_path / f"storescp{count}", ae_title, port, extra_args)
+            scp = StoreSCP(tmp_path / f"storescp{count}", ae_title, port, extra_args, **kwargs)
             stack.callback(scp.stop)
             scp.start()
             return scp

@@ -30,6 +30,11 @@ def deliver_claim(claim: Claim, catalog: Catalog, settings: Settings, metrics: N
             errors.append(str(exc))
             metrics.send_failures.labels(dest.key).inc()
             continue
+        except Exception as exc:  # anything else (an abort between responses, a pynetdicom error) is an attempt too
+            log.exception("series %s: sending to %s failed", claim.series_uid, dest.key)
+            errors.append(f"{dest.key}: {type(exc).__name__}: {exc}")
+            metrics.send_failures.labels(dest.key).inc()
+            continue
         catalog.record_delivery(claim, dest.key)
         metrics.instances_sent.labels(dest.key).inc(n)
         seconds = time.monotonic() - t0

@@ -17,7 +17,13 @@ import logging
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    BasicTextSRStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
@@ -35,6 +41,9 @@ class StoreOutcome(enum.Enum):
 
 
 WARNING_STATUSES = {0xB000, 0xB006, 0xB007}  # coercion, elements discarded, data set does not match SOP class
+
+
+SR_CLASSES = {str(uid) for uid in (BasicTextSRStorage, EnhancedSRStorage, ComprehensiveSRStorage)}
 
 
 class SendError(RuntimeError):
@@ -57,24 +66,34 @@ def _scu(calling_aet: str, timeout_s: float) -> AE:
 
 
 def send_files(files: list[Path], dest: Destination, calling_aet: str, timeout_s: float = 60.0) -> int:
-    """C-STORE every file over one association; raise SendError on the first non-success status."""
+    """C-STORE every file over one association; raise SendError on the first non-success status.
+
+    A destination that refuses the quality report's SR presentation context (a PACS for images only) gets the
+    images without it, with a warning: the refusal is an answer, not a failure to retry. A refused image class is a
+    SendError.
+    """
     if not files:
         return 0
-    sop_classes = sorted(
-        {str(dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID) for f in files}
-    )
+    classes = {f: str(dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID) for f in files}
     ae = _scu(calling_aet, timeout_s)
-    for sop_class in sop_classes:
+    for sop_class in sorted(set(classes.values())):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
         raise SendError(f"association with {dest.key} failed ({reason})")
     try:
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        refused = sorted(set(classes.values()) - accepted)
+        images = [c for c in refused if c not in SR_CLASSES]
+        if images:
+            raise SendError(f"{dest.key} accepts no presentation context for {', '.join(images)}")
+        if refused:
+            log.warning("%s does not accept the quality report (SR): the images are sent without it", dest.key)
         with held_reactor(assoc) as held:
             if held:
                 disable_nagle(assoc)
-            return _store_all(assoc, files, dest)
+            return _store_all(assoc, [f for f in files if classes[f] in accepted], dest)
     finally:
         if assoc.is_established:
             assoc.release()

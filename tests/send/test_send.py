@@ -174,3 +174,83 @@ def test_pynetdicom_is_a_version_the_patches_were_checked_on_and_has_what_they_t
     init = inspect.getsource(Association.__init__)
     assert "_reactor_checkpoint" in init and "_is_paused" in init and "_kill" in init
     assert "_run_loop_delay" in inspect.getsource(DULServiceProvider)
+
+
+def test_a_pacs_for_images_only_gets_the_images_and_another_pacs_still_gets_everything(
+    tmp_path, tiny_model, storescp_factory
+):
+    """The quality report's SR is refused by one PACS (no presentation context): the images reach it, the refusal
+    is logged once rather than retried, and the other destination gets the images and the SR."""
+    from pydicom.uid import CTImageStorage
+
+    from dicom_denoise_node.store.catalog import SeriesState
+    from harness.node import NodeProcess
+    from tests.peers import storescu
+
+    ct_only = storescp_factory("CTONLY", accept_only=[CTImageStorage])
+    full = storescp_factory("FULL")
+    files = write_ct_series(tmp_path / "in", 3, rows=32, columns=32)
+    uid = str(dcmread(files[0]).SeriesInstanceUID)
+    node = NodeProcess(
+        tmp_path,
+        tiny_model,
+        [{"ae_title": "CTONLY", "port": ct_only.port, "name": "ct"}, {"ae_title": "FULL", "port": full.port}],
+        report=True,
+    ).start()
+    try:
+        assert storescu(files, node.port, "DENOISE").returncode == 0
+        assert node.wait_state(uid, SeriesState.SENT, timeout=120), node.log()[-3000:]
+    finally:
+        node.stop()
+    assert len(ct_only.wait_for_files(3, timeout=30)) == 3
+    assert len(full.wait_for_files(4, timeout=30)) == 4  # three images and the SR
+    assert {p.name.split(".")[0] for p in ct_only.files()} == {"CT"}
+    assert node.log().count("does not accept the quality report (SR)") == 1
+
+
+def test_any_send_failure_counts_an_attempt_and_the_other_destinations_are_served(tmp_path, monkeypatch):
+    """Not only SendError: an unexpected exception from one destination is an attempt with its reason, the other
+    destination still gets the series, and the series ends FAILED after max_attempts instead of looping."""
+    from datetime import timedelta
+
+    from dicom_denoise_node.config import Settings
+    from dicom_denoise_node.ops.metrics import NodeMetrics
+    from dicom_denoise_node.send import deliver
+    from dicom_denoise_node.store.catalog import Catalog, DerivedRecord, InstanceMeta, SeriesState, utcnow
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    meta = InstanceMeta("P", "1.2", "1.2.3", "1.2.3.1", CT_CLASS, "1.2.840.10008.1.2.1", "CT", "LD", 1, "/x", 1)
+    catalog.record_instance(meta)
+    catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+    claim = catalog.claim_for_processing()
+    assert claim is not None
+    catalog.finish_processing(claim, "9.9", "1", [DerivedRecord("9.9.1", "1.2.3.1", str(tmp_path / "d.dcm"))])
+    settings = Settings(
+        destinations=[
+            {"ae_title": "BROKEN", "host": "127.0.0.1", "port": 1, "name": "broken"},
+            {"ae_title": "GOOD", "host": "127.0.0.1", "port": 2, "name": "good"},
+        ],
+        send={"max_attempts": 2, "backoff_s": 0.001, "backoff_max_s": 0.001},
+    )
+    sent: list[str] = []
+
+    def fake_send(files, dest, calling_aet, timeout_s):
+        if dest.key == "broken":
+            raise ValueError("No presentation context for 'Comprehensive SR Storage' has been accepted")
+        sent.append(dest.key)
+        return len(files)
+
+    monkeypatch.setattr(deliver, "send_files", fake_send)
+    metrics = NodeMetrics(catalog, lambda: 1.0)
+    for attempt in (1, 2):
+        claim = catalog.claim_for_sending(0.0, now=utcnow() + timedelta(seconds=attempt))
+        assert claim is not None
+        deliver.deliver_claim(claim, catalog, settings, metrics)
+    assert sent == ["good"]  # delivered once, skipped on the retry
+    row = catalog.series_overview()[0]
+    assert row["state"] == SeriesState.FAILED and row["attempts"] == 2
+    assert "ValueError" in str(row["last_error"]) and "presentation context" in str(row["last_error"])
+    catalog.close()
+
+
+CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
