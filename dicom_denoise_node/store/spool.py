@@ -74,9 +74,26 @@ def publish(staged: Path, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+def make_parents(directory: Path) -> list[Path]:
+    """Create ``directory`` and its missing parents; return the ones created, outermost first."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    created = list(reversed(missing))
+    for d in created:
+        d.mkdir(mode=DIR_MODE, exist_ok=True)
+    return created
+
+
 def write_atomic(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview]) -> None:
-    """Write data to path so that the file is either complete and durable, or absent."""
+    """Write data to path so that the file is either complete and durable, or absent: the file is fsynced, renamed
+    into place, its folder fsynced, and every folder this write created is made durable in its own parent (a new
+    study's and series' folders), so that a power cut after Success cannot lose the path to the file."""
+    created = make_parents(path.parent)
     publish(stage_file(path, data), path)
+    for directory in reversed(created):  # innermost first: each new entry, then the entry that leads to it
+        _fsync_dir(directory.parent)
 
 
 class Spool:

@@ -235,3 +235,46 @@ def test_a_failed_catalog_write_on_a_resend_keeps_the_acknowledged_copy(scp, tmp
     monkeypatch.undo()
     assert _send_raw(settings.port, f) == StoreStatus.SUCCESS  # a later resend replaces it once recorded
     assert dcmread(stored).InstanceNumber == 99
+
+
+def test_success_comes_after_file_fsync_rename_directory_fsyncs_and_the_commit(scp, tmp_path, monkeypatch):
+    """The order that makes Success durable, recorded as it happens: the file's data fsynced, renamed into place,
+    its folder fsynced, each folder this store created made durable in its parent, then the catalog commit
+    (SQLite synchronous=FULL), and only then the Success status."""
+    settings, spool, catalog = scp
+    (f,) = write_ct_series(tmp_path / "in", 1)
+    ds = dcmread(f)
+    final = spool.incoming_path(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace, real_record = os.fsync, os.replace, catalog.record_instance
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def replace(src, dst) -> None:
+        real_replace(src, dst)
+        events.append(("rename", str(dst)))
+
+    def record(meta) -> None:
+        real_record(meta)
+        events.append(("commit", meta.path))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(catalog, "record_instance", record)
+    status = _send_raw(settings.port, f)
+    events.append(("success", ""))
+    assert status == StoreStatus.SUCCESS
+    staged = next(i for i, (kind, what) in enumerate(events) if kind == "fsync" and what.endswith(".tmp"))
+    order = [
+        events.index(("rename", str(final))),
+        events.index(("fsync", str(final.parent))),  # the series folder: the new file's entry
+        events.index(("fsync", str(final.parent.parent))),  # the study folder: the new series folder's entry
+        events.index(("fsync", str(spool.incoming))),  # incoming/: the new study folder's entry
+        events.index(("commit", str(final))),
+        events.index(("success", "")),
+    ]
+    assert staged < order[0] and order == sorted(order), events
+    with catalog.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
