@@ -68,6 +68,9 @@ class NodeSettings(_Section):
     max_pdu: int = Field(0, ge=0, description="0 = unlimited")
     max_associations: int = Field(16, ge=1)
     max_dataset_mb: float = Field(1024.0, gt=0)
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, description="Rows × Columns × frames an image may declare; checked before any decoding"
+    )
     min_free_mb: float = Field(1024.0, ge=0)
     max_pending_series: int = Field(0, ge=0, description="0 = unlimited")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -113,6 +116,7 @@ class Destination(_Section):
 class SeriesSettings(_Section):
     quiet_period_s: float = Field(10.0, gt=0)
     poll_interval_s: float = Field(1.0, gt=0)
+    max_attempts: int = Field(3, ge=1, description="processing attempts (the worker died each time) before FAILED")
 
 
 class ModelSettings(_Section):

@@ -204,7 +204,7 @@ class Node:
         self._running.add("process")
         try:
             while not self.stop_event.is_set():
-                claim = self.catalog.claim_for_processing()
+                claim = self.catalog.claim_for_processing(self.settings.series.max_attempts)
                 if claim is None:
                     return
                 assert self.denoiser is not None

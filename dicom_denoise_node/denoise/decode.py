@@ -46,6 +46,9 @@ class SourceSlice:
     hu: np.ndarray
 
 
+MAX_DECODE_PIXELS = 8192 * 8192  # the worker's own limit (the SCP refuses more than [node] max_image_pixels first)
+
+
 def _position(ds: Dataset) -> float | None:
     try:
         ipp = [float(v) for v in ds.ImagePositionPatient]
@@ -70,6 +73,8 @@ def _skip_reason(ds: Dataset) -> str | None:
         return "multi-frame CT image"
     if "Rows" not in ds or "Columns" not in ds:
         return "no Rows/Columns"
+    if int(ds.Rows) * int(ds.Columns) > MAX_DECODE_PIXELS:
+        return f"{ds.Rows} × {ds.Columns} pixels: over the worker's limit of {MAX_DECODE_PIXELS}, not decoded"
     return None
 
 

@@ -79,10 +79,11 @@ def _instance_number(ds: Dataset) -> int | None:
         return None
 
 
-def pixel_data_problem(ds: Dataset, transfer_syntax: dcm_uid.UID) -> str | None:
-    """Why the pixel data cannot be whole (truncated native data, broken encapsulation), or None.
+def pixel_data_problem(ds: Dataset, transfer_syntax: dcm_uid.UID, max_pixels: int = 4096 * 4096) -> str | None:
+    """Why the pixel data cannot be whole (truncated native data, broken encapsulation) or is too large to decode
+    safely (a few KB of RLE or JPEG may declare 65535² pixels: gigabytes once decoded), or None.
 
-    Checks lengths and the fragment structure only; pixels are decoded later by the worker, never here.
+    Checks the header, lengths and the fragment structure only; pixels are decoded later by the worker, never here.
     """
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
@@ -91,6 +92,11 @@ def pixel_data_problem(ds: Dataset, transfer_syntax: dcm_uid.UID) -> str | None:
         bits = int(ds.BitsAllocated)
     except (AttributeError, TypeError, ValueError) as exc:
         return f"image pixel module incomplete: {exc}"
+    if rows * columns * frames > max_pixels:
+        return (
+            f"image of {rows} × {columns} × {frames} = {rows * columns * frames} pixels exceeds "
+            f"[node] max_image_pixels = {max_pixels}: not decoded"
+        )
     data = ds.PixelData
     if transfer_syntax.is_encapsulated:
         try:
@@ -152,7 +158,8 @@ def handle_store(event: Event, spool: Spool, catalog: Catalog, admission: Admiss
         if "PixelData" not in ds and "FloatPixelData" not in ds:
             return _reject(StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "no PixelData in a CT image", event)
         try:
-            problem = pixel_data_problem(ds, dcm_uid.UID(str(event.context.transfer_syntax)))
+            limit = admission.settings.max_image_pixels if admission is not None else NodeSettings().max_image_pixels
+            problem = pixel_data_problem(ds, dcm_uid.UID(str(event.context.transfer_syntax)), limit)
         except Exception as exc:  # a value pydicom cannot even parse
             problem = f"dataset could not be decoded: {exc}"
         if problem:

@@ -47,11 +47,13 @@ def scp(scp_server):
     return scp_server[:3]
 
 
-def _send_raw(port: int, path: Path, calling: str = "PYSCU", sop_class: str = CTImageStorage) -> int:
+def _send_raw(
+    port: int, path: Path, calling: str = "PYSCU", sop_class: str = CTImageStorage, syntax: str = ExplicitVRLittleEndian
+) -> int:
     """C-STORE a file's bytes exactly as they are: pynetdicom's chunked mode streams the file, never parses it."""
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=calling)
-    ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    ae.add_requested_context(sop_class, syntax)
     assoc = ae.associate(LOOPBACK, port, ae_title="DENOISE")
     assert assoc.is_established
     try:
@@ -278,3 +280,19 @@ def test_success_comes_after_file_fsync_rename_directory_fsyncs_and_the_commit(s
     assert staged < order[0] and order == sorted(order), events
     with catalog.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_a_small_compressed_file_declaring_a_huge_image_is_refused_before_decoding(scp, tmp_path):
+    """A few KB of RLE may declare 65535² pixels (8 GB decoded): refused from the header, nothing stored or decoded."""
+    from pydicom.uid import RLELossless
+
+    settings, spool, catalog = scp
+    (f,) = write_ct_series(tmp_path / "in", 1, rows=64, columns=64)
+    ds = dcmread(f)
+    ds.compress(RLELossless)
+    ds.Rows = ds.Columns = 65535  # the fragments stay those of a 64² image
+    ds.save_as(f)
+    assert f.stat().st_size < 64 * 1024
+    assert _send_raw(settings.port, f, syntax=RLELossless) == StoreStatus.CANNOT_UNDERSTAND
+    assert catalog.series_overview() == [] and not list(spool.incoming.rglob("*.dcm"))
+    assert echoscu(settings.port, "DENOISE", calling_aet="PYSCU").returncode == 0  # and the node still answers

@@ -183,3 +183,20 @@ def test_a_failed_statement_does_not_carry_its_parameters(catalog):
     with pytest.raises(OperationalError) as failed, catalog.transaction() as s:
         s.execute(text("INSERT INTO no_such_table VALUES (:patient)"), {"patient": "PHI-ID-4711"})
     assert "PHI-ID-4711" not in str(failed.value)
+
+
+def test_a_series_whose_processing_never_finishes_ends_failed_after_max_attempts(catalog):
+    """A poison series (the worker dies in it: OOM kill, an aborting decoder) is not claimed at every start forever."""
+    catalog.record_instance(meta(1))
+    catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+    for _ in range(3):
+        claim = catalog.claim_for_processing(max_attempts=3)
+        assert claim is not None
+        assert catalog.recover_after_restart() == ["1.2.3.4"]  # the node died while PROCESSING
+    assert catalog.claim_for_processing(max_attempts=3) is None
+    row = catalog.series_overview()[0]
+    assert row["state"] == SeriesState.FAILED and "did not finish in 3 attempts" in str(row["last_error"])
+    assert catalog.retry("1.2.3.4") is SeriesState.COMPLETE  # an operator can start over
+    claim = catalog.claim_for_processing(max_attempts=3)
+    assert claim is not None and catalog.requeue(claim)  # a clean shutdown is not an attempt
+    assert catalog.series_overview()[0]["attempts"] == 0

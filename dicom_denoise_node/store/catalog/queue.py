@@ -121,34 +121,45 @@ class Queue(CatalogEngine):
 
     # ---- processing ----------------------------------------------------------------------------------------
 
-    def claim_for_processing(self) -> Claim | None:
-        """Atomically take the oldest COMPLETE series (COMPLETE → PROCESSING)."""
+    def claim_for_processing(self, max_attempts: int = 0) -> Claim | None:
+        """Atomically take the oldest COMPLETE series (COMPLETE → PROCESSING), counting the attempt. With
+        ``max_attempts``, a series taken that often already (the worker died each time: an out-of-memory kill, a
+        decoder that aborts) ends FAILED instead, so that it cannot take the node down at every start."""
         with self.transaction() as s:
-            row = s.execute(
-                select(Series.id, Series.series_uid, Study.study_uid, Series.generation, Series.attempts)
-                .join(Study, Series.study_fk == Study.id)
-                .where(Series.state == SeriesState.COMPLETE)
-                .where(or_(Series.rule.is_(None), Series.rule != ""))  # "" = routing has not decided yet
-                .order_by(Series.last_received_at)
-                .limit(1)
-            ).first()
-            if row is None:
-                return None
-            res = s.execute(
-                update(Series)
-                .where(Series.id == row[0], Series.state == SeriesState.COMPLETE)
-                .values(
-                    state=SeriesState.PROCESSING,
-                    slices_done=0,
-                    slices_total=0,
-                    processing_started_at=utcnow(),
-                    processing_seconds=None,
-                    updated_at=utcnow(),
+            while True:
+                row = s.execute(
+                    select(Series.id, Series.series_uid, Study.study_uid, Series.generation, Series.attempts)
+                    .join(Study, Series.study_fk == Study.id)
+                    .where(Series.state == SeriesState.COMPLETE)
+                    .where(or_(Series.rule.is_(None), Series.rule != ""))  # "" = routing has not decided yet
+                    .order_by(Series.last_received_at)
+                    .limit(1)
+                ).first()
+                if row is None:
+                    return None
+                gave_up = bool(max_attempts) and row[4] >= max_attempts
+                reason = f"processing did not finish in {row[4]} attempts (the worker stopped each time: see the log)"
+                res = s.execute(
+                    update(Series)
+                    .where(Series.id == row[0], Series.state == SeriesState.COMPLETE)
+                    .values(state=SeriesState.FAILED, failed_stage="process", last_error=reason, updated_at=utcnow())
+                    if gave_up
+                    else update(Series)
+                    .where(Series.id == row[0], Series.state == SeriesState.COMPLETE)
+                    .values(
+                        state=SeriesState.PROCESSING,
+                        attempts=row[4] + 1,
+                        slices_done=0,
+                        slices_total=0,
+                        processing_started_at=utcnow(),
+                        processing_seconds=None,
+                        updated_at=utcnow(),
+                    )
                 )
-            )
-            if res.rowcount != 1:  # type: ignore[attr-defined]
-                return None
-            return Claim(row[0], row[1], row[2], row[3], row[4])
+                if gave_up:
+                    log.error("series %s state=FAILED: %s", row[1], reason)
+                    continue
+                return Claim(row[0], row[1], row[2], row[3], row[4] + 1) if res.rowcount == 1 else None  # type: ignore[attr-defined]
 
     def record_progress(self, claim: Claim, done: int, total: int) -> None:
         """Slices denoised so far in this processing run (only while the claim still holds)."""
@@ -225,12 +236,12 @@ class Queue(CatalogEngine):
             return True
 
     def requeue(self, claim: Claim) -> bool:
-        """PROCESSING → COMPLETE: a worker gives a series back unfinished (shutdown)."""
+        """PROCESSING → COMPLETE: a worker gives a series back unfinished (shutdown: not an attempt)."""
         with self.transaction() as s:
             res = s.execute(
                 update(Series)
                 .where(Series.id == claim.series_id, Series.state == SeriesState.PROCESSING)
-                .values(state=SeriesState.COMPLETE, updated_at=utcnow())
+                .values(state=SeriesState.COMPLETE, attempts=Series.attempts - 1, updated_at=utcnow())
             )
             return res.rowcount == 1  # type: ignore[attr-defined]
 
