@@ -1,8 +1,11 @@
 """Retention: remove spool data of delivered (SENT) and unrouted (SKIPPED) series after `[retention] sent_days`;
 purge FAILED ones on command.
 
-The series row stays (state, UIDs, timestamps, purged_at) as the audit trail; instance and derived rows go first,
-then the files, so a crash in between leaves only orphan files, which the start-up check handles.
+The series row stays (state, UIDs, timestamps, purged_at) as the audit trail. The order is crash-safe: the series is
+tombstoned first (purged_at), then its files go, then its instance and derived rows; a crash in between leaves rows of
+a tombstoned series, and the start-up check (spool_check.py) finishes the purge. Rows were once dropped first: a
+crash then left files without rows, which the start-up check indexed as received, so the series came back and was
+denoised and sent again.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dicom_denoise_node.store.spool import Spool
 log = logging.getLogger(__name__)
 
 
-def _delete(spool: Spool, paths: list[str]) -> int:
+def delete_files(spool: Spool, paths: list[str]) -> int:
+    """Delete spool files and the series/study folders they leave empty; returns how many files."""
     removed = 0
     for raw in paths:
         path = Path(raw)
@@ -34,12 +38,19 @@ def _delete(spool: Spool, paths: list[str]) -> int:
     return removed
 
 
+def purge(spool: Spool, catalog: Catalog, series_id: int, allowed: tuple[SeriesState, ...]) -> int:
+    """Tombstone, delete the files, drop the rows (the order in the module docstring); returns how many files."""
+    files = delete_files(spool, catalog.begin_purge(series_id, allowed))
+    catalog.finish_purge(series_id)
+    return files
+
+
 def purge_sent(spool: Spool, catalog: Catalog, sent_days: float) -> list[str]:
     """Delete the spool files of SENT and SKIPPED series older than ``sent_days``; returns their UIDs."""
     purged = []
     finished = (SeriesState.SENT, SeriesState.SKIPPED)
     for series_id, uid in catalog.finished_before(utcnow() - timedelta(days=sent_days)):
-        files = _delete(spool, catalog.purge(series_id, finished))
+        files = purge(spool, catalog, series_id, finished)
         log.info("retention: series %s purged (%d files, finished more than %g days ago)", uid, files, sent_days)
         purged.append(uid)
     return purged
@@ -54,6 +65,6 @@ def purge_series(spool: Spool, catalog: Catalog, series_uid: str) -> int:
     allowed = (SeriesState.FAILED, SeriesState.SENT, SeriesState.SKIPPED)
     if state not in allowed:
         raise ValueError(f"series {series_uid} is {state}; only FAILED, SENT or SKIPPED series can be purged")
-    files = _delete(spool, catalog.purge(series_id, allowed))
+    files = purge(spool, catalog, series_id, allowed)
     log.info("series %s purged on request (%d files)", series_uid, files)
     return files

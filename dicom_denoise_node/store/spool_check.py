@@ -24,6 +24,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from dicom_denoise_node.store.catalog import Catalog, InstanceMeta
+from dicom_denoise_node.store.retention import delete_files
 from dicom_denoise_node.store.spool import InvalidUID, Spool, check_uid
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,14 @@ class ConsistencyReport:
     missing_received: list[str] = field(default_factory=list)
     missing_derived: list[str] = field(default_factory=list)
     affected_series: list[str] = field(default_factory=list)
+    finished_purges: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
         return not any(
             (
                 self.indexed_orphans,
+                self.finished_purges,
                 self.removed_orphans,
                 self.unreadable_orphans,
                 self.missing_received,
@@ -79,6 +82,11 @@ def _index(catalog: Catalog, path: Path) -> None:
 def check_spool(spool: Spool, catalog: Catalog, repair: bool = True) -> ConsistencyReport:
     """Compare the spool with the catalog; with ``repair``, index/remove orphans and settle missing files."""
     report = ConsistencyReport()
+    if repair:  # purges a crash interrupted: finish them before anything could index their files again
+        for series_id, uid, paths in catalog.unfinished_purges():
+            delete_files(spool, paths)
+            catalog.finish_purge(series_id)
+            report.finished_purges.append(uid)
     received_rows, derived_rows = catalog.spool_rows()
     for path in sorted(_files(spool.incoming) - set(received_rows)):
         if not repair:
@@ -107,6 +115,8 @@ def _log(report: ConsistencyReport) -> None:
     if report.clean:
         log.info("spool and catalog agree")
         return
+    if report.finished_purges:
+        log.warning("finished %d purges a crash interrupted: %s", len(report.finished_purges), report.finished_purges)
     if report.indexed_orphans:
         log.warning(
             "indexed %d received files that had no catalog row (crash before commit)", len(report.indexed_orphans)

@@ -6,6 +6,7 @@ import logging
 from datetime import datetime
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from dicom_denoise_node.store.catalog.engine import CatalogEngine
 from dicom_denoise_node.store.catalog.schema import DerivedInstance, Instance, Series, SeriesState, utcnow
@@ -83,20 +84,35 @@ class Housekeeping(CatalogEngine):
         with self.session() as s:
             return s.scalar(select(Series.id).where(Series.series_uid == series_uid))
 
-    def purge(self, series_id: int, allowed: tuple[SeriesState, ...]) -> list[str]:
-        """Drop the instance and derived rows of a series in one of ``allowed`` states, mark it purged, and
-        return the file paths the caller deletes (rows first: a crash leaves orphan files, which the start-up
-        check removes, never rows without files)."""
+    def begin_purge(self, series_id: int, allowed: tuple[SeriesState, ...]) -> list[str]:
+        """Mark a series in one of ``allowed`` states purged (its tombstone) and return its files' paths, rows kept:
+        the caller deletes the files, then :meth:`finish_purge` drops the rows. A crash in between leaves rows of a
+        tombstoned series, which the start-up check finishes purging; never files without rows, which it would
+        index as received and so denoise and send again."""
         with self.transaction() as s:
             series = s.get(Series, series_id)
             if series is None or series.state not in allowed:
                 return []
-            paths = [str(p) for p in s.scalars(select(Instance.path).where(Instance.series_fk == series_id))]
-            paths += [
-                str(p) for p in s.scalars(select(DerivedInstance.path).where(DerivedInstance.series_fk == series_id))
-            ]
-            s.execute(delete(Instance).where(Instance.series_fk == series_id))
-            s.execute(delete(DerivedInstance).where(DerivedInstance.series_fk == series_id))
             series.purged_at = utcnow()
             series.updated_at = utcnow()
-        return paths
+            return self._paths(s, series_id)
+
+    def finish_purge(self, series_id: int) -> None:
+        """Drop the instance and derived rows of a tombstoned series (its files are gone)."""
+        with self.transaction() as s:
+            s.execute(delete(Instance).where(Instance.series_fk == series_id))
+            s.execute(delete(DerivedInstance).where(DerivedInstance.series_fk == series_id))
+
+    def unfinished_purges(self) -> list[tuple[int, str, list[str]]]:
+        """(id, UID, file paths) of tombstoned series that still have rows: purges a crash interrupted."""
+        with self.session() as s:
+            rows = s.execute(select(Series.id, Series.series_uid).where(Series.purged_at.is_not(None))).all()
+            found = [(int(r[0]), str(r[1]), self._paths(s, int(r[0]))) for r in rows]
+        return [f for f in found if f[2]]
+
+    @staticmethod
+    def _paths(s: Session, series_id: int) -> list[str]:
+        paths = [str(p) for p in s.scalars(select(Instance.path).where(Instance.series_fk == series_id))]
+        return paths + [
+            str(p) for p in s.scalars(select(DerivedInstance.path).where(DerivedInstance.series_fk == series_id))
+        ]
