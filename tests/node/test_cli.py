@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -74,6 +75,10 @@ def test_systemd_unit_is_hardened_and_verifies(tmp_path):
         "ProtectSystem=strict",
         "ReadWritePaths=/var/lib/denoise-node",
         "PrivateTmp=yes",
+        "RestartPreventExitStatus=2 3",
+        "SystemCallFilter=@system-service",
+        "MemoryMax=",
+        "OOMPolicy=stop",
         "--config /etc/denoise-node/denoise-node.toml",
     ):
         assert directive in unit, directive
@@ -87,6 +92,11 @@ def test_systemd_unit_is_hardened_and_verifies(tmp_path):
     result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
     problems = [line for line in (result.stdout + result.stderr).splitlines() if "denoise-node.service" in line]
     assert result.returncode == 0 and problems == [], result.stderr
+    security = subprocess.run(
+        [analyze, "security", "--offline=true", str(copy)], capture_output=True, text=True, timeout=60
+    )
+    exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
+    assert exposure is not None and float(exposure.group(1)) <= 2.1, security.stdout[-2000:]
 
 
 def test_dciodvfy_is_a_real_check(tmp_path):
