@@ -8,7 +8,9 @@ missing, so a newer pynetdicom is slower, not broken:
 - ``Association.dul._run_loop_delay`` (the DUL thread's idle poll) and the TCP socket's Nagle setting: see
   "TCP_NODELAY" below;
 - ``Association._reactor_checkpoint``, ``_is_paused`` and ``_kill`` (the requestor's reactor): see "The requestor's
-  reactor" below.
+  reactor" below;
+- ``AssociationServer.get_request`` and ``process_request_thread`` (where the TLS handshake happens) and
+  ``ApplicationEntity._servers`` (the servers an AE shuts down): see :class:`DeferredHandshakeServer`.
 
 TCP_NODELAY
 -----------
@@ -50,21 +52,26 @@ the caller keeps Nagle on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
+from typing import Any
 
 from packaging.specifiers import SpecifierSet
-from pynetdicom import evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
 
-CHECKED_VERSIONS = SpecifierSet(">=3.0.0,<3.1")  # the private attributes below were read in pynetdicom 3.0.x
+CHECKED_VERSIONS = SpecifierSet(">=3.0.0,<3.1")
+TLS_HANDSHAKE_TIMEOUT_S = 5.0  # the private attributes below were read in pynetdicom 3.0.x
 
 
 def check_version() -> bool:
@@ -176,3 +183,45 @@ def held_reactor(assoc: Association, timeout: float = BLOCK_TIMEOUT_S) -> Iterat
         if held:
             assoc._reactor_checkpoint = original
             gate.open()
+
+
+class DeferredHandshakeServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with the TLS handshake moved off the accept thread, and bounded.
+
+    pynetdicom wraps each accepted socket in TLS inside ``get_request``, on the one thread that accepts every
+    connection, with no timeout: a client that connects and says nothing stopped every new association (a TLS
+    C-ECHO timed out after 5 s while one silent client was connected). Here ``get_request`` only accepts; the
+    handshake runs in the association's own thread with ``TLS_HANDSHAKE_TIMEOUT_S``, and a client that does not
+    complete it is logged and dropped. Without TLS nothing changes.
+    """
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        return self.socket.accept()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if self.ssl_context:
+            before = request.gettimeout()
+            try:
+                request.settimeout(TLS_HANDSHAKE_TIMEOUT_S)
+                request = self.ssl_context.wrap_socket(request, server_side=True)
+                request.settimeout(before)
+            except OSError as exc:  # ssl.SSLError and socket timeouts are OSErrors
+                log.warning("TLS handshake with %s failed or timed out: %s", client_address, exc)
+                with contextlib.suppress(OSError):
+                    request.close()
+                return
+        super().process_request_thread(request, client_address)
+
+
+def start_server(
+    ae: AE, address: tuple[str, int], ssl_context: ssl.SSLContext | None, evt_handlers: list[Any]
+) -> ThreadedAssociationServer:
+    """``ae.start_server(address, block=False, …)`` with :class:`DeferredHandshakeServer`."""
+    server = ae.make_server(
+        address, ssl_context=ssl_context, evt_handlers=evt_handlers, server_class=DeferredHandshakeServer
+    )
+    thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{address[1]}", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # as start_server does: the server's shutdown() removes itself from this list
+    return server

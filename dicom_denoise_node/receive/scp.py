@@ -26,7 +26,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_denoise_node.config import NodeSettings
-from dicom_denoise_node.pynetdicom_patches import NODELAY_HANDLER
+from dicom_denoise_node.pynetdicom_patches import NODELAY_HANDLER, start_server
 from dicom_denoise_node.receive.admission import Admission, server_tls_context
 from dicom_denoise_node.receive.audit import AssociationAudit
 from dicom_denoise_node.store.catalog import Catalog, InstanceMeta
@@ -282,7 +282,7 @@ def start_scp(
         NODELAY_HANDLER,
     ]
     tls = server_tls_context(settings.tls)
-    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers, ssl_context=tls)
+    server = start_server(ae, (settings.host, settings.port), tls, handlers)
     log.info(
         "SCP %s listening on %s:%d%s (%d transfer syntaxes, calling AE allowlist: %s, peer allowlists: %s)",
         settings.ae_title,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -349,9 +350,13 @@ def test_load_eight_concurrent_scanners_with_back_pressure_and_bounded_memory(tm
 # ---------------------------------------------------------------------------------------------- who gets in
 
 
-def _echo(port: int, calling: str = "SCANNER", ssl_context: ssl.SSLContext | None = None) -> bool:
+def _echo(
+    port: int, calling: str = "SCANNER", ssl_context: ssl.SSLContext | None = None, timeout: float | None = None
+) -> bool:
     ae = _ae(Verification)
     ae.ae_title = calling
+    if timeout is not None:
+        ae.connection_timeout = ae.acse_timeout = ae.network_timeout = timeout
     tls_args = (ssl_context, LOOPBACK) if ssl_context is not None else None
     assoc = ae.associate(LOOPBACK, port, ae_title="DENOISE", tls_args=tls_args)
     if not assoc.is_established:
@@ -430,6 +435,10 @@ def test_dicom_tls_with_client_certificates(tmp_path, tiny_model, pki):
         client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.pem"))
         client.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
         assert _echo(node.port, ssl_context=client)
+        # A client that connects and says nothing holds no one up: the handshake is not on the accept thread.
+        with socket.create_connection((LOOPBACK, node.port), timeout=10):
+            assert _echo(node.port, ssl_context=client, timeout=5.0)
+            assert wait_until(lambda: "TLS handshake with" in node.log(), timeout=30)  # and it is dropped
         anonymous = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.pem"))
         assert not _echo(node.port, ssl_context=anonymous)  # no client certificate
         assert not _echo(node.port)  # plain DICOM on the TLS port

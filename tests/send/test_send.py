@@ -174,6 +174,12 @@ def test_pynetdicom_is_a_version_the_patches_were_checked_on_and_has_what_they_t
     init = inspect.getsource(Association.__init__)
     assert "_reactor_checkpoint" in init and "_is_paused" in init and "_kill" in init
     assert "_run_loop_delay" in inspect.getsource(DULServiceProvider)
+    from pynetdicom import AE
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    assert "_servers" in inspect.getsource(AE.__init__)
+    assert "wrap_socket" in inspect.getsource(ThreadedAssociationServer.get_request)  # what the deferred one moves
+    assert hasattr(ThreadedAssociationServer, "process_request_thread")
 
 
 def test_a_pacs_for_images_only_gets_the_images_and_another_pacs_still_gets_everything(
