@@ -120,11 +120,55 @@ def build_cases(root: Path) -> list[Case]:
     add("localizer-in-series", _rewrite(_series(root / "localizer", 3), localizer), SUCCESS, "SENT", 2)
     add("enhanced-multiframe", [_enhanced_ct(root / "enhanced")], SUCCESS, "FAILED", 0, "multi-frame")
 
+    def frames(ds: Dataset, i: int) -> None:
+        ds.NumberOfFrames = 2
+        ds.PixelData = ds.PixelData * 2
+
+    add("frames-in-ct-class", _rewrite(_series(root / "frames", 1), frames), SUCCESS, "FAILED", 0, "multi-frame")
+
+    def rgb(ds: Dataset, i: int) -> None:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = np.zeros((32, 32, 3), np.uint8).tobytes()
+
+    add("rgb-ct", _rewrite(_series(root / "rgb", 1), rgb), SUCCESS, "FAILED", 0, "SamplesPerPixel 3")
+
+    def eight_bit(ds: Dataset, i: int) -> None:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = (np.arange(32 * 32) % 251).astype(np.uint8).tobytes()
+
+    files = _rewrite(_series(root / "jpeg-lossy"), eight_bit)
+    for path in files:
+        subprocess.run([require("dcmcjpeg"), "+eb", str(path), str(path)], check=True, capture_output=True)
+        ds = dcmread(path)  # dcmcjpeg marks it DERIVED, which routing would skip: a scanner that sends lossy
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]  # originals (LossyImageCompression 01) reaches the worker
+        ds.save_as(path)
+    add("jpeg-lossy-8bit", files, SUCCESS, "FAILED", 0, "lossy-compressed source")
+    files = _series(root / "deflate")
+    for path in files:
+        subprocess.run([require("dcmconv"), "+td", str(path), str(path)], check=True, capture_output=True)
+    add("deflate", files, SUCCESS, "SENT", 2)
+
     # --- rejected -------------------------------------------------------------------------------------------
     def no_pixels(ds: Dataset, i: int) -> None:
         del ds.PixelData
 
     add("no-pixel-data", _rewrite(_series(root / "nopix", 1), no_pixels), NOT_MATCH, None, reason="no PixelData")
+
+    def no_pixel_module(ds: Dataset, i: int) -> None:
+        del ds.BitsAllocated
+        del ds.Rows
+
+    files = _rewrite(_series(root / "nomodule", 1), no_pixel_module)
+    add("missing-pixel-module-tags", files, CANNOT_UNDERSTAND, None, reason="image pixel module incomplete")
+
+    files = _series(root / "sopmismatch", 1)
+    for path in files:  # MR Image Storage in the data set, CT in the file meta (and so in the context it is sent on)
+        ds = dcmread(path)
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        ds.save_as(path, enforce_file_format=False)
+    assert str(dcmread(files[0]).file_meta.MediaStorageSOPClassUID) != str(dcmread(files[0]).SOPClassUID)
+    add("sop-class-mismatch", files, NOT_MATCH, None, reason="does not match the presentation context")
 
     def traversal(ds: Dataset, i: int) -> None:
         ds.SeriesInstanceUID = "../../etc"

@@ -17,6 +17,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_rescale
+from pydicom.uid import HTJ2K, JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class SourceSlice:
     hu: np.ndarray
 
 
+LOSSY_SYNTAXES = {
+    str(uid) for uid in (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, HTJ2K)
+}  # lossy transfer syntaxes (JPEG 2000 "lossless or lossy" counts as lossy: nothing says which)
 MAX_DECODE_PIXELS = 8192 * 8192  # the worker's own limit (the SCP refuses more than [node] max_image_pixels first)
 
 
@@ -73,6 +77,11 @@ def _skip_reason(ds: Dataset) -> str | None:
         return "multi-frame CT image"
     if "Rows" not in ds or "Columns" not in ds:
         return "no Rows/Columns"
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if str(ds.get("LossyImageCompression", "")) == "01" or syntax in LOSSY_SYNTAXES:
+        # A lossy source has lost exactly the fine detail the guard and the reader check: denoising it again would
+        # stack a second approximation on the first, and its DERIVED output would hide that.
+        return f"lossy-compressed source (transfer syntax {syntax or '?'}): not denoised"
     if int(ds.Rows) * int(ds.Columns) > MAX_DECODE_PIXELS:
         return f"{ds.Rows} × {ds.Columns} pixels: over the worker's limit of {MAX_DECODE_PIXELS}, not decoded"
     return None
