@@ -25,6 +25,7 @@ from pynetdicom.sop_class import Verification
 
 from dicom_denoise_node.config import NodeSettings
 from dicom_denoise_node.receive.admission import Admission
+from dicom_denoise_node.receive.audit import association_rows
 from dicom_denoise_node.store.catalog import SeriesState
 from harness.node import NodeProcess
 from tests.peers import LOOPBACK, StoreSCP, echoscu, free_port, require, sop_instance_uid, storescu, wait_until
@@ -269,9 +270,8 @@ def test_full_disk_refuses_then_resumes_on_a_real_filesystem(tmp_path, tiny_mode
         with open(ballast, "wb") as fh:  # full again before the quiet period ends: processing must wait
             fh.write(b"\0" * (45 * 1024 * 1024))
         assert node.wait_state(uid_a, SeriesState.COMPLETE, timeout=30), node.log()[-2000:]
-        time.sleep(1.5)
-        assert node.catalog().series_state(uid_a) is SeriesState.COMPLETE  # waits instead of writing
-        assert "processing paused" in node.log()
+        assert wait_until(lambda: "processing paused" in node.log(), timeout=30)  # the worker saw the full disk
+        assert node.catalog().series_state(uid_a) is SeriesState.COMPLETE  # and waits instead of writing
         ballast.unlink()
         assert node.wait_state(uid_a, SeriesState.SENT, timeout=60), node.log()[-3000:]
         assert "processing resumes" in node.log()
@@ -380,8 +380,13 @@ def test_peer_allowlist_limits_and_dataset_size(tmp_path, tiny_model):
         assert wait_until(lambda: _echo(node.port, "LOCALCT"), timeout=10)  # listed and from its network
         assert wait_until(lambda: _echo(node.port, "OTHER"), timeout=10)  # not listed: no address rule
         assert "SCANNER is not allowed from 127.0.0.1" in node.log()
-        # Association limit: one open association, a second one is turned away; the first still works.
-        time.sleep(0.5)
+        # Association limit: one open association, a second one is turned away; the first still works. Wait until
+        # the audit has closed every earlier association (the node's own record of it), not for a fixed time.
+        audit = node.catalog()
+        try:
+            assert wait_until(lambda: all(r["ended_at"] for r in association_rows(audit)), timeout=10)
+        finally:
+            audit.close()
         holder = _ae(Verification)
         holder.ae_title = "OTHER"
         held = holder.associate(LOOPBACK, node.port, ae_title="DENOISE")
