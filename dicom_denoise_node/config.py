@@ -65,7 +65,7 @@ class NodeSettings(_Section):
     data_dir: Path = Path("/var/lib/denoise-node")
     allowed_calling_aets: list[AETitle] = Field(default_factory=list)
     allowed_peers: dict[str, list[str]] = Field(default_factory=dict)
-    max_pdu: int = Field(0, ge=0, description="0 = unlimited")
+    max_pdu: int = Field(262144, ge=0, description="largest PDU a peer may send, bytes (0 = unlimited)")
     max_associations: int = Field(16, ge=1)
     max_dataset_mb: float = Field(1024.0, gt=0)
     max_image_pixels: int = Field(

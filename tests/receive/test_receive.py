@@ -296,3 +296,17 @@ def test_a_small_compressed_file_declaring_a_huge_image_is_refused_before_decodi
     assert _send_raw(settings.port, f, syntax=RLELossless) == StoreStatus.CANNOT_UNDERSTAND
     assert catalog.series_overview() == [] and not list(spool.incoming.rglob("*.dcm"))
     assert echoscu(settings.port, "DENOISE", calling_aet="PYSCU").returncode == 0  # and the node still answers
+
+
+def test_the_default_max_pdu_is_finite_and_offered(scp):
+    """Unlimited by default once let one PDU be as large as a peer wished: the default is 256 KiB, offered in the
+    A-ASSOCIATE-AC."""
+    settings, _, _ = scp
+    assert settings.max_pdu == NodeSettings().max_pdu == 262144
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(LOOPBACK, settings.port, ae_title="DENOISE")
+    try:
+        assert assoc.is_established and assoc.acceptor.maximum_length == 262144
+    finally:
+        assoc.release()
