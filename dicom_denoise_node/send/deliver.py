@@ -15,26 +15,58 @@ from dicom_denoise_node.store.catalog import Catalog, Claim
 log = logging.getLogger(__name__)
 
 
+LEDGER_BATCH = 16  # confirmations written per catalog commit: a crash re-sends at most this many (the PACS dedups)
+
+
+class _Ledger:
+    """Buffers one destination's confirmations and writes them in batches (one commit per instance would cost a
+    synchronous SQLite commit on the send path)."""
+
+    def __init__(self, catalog: Catalog, claim: Claim, destination: str) -> None:
+        self.catalog, self.claim, self.destination = catalog, claim, destination
+        self.pending: list[str] = []
+
+    def confirmed(self, sop_uid: str) -> None:
+        self.pending.append(sop_uid)
+        if len(self.pending) >= LEDGER_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.catalog.record_instance_deliveries(self.claim, self.destination, self.pending)
+            self.pending = []
+
+
 def deliver_claim(claim: Claim, catalog: Catalog, settings: Settings, metrics: NodeMetrics) -> None:
-    """Send a DERIVED series to every destination that has not acknowledged it yet."""
-    files = [Path(d.path) for d in catalog.derived_instances(claim.series_id)]
+    """Send a DERIVED series to every destination that has not acknowledged it yet; to a destination that failed
+    midway, only the instances it has not confirmed (the per-instance ledger)."""
+    derived = catalog.derived_instances(claim.series_id)
     done = catalog.delivered_to(claim)
     errors = []
     for dest in settings.destinations_for(catalog.series_rule(claim.series_id)):
         if dest.key in done:
             continue
+        confirmed = catalog.confirmed_instances(claim, dest.key)
+        files = [Path(d.path) for d in derived if d.sop_uid not in confirmed]
+        if confirmed:
+            log.info("series %s: %s confirmed %d instances earlier; sending %d", claim.series_uid, dest.key,
+                     len(confirmed), len(files))  # fmt: skip
+        ledger = _Ledger(catalog, claim, dest.key)
         t0 = time.monotonic()
         try:
-            n = send_files(files, dest, settings.node.ae_title, settings.send.timeout_s)
+            n = send_files(files, dest, settings.node.ae_title, settings.send.timeout_s, ledger.confirmed)
         except (SendError, OSError) as exc:
+            ledger.flush()
             errors.append(str(exc))
             metrics.send_failures.labels(dest.key).inc()
             continue
         except Exception as exc:  # anything else (an abort between responses, a pynetdicom error) is an attempt too
+            ledger.flush()
             log.exception("series %s: sending to %s failed", claim.series_uid, dest.key)
             errors.append(f"{dest.key}: {type(exc).__name__}: {exc}")
             metrics.send_failures.labels(dest.key).inc()
             continue
+        ledger.flush()
         catalog.record_delivery(claim, dest.key)
         metrics.instances_sent.labels(dest.key).inc(n)
         seconds = time.monotonic() - t0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from pydicom import dcmread
@@ -65,12 +66,18 @@ def _scu(calling_aet: str, timeout_s: float) -> AE:
     return ae
 
 
-def send_files(files: list[Path], dest: Destination, calling_aet: str, timeout_s: float = 60.0) -> int:
+def send_files(
+    files: list[Path],
+    dest: Destination,
+    calling_aet: str,
+    timeout_s: float = 60.0,
+    on_stored: Callable[[str], None] | None = None,
+) -> int:
     """C-STORE every file over one association; raise SendError on the first non-success status.
 
     A destination that refuses the quality report's SR presentation context (a PACS for images only) gets the
     images without it, with a warning: the refusal is an answer, not a failure to retry. A refused image class is a
-    SendError.
+    SendError. ``on_stored`` is called with each SOP Instance UID the destination confirmed (Success or a warning).
     """
     if not files:
         return 0
@@ -93,13 +100,15 @@ def send_files(files: list[Path], dest: Destination, calling_aet: str, timeout_s
         with held_reactor(assoc) as held:
             if held:
                 disable_nagle(assoc)
-            return _store_all(assoc, [f for f in files if classes[f] in accepted], dest)
+            return _store_all(assoc, [f for f in files if classes[f] in accepted], dest, on_stored)
     finally:
         if assoc.is_established:
             assoc.release()
 
 
-def _store_all(assoc: Association, files: list[Path], dest: Destination) -> int:
+def _store_all(
+    assoc: Association, files: list[Path], dest: Destination, on_stored: Callable[[str], None] | None = None
+) -> int:
     sent = 0
     for path in files:
         ds = dcmread(path)
@@ -112,6 +121,8 @@ def _store_all(assoc: Association, files: list[Path], dest: Destination) -> int:
             raise SendError(f"{dest.key} refused {ds.SOPInstanceUID} with status 0x{code:04X}")
         if outcome is StoreOutcome.WARNING:
             log.warning("%s stored %s with warning 0x%04X", dest.key, ds.SOPInstanceUID, code)
+        if on_stored is not None:
+            on_stored(str(ds.SOPInstanceUID))
         sent += 1
     return sent
 

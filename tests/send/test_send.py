@@ -240,7 +240,7 @@ def test_any_send_failure_counts_an_attempt_and_the_other_destinations_are_serve
     )
     sent: list[str] = []
 
-    def fake_send(files, dest, calling_aet, timeout_s):
+    def fake_send(files, dest, calling_aet, timeout_s, on_stored=None):
         if dest.key == "broken":
             raise ValueError("No presentation context for 'Comprehensive SR Storage' has been accepted")
         sent.append(dest.key)
@@ -256,6 +256,48 @@ def test_any_send_failure_counts_an_attempt_and_the_other_destinations_are_serve
     row = catalog.series_overview()[0]
     assert row["state"] == SeriesState.FAILED and row["attempts"] == 2
     assert "ValueError" in str(row["last_error"]) and "presentation context" in str(row["last_error"])
+    catalog.close()
+
+
+def test_a_send_that_fails_midway_resumes_with_what_the_pacs_has_not_confirmed(tmp_path, monkeypatch):
+    """Delivery is recorded per instance: the retry after a failure midway sends only the unconfirmed instances."""
+    from datetime import timedelta
+
+    from dicom_denoise_node.config import Settings
+    from dicom_denoise_node.ops.metrics import NodeMetrics
+    from dicom_denoise_node.send import deliver
+    from dicom_denoise_node.store.catalog import Catalog, DerivedRecord, InstanceMeta, SeriesState, utcnow
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    catalog.record_instance(InstanceMeta("P", "1.2", "1.2.3", "1.2.3.1", CT_CLASS, "1.2.840.10008.1.2.1", "CT", "LD",
+                                         1, "/x", 1))  # fmt: skip
+    catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+    claim = catalog.claim_for_processing()
+    assert claim is not None
+    records = [DerivedRecord(f"9.9.{i}", "1.2.3.1", str(tmp_path / f"d{i}.dcm")) for i in range(1, 6)]
+    catalog.finish_processing(claim, "9.9", "1", records)
+    settings = Settings(
+        destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": 1}],
+        send={"max_attempts": 3, "backoff_s": 0.001, "backoff_max_s": 0.001},
+    )
+    asked: list[list[str]] = []
+
+    def flaky_send(files, dest, calling_aet, timeout_s, on_stored=None):
+        asked.append([f.name for f in files])
+        for f in files[: 3 if len(asked) == 1 else len(files)]:
+            on_stored(f"9.9.{f.stem[1:]}")
+        if len(asked) == 1:
+            raise deliver.SendError("association aborted after 3 responses")
+        return len(files)
+
+    monkeypatch.setattr(deliver, "send_files", flaky_send)
+    metrics = NodeMetrics(catalog, lambda: 1.0)
+    for attempt in (1, 2):
+        claim = catalog.claim_for_sending(0.0, now=utcnow() + timedelta(seconds=attempt))
+        assert claim is not None
+        deliver.deliver_claim(claim, catalog, settings, metrics)
+    assert asked == [["d1.dcm", "d2.dcm", "d3.dcm", "d4.dcm", "d5.dcm"], ["d4.dcm", "d5.dcm"]]
+    assert catalog.series_state("1.2.3") is SeriesState.SENT
     catalog.close()
 
 

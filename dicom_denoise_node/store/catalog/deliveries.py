@@ -9,7 +9,15 @@ from sqlalchemy import select, update
 
 from dicom_denoise_node.store.catalog.engine import CatalogEngine
 from dicom_denoise_node.store.catalog.queue import Claim
-from dicom_denoise_node.store.catalog.schema import Delivery, DerivedInstance, Series, SeriesState, Study, utcnow
+from dicom_denoise_node.store.catalog.schema import (
+    Delivery,
+    DerivedInstance,
+    InstanceDelivery,
+    Series,
+    SeriesState,
+    Study,
+    utcnow,
+)
 
 
 class Deliveries(CatalogEngine):
@@ -55,6 +63,38 @@ class Deliveries(CatalogEngine):
                     )
                 )
             )
+
+    def confirmed_instances(self, claim: Claim, destination: str) -> set[str]:
+        """SOP Instance UIDs ``destination`` confirmed for this generation of the series (a resumed send skips them)."""
+        with self.session() as s:
+            return set(
+                s.scalars(
+                    select(InstanceDelivery.sop_uid).where(
+                        InstanceDelivery.series_fk == claim.series_id,
+                        InstanceDelivery.destination == destination,
+                        InstanceDelivery.generation == claim.generation,
+                    )
+                )
+            )
+
+    def record_instance_deliveries(self, claim: Claim, destination: str, sop_uids: list[str]) -> None:
+        """``destination`` answered Success (or a warning) for these derived instances; one commit."""
+        with self.transaction() as s:
+            rows = {
+                r.sop_uid: r
+                for r in s.scalars(
+                    select(InstanceDelivery).where(
+                        InstanceDelivery.destination == destination, InstanceDelivery.sop_uid.in_(sop_uids)
+                    )
+                )
+            }
+            for sop_uid in sop_uids:
+                row = rows.get(sop_uid)
+                if row is None:
+                    s.add(InstanceDelivery(series_fk=claim.series_id, destination=destination, sop_uid=sop_uid,
+                                           generation=claim.generation))  # fmt: skip
+                else:
+                    row.generation, row.delivered_at = claim.generation, utcnow()
 
     def record_delivery(self, claim: Claim, destination: str) -> None:
         with self.transaction() as s:

@@ -151,6 +151,19 @@ class Delivery(Base):
     delivered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class InstanceDelivery(Base):
+    """One destination confirmed one derived instance (Success or Warning): a resumed send skips it."""
+
+    __tablename__ = "instance_deliveries"
+    __table_args__ = (UniqueConstraint("destination", "sop_uid"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_fk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    sop_uid: Mapped[str] = mapped_column(String(64))
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Association(Base):
     """The association audit: who connected, from where, whether they got in (and why not), what they sent."""
 
