@@ -214,15 +214,11 @@ def test_a_pacs_for_images_only_gets_the_images_and_another_pacs_still_gets_ever
     assert node.log().count("does not accept the quality report (SR)") == 1
 
 
-def test_any_send_failure_counts_an_attempt_and_the_other_destinations_are_served(tmp_path, monkeypatch):
-    """Not only SendError: an unexpected exception from one destination is an attempt with its reason, the other
-    destination still gets the series, and the series ends FAILED after max_attempts instead of looping."""
+def _derived_series(tmp_path, count: int):
+    """A catalog holding one DERIVED series of ``count`` derived instances d1…dN (no files needed: send is faked)."""
     from datetime import timedelta
 
-    from dicom_denoise_node.config import Settings
-    from dicom_denoise_node.ops.metrics import NodeMetrics
-    from dicom_denoise_node.send import deliver
-    from dicom_denoise_node.store.catalog import Catalog, DerivedRecord, InstanceMeta, SeriesState, utcnow
+    from dicom_denoise_node.store.catalog import Catalog, DerivedRecord, InstanceMeta, utcnow
 
     catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     meta = InstanceMeta("P", "1.2", "1.2.3", "1.2.3.1", CT_CLASS, "1.2.840.10008.1.2.1", "CT", "LD", 1, "/x", 1)
@@ -230,7 +226,34 @@ def test_any_send_failure_counts_an_attempt_and_the_other_destinations_are_serve
     catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
     claim = catalog.claim_for_processing()
     assert claim is not None
-    catalog.finish_processing(claim, "9.9", "1", [DerivedRecord("9.9.1", "1.2.3.1", str(tmp_path / "d.dcm"))])
+    records = [DerivedRecord(f"9.9.{i}", "1.2.3.1", str(tmp_path / f"d{i}.dcm")) for i in range(1, count + 1)]
+    catalog.finish_processing(claim, "9.9", "1", records)
+    return catalog
+
+
+def _send_attempts(catalog, settings, attempts: int) -> None:
+    """Run the send stage ``attempts`` times, each once the previous attempt's backoff is over."""
+    from datetime import timedelta
+
+    from dicom_denoise_node.ops.metrics import NodeMetrics
+    from dicom_denoise_node.send import deliver
+    from dicom_denoise_node.store.catalog import utcnow
+
+    metrics = NodeMetrics(catalog, lambda: 1.0)
+    for attempt in range(1, attempts + 1):
+        claim = catalog.claim_for_sending(0.0, now=utcnow() + timedelta(seconds=attempt))
+        assert claim is not None
+        deliver.deliver_claim(claim, catalog, settings, metrics)
+
+
+def test_any_send_failure_counts_an_attempt_and_the_other_destinations_are_served(tmp_path, monkeypatch):
+    """Not only SendError: an unexpected exception from one destination is an attempt with its reason, the other
+    destination still gets the series, and the series ends FAILED after max_attempts instead of looping."""
+    from dicom_denoise_node.config import Settings
+    from dicom_denoise_node.send import deliver
+    from dicom_denoise_node.store.catalog import SeriesState
+
+    catalog = _derived_series(tmp_path, 1)
     settings = Settings(
         destinations=[
             {"ae_title": "BROKEN", "host": "127.0.0.1", "port": 1, "name": "broken"},
@@ -247,11 +270,7 @@ def test_any_send_failure_counts_an_attempt_and_the_other_destinations_are_serve
         return len(files)
 
     monkeypatch.setattr(deliver, "send_files", fake_send)
-    metrics = NodeMetrics(catalog, lambda: 1.0)
-    for attempt in (1, 2):
-        claim = catalog.claim_for_sending(0.0, now=utcnow() + timedelta(seconds=attempt))
-        assert claim is not None
-        deliver.deliver_claim(claim, catalog, settings, metrics)
+    _send_attempts(catalog, settings, 2)
     assert sent == ["good"]  # delivered once, skipped on the retry
     row = catalog.series_overview()[0]
     assert row["state"] == SeriesState.FAILED and row["attempts"] == 2
@@ -261,21 +280,11 @@ def test_any_send_failure_counts_an_attempt_and_the_other_destinations_are_serve
 
 def test_a_send_that_fails_midway_resumes_with_what_the_pacs_has_not_confirmed(tmp_path, monkeypatch):
     """Delivery is recorded per instance: the retry after a failure midway sends only the unconfirmed instances."""
-    from datetime import timedelta
-
     from dicom_denoise_node.config import Settings
-    from dicom_denoise_node.ops.metrics import NodeMetrics
     from dicom_denoise_node.send import deliver
-    from dicom_denoise_node.store.catalog import Catalog, DerivedRecord, InstanceMeta, SeriesState, utcnow
+    from dicom_denoise_node.store.catalog import SeriesState
 
-    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    catalog.record_instance(InstanceMeta("P", "1.2", "1.2.3", "1.2.3.1", CT_CLASS, "1.2.840.10008.1.2.1", "CT", "LD",
-                                         1, "/x", 1))  # fmt: skip
-    catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
-    claim = catalog.claim_for_processing()
-    assert claim is not None
-    records = [DerivedRecord(f"9.9.{i}", "1.2.3.1", str(tmp_path / f"d{i}.dcm")) for i in range(1, 6)]
-    catalog.finish_processing(claim, "9.9", "1", records)
+    catalog = _derived_series(tmp_path, 5)
     settings = Settings(
         destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": 1}],
         send={"max_attempts": 3, "backoff_s": 0.001, "backoff_max_s": 0.001},
@@ -291,11 +300,7 @@ def test_a_send_that_fails_midway_resumes_with_what_the_pacs_has_not_confirmed(t
         return len(files)
 
     monkeypatch.setattr(deliver, "send_files", flaky_send)
-    metrics = NodeMetrics(catalog, lambda: 1.0)
-    for attempt in (1, 2):
-        claim = catalog.claim_for_sending(0.0, now=utcnow() + timedelta(seconds=attempt))
-        assert claim is not None
-        deliver.deliver_claim(claim, catalog, settings, metrics)
+    _send_attempts(catalog, settings, 2)
     assert asked == [["d1.dcm", "d2.dcm", "d3.dcm", "d4.dcm", "d5.dcm"], ["d4.dcm", "d5.dcm"]]
     assert catalog.series_state("1.2.3") is SeriesState.SENT
     catalog.close()
