@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import ScalarSelect, func, select
 
 from dicom_denoise_node.store.catalog.engine import SessionSource
 from dicom_denoise_node.store.catalog.schema import REPORT_SOURCE, DerivedInstance, Instance, Series, SeriesState, Study
+
+
+def _instance_count() -> ScalarSelect[int]:
+    """The received instances of the series in the enclosing query (a correlated subquery)."""
+    return select(func.count(Instance.id)).where(Instance.series_fk == Series.id).correlate(Series).scalar_subquery()
 
 
 class Views(SessionSource):
@@ -14,12 +19,7 @@ class Views(SessionSource):
     def series_overview(self, limit: int = 50) -> list[dict[str, object]]:
         """Rows for `denoise-node status`: newest first, with instance and derived counts."""
         with self.session() as s:
-            n_inst = (
-                select(func.count(Instance.id))
-                .where(Instance.series_fk == Series.id)
-                .correlate(Series)
-                .scalar_subquery()
-            )
+            n_inst = _instance_count()
             n_der = (  # derived images; the quality report (no source instance) is not counted
                 select(func.count(DerivedInstance.id))
                 .where(DerivedInstance.series_fk == Series.id, DerivedInstance.source_sop_uid != REPORT_SOURCE)
@@ -81,12 +81,7 @@ class Views(SessionSource):
     def series_progress(self, series_uid: str) -> dict[str, object] | None:
         """One series as the demo's progress display shows it (state, instances, slices, result), or None."""
         with self.session() as s:
-            n_inst = (
-                select(func.count(Instance.id))
-                .where(Instance.series_fk == Series.id)
-                .correlate(Series)
-                .scalar_subquery()
-            )
+            n_inst = _instance_count()
             row = s.execute(select(Series, n_inst).where(Series.series_uid == series_uid)).first()
             if row is None:
                 return None
