@@ -10,7 +10,9 @@ missing, so a newer pynetdicom is slower, not broken:
 - ``Association._reactor_checkpoint``, ``_is_paused`` and ``_kill`` (the requestor's reactor): see "The requestor's
   reactor" below;
 - ``AssociationServer.get_request`` and ``process_request_thread`` (where the TLS handshake happens) and
-  ``ApplicationEntity._servers`` (the servers an AE shuts down): see :class:`DeferredHandshakeServer`.
+  ``ApplicationEntity._servers`` (the servers an AE shuts down): see :class:`DeferredHandshakeServer`;
+- ``dimse_messages.NamedTemporaryFile`` (where the chunked receive mode writes a data set) and the DUL thread's
+  ``assoc``: see :func:`stream_received_datasets`.
 
 TCP_NODELAY
 -----------
@@ -63,7 +65,7 @@ from importlib.metadata import version
 from typing import Any
 
 from packaging.specifiers import SpecifierSet
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
@@ -225,3 +227,31 @@ def start_server(
     thread.start()
     ae._servers.append(server)  # as start_server does: the server's shutdown() removes itself from this list
     return server
+
+
+RECEIVE_SINK_ATTR = "denoise_receive_sink"  # set on an AE whose incoming data sets go to a receive.stream sink
+_pynetdicom_temp_file = dimse_messages.NamedTemporaryFile
+
+
+def _received_dataset_file(*args: Any, **kwargs: Any) -> Any:
+    """What pynetdicom's chunked receive opens for a data set: the sink of the receiving AE, else its own temp file.
+
+    pynetdicom calls this from the association's DUL thread (``DULServiceProvider.assoc``), which is how the file
+    finds the AE, and with it the folder and the size limit, that it belongs to.
+    """
+    assoc = getattr(threading.current_thread(), "assoc", None)
+    sink = getattr(getattr(assoc, "ae", None), RECEIVE_SINK_ATTR, None)
+    if sink is None:
+        return _pynetdicom_temp_file(*args, **kwargs)
+    return sink.new_file(assoc)
+
+
+def stream_received_datasets(ae: AE, sink: Any) -> None:
+    """Stream the C-STORE data sets ``ae`` receives into ``sink`` (receive/stream.py) instead of memory.
+
+    pynetdicom's chunked mode is a process-wide switch (``_config.STORE_RECV_CHUNKED_DATASET``); AEs without a sink
+    get pynetdicom's own temporary file in it, and ``event.dataset`` still works for them.
+    """
+    setattr(ae, RECEIVE_SINK_ATTR, sink)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    dimse_messages.NamedTemporaryFile = _received_dataset_file  # type: ignore[assignment]

@@ -106,12 +106,6 @@ class Admission:
             else:
                 yield f"{waiting} series waiting for the worker (max_pending_series={limit}); new series later"
 
-    def store_refusal(self, size: int) -> str | None:
-        """Why a dataset of ``size`` bytes must get Out of Resources, or None."""
-        if size > self.settings.max_dataset_mb * MIB:
-            return f"dataset of {size / MIB:.1f} MiB exceeds max_dataset_mb={self.settings.max_dataset_mb:g}"
-        return self.disk_refusal()
-
 
 def server_tls_context(tls: TLSSettings) -> ssl.SSLContext | None:
     """The SSL context for the listening port (TLS 1.2+), or None when TLS is off. Errors name the file."""

@@ -15,22 +15,23 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
 from pydicom import uid as dcm_uid
 from pydicom.dataset import Dataset
 from pydicom.encaps import parse_fragments
 from pydicom.pixels import get_decoder
 from pynetdicom import AE, evt
-from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_denoise_node.config import NodeSettings
-from dicom_denoise_node.pynetdicom_patches import NODELAY_HANDLER, start_server
-from dicom_denoise_node.receive.admission import Admission, server_tls_context
+from dicom_denoise_node.pynetdicom_patches import NODELAY_HANDLER, start_server, stream_received_datasets
+from dicom_denoise_node.receive.admission import MIB, Admission, server_tls_context
 from dicom_denoise_node.receive.audit import AssociationAudit
+from dicom_denoise_node.receive.stream import ReceivedFile, ReceiveSink
 from dicom_denoise_node.store.catalog import Catalog, InstanceMeta
-from dicom_denoise_node.store.spool import InvalidUID, Spool, check_uid, publish, stage_file, write_atomic
+from dicom_denoise_node.store.spool import InvalidUID, Spool, check_uid, place_durably, publish
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +122,36 @@ def _reject(status: StoreStatus, reason: str, event: Event) -> int:
     return status.value
 
 
-def handle_store(event: Event, spool: Spool, catalog: Catalog, admission: Admission | None = None) -> int:
-    """Store one instance durably, record it, and return the named status."""
-    if admission is not None:
-        refusal = admission.store_refusal(len(event.request.DataSet.getbuffer()))
-        if refusal:
-            return _reject(StoreStatus.OUT_OF_RESOURCES, refusal, event)
+def handle_store(
+    event: Event, spool: Spool, catalog: Catalog, sink: ReceiveSink, admission: Admission | None = None
+) -> int:
+    """Store one instance durably, record it, and return the named status; the streamed file is stored or deleted."""
+    received = sink.take(event.dataset_path)
+    if received is None:  # its association closed before the handler ran: the file went with it
+        return _reject(StoreStatus.PROCESSING_FAILURE, "the data set was dropped with its association", event)
     try:
-        ds = event.dataset
-        ds.file_meta = file_meta = event.file_meta  # built once: pynetdicom rebuilds it on every access
+        return _store(event, received, spool, catalog, admission)
+    finally:
+        received.discard()  # a no-op once the file was renamed into the spool
+
+
+def _store(event: Event, received: ReceivedFile, spool: Spool, catalog: Catalog, admission: Admission | None) -> int:
+    if received.over_limit:
+        limit_mb = received.limit / MIB
+        return _reject(
+            StoreStatus.OUT_OF_RESOURCES,
+            f"dataset of {received.received / MIB:.1f} MiB exceeds max_dataset_mb={limit_mb:g}: "
+            "stopped writing it at the limit, nothing kept",
+            event,
+        )
+    if received.write_error is not None:
+        exc = received.write_error
+        what = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "could not write to the spool"
+        return _reject(StoreStatus.OUT_OF_RESOURCES, f"{what} while receiving: {exc}", event)
+    if admission is not None and (refusal := admission.disk_refusal()):
+        return _reject(StoreStatus.OUT_OF_RESOURCES, refusal, event)
+    try:
+        ds = dcmread(received.path)  # the descriptor stays open for finish()'s fsync
     except Exception as exc:  # pydicom raises many types on malformed input
         return _reject(StoreStatus.CANNOT_UNDERSTAND, f"dataset could not be decoded: {exc}", event)
 
@@ -168,13 +190,12 @@ def handle_store(event: Event, spool: Spool, catalog: Catalog, admission: Admiss
         staged: Path | None = None  # a resend's new copy, published only once its row is committed
         try:
             path = spool.incoming_path(study_uid, series_uid, sop_uid)
-            # The data set exactly as received (never re-encoded), behind the preamble and file meta.
-            received = event.request.DataSet.getbuffer()
-            meta = b"\x00" * 128 + b"DICM" + encode_file_meta(file_meta)
+            # The data set exactly as received (never re-encoded), behind pynetdicom's preamble and file meta.
+            received.finish()
             if path.exists():  # a resend: the copy acknowledged earlier stays until the new row is committed
-                staged = stage_file(path, (meta, received))
+                staged = received.path
             else:
-                write_atomic(path, (meta, received))
+                place_durably(received.path, path)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return _reject(StoreStatus.OUT_OF_RESOURCES, f"disk full writing {sop_uid}: {exc}", event)
@@ -193,7 +214,7 @@ def handle_store(event: Event, spool: Spool, catalog: Catalog, admission: Admiss
                     series_description=str(ds.get("SeriesDescription", "") or ""),
                     instance_number=_instance_number(ds),
                     path=str(path),
-                    size=len(meta) + len(received),
+                    size=received.received,
                     calling_aet=event.assoc.requestor.ae_title,
                 )
             )
@@ -269,7 +290,9 @@ def start_scp(
         settings, spool.root, catalog.pending_series, known_series=lambda uid: catalog.series_state(uid) is not None
     )
     audit = audit or AssociationAudit(catalog)
-    store = partial(handle_store_counted, audit=audit, spool=spool, catalog=catalog, admission=admission)
+    sink = ReceiveSink(spool.incoming, settings.max_dataset_mb)
+    stream_received_datasets(ae, sink)
+    store = partial(handle_store_counted, audit=audit, spool=spool, catalog=catalog, sink=sink, admission=admission)
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, partial(handle_requested, admission=admission, audit=audit)),
         (evt.EVT_C_ECHO, handle_echo),
@@ -279,6 +302,7 @@ def start_scp(
         (evt.EVT_RELEASED, audit.on_released),
         (evt.EVT_ABORTED, audit.on_aborted),
         (evt.EVT_CONN_CLOSE, audit.on_closed),
+        (evt.EVT_CONN_CLOSE, lambda event: sink.drop_association(event.assoc)),
         NODELAY_HANDLER,
     ]
     tls = server_tls_context(settings.tls)

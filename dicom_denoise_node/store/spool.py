@@ -87,11 +87,22 @@ def make_parents(directory: Path) -> list[Path]:
 
 
 def write_atomic(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview]) -> None:
-    """Write data to path so that the file is either complete and durable, or absent: the file is fsynced, renamed
-    into place, its folder fsynced, and every folder this write created is made durable in its own parent (a new
-    study's and series' folders), so that a power cut after Success cannot lose the path to the file."""
+    """Write data to path so that the file is either complete and durable, or absent (see :func:`place_durably`)."""
     created = make_parents(path.parent)
     publish(stage_file(path, data), path)
+    _fsync_created(created)
+
+
+def place_durably(staged: Path, path: Path) -> None:
+    """Rename an fsynced file (on the spool's file system) to ``path``: renamed into place, its folder fsynced, and
+    every folder this created made durable in its own parent (a new study's and series' folders), so that a power
+    cut after Success cannot lose the path to the file."""
+    created = make_parents(path.parent)
+    publish(staged, path)
+    _fsync_created(created)
+
+
+def _fsync_created(created: list[Path]) -> None:
     for directory in reversed(created):  # innermost first: each new entry, then the entry that leads to it
         _fsync_dir(directory.parent)
 

@@ -222,10 +222,9 @@ def test_disk_watermark_refuses_stores_and_pauses_processing_until_space_returns
     free = {"bytes": 10 * 1024**3}
     settings = NodeSettings(min_free_mb=100, max_dataset_mb=1)
     admission = Admission(settings, tmp_path, free_bytes=lambda p: free["bytes"])
-    assert admission.store_refusal(1000) is None
-    assert "max_dataset_mb" in (admission.store_refusal(2 * 1024 * 1024) or "")
+    assert admission.disk_refusal() is None
     free["bytes"] = 50 * 1024**2
-    assert "below min_free_mb" in (admission.store_refusal(1000) or "")
+    assert "below min_free_mb" in (admission.disk_refusal() or "")
     assert admission.association_refusal("SCANNER", LOOPBACK) is not None
 
 

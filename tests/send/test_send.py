@@ -180,6 +180,11 @@ def test_pynetdicom_is_a_version_the_patches_were_checked_on_and_has_what_they_t
     assert "_servers" in inspect.getsource(AE.__init__)
     assert "wrap_socket" in inspect.getsource(ThreadedAssociationServer.get_request)  # what the deferred one moves
     assert hasattr(ThreadedAssociationServer, "process_request_thread")
+    from pynetdicom import dimse_messages
+
+    decode = inspect.getsource(dimse_messages.DIMSEMessage.decode_msg)  # where the chunked receive opens its file
+    assert "NamedTemporaryFile(" in decode and "STORE_RECV_CHUNKED_DATASET" in decode
+    assert isinstance(DULServiceProvider.assoc, property)  # how the file finds its AE (the DUL thread's assoc)
 
 
 def test_a_pacs_for_images_only_gets_the_images_and_another_pacs_still_gets_everything(
