@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -118,7 +117,9 @@ def test_demo_reruns_and_ctrl_c_leaves_nothing_running(demo_dir: Path, tiny_mode
         # Wait until the node runs (it writes its catalog), then interrupt the demo as Ctrl-C does.
         started = wait_until(lambda: (demo_dir / "node" / "catalog.sqlite").exists() or proc.poll() is not None, 300)
         assert started and proc.poll() is None, "the demo did not reach the point where the node runs"
-        time.sleep(1.0)
+        # ... and has stored a first instance: Ctrl-C lands while it works (an event, not a timer).
+        receiving = wait_until(lambda: any((demo_dir / "node" / "incoming").rglob("*.dcm")), 300)
+        assert receiving and proc.poll() is None, "the demo's node never received an instance"
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=120)
     finally:
