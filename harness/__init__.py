@@ -10,6 +10,7 @@ from harness.files import sop_instance_uid, write_ct_series
 from harness.net import (
     LOOPBACK,
     ChildProcess,
+    PeakWatch,
     PeerMissing,
     StrPath,
     find_program,
@@ -49,6 +50,7 @@ __all__ = [
     "storescu",
     "tail_text",
     "wait_for_port",
+    "PeakWatch",
     "wait_until",
     "write_ct_series",
 ]

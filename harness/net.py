@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +77,31 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+class PeakWatch:
+    """Samples ``sample()`` on a thread while a ``with`` block runs and keeps the largest value: what a load or a
+    transfer reached at its worst (a queue length, a file's size), observed rather than timed."""
+
+    def __init__(self, sample: Callable[[], int], interval: float = 0.01) -> None:
+        self.sample, self.interval = sample, interval
+        self.peak, self.samples = 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="peak-watch", daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.sample())
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 def port_open(port: int, host: str = LOOPBACK) -> bool:

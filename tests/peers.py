@@ -25,6 +25,7 @@ from harness import (  # noqa: F401  (re-exported for the tests)
     Modality,
     Orthanc,
     OrthancHTTPError,
+    PeakWatch,
     PeerMissing,
     StoreSCP,
     StrPath,

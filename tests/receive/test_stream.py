@@ -3,9 +3,9 @@ it arrives (receive/stream.py); dcmtk's storescu is the sender, the catalog and 
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,17 @@ from dicom_denoise_node.receive.scp import start_scp
 from dicom_denoise_node.receive.stream import RECEIVING_DIR, ReceivedFile
 from dicom_denoise_node.store.catalog import Catalog
 from dicom_denoise_node.store.spool import Spool
-from tests.peers import LOOPBACK, echoscu, free_port, peer_env, require, storescu, wait_until, write_ct_series
+from tests.peers import (
+    LOOPBACK,
+    PeakWatch,
+    echoscu,
+    free_port,
+    peer_env,
+    require,
+    storescu,
+    wait_until,
+    write_ct_series,
+)
 
 LIMIT_MB = 8
 
@@ -57,29 +67,12 @@ def _memory_kib(field: str) -> int:
     raise AssertionError(f"no {field} in /proc/self/status")
 
 
-class _LargestFile:
-    """Watches the receiving folder while a transfer runs and keeps the largest file size it saw."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.largest, self._stop = folder, 0, threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            for f in list(self.folder.iterdir()):
-                try:
-                    self.largest = max(self.largest, f.stat().st_size)
-                except FileNotFoundError:
-                    pass
-            self._stop.wait(0.002)
-
-    def __enter__(self) -> _LargestFile:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+def _largest_file(folder: Path) -> int:
+    sizes = [0]
+    for f in list(folder.iterdir()):
+        with contextlib.suppress(FileNotFoundError):
+            sizes.append(f.stat().st_size)
+    return max(sizes)
 
 
 def test_a_data_set_over_max_dataset_mb_is_refused_while_it_arrives_and_memory_stays_bounded(node, tmp_path, caplog):
@@ -90,12 +83,12 @@ def test_a_data_set_over_max_dataset_mb_is_refused_while_it_arrives_and_memory_s
     big = _big_ct(tmp_path / "big", 192)
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) to the current RSS
     before = _memory_kib("VmRSS")
-    with _LargestFile(spool.incoming / RECEIVING_DIR) as watch:
+    with PeakWatch(lambda: _largest_file(spool.incoming / RECEIVING_DIR), interval=0.002) as watch:
         result = storescu([big], settings.port, "DENOISE", timeout=120, extra_args=["-v"])
     grown_mib = (_memory_kib("VmHWM") - before) / 1024
     assert "Refused: OutOfResources" in result.stdout + result.stderr, result.stdout + result.stderr
     assert grown_mib < 64, f"peak memory grew by {grown_mib:.0f} MiB while receiving 192 MiB"
-    assert 0 < watch.largest <= LIMIT_MB * MIB, watch.largest  # written up to the limit, not beyond
+    assert 0 < watch.peak <= LIMIT_MB * MIB, watch.peak  # written up to the limit, not beyond
     assert "exceeds max_dataset_mb=8" in caplog.text and "192.0 MiB" in caplog.text
     assert not list((spool.incoming / RECEIVING_DIR).iterdir())
     assert catalog.series_overview() == [] and not list(spool.incoming.rglob("*.dcm"))
