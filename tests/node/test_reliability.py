@@ -314,8 +314,8 @@ def test_load_eight_concurrent_scanners_with_back_pressure_and_bounded_memory(tm
     """8 storescu × 100 slices of 512² at once (400 MiB of pixels). With max_pending_series=4 exactly four new
     series get in and exactly four scanners are turned away (Out of Resources on their first instance) in the first
     round; the catalog never shows more than four series waiting; the turned-away scanners retry (bounded) until
-    everything is in and at the PACS; and the node's peak memory grows by less than three quarters of the data it received (it keeps no series in
-    memory; one series being denoised and four arriving take ≈ 150–200 MiB here)."""
+    everything is in and at the PACS; and the node's peak memory grows by less than three quarters of the data it
+    received (it keeps no series in memory; one series being denoised and four arriving take ≈ 150–200 MiB here)."""
     scanners, slices, limit = 8, 100, 4
     node = NodeProcess(
         tmp_path,
