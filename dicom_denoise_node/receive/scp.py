@@ -30,7 +30,7 @@ from dicom_denoise_node.pynetdicom_patches import NODELAY_HANDLER, start_server,
 from dicom_denoise_node.receive.admission import MIB, Admission, server_tls_context
 from dicom_denoise_node.receive.audit import AssociationAudit
 from dicom_denoise_node.receive.stream import ReceivedFile, ReceiveSink
-from dicom_denoise_node.store.catalog import Catalog, InstanceMeta
+from dicom_denoise_node.store.catalog import Catalog, InstanceMeta, SeriesBeingPurged
 from dicom_denoise_node.store.spool import InvalidUID, Spool, check_uid, place_durably, publish
 
 log = logging.getLogger(__name__)
@@ -218,6 +218,9 @@ def _store(event: Event, received: ReceivedFile, spool: Spool, catalog: Catalog,
                     calling_aet=event.assoc.requestor.ae_title,
                 )
             )
+        except SeriesBeingPurged as exc:  # nothing kept: the purge would delete it next; the SCU sends it later
+            (staged or path).unlink(missing_ok=True)
+            return _reject(StoreStatus.OUT_OF_RESOURCES, str(exc), event)
         except Exception as exc:
             # No new row, no new file: the SCU got a failure and will resend; the spool stays consistent, and a
             # resend's earlier, acknowledged copy (and its row) is kept.

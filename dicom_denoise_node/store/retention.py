@@ -6,6 +6,10 @@ tombstoned first (purged_at), then its files go, then its instance and derived r
 a tombstoned series, and the start-up check (spool_check.py) finishes the purge. Rows were once dropped first: a
 crash then left files without rows, which the start-up check indexed as received, so the series came back and was
 denoised and sent again.
+
+An instance that arrives for a series under purge is refused (Out of Resources, nothing kept) from the tombstone
+until the rows are gone, and a series that received one before its tombstone is not purged: no acknowledged file
+is ever deleted by a purge (catalog/intake.py, ``SeriesBeingPurged``). Once purged, the series may be sent again.
 """
 
 from __future__ import annotations
@@ -38,9 +42,13 @@ def delete_files(spool: Spool, paths: list[str]) -> int:
     return removed
 
 
-def purge(spool: Spool, catalog: Catalog, series_id: int, allowed: tuple[SeriesState, ...]) -> int:
-    """Tombstone, delete the files, drop the rows (the order in the module docstring); returns how many files."""
-    files = delete_files(spool, catalog.begin_purge(series_id, allowed))
+def purge(spool: Spool, catalog: Catalog, series_id: int, allowed: tuple[SeriesState, ...]) -> int | None:
+    """Tombstone, delete the files, drop the rows (the order in the module docstring); returns how many files, or
+    None when the series left ``allowed`` before its tombstone (an instance arrived): then nothing is purged."""
+    paths = catalog.begin_purge(series_id, allowed)
+    if paths is None:
+        return None
+    files = delete_files(spool, paths)
     catalog.finish_purge(series_id)
     return files
 
@@ -51,6 +59,9 @@ def purge_sent(spool: Spool, catalog: Catalog, sent_days: float) -> list[str]:
     finished = (SeriesState.SENT, SeriesState.SKIPPED)
     for series_id, uid in catalog.finished_before(utcnow() - timedelta(days=sent_days)):
         files = purge(spool, catalog, series_id, finished)
+        if files is None:
+            log.info("retention: series %s received an instance again; not purged", uid)
+            continue
         log.info("retention: series %s purged (%d files, finished more than %g days ago)", uid, files, sent_days)
         purged.append(uid)
     return purged
@@ -66,5 +77,7 @@ def purge_series(spool: Spool, catalog: Catalog, series_uid: str) -> int:
     if state not in allowed:
         raise ValueError(f"series {series_uid} is {state}; only FAILED, SENT or SKIPPED series can be purged")
     files = purge(spool, catalog, series_id, allowed)
+    if files is None:
+        raise ValueError(f"series {series_uid} received an instance since; not purged")
     log.info("series %s purged on request (%d files)", series_uid, files)
     return files

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
+from dicom_denoise_node.config import NodeSettings
+from dicom_denoise_node.receive.scp import start_scp
 from dicom_denoise_node.store import retention
 from dicom_denoise_node.store.catalog import Catalog, DerivedRecord, InstanceMeta, SeriesState, utcnow
 from dicom_denoise_node.store.spool import Spool, write_atomic
 from dicom_denoise_node.store.spool_check import check_spool
-from tests.peers import write_ct_series
+from tests.peers import LOOPBACK, free_port, storescu, write_ct_series
 
 
 class Crash(BaseException):
@@ -70,3 +72,60 @@ def test_a_crash_after_the_first_file_of_a_purge_never_brings_the_series_back(tm
     assert catalog.spool_rows() == ({}, {})
     assert check_spool(spool, catalog).clean
     catalog.close()
+
+
+@pytest.fixture
+def sent_series_and_scp(tmp_path):
+    """A SENT series in a spool, and the node's SCP on that spool and catalog (dcmtk storescu sends to it)."""
+    spool, catalog, uid, files = _sent_series(tmp_path)
+    settings = NodeSettings(ae_title="DENOISE", host=LOOPBACK, port=free_port(), data_dir=tmp_path / "data")
+    server = start_scp(settings, spool, catalog)
+    try:
+        yield spool, catalog, uid, settings.port, sorted((tmp_path / "in").glob("*.dcm"))
+    finally:
+        server.shutdown()
+        catalog.close()
+
+
+def _store(port: int, path: Path) -> str:
+    result = storescu([path], port, "DENOISE", extra_args=["-v"])
+    return "Success" if result.returncode == 0 else result.stdout + result.stderr
+
+
+def test_a_resend_during_a_purge_is_refused_and_one_after_it_is_kept(sent_series_and_scp, monkeypatch):
+    """Retention tombstones a SENT series, then deletes its files and rows. An instance sent again in between must
+    not get Success (the purge would delete it next): Out of Resources, nothing kept. Once the purge is over, the
+    same instance is accepted, kept, and its series lives again (no tombstone, so start-up does not purge it)."""
+    spool, catalog, uid, port, sources = sent_series_and_scp
+    answers: list[str] = []
+    real_delete = retention.delete_files
+
+    def resend_then_delete(spool_: Spool, paths: list[str]) -> int:
+        answers.append(_store(port, sources[0]))  # arrives after the tombstone, before the files go
+        return real_delete(spool_, paths)
+
+    monkeypatch.setattr(retention, "delete_files", resend_then_delete)
+    assert retention.purge_sent(spool, catalog, 0.0) == [uid]
+    assert len(answers) == 1 and "OutOfResources" in answers[0], answers
+    assert not list(spool.incoming.rglob("*.dcm"))  # the purge removed everything, the refused resend left nothing
+    monkeypatch.setattr(retention, "delete_files", real_delete)
+
+    assert _store(port, sources[0]) == "Success"  # after the purge: a new life for the series
+    ds = dcmread(sources[0])
+    kept = spool.incoming_path(str(ds.StudyInstanceUID), uid, str(ds.SOPInstanceUID))
+    assert kept.exists() and catalog.series_state(uid) is SeriesState.RECEIVING
+    assert [i.path for i in catalog.instances(catalog.series_id(uid))] == [str(kept)]
+    assert check_spool(spool, catalog).finished_purges == []  # not taken for an interrupted purge at start-up
+    assert kept.exists()
+
+
+def test_a_series_that_received_an_instance_before_its_tombstone_is_not_purged(sent_series_and_scp):
+    spool, catalog, uid, port, sources = sent_series_and_scp
+    chosen = catalog.finished_before(utcnow() + timedelta(seconds=5))  # retention picks the SENT series ...
+    assert [u for _, u in chosen] == [uid]
+    assert _store(port, sources[1]) == "Success"  # ... an instance arrives before its tombstone ...
+    series_id = chosen[0][0]
+    assert retention.purge(spool, catalog, series_id, (SeriesState.SENT, SeriesState.SKIPPED)) is None  # ... kept
+    assert catalog.series_state(uid) is SeriesState.RECEIVING
+    kept = sorted(Path(i.path) for i in catalog.instances(series_id))
+    assert len(kept) == 3 and kept == sorted(spool.incoming.rglob("*.dcm"))  # every file, every row

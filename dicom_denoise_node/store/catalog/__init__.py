@@ -20,7 +20,7 @@ from dicom_denoise_node.store.catalog.archive import Split
 from dicom_denoise_node.store.catalog.deliveries import Deliveries
 from dicom_denoise_node.store.catalog.engine import CatalogEngine, ReadOnlyEngine
 from dicom_denoise_node.store.catalog.housekeeping import Housekeeping
-from dicom_denoise_node.store.catalog.intake import InstanceMeta, Intake
+from dicom_denoise_node.store.catalog.intake import InstanceMeta, Intake, SeriesBeingPurged
 from dicom_denoise_node.store.catalog.queue import Claim, DerivedRecord, Queue
 from dicom_denoise_node.store.catalog.schema import (
     REPORT_SOURCE,
@@ -58,6 +58,7 @@ __all__ = [
     "Split",
     "Study",
     "open_readonly",
+    "SeriesBeingPurged",
     "utcnow",
 ]
 

@@ -84,15 +84,18 @@ class Housekeeping(CatalogEngine):
         with self.session() as s:
             return s.scalar(select(Series.id).where(Series.series_uid == series_uid))
 
-    def begin_purge(self, series_id: int, allowed: tuple[SeriesState, ...]) -> list[str]:
+    def begin_purge(self, series_id: int, allowed: tuple[SeriesState, ...]) -> list[str] | None:
         """Mark a series in one of ``allowed`` states purged (its tombstone) and return its files' paths, rows kept:
         the caller deletes the files, then :meth:`finish_purge` drops the rows. A crash in between leaves rows of a
         tombstoned series, which the start-up check finishes purging; never files without rows, which it would
-        index as received and so denoise and send again."""
+        index as received and so denoise and send again. None when the series is no longer in ``allowed`` (an
+        instance arrived since it was chosen): nothing is purged. The row is locked (FOR UPDATE) like the receiver's,
+        so the two cannot interleave: after the tombstone the receiver refuses the series' instances until
+        :meth:`finish_purge` (intake.py)."""
         with self.transaction() as s:
-            series = s.get(Series, series_id)
+            series = s.get(Series, series_id, with_for_update=True)
             if series is None or series.state not in allowed:
-                return []
+                return None
             series.purged_at = utcnow()
             series.updated_at = utcnow()
             return self._paths(s, series_id)

@@ -22,6 +22,10 @@ from dicom_denoise_node.store.group_commit import GroupCommit, GroupCommitStats
 log = logging.getLogger(__name__)
 
 
+class SeriesBeingPurged(RuntimeError):
+    """An instance for a series whose purge is under way: refused (nothing kept), to be sent again once it ends."""
+
+
 @dataclass(frozen=True)
 class InstanceMeta:
     """What the receiver learnt about one stored instance (no PHI beyond the patient ID)."""
@@ -134,6 +138,16 @@ class Intake(CatalogEngine):
         )
         return True
 
+    @staticmethod
+    def _revive_purged(s: Session, series: Series) -> None:
+        """An instance for a tombstoned series: refused while its purge is under way (its rows still exist: the purge
+        would delete this file or row next), otherwise the purged series lives again (tombstone cleared, so that the
+        start-up check never takes it for an interrupted purge)."""
+        if s.scalar(select(Instance.id).where(Instance.series_fk == series.id).limit(1)) is not None:
+            raise SeriesBeingPurged(f"series {series.series_uid} is being purged (retention); send it again later")
+        log.info("series %s: purged earlier, received again", series.series_uid)
+        series.purged_at = None
+
     def _record(self, s: Session, meta: InstanceMeta) -> None:
         now = utcnow()
         patient = s.scalar(select(Patient).where(Patient.patient_id == meta.patient_id))
@@ -146,7 +160,9 @@ class Intake(CatalogEngine):
             study = Study(study_uid=meta.study_uid, patient_fk=patient.id)
             s.add(study)
             s.flush()
-        series = s.scalar(select(Series).where(Series.series_uid == meta.series_uid))
+        series = s.scalar(select(Series).where(Series.series_uid == meta.series_uid).with_for_update())
+        if series is not None and series.purged_at is not None:
+            self._revive_purged(s, series)
         if series is not None and series.origin != "received":
             raise ValueError(f"series {meta.series_uid} belongs to the training archive in this catalog")
         if series is None:
