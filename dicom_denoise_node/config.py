@@ -117,6 +117,9 @@ class SeriesSettings(_Section):
     quiet_period_s: float = Field(10.0, gt=0)
     poll_interval_s: float = Field(1.0, gt=0)
     max_attempts: int = Field(3, ge=1, description="processing attempts (the worker died each time) before FAILED")
+    isolate_decoding: bool = Field(True, description="decode pixels in a child process (denoise/decode_process.py)")
+    decode_timeout_s: float = Field(60.0, gt=0, description="a slice whose decoding takes longer fails its series")
+    decode_memory_mb: int = Field(4096, ge=0, description="address-space limit of the decoding child (0 = none)")
 
 
 class ModelSettings(_Section):

@@ -25,6 +25,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_denoise_node import pynetdicom_patches
 from dicom_denoise_node.complete import quiet_period
 from dicom_denoise_node.config import ConfigError, Settings, describe, env_overrides
+from dicom_denoise_node.denoise.decode_process import DecoderProcess
 from dicom_denoise_node.denoise.inference import select_device
 from dicom_denoise_node.denoise.series import SeriesDenoiser
 from dicom_denoise_node.denoise.worker import denoise_claim
@@ -51,8 +52,17 @@ def load_denoiser(settings: Settings) -> SeriesDenoiser:
     """Load the configured (or bundled) model; raises ModelError with an actionable message."""
     device = select_device(settings.model.device)
     network, info = load_model(resolve_model_path(settings.model.path, settings.model.name), device)
+    series = settings.series
+    decoder = DecoderProcess(series.decode_timeout_s, series.decode_memory_mb) if series.isolate_decoding else None
     return SeriesDenoiser(
-        network, info, settings.model, settings.derive, device=str(device), guard=settings.guard, report=settings.report
+        network,
+        info,
+        settings.model,
+        settings.derive,
+        device=str(device),
+        guard=settings.guard,
+        report=settings.report,
+        decoder=decoder,
     )
 
 
@@ -136,6 +146,8 @@ class Node:
             self.http.stop()
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.denoiser is not None:
+            self.denoiser.close()
         self.catalog.close()
         self.lock.release()
         log.info("stopped")

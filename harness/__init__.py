@@ -6,7 +6,7 @@ config). The names below are re-exported so that ``import harness as peers`` rea
 """
 
 from harness.dcmtk import StoreSCP, echoscu, file_syntax_profile, storescu
-from harness.files import sop_instance_uid, write_ct_series
+from harness.files import j2k_noise_slice, sop_instance_uid, write_ct_series
 from harness.net import (
     LOOPBACK,
     ChildProcess,
@@ -53,4 +53,5 @@ __all__ = [
     "PeakWatch",
     "wait_until",
     "write_ct_series",
+    "j2k_noise_slice",
 ]

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 from harness.net import StrPath
 
@@ -62,6 +62,17 @@ def write_ct_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def j2k_noise_slice(directory: StrPath, size: int) -> Path:
+    """One JPEG 2000 lossless CT slice of ``size``² uniform noise: slow to decode (about 1 s at 2048² on the 2-core
+    dev machine), for tests of what a slow or dying decoder does."""
+    (path,) = write_ct_series(directory, 1, rows=size, columns=size)
+    ds = dcmread(path)
+    ds.PixelData = np.random.default_rng(0).integers(0, 4096, (size, size), dtype=np.uint16).tobytes()
+    ds.compress(JPEG2000Lossless)
+    ds.save_as(path)
+    return path
 
 
 def sop_instance_uid(path: StrPath) -> str:

@@ -44,6 +44,7 @@ class NodeConfig:
     send_timeout_s: float = 20
     report: bool | None = False
     node_extra: str = ""  # more [node] keys
+    series_extra: str = ""  # more [series] keys
     extra: str = ""  # more sections
     header: str = ""
 
@@ -64,7 +65,11 @@ class NodeConfig:
         http_port = self.http_port if self.http_port is not None else free_port()
         sections = [
             ("node", node + ([self.node_extra] if self.node_extra else [])),
-            ("series", [f"quiet_period_s = {self.quiet_period_s}", f"poll_interval_s = {self.poll_interval_s}"]),
+            (
+                "series",
+                [f"quiet_period_s = {self.quiet_period_s}", f"poll_interval_s = {self.poll_interval_s}"]
+                + ([self.series_extra] if self.series_extra else []),
+            ),  # fmt: skip
             ("model", model),
             ("send", send),
             ("http", [f'host = "{LOOPBACK}"', f"port = {http_port}"]),

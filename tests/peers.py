@@ -33,6 +33,7 @@ from harness import (  # noqa: F401  (re-exported for the tests)
     file_syntax_profile,
     find_program,
     free_port,
+    j2k_noise_slice,
     listens,
     peer_env,
     pid_alive,

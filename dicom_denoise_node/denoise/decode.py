@@ -8,7 +8,7 @@ ends up in the log and, when nothing is left, in the series' last_error.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,12 +121,13 @@ def file_hu(path: Path) -> np.ndarray:
     return dataset_hu(dcmread(path))
 
 
-def read_hu(ref: SliceRef) -> SourceSlice:
-    """Decode one slice to HU (float32) through its own rescale slope/intercept."""
+def read_hu(ref: SliceRef, decode: Callable[[Path], np.ndarray] | None = None) -> SourceSlice:
+    """Decode one slice to HU (float32) through its own rescale slope/intercept; ``decode`` (a path's HU, such as
+    DecoderProcess.hu) decodes the pixels elsewhere, this process reading only the data set."""
     ds = dcmread(ref.path)
-    return SourceSlice(ref, ds, dataset_hu(ds))
+    return SourceSlice(ref, ds, dataset_hu(ds) if decode is None else decode(ref.path))
 
 
-def iter_slices(refs: list[SliceRef]) -> Iterator[SourceSlice]:
+def iter_slices(refs: list[SliceRef], decode: Callable[[Path], np.ndarray] | None = None) -> Iterator[SourceSlice]:
     for ref in refs:
-        yield read_hu(ref)
+        yield read_hu(ref, decode)

@@ -21,6 +21,7 @@ from torch import nn
 
 from dicom_denoise_node.config import DeriveSettings, GuardSettings, ModelSettings, ReportSettings
 from dicom_denoise_node.denoise.decode import Skipped, SourceSlice, iter_slices, scan_series
+from dicom_denoise_node.denoise.decode_process import DecoderProcess
 from dicom_denoise_node.denoise.derive import DerivationInfo, derive_instance, derived_series_uid, encode
 from dicom_denoise_node.denoise.guard import SliceVerdict, check_slice
 from dicom_denoise_node.denoise.inference import TiledInferer
@@ -97,6 +98,7 @@ class SeriesDenoiser:
         device: str = "cpu",
         guard: GuardSettings | None = None,
         report: ReportSettings | None = None,
+        decoder: DecoderProcess | None = None,
     ) -> None:
         self.info = info
         self.guard = guard or GuardSettings()
@@ -116,8 +118,14 @@ class SeriesDenoiser:
             half_precision=model_settings.half_precision,
             compile=model_settings.compile,
         )
+        self.decoder = decoder  # None: pixels decoded in this process; else in its child (decode_process.py)
         self.strength = model_settings.strength
         self.derivation = DerivationInfo(info.name, info.version, derive_settings, self.strength)
+
+    def close(self) -> None:
+        """End the decoding child, if there is one."""
+        if self.decoder is not None:
+            self.decoder.close()
 
     def denoise_hu(self, slices: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         """HU in, HU out. Pixels outside the model's HU window (padding, metal) pass through unchanged."""
@@ -156,7 +164,7 @@ class SeriesDenoiser:
         started = time.perf_counter()
 
         def hu_stream() -> Iterator[np.ndarray]:
-            slices = iter_slices(refs)
+            slices = iter_slices(refs, None if self.decoder is None else self.decoder.hu)
             while True:
                 if stop is not None and stop.is_set():
                     raise Interrupted("node stopping")

@@ -14,7 +14,7 @@ from dicom_denoise_node.store.catalog import SeriesState
 from harness.node import NodeProcess
 from tests import peers
 from tests.ct_cases import Case, build_cases
-from tests.peers import LOOPBACK, echoscu, wait_until, write_ct_series
+from tests.peers import LOOPBACK, echoscu, j2k_noise_slice, wait_until, write_ct_series
 
 pytestmark = pytest.mark.e2e
 dcmtk_pacs = peers.dcmtk_pacs
@@ -116,3 +116,31 @@ def test_no_patient_identifiers_in_logs_at_info_and_above(tmp_path, tiny_model, 
     assert series_uid in log and "rejected" in log
     for value in canaries.values():
         assert value not in log and value.split("^")[0] not in log
+
+
+def test_a_decoder_that_hangs_or_dies_fails_its_series_and_not_the_node(tmp_path, tiny_model, dcmtk_pacs):
+    """Pixels are decoded in a child process (denoise/decode_process.py). A slice that decodes for longer than
+    decode_timeout_s (a 3072² JPEG 2000 of noise: ≈ 2 s here, against 0.5 s) has its child killed: the series ends
+    FAILED with the reason, the SCP answers throughout, and the next series is decoded by a fresh child and sent."""
+    slow = j2k_noise_slice(tmp_path / "slow", 3072)
+    node = NodeProcess(
+        tmp_path, tiny_model, [{"ae_title": "PACS", "port": dcmtk_pacs.port}], series_extra="decode_timeout_s = 0.5"
+    ).start()
+    try:
+        assert send_raw([slow], node.port) == [0]
+        slow_uid = str(dcmread(slow).SeriesInstanceUID)
+        assert node.wait_state(slow_uid, SeriesState.FAILED, timeout=120), node.log()[-3000:]
+        cat = node.catalog()
+        try:
+            error = next(r["last_error"] for r in cat.series_overview() if r["series_uid"] == slow_uid)
+        finally:
+            cat.close()
+        assert "DecoderFailed" in str(error) and "decode_timeout_s=0.5" in str(error), error
+        assert node.proc is not None and node.proc.poll() is None
+        assert echoscu(node.port, "DENOISE").returncode == 0
+        good = write_ct_series(tmp_path / "good", 2, rows=32, columns=32)
+        assert send_raw(good, node.port) == [0, 0]
+        assert node.wait_state(str(dcmread(good[0]).SeriesInstanceUID), SeriesState.SENT, timeout=120)
+        assert "decoding process" in node.log() and "stopped" in node.log()
+    finally:
+        node.stop()

@@ -78,7 +78,7 @@ def test_systemd_unit_is_hardened_and_verifies(tmp_path):
         "RestartPreventExitStatus=2 3",
         "SystemCallFilter=@system-service",
         "MemoryMax=",
-        "OOMPolicy=stop",
+        "OOMPolicy=continue",
         "--config /etc/denoise-node/denoise-node.toml",
     ):
         assert directive in unit, directive
