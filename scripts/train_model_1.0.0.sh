@@ -7,12 +7,8 @@
 # Run 5 itself went on to step 2800 and was stopped; resuming is exact, so stopping at 2200 gives the same best.pt.
 #   scripts/train_model_1.0.0.sh work/model-1.0.0
 set -euo pipefail
-WORK=${1:-work/model-1.0.0}
-HERE=$(cd "$(dirname "$0")" && pwd)
-DN=${DENOISE_NODE:-denoise-node}
-W=$(realpath -m "$WORK")
-CAT="sqlite:///$W/train.sqlite"
-TEST_CAT="sqlite:///$W/test.sqlite"
+# shellcheck source=scripts/model_work.sh
+source "$(dirname "$0")/model_work.sh" "$@"
 mkdir -p "$WORK"
 [ -f "$WORK/train-archive/archive.json" ] || $DN synth "$WORK/train-archive" --patients 36 --slices 6 --size 512 --seed 202 --vary
 [ -f "$WORK/test-archive/archive.json" ] || $DN synth "$WORK/test-archive" --patients 8 --slices 8 --size 512 --seed 9001

@@ -6,12 +6,8 @@
 #   produced it was stopped at ≈ 1 250; resuming is exact, so --max-steps 1200 gives the same best.pt.
 #   scripts/train_model_1.1.0.sh work/model-1.0.0
 set -euo pipefail
-WORK=${1:-work/model-1.0.0}
-HERE=$(cd "$(dirname "$0")" && pwd)
-DN=${DENOISE_NODE:-denoise-node}
-W=$(realpath -m "$WORK")
-CAT="sqlite:///$W/train.sqlite"
-TEST_CAT="sqlite:///$W/test.sqlite"
+# shellcheck source=scripts/model_work.sh
+source "$(dirname "$0")/model_work.sh" "$@"
 [ -f "$WORK/paired1/checkpoints/best.pt" ] || { echo "run scripts/train_model_1.0.0.sh $WORK first" >&2; exit 2; }
 $DN train --preset cpu --config "$HERE/model-1.1.0/paired.toml" --catalog "$CAT" --run-dir "$WORK/paired3" \
   --device cpu --seed 1 --resume "$WORK/paired1/checkpoints/best.pt" --max-steps 1200

@@ -9,12 +9,8 @@
 # the thread count, so a rerun reaches the same curve to within a few hundredths of a HU, not bit for bit.
 #   scripts/train_model_1.2.0.sh work/model-1.0.0
 set -euo pipefail
-WORK=${1:-work/model-1.0.0}
-HERE=$(cd "$(dirname "$0")" && pwd)
-DN=${DENOISE_NODE:-denoise-node}
-W=$(realpath -m "$WORK")
-CAT="sqlite:///$W/train.sqlite"
-TEST_CAT="sqlite:///$W/test.sqlite"
+# shellcheck source=scripts/model_work.sh
+source "$(dirname "$0")/model_work.sh" "$@"
 [ -f "$WORK/train.sqlite" ] || { echo "run scripts/train_model_1.0.0.sh $WORK first (archives and catalogs)" >&2; exit 2; }
 $DN train --preset cpu --config "$HERE/model-1.2.0/stage1.toml" --catalog "$CAT" --run-dir "$WORK/paired7" \
   --device cpu --seed 1
