@@ -74,6 +74,7 @@ class NodeSettings(_Section):
     min_free_mb: float = Field(1024.0, ge=0)
     max_pending_series: int = Field(0, ge=0, description="0 = unlimited")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line (ops/logs.py)")
     tls: TLSSettings = Field(default_factory=lambda: TLSSettings())
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))

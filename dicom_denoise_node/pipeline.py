@@ -105,6 +105,8 @@ class Node:
             log.info("environment overrides: %s", ", ".join(env_overrides()))
         if self.denoiser is None:
             self.denoiser = load_denoiser(self.settings)  # refuse to start without a usable model
+        info = self.denoiser.info
+        self.metrics.set_model(info.name, info.version, str(self.denoiser.inferer.device))
         self.spool.remove_partial_writes()
         for uid in self.catalog.recover_after_restart():
             log.warning("series %s was interrupted while PROCESSING; state=COMPLETE again", uid)

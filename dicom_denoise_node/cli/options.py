@@ -14,6 +14,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from dicom_denoise_node.config import CONFIG_ENV, ConfigError, Settings, load_settings
+from dicom_denoise_node.ops.logs import LogFormat, service_formatter
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(width=None if sys.stdout.isatty() else 200)  # pipes and logs get whole rows
@@ -32,17 +33,18 @@ ConfigOption = Annotated[
 ]
 
 
-def setup_logging(level: str) -> None:
-    """One line per event on stderr (journald captures it under systemd)."""
+def setup_logging(level: str, log_format: LogFormat = "text") -> None:
+    """One line per event on stderr: rich on a terminal, else text or JSON with journald priorities under systemd
+    (ops/logs.py)."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and log_format == "text":
         handler: logging.Handler = RichHandler(console=console, show_path=False, rich_tracebacks=True)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(service_formatter(log_format, sys.stderr))
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
@@ -58,5 +60,5 @@ def load_or_exit(config: Path | None) -> Settings:
     except ConfigError as exc:
         console.print(f"[bold red]config error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
-    setup_logging(settings.node.log_level)
+    setup_logging(settings.node.log_level, settings.node.log_format)
     return settings

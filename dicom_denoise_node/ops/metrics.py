@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -82,7 +82,19 @@ class NodeMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.series_latency = Histogram(
+            f"{PREFIX}_series_latency_seconds",
+            "Per series, from its last received instance to the last destination's acknowledgement (the quiet "
+            "period, the queue, denoising and sending)",
+            buckets=(5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+            registry=r,
+        )
+        self.model = Info(f"{PREFIX}_model", "The generator the node loaded", registry=r)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, …
         r.register(_CatalogCollector(catalog, free_bytes))
+
+    def set_model(self, name: str, version: str, device: str) -> None:
+        self.model.info({"name": name, "version": version, "device": device})
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

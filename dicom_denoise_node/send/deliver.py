@@ -10,7 +10,7 @@ from pathlib import Path
 from dicom_denoise_node.config import Settings
 from dicom_denoise_node.ops.metrics import NodeMetrics
 from dicom_denoise_node.send.scu import SendError, send_files
-from dicom_denoise_node.store.catalog import Catalog, Claim
+from dicom_denoise_node.store.catalog import Catalog, Claim, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -84,4 +84,7 @@ def deliver_claim(claim: Claim, catalog: Catalog, settings: Settings, metrics: N
         )
         return
     if catalog.send_succeeded(claim):
+        received = catalog.last_received_at(claim.series_id)
+        if received is not None:
+            metrics.series_latency.observe(max(0.0, (utcnow() - received).total_seconds()))
         log.info("series %s state=SENT", claim.series_uid)

@@ -128,6 +128,16 @@ def test_rules_route_per_destination_skip_the_rest_and_metrics_count_it(tmp_path
         assert m[("denoise_node_disk_free_bytes", ())] > 0
         assert m[("denoise_node_catalog_instance_records_total", ())] == 2 * N
         assert 1 <= m[("denoise_node_catalog_instance_commits_total", ())] <= 2 * N
+        # One series sent: one receive-to-sent latency, at least its quiet period (0.5 s) long.
+        assert m[("denoise_node_series_latency_seconds_count", ())] == 1
+        assert m[("denoise_node_series_latency_seconds_sum", ())] >= 0.5
+        info = {k: v for (name, labels), v in m.items() if name == "denoise_node_model_info" for k in [labels]}
+        assert list(info.values()) == [1.0] and dict(next(iter(info))) == {
+            "name": "tiny-random",
+            "version": "0.0.1-test",
+            "device": "cpu",
+        }
+        assert m[("process_resident_memory_bytes", ())] > 50 * 2**20  # the node's own process
 
         status, body = node.http_get("/series")
         assert status == 200

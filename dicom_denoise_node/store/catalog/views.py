@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import ScalarSelect, func, select
 
 from dicom_denoise_node.store.catalog.engine import SessionSource
@@ -62,6 +64,11 @@ class Views(SessionSource):
                 s.scalar(select(func.count(Series.id)).where(Series.origin == "received", Series.state.in_(waiting)))
                 or 0
             )
+
+    def last_received_at(self, series_id: int) -> datetime | None:
+        """When the series' last instance arrived (UTC): the start of its receive-to-sent latency."""
+        with self.session() as s:
+            return s.scalar(select(Series.last_received_at).where(Series.id == series_id))
 
     def series_state(self, series_uid: str) -> SeriesState | None:
         with self.session() as s:
