@@ -26,7 +26,7 @@ ConfigOption = Annotated[
         "--config",
         "-c",
         envvar=CONFIG_ENV,
-        help="TOML config file (see etc/denoise-node.toml). Environment: DENOISE_NODE_<SECTION>__<KEY>.",
+        help="TOML config file (see etc/denoise-node.toml). Environment: `DENOISE_NODE_<SECTION>__<KEY>`.",
         exists=False,
         dir_okay=False,
     ),

@@ -29,6 +29,8 @@ def test_every_command_has_help_with_an_example(command):
     result = cli(*command.split(), "--help")
     assert result.returncode == 0
     assert "Example" in result.stdout
+    if "--config" in result.stdout:  # the markdown help once ate "<SECTION>__<KEY>" ("DENOISE_NODE___.")
+        assert "DENOISE_NODE_<SECTION>__<KEY>" in "".join(c for c in result.stdout if not c.isspace() and c != "│")
 
 
 def test_echo_a_real_peer(tmp_path):
