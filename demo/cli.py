@@ -19,6 +19,7 @@ from rich.table import Table
 
 from demo.driver import DemoError, DemoOptions, DemoUI, SeriesProgress, run_demo
 from demo.report import DemoResult
+from trainer.extras import needs_train_extra
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True, soft_wrap=True)
@@ -173,4 +174,4 @@ def _show(result: DemoResult) -> None:
 
 def register(app: typer.Typer) -> None:
     """Entry point: add `demo` to `denoise-node`."""
-    app.command()(demo)
+    app.command()(needs_train_extra(demo))

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dicom_denoise_node.config import ConfigError
+from trainer.extras import needs_train_extra
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True, soft_wrap=True)
@@ -558,8 +559,8 @@ def model_list(
 
 def register(app: typer.Typer) -> None:
     """Entry point: add the trainer's commands to `denoise-node`."""
-    app.command()(synth)
-    app.command()(train)
-    app.command()(evaluate)
+    app.command()(needs_train_extra(synth))
+    app.command()(needs_train_extra(train))
+    app.command()(needs_train_extra(evaluate))
     app.add_typer(catalog_app, name="catalog")
     app.add_typer(model_app, name="model")
