@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed
 DEBIAN_PEERS = dcmtk orthanc dicom3tools g++  # g++: torch.compile's CPU code generation ([model] compile)
-# torch is pinned to the CPU wheel for dev/CI by constraints.txt; pyproject.toml keeps an honest range.
+# constraints.txt is a full lock of the dev/CI venv (torch = the CPU wheel); pyproject.toml keeps honest ranges.
 CONSTRAINTS = constraints.txt
 
 .PHONY: venv peers demo test bench lint clean help
