@@ -4,7 +4,10 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed
-DEBIAN_PEERS = dcmtk orthanc dicom3tools g++  # g++: torch.compile's CPU code generation ([model] compile)
+# orthanc-dicomweb: Orthanc's DICOMweb plugin (STOW-RS destinations); g++: torch.compile's CPU code generation
+DEBIAN_PEERS = dcmtk orthanc orthanc-dicomweb dicom3tools g++
+# `dpkg -L orthanc-dicomweb` lists this link to the versioned plugin library
+DICOMWEB_PLUGIN = /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 # constraints.txt is a full lock of the dev/CI venv (torch = the CPU wheel); pyproject.toml keeps honest ranges.
 CONSTRAINTS = constraints.txt
 
@@ -12,7 +15,7 @@ CONSTRAINTS = constraints.txt
 
 help:
 	@echo "make demo   - install venv (+ dcmtk/orthanc when apt allows) and run one synthetic LD CT study through the node"
-	@echo "make test   - install venv + Debian packages (dcmtk, orthanc, dicom3tools, g++) and run the test suite"
+	@echo "make test   - install venv + Debian packages ($(DEBIAN_PEERS)) and run the test suite"
 	@echo "make bench  - every benchmark at a small size (a few minutes); figures go to docs/benchmarks.md by hand"
 	@echo "make lint   - ruff"
 
@@ -29,6 +32,7 @@ peers:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v Orthanc >/dev/null || test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
+	test -e $(DICOMWEB_PLUGIN) || missing="$$missing orthanc-dicomweb"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
 	command -v g++ >/dev/null || missing="$$missing g++"; \
 	if [ -n "$$missing" ]; then \

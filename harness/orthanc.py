@@ -1,5 +1,7 @@
-"""Orthanc as the PACS: a private instance with its own storage, index, HTTP and DICOM ports."""
+"""Orthanc as the PACS: a private instance with its own storage, index, HTTP and DICOM ports, optionally with its
+DICOMweb plugin (STOW-RS) and HTTP basic auth."""
 
+import base64
 import json
 import subprocess
 import urllib.error
@@ -12,6 +14,7 @@ from typing import Any
 from harness.net import (
     LOOPBACK,
     ChildProcess,
+    PeerMissing,
     StrPath,
     free_port,
     peer_env,
@@ -22,6 +25,16 @@ from harness.net import (
 )
 
 Modality = Sequence[str | int] | Mapping[str, Any]
+# Debian's orthanc-dicomweb links the versioned library here (`dpkg -L orthanc-dicomweb`).
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+DICOMWEB_ROOT = "/dicom-web"
+
+
+def dicomweb_plugin() -> str:
+    """Path of Orthanc's DICOMweb plugin; raise :class:`PeerMissing` naming the Debian package when absent."""
+    if not DICOMWEB_PLUGIN.exists():
+        raise PeerMissing(f"Orthanc's DICOMweb plugin {DICOMWEB_PLUGIN} is missing (Debian package orthanc-dicomweb)")
+    return str(DICOMWEB_PLUGIN)
 
 
 class OrthancHTTPError(RuntimeError):
@@ -39,6 +52,9 @@ class Orthanc(ChildProcess):
     ``modalities`` become ``DicomModalities`` (``{"node": ["DENOISE", "127.0.0.1", 11112]}``); more can be
     added while it runs with :meth:`add_modality` (kept in memory only: lost on restart).  :meth:`stop` then
     :meth:`start` restarts it on the same ports and storage.  REST goes through urllib, proxies disabled.
+
+    ``dicomweb=True`` loads the DICOMweb plugin (STOW-RS at :attr:`dicomweb_url`); ``users`` (name → password)
+    turns on HTTP basic auth for REST and DICOMweb alike, and the harness's own REST calls log in as the first user.
     """
 
     def __init__(
@@ -48,6 +64,8 @@ class Orthanc(ChildProcess):
         *,
         aet: str = "ORTHANC",
         stable_age: int = 1,
+        dicomweb: bool = False,
+        users: Mapping[str, str] | None = None,
         config_overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.base_dir = Path(base_dir).absolute()
@@ -66,8 +84,10 @@ class Orthanc(ChildProcess):
             "DicomPort": self.dicom_port,
             "DicomAet": aet,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "Plugins": [],
+            "AuthenticationEnabled": bool(users),
+            "RegisteredUsers": dict(users or {}),
+            "Plugins": [dicomweb_plugin()] if dicomweb else [],
+            **({"DicomWeb": {"Enable": True, "Root": f"{DICOMWEB_ROOT}/"}} if dicomweb else {}),
             "LuaScripts": [],
             "DicomModalities": {name: _modality_json(m) for name, m in (modalities or {}).items()},
             "DicomModalitiesInDatabase": False,
@@ -89,11 +109,18 @@ class Orthanc(ChildProcess):
         self.aet = str(self.config["DicomAet"])
         self.proc: subprocess.Popen[bytes] | None = None
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        login = next(iter((users or {}).items()), None)
+        self._auth = "Basic " + base64.b64encode(":".join(login).encode()).decode() if login else ""
 
     @property
     def url(self) -> str:
         """Base URL of the REST API."""
         return f"http://{LOOPBACK}:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb service root (STOW-RS posts to ``{dicomweb_url}/studies``)."""
+        return self.url + DICOMWEB_ROOT
 
     def start(self, timeout: float = 30.0) -> None:
         """Write the config, start Orthanc and wait until ``/system`` answers."""
@@ -159,6 +186,8 @@ class Orthanc(ChildProcess):
         req = urllib.request.Request(url, data=data, method=method)
         if content_type:
             req.add_header("Content-Type", content_type)
+        if self._auth:
+            req.add_header("Authorization", self._auth)
         try:
             with self._opener.open(req, timeout=timeout) as response:
                 return bytes(response.read())

@@ -15,7 +15,7 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -53,9 +53,14 @@ def require(binary: str) -> str:
     try:
         return _peers.require(binary)
     except _peers.PeerMissing as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and a peer is missing: {exc}")
-        pytest.skip(str(exc))
+        missing(exc)
+
+
+def missing(exc: PeerMissing) -> NoReturn:
+    """Skip the calling test for a missing peer, or fail it under ``CI=true``."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and a peer is missing: {exc}")
+    pytest.skip(str(exc))
 
 
 # ----------------------------------------------------------------------------------------- test data
@@ -102,7 +107,8 @@ def dcmtk_pacs(storescp_factory: Callable[..., StoreSCP]) -> StoreSCP:
 
 @pytest.fixture
 def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
-    """Start :class:`Orthanc` peers (``factory(modalities={...}, aet=...)``); all are stopped on teardown."""
+    """Start :class:`Orthanc` peers (``factory(modalities={...}, aet=...)``, ``dicomweb=True`` for STOW-RS); all are
+    stopped on teardown."""
     require("Orthanc")
     with contextlib.ExitStack() as stack:
         count = 0
@@ -110,7 +116,10 @@ def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
         def make(modalities: Mapping[str, Modality] | None = None, **kwargs: Any) -> Orthanc:
             nonlocal count
             count += 1
-            orthanc = Orthanc(tmp_path / f"orthanc{count}", modalities, **kwargs)
+            try:
+                orthanc = Orthanc(tmp_path / f"orthanc{count}", modalities, **kwargs)
+            except PeerMissing as exc:  # an optional part of it: the DICOMweb plugin
+                missing(exc)
             stack.callback(orthanc.stop)
             orthanc.start()
             return orthanc

@@ -1,15 +1,21 @@
 """④ One send attempt of a claimed DERIVED series: every destination that has not acknowledged it yet, then SENT,
-or the attempt counted (backoff, FAILED after max_attempts)."""
+or the attempt counted (backoff, FAILED after max_attempts).
+
+The one place of the series-level logic (ledger, skip what is confirmed, record_delivery) for every kind of
+destination: the senders (scu.py for DIMSE, stow.py for STOW-RS) only send files and report each confirmed instance.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from dicom_denoise_node.config import Settings
+from dicom_denoise_node.config import Destination, Settings
 from dicom_denoise_node.ops.metrics import NodeMetrics
 from dicom_denoise_node.send.scu import SendError, send_files
+from dicom_denoise_node.send.stow import stow_files
 from dicom_denoise_node.store.catalog import Catalog, Claim, utcnow
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,13 @@ class _Ledger:
             self.pending = []
 
 
+def _send(files: list[Path], dest: Destination, settings: Settings, confirmed: Callable[[str], None]) -> int:
+    timeout_s = dest.timeout_s or settings.send.timeout_s
+    if dest.kind == "stow-rs":
+        return stow_files(files, dest, timeout_s, confirmed)
+    return send_files(files, dest, settings.node.ae_title, timeout_s, confirmed)
+
+
 def deliver_claim(claim: Claim, catalog: Catalog, settings: Settings, metrics: NodeMetrics) -> None:
     """Send a DERIVED series to every destination that has not acknowledged it yet; to a destination that failed
     midway, only the instances it has not confirmed (the per-instance ledger)."""
@@ -54,7 +67,7 @@ def deliver_claim(claim: Claim, catalog: Catalog, settings: Settings, metrics: N
         ledger = _Ledger(catalog, claim, dest.key)
         t0 = time.monotonic()
         try:
-            n = send_files(files, dest, settings.node.ae_title, settings.send.timeout_s, ledger.confirmed)
+            n = _send(files, dest, settings, ledger.confirmed)
         except (SendError, OSError) as exc:
             ledger.flush()
             errors.append(str(exc))

@@ -128,7 +128,9 @@ def _store_all(
 
 
 def echo(dest: Destination, calling_aet: str, timeout_s: float = 30.0) -> int:
-    """C-ECHO a destination; returns the status code (raises SendError when no association)."""
+    """C-ECHO a destination; returns the status code (raises SendError when no association, or for a STOW-RS one)."""
+    if dest.kind != "dimse":
+        raise SendError(f"{dest.key} is a {dest.kind} destination: C-ECHO does not apply")
     ae = _scu(calling_aet, timeout_s)
     ae.add_requested_context(Verification)
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)

@@ -16,7 +16,9 @@ def test_example_config_is_valid_and_documents_every_key():
             for key in type(model[0]).model_fields:
                 assert f"\n{key} =" in text or f"\n# {key} =" in text, f"[[rules]] {key} is not in the example"
             continue
-        if section == "destinations":
+        if section == "destinations":  # both kinds: the DIMSE block and the commented STOW-RS one
+            for key in type(model[0]).model_fields:
+                assert f"\n{key} =" in text or f"\n# {key} =" in text, f"[[destinations]] {key} is not in the example"
             continue
         for key in type(model).model_fields:
             value = getattr(model, key)
@@ -118,3 +120,41 @@ def test_rule_with_bad_regex_names_key(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_settings(cfg)
     assert "rules[0].series_description" in str(err.value) and str(cfg) in str(err.value)
+
+
+def test_a_stow_rs_destination_without_url_or_a_dimse_one_without_host_names_the_key_and_file(tmp_path):
+    cfg = tmp_path / "dest.toml"
+    cfg.write_text(
+        '[[destinations]]\nkind = "stow-rs"\nname = "web"\n[[destinations]]\nae_title = "PACS"\nport = 104\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    msg = str(err.value)
+    assert "'destinations[0].url'" in msg and "needs url" in msg and str(cfg) in msg
+    assert "'destinations[1].host'" in msg and "needs host" in msg
+    cfg.write_text('[[destinations]]\nkind = "stow-rs"\nurl = "http://127.0.0.1:8042/dicom-web"\nport = 104\n')
+    with pytest.raises(ConfigError, match=r"'destinations\[0\].port' .*not a key of kind = \"stow-rs\""):
+        load_settings(cfg)
+
+
+def test_stow_rs_auth_is_basic_or_bearer_and_never_printed(tmp_path):
+    from dicom_denoise_node.config import describe
+
+    cfg = tmp_path / "dest.toml"
+    web = '[[destinations]]\nkind = "stow-rs"\nurl = "http://127.0.0.1:8042/dicom-web/"\n'
+    cfg.write_text(web + 'username = "node"\npassword = "pw-one"\n')
+    settings = load_settings(cfg)
+    dest = settings.destinations[0]
+    assert "pw-one" not in repr(settings) + describe(settings) + str(dest.model_dump())
+    assert dest.key == "http://127.0.0.1:8042/dicom-web" and dest.password.get_secret_value() == "pw-one"
+    cfg.write_text(web + 'username = "node"\n')
+    with pytest.raises(ConfigError, match=r"'destinations\[0\].password' .*both username and password"):
+        load_settings(cfg)
+    cfg.write_text(web + 'username = "node"\npassword = "pw-two"\ntoken = "tk-two"\n')
+    with pytest.raises(ConfigError, match=r"'destinations\[0\].token' .*choose one") as err:
+        load_settings(cfg)
+    assert "pw-two" not in str(err.value) and "tk-two" not in str(err.value)
+    cfg.write_text('[[destinations]]\nkind = "stow-rs"\nurl = "http://node:pw-three@127.0.0.1/dicom-web"\n')
+    with pytest.raises(ConfigError, match=r"'destinations\[0\].url' .*credentials do not belong in url") as err:
+        load_settings(cfg)
+    assert "pw-three" not in str(err.value)

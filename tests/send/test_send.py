@@ -17,6 +17,7 @@ from dicom_denoise_node.config import Destination
 from dicom_denoise_node.send import scu as send
 from tests import peers
 from tests.peers import write_ct_series
+from tests.send.derived import derived_series, node_sends, send_attempts
 
 storescp_factory = peers.storescp_factory
 dcmtk_pacs = peers.dcmtk_pacs
@@ -194,61 +195,15 @@ def test_a_pacs_for_images_only_gets_the_images_and_another_pacs_still_gets_ever
     is logged once rather than retried, and the other destination gets the images and the SR."""
     from pydicom.uid import CTImageStorage
 
-    from dicom_denoise_node.store.catalog import SeriesState
-    from harness.node import NodeProcess
-    from tests.peers import storescu
-
     ct_only = storescp_factory("CTONLY", accept_only=[CTImageStorage])
     full = storescp_factory("FULL")
     files = write_ct_series(tmp_path / "in", 3, rows=32, columns=32)
-    uid = str(dcmread(files[0]).SeriesInstanceUID)
-    node = NodeProcess(
-        tmp_path,
-        tiny_model,
-        [{"ae_title": "CTONLY", "port": ct_only.port, "name": "ct"}, {"ae_title": "FULL", "port": full.port}],
-        report=True,
-    ).start()
-    try:
-        assert storescu(files, node.port, "DENOISE").returncode == 0
-        assert node.wait_state(uid, SeriesState.SENT, timeout=120), node.log()[-3000:]
-    finally:
-        node.stop()
+    destinations = [{"ae_title": "CTONLY", "port": ct_only.port, "name": "ct"}, {"ae_title": "FULL", "port": full.port}]
+    log = node_sends(tmp_path, tiny_model, destinations, files, report=True)
     assert len(ct_only.wait_for_files(3, timeout=30)) == 3
     assert len(full.wait_for_files(4, timeout=30)) == 4  # three images and the SR
     assert {p.name.split(".")[0] for p in ct_only.files()} == {"CT"}
-    assert node.log().count("does not accept the quality report (SR)") == 1
-
-
-def _derived_series(tmp_path, count: int):
-    """A catalog holding one DERIVED series of ``count`` derived instances d1…dN (no files needed: send is faked)."""
-    from datetime import timedelta
-
-    from dicom_denoise_node.store.catalog import Catalog, DerivedRecord, InstanceMeta, utcnow
-
-    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    meta = InstanceMeta("P", "1.2", "1.2.3", "1.2.3.1", CT_CLASS, "1.2.840.10008.1.2.1", "CT", "LD", 1, "/x", 1)
-    catalog.record_instance(meta)
-    catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
-    claim = catalog.claim_for_processing()
-    assert claim is not None
-    records = [DerivedRecord(f"9.9.{i}", "1.2.3.1", str(tmp_path / f"d{i}.dcm")) for i in range(1, count + 1)]
-    catalog.finish_processing(claim, "9.9", "1", records)
-    return catalog
-
-
-def _send_attempts(catalog, settings, attempts: int) -> None:
-    """Run the send stage ``attempts`` times, each once the previous attempt's backoff is over."""
-    from datetime import timedelta
-
-    from dicom_denoise_node.ops.metrics import NodeMetrics
-    from dicom_denoise_node.send import deliver
-    from dicom_denoise_node.store.catalog import utcnow
-
-    metrics = NodeMetrics(catalog, lambda: 1.0)
-    for attempt in range(1, attempts + 1):
-        claim = catalog.claim_for_sending(0.0, now=utcnow() + timedelta(seconds=attempt))
-        assert claim is not None
-        deliver.deliver_claim(claim, catalog, settings, metrics)
+    assert log.count("does not accept the quality report (SR)") == 1
 
 
 def test_any_send_failure_counts_an_attempt_and_the_other_destinations_are_served(tmp_path, monkeypatch):
@@ -258,7 +213,7 @@ def test_any_send_failure_counts_an_attempt_and_the_other_destinations_are_serve
     from dicom_denoise_node.send import deliver
     from dicom_denoise_node.store.catalog import SeriesState
 
-    catalog = _derived_series(tmp_path, 1)
+    catalog = derived_series(tmp_path, 1)
     settings = Settings(
         destinations=[
             {"ae_title": "BROKEN", "host": "127.0.0.1", "port": 1, "name": "broken"},
@@ -275,7 +230,7 @@ def test_any_send_failure_counts_an_attempt_and_the_other_destinations_are_serve
         return len(files)
 
     monkeypatch.setattr(deliver, "send_files", fake_send)
-    _send_attempts(catalog, settings, 2)
+    send_attempts(catalog, settings, 2)
     assert sent == ["good"]  # delivered once, skipped on the retry
     row = catalog.series_overview()[0]
     assert row["state"] == SeriesState.FAILED and row["attempts"] == 2
@@ -289,7 +244,7 @@ def test_a_send_that_fails_midway_resumes_with_what_the_pacs_has_not_confirmed(t
     from dicom_denoise_node.send import deliver
     from dicom_denoise_node.store.catalog import SeriesState
 
-    catalog = _derived_series(tmp_path, 5)
+    catalog = derived_series(tmp_path, 5)
     settings = Settings(
         destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": 1}],
         send={"max_attempts": 3, "backoff_s": 0.001, "backoff_max_s": 0.001},
@@ -305,10 +260,7 @@ def test_a_send_that_fails_midway_resumes_with_what_the_pacs_has_not_confirmed(t
         return len(files)
 
     monkeypatch.setattr(deliver, "send_files", flaky_send)
-    _send_attempts(catalog, settings, 2)
+    send_attempts(catalog, settings, 2)
     assert asked == [["d1.dcm", "d2.dcm", "d3.dcm", "d4.dcm", "d5.dcm"], ["d4.dcm", "d5.dcm"]]
     assert catalog.series_state("1.2.3") is SeriesState.SENT
     catalog.close()
-
-
-CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
