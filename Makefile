@@ -5,11 +5,17 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed
 # orthanc-dicomweb: Orthanc's DICOMweb plugin (STOW-RS destinations); g++: torch.compile's CPU code generation
-DEBIAN_PEERS = dcmtk orthanc orthanc-dicomweb dicom3tools g++
+# postgresql: the tests start their own throw-away server (harness/postgres.py)
+DEBIAN_PEERS = dcmtk orthanc orthanc-dicomweb dicom3tools postgresql g++
 # `dpkg -L orthanc-dicomweb` lists this link to the versioned plugin library
 DICOMWEB_PLUGIN = /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 # constraints.txt is a full lock of the dev/CI venv (torch = the CPU wheel); pyproject.toml keeps honest ranges.
 CONSTRAINTS = constraints.txt
+# Where torch comes from. PyPI's Linux wheel is a multi-GB CUDA build; PyTorch's CPU index has the CPU wheel of the
+# pinned version (2.13.0+cpu satisfies torch==2.13.0). A CUDA machine:
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# Empty = the pip configuration decides. Only torch is looked up there (one lookup, quick even offline).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: venv peers demo test bench lint clean help
 
@@ -22,7 +28,8 @@ help:
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[train,dev,bench]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[train,dev,bench,postgresql,jpeg-gpl]'
 	touch $@
 
 venv: $(STAMP)
@@ -34,6 +41,7 @@ peers:
 	command -v Orthanc >/dev/null || test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
 	test -e $(DICOMWEB_PLUGIN) || missing="$$missing orthanc-dicomweb"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v g++ >/dev/null || missing="$$missing g++"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -54,6 +62,7 @@ bench: venv peers
 	$(PY) -m bench.inference --slices 2 --filters 32 --tile 272
 	$(PY) -m bench.fast_paths --filters 32 --rounds 3
 	TCP_NODELAY=1 $(PY) -m bench.receive --files 50 --size 512
+	TCP_NODELAY=1 $(PY) -m bench.receivers --files 48 --size 512 --receivers 1 2
 	TCP_NODELAY=1 $(PY) -m bench.send --files 32 --size 512
 	TCP_NODELAY=1 $(PY) -m bench.e2e --slices 16 --size 512 --filters 32
 	$(PY) -m bench.train --preset cpu --steps 3

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -73,6 +74,13 @@ class NodeSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=1, le=65535)
     data_dir: Path = Path("/var/lib/denoise-node")
+    spool_dir: Path | None = Field(
+        None, description="received and derived files; default data_dir. Several nodes on one catalog share one"
+    )
+    role: Literal["all", "receive", "worker"] = Field(
+        "all", description="receive: SCP only; worker: denoise and send only; all: both (docs/install.md)"
+    )
+    node_id: str = Field("", max_length=200, description="this node's name in claims; default host:data_dir")
     allowed_calling_aets: list[AETitle] = Field(default_factory=list)
     allowed_peers: dict[str, list[str]] = Field(default_factory=dict)
     max_pdu: int = Field(262144, ge=0, description="largest PDU a peer may send, bytes (0 = unlimited)")
@@ -88,6 +96,7 @@ class NodeSettings(_Section):
     tls: TLSSettings = Field(default_factory=lambda: TLSSettings())
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+    _spool = field_validator("spool_dir", mode="before")(classmethod(lambda cls, v: v or None))
 
     @field_validator("allowed_calling_aets")
     @classmethod
@@ -190,12 +199,15 @@ class SeriesSettings(_Section):
     isolate_decoding: bool = Field(True, description="decode pixels in a child process (denoise/decode_process.py)")
     decode_timeout_s: float = Field(60.0, gt=0, description="a slice whose decoding takes longer fails its series")
     decode_memory_mb: int = Field(4096, ge=0, description="address-space limit of the decoding child (0 = none)")
+    claim_lease_s: float = Field(
+        120.0, ge=2, description="a processing claim not renewed for this long is taken over by another worker"
+    )
 
 
 class ModelSettings(_Section):
     path: str = ""
     name: str = ""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", description="auto, cpu, cuda or cuda:N")
     tile_size: int = Field(272, ge=32)
     tile_overlap: int = Field(32, ge=0)
     batch_size: int = Field(4, ge=1)
@@ -376,6 +388,17 @@ class Settings(BaseSettings):
     def catalog_url(self) -> str:
         """The SQLAlchemy URL; a SQLite file under data_dir unless set."""
         return self.catalog.url or f"sqlite:///{self.node.data_dir / 'catalog.sqlite'}"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where received and derived files live: ``[node] spool_dir``, else the data directory."""
+        return self.node.spool_dir or self.node.data_dir
+
+    @property
+    def node_id(self) -> str:
+        """This node's name in the catalog's claims: stable across restarts (a restarted node takes its own
+        interrupted claims back at once) and distinct per data directory (one node per data directory)."""
+        return self.node.node_id or f"{socket.gethostname()}:{self.node.data_dir.resolve()}"[:200]
 
 
 class ConfigError(ValueError):

@@ -6,7 +6,9 @@
     ④ DERIVED ──► C-STORE to each destination ──► SENT / FAILED    (send/deliver.py, job "send")
        SENT ──► spool files purged after retention                  (store/retention.py, job "retention")
 
-Every arrow is a catalog transition, so a restart resumes where the node stopped.
+Every arrow is a catalog transition, so a restart resumes where the node stopped, and several nodes can share one
+catalog (PostgreSQL) and one spool: ``[node] role = "receive"`` runs ① and ②, ``"worker"`` runs ② to ④, ``"all"``
+(the default) everything. Claims are leased (store/catalog/queue.py), so any worker finishes what a dead one left.
 """
 
 from __future__ import annotations
@@ -75,15 +77,15 @@ class Node:
         self.lock = DataDirLock(settings.node.data_dir)
         self.lock.acquire()  # before the catalog is opened (and migrated) or the spool is touched
         try:
-            self.spool = Spool(settings.node.data_dir)
-            self.catalog = Catalog(settings.catalog_url)
+            self.spool = Spool(settings.spool_dir)
+            self.catalog = Catalog(settings.catalog_url, node_id=settings.node_id)
         except BaseException:
             self.lock.release()
             raise
         self.denoiser = denoiser
         self.admission = Admission(
             settings.node,
-            settings.node.data_dir,
+            settings.spool_dir,
             self.catalog.pending_series,
             known_series=lambda uid: self.catalog.series_state(uid) is not None,
         )
@@ -98,20 +100,29 @@ class Node:
 
     # ---- life cycle ----------------------------------------------------------------------------------------
 
+    @property
+    def receives(self) -> bool:
+        return self.settings.node.role in ("all", "receive")
+
+    @property
+    def works(self) -> bool:
+        return self.settings.node.role in ("all", "worker")
+
     def start(self) -> None:
         log.info("starting: %s", describe(self.settings))
         pynetdicom_patches.check_version()
         if env_overrides():
             log.info("environment overrides: %s", ", ".join(env_overrides()))
-        if self.denoiser is None:
+        if self.denoiser is None and self.works:
             self.denoiser = load_denoiser(self.settings)  # refuse to start without a usable model
-        info = self.denoiser.info
-        self.metrics.set_model(info.name, info.version, str(self.denoiser.inferer.device))
+        if self.denoiser is not None:
+            info = self.denoiser.info
+            self.metrics.set_model(info.name, info.version, str(self.denoiser.inferer.device))
         self.spool.remove_partial_writes()
         for uid in self.catalog.recover_after_restart():
             log.warning("series %s was interrupted while PROCESSING; state=COMPLETE again", uid)
         check_spool(self.spool, self.catalog)
-        if not self.settings.destinations:
+        if not self.settings.destinations and self.works:
             log.warning("no [[destinations]] configured: derived series will wait in state DERIVED")
         http = self.settings.http
         if http.enabled:
@@ -127,17 +138,20 @@ class Node:
             except OSError as exc:
                 raise ConfigError(f"[http] cannot listen on {http.host}:{http.port}: {exc}") from exc
             self.http.start()
-        self.server = start_scp(self.settings.node, self.spool, self.catalog, self.admission, self.audit)
+        if self.receives:
+            self.server = start_scp(self.settings.node, self.spool, self.catalog, self.admission, self.audit)
         self.scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(3)}, timezone="UTC")
         every = self.settings.series.poll_interval_s
         common = dict(trigger="interval", seconds=every, max_instances=1, coalesce=True, misfire_grace_time=None)
+        # Completion is an atomic catalog transition: every role runs it, so series complete while any node is up.
         self.scheduler.add_job(self.complete_job, id="complete", **common)
-        self.scheduler.add_job(self.process_job, id="process", **common)
-        self.scheduler.add_job(self.send_job, id="send", **common)
-        retention = dict(common, seconds=self.settings.retention.check_interval_s)
-        self.scheduler.add_job(self.retention_job, id="retention", next_run_time=datetime.now(UTC), **retention)
+        if self.works:
+            self.scheduler.add_job(self.process_job, id="process", **common)
+            self.scheduler.add_job(self.send_job, id="send", **common)
+            retention = dict(common, seconds=self.settings.retention.check_interval_s)
+            self.scheduler.add_job(self.retention_job, id="retention", next_run_time=datetime.now(UTC), **retention)
         self.scheduler.start()
-        log.info("node started")
+        log.info("node started (role %s, node id %s)", self.settings.node.role, self.catalog.node_id)
 
     def stop(self) -> None:
         log.info("stopping")
@@ -188,14 +202,14 @@ class Node:
             return info.name, info.version, info.weights_path, str(self.denoiser.inferer.device)
 
         return node_checks(
-            listening,
+            listening if self.receives else None,
             self.heartbeat,
             lambda: self.scheduler is not None and self.scheduler.running,
             self.catalog.write_probe,
-            model,
+            model if self.works else None,
             self.admission.free_mb,
             self.settings.node.min_free_mb,
-            self.settings.node.data_dir,
+            self.settings.spool_dir,
         )
 
     def complete_job(self) -> None:
@@ -218,12 +232,20 @@ class Node:
         self._running.add("process")
         try:
             while not self.stop_event.is_set():
-                claim = self.catalog.claim_for_processing(self.settings.series.max_attempts)
+                series = self.settings.series
+                claim = self.catalog.claim_for_processing(series.max_attempts, series.claim_lease_s)
                 if claim is None:
                     return
                 assert self.denoiser is not None
                 if denoise_claim(
-                    claim, self.catalog, self.denoiser, self.spool, self.metrics, self.settings.guard, self.stop_event
+                    claim,
+                    self.catalog,
+                    self.denoiser,
+                    self.spool,
+                    self.metrics,
+                    self.settings.guard,
+                    self.stop_event,
+                    series.claim_lease_s,
                 ):
                     self._run_now("send")
         finally:

@@ -1,8 +1,9 @@
 """The real peers, the node runner and the config writer shared by the tests, the benchmarks and the demo.
 
 One module per peer: net.py (programs, loopback ports, bounded waits, child processes), files.py (test CT series),
-dcmtk.py (storescu, echoscu, storescp), orthanc.py (Orthanc as the PACS), node.py (`denoise-node serve` and its
-config). The names below are re-exported so that ``import harness as peers`` reads well at the call site.
+dcmtk.py (storescu, echoscu, storescp), orthanc.py (Orthanc as the PACS), postgres.py (a throw-away PostgreSQL
+server), node.py (`denoise-node serve` and its config). The names below are re-exported so that
+``import harness as peers`` reads well at the call site.
 """
 
 from harness.dcmtk import StoreSCP, echoscu, file_syntax_profile, storescu
@@ -26,6 +27,7 @@ from harness.net import (
     wait_until,
 )
 from harness.orthanc import Modality, Orthanc, OrthancHTTPError
+from harness.postgres import PostgresServer
 
 __all__ = [
     "LOOPBACK",
@@ -34,6 +36,7 @@ __all__ = [
     "Orthanc",
     "OrthancHTTPError",
     "PeerMissing",
+    "PostgresServer",
     "StoreSCP",
     "StrPath",
     "echoscu",

@@ -27,6 +27,7 @@ from harness import (  # noqa: F401  (re-exported for the tests)
     OrthancHTTPError,
     PeakWatch,
     PeerMissing,
+    PostgresServer,
     StoreSCP,
     StrPath,
     echoscu,
@@ -125,6 +126,33 @@ def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
             return orthanc
 
         yield make
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throw-away PostgreSQL server for the test session (harness/postgres.py); each test makes its database."""
+    try:
+        server = PostgresServer().start()
+    except PeerMissing as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and a peer is missing: {exc}")
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A new empty database on the session's PostgreSQL server: its SQLAlchemy URL."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The catalog's URL on each backend: a SQLite file (the embedded default) and a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture

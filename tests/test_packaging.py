@@ -27,8 +27,8 @@ def _pins() -> dict[str, Version]:
 def test_every_declared_dependency_is_pinned_inside_its_range():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = list(project["dependencies"])
-    for extra in ("train", "dev", "bench"):
-        declared += project["optional-dependencies"][extra]
+    for extras in project["optional-dependencies"].values():
+        declared += extras
     pins = _pins()
     for text in declared:
         req = Requirement(text)
@@ -36,3 +36,53 @@ def test_every_declared_dependency_is_pinned_inside_its_range():
         assert name in pins, f"{req.name} (pyproject.toml) has no pin in constraints.txt"
         assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is outside {req}"
     assert pins["torch"] == Version("2.13.0")  # the CPU wheel on disk; a range would pull a CUDA build
+
+
+def _declared() -> tuple[list[str], dict[str, list[str]]]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    required = [canonicalize_name(Requirement(t).name) for t in project["dependencies"]]
+    extras = {
+        k: [canonicalize_name(Requirement(t).name) for t in v] for k, v in project["optional-dependencies"].items()
+    }
+    return required, extras
+
+
+def _readme_licences() -> dict[str, tuple[str, str]]:
+    """README's dependency table: package → (licence cell, install cell)."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Dependencies and licences") :]
+    rows: dict[str, tuple[str, str]] = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or cells[0] in ("package", "---"):
+            continue
+        for name in cells[0].replace("*", "").replace("(", ",").replace(")", "").split(","):
+            if name.strip():
+                rows[canonicalize_name(name.strip().split(" ")[0])] = (cells[1], cells[3])
+    return rows
+
+
+def test_readme_licence_table_is_true():
+    """Every dependency has a row; what is GPL or LGPL (by its installed metadata) says so there; the GPL codec is an
+    extra, never a required dependency."""
+    from importlib import metadata
+
+    required, extras = _declared()
+    rows = _readme_licences()
+    for name in [*required, *(n for names in extras.values() for n in names)]:
+        assert name in rows, f"{name} (pyproject.toml) has no row in README's dependency table"
+        meta = metadata.metadata(name)
+        short = meta.get("License") or ""  # some wheels put a whole licence text (of bundled libraries) here
+        declared = " ".join(
+            [
+                meta.get("License-Expression") or "",
+                short if len(short) < 200 else "",
+                *(meta.get_all("Classifier") or []),
+            ]
+        )
+        if "GPL" in declared:
+            kind = "LGPL" if "LGPL" in declared or "Lesser" in declared else "GPL"
+            assert kind in rows[name][0], f"{name} is {kind} by its metadata; README says {rows[name][0]!r}"
+            assert name not in required, f"{name} is {kind}: it must be an optional extra, not a required dependency"
+            assert "extra" in rows[name][1], rows[name]
+    assert "pylibjpeg-libjpeg" in extras["jpeg-gpl"]

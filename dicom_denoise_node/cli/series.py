@@ -203,7 +203,7 @@ def purge(
         raise typer.BadParameter("give one SERIES_UID or --failed")
     settings = load_or_exit(config)
     catalog = Catalog(settings.catalog_url)
-    spool = Spool(settings.node.data_dir)
+    spool = Spool(settings.spool_dir)
     try:
         uids = [uid for _, uid in catalog.series_by_state(SeriesState.FAILED)] if failed else [str(series_uid)]
         for uid in uids:

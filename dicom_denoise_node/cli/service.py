@@ -15,14 +15,27 @@ from dicom_denoise_node.config import ConfigError, Destination
 from dicom_denoise_node.model.registry import ModelError
 
 
-def serve(config: ConfigOption = None) -> None:
+def serve(
+    config: ConfigOption = None,
+    role: Annotated[
+        str | None,
+        typer.Option(help="all, receive (SCP only) or worker (denoise and send); overrides [node] role."),
+    ] = None,
+) -> None:
     """Run the node: receive, denoise, send — until SIGTERM or Ctrl-C.
 
-    Example: `denoise-node serve --config /etc/denoise-node/denoise-node.toml`
+    Several nodes share one PostgreSQL catalog and one spool: receivers with `--role receive`, one worker per GPU
+    with `--role worker` (docs/install.md). Example: `denoise-node serve --config /etc/denoise-node/denoise-node.toml`
     """
     from dicom_denoise_node.pipeline import Node
 
     settings = load_or_exit(config)
+    if role is not None:
+        try:
+            settings.node.role = role  # type: ignore[assignment]  (validated on assignment)
+        except ValueError as exc:
+            log.error("--role %s: expected all, receive or worker", role)
+            raise typer.Exit(2) from exc
     try:
         Node(settings).serve_forever()
     except ModelError as exc:
@@ -89,7 +102,7 @@ def check(
     settings = load_or_exit(config)
     catalog = Catalog(settings.catalog_url)
     try:
-        report = check_spool(Spool(settings.node.data_dir), catalog, repair=repair)
+        report = check_spool(Spool(settings.spool_dir), catalog, repair=repair)
     finally:
         catalog.close()
     table = Table(title="spool vs catalog")

@@ -19,6 +19,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_rescale
 from pydicom.uid import HTJ2K, JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless
 
+from dicom_denoise_node.codecs import missing_codec
+
 log = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -82,6 +84,8 @@ def _skip_reason(ds: Dataset) -> str | None:
         # A lossy source has lost exactly the fine detail the guard and the reader check: denoising it again would
         # stack a second approximation on the first, and its DERIVED output would hide that.
         return f"lossy-compressed source (transfer syntax {syntax or '?'}): not denoised"
+    if syntax and (missing := missing_codec(syntax)):
+        return missing
     if int(ds.Rows) * int(ds.Columns) > MAX_DECODE_PIXELS:
         return f"{ds.Rows} × {ds.Columns} pixels: over the worker's limit of {MAX_DECODE_PIXELS}, not decoded"
     return None

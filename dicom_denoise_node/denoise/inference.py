@@ -21,16 +21,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from dicom_denoise_node.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 
 def select_device(requested: str) -> torch.device:
-    """'auto' → CUDA when available, else CPU; 'cuda' without a GPU is a configuration error."""
+    """'auto' → CUDA when available, else CPU; 'cuda' or 'cuda:N' without that GPU is a configuration error.
+    'cuda:N' lets one host run one worker per GPU (docs/install.md)."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("[model] device = 'cuda' but no CUDA device is available")
-    return torch.device(requested)
+    device = torch.device(requested)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"[model] device = '{requested}' but no CUDA device is available")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"[model] device = '{requested}' but this host has {count} CUDA device(s): cuda:0…cuda:{count - 1}"
+            )
+    return device
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:

@@ -1,5 +1,6 @@
-"""③ The worker's step for one claimed series: denoise it, then record DERIVED, FAILED (error or held by the guard)
-or, when the node stops meanwhile, COMPLETE again."""
+"""③ The worker's step for one claimed series: denoise it under a renewed lease (lease.py), then record DERIVED,
+FAILED (error or held by the guard) or, when the node stops meanwhile, COMPLETE again; a claim lost to another
+worker records nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 from dicom_denoise_node.config import GuardSettings
+from dicom_denoise_node.denoise.lease import ClaimLease
 from dicom_denoise_node.denoise.series import Interrupted, SeriesDenoiser
 from dicom_denoise_node.ops.metrics import NodeMetrics
 from dicom_denoise_node.store.catalog import Catalog, Claim, DerivedRecord, SeriesState
@@ -25,6 +27,7 @@ def denoise_claim(
     metrics: NodeMetrics,
     guard: GuardSettings,
     stop: threading.Event,
+    lease_s: float,
 ) -> bool:
     """Denoise a claimed series; True when it is DERIVED and ready to send."""
     log.info("series %s state=PROCESSING", claim.series_uid)
@@ -35,17 +38,24 @@ def denoise_claim(
         log.debug("series %s: %d/%d slices", claim.series_uid, done, total)
         catalog.record_progress(claim, done, total)
 
+    lease = ClaimLease(catalog, claim, lease_s, stop)
     try:
-        result = denoiser.denoise_series(claim.series_uid, paths, spool.derived_path, progress=progress, stop=stop)
+        with lease:
+            result = denoiser.denoise_series(
+                claim.series_uid, paths, spool.derived_path, progress=progress, stop=lease.abandon
+            )
     except Interrupted:
+        if lease.lost:
+            return False  # another worker has the series now; the keeper said so
         catalog.requeue(claim)
         log.info("series %s interrupted by shutdown; state=COMPLETE", claim.series_uid)
         return False
     except Exception as exc:
         metrics.series_processed.labels("failed").inc()
         log.exception("series %s failed while processing", claim.series_uid)
-        catalog.fail(claim.series_id, "process", f"{type(exc).__name__}: {exc}", SeriesState.PROCESSING)
-        log.error("series %s state=FAILED: %s", claim.series_uid, exc)
+        error = f"{type(exc).__name__}: {exc}"
+        if catalog.fail(claim.series_id, "process", error, SeriesState.PROCESSING, owner=claim.owner):
+            log.error("series %s state=FAILED: %s", claim.series_uid, exc)
         return False
     records = [DerivedRecord(sop, src, str(path)) for sop, src, path in result.written]
     seconds = time.monotonic() - started
@@ -63,7 +73,8 @@ def denoise_claim(
     if not catalog.finish_processing(
         claim, result.derived_series_uid, denoiser.info.version, records, processing_seconds=seconds, hold_reason=hold
     ):
-        log.info("series %s received new instances while processing; state=RECEIVING", claim.series_uid)
+        log.info("series %s: result not recorded (new instances arrived meanwhile, or the claim was lost)",
+                 claim.series_uid)  # fmt: skip
         return False
     if hold:
         log.warning("series %s state=FAILED: %s", claim.series_uid, hold)

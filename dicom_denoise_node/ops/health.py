@@ -72,18 +72,20 @@ class Heartbeat:
 
 
 def node_checks(
-    listening: Callable[[], tuple[bool, str]],
+    listening: Callable[[], tuple[bool, str]] | None,
     heartbeat: Heartbeat,
     scheduler_running: Callable[[], bool],
     write_probe: Callable[[], None],
-    model: Callable[[], tuple[str, str, Path, str] | None],
+    model: Callable[[], tuple[str, str, Path, str] | None] | None,
     free_mb: Callable[[], float],
     min_free_mb: float,
     data_dir: Path,
 ) -> Health:
-    """The node's checks behind /healthz (and `status`): SCP, scheduler, catalog, model file, disk."""
+    """The node's checks behind /healthz (and `status`): SCP, scheduler, catalog, model file, disk. A node of one
+    role leaves out what it does not run (a receiver has no model, a worker no SCP): ``listening``/``model`` None."""
 
     def scp() -> Check:
+        assert listening is not None
         ok, detail = listening()
         return Check(ok, detail)
 
@@ -92,6 +94,7 @@ def node_checks(
         return Check(True, "writable")
 
     def model_file() -> Check:
+        assert model is not None
         loaded = model()
         if loaded is None:
             return Check(False, "no model loaded")
@@ -104,12 +107,15 @@ def node_checks(
         free = free_mb()
         return Check(free >= min_free_mb, f"{free:.0f} MiB free under {data_dir} (min_free_mb={min_free_mb:g})")
 
-    return run_checks(
-        {
-            "scp": scp,
-            "scheduler": lambda: heartbeat.check(scheduler_running()),
-            "catalog": catalog,
-            "model": model_file,
-            "disk": disk,
-        }
-    )
+    checks: dict[str, Callable[[], Check]] = {
+        "scp": scp,
+        "scheduler": lambda: heartbeat.check(scheduler_running()),
+        "catalog": catalog,
+        "model": model_file,
+        "disk": disk,
+    }
+    if listening is None:
+        del checks["scp"]
+    if model is None:
+        del checks["model"]
+    return run_checks(checks)

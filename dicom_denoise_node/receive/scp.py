@@ -19,12 +19,12 @@ from pydicom import dcmread
 from pydicom import uid as dcm_uid
 from pydicom.dataset import Dataset
 from pydicom.encaps import parse_fragments
-from pydicom.pixels import get_decoder
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_denoise_node.codecs import decodable_transfer_syntaxes, log_refused_syntaxes
 from dicom_denoise_node.config import NodeSettings
 from dicom_denoise_node.pynetdicom_patches import NODELAY_HANDLER, start_server, stream_received_datasets
 from dicom_denoise_node.receive.admission import MIB, Admission, server_tls_context
@@ -52,24 +52,6 @@ class StoreStatus(enum.IntEnum):
 
 class EchoStatus(enum.IntEnum):
     SUCCESS = 0x0000
-
-
-def decodable_transfer_syntaxes() -> list[str]:
-    """Every transfer syntax whose pixel data the worker can decode with the installed plugins."""
-    out: list[str] = []
-    for ts in dcm_uid.AllTransferSyntaxes:
-        if not ts.is_transfer_syntax:
-            continue
-        if not ts.is_encapsulated:
-            out.append(ts)
-            continue
-        try:
-            if get_decoder(ts).is_available:
-                out.append(ts)
-        except NotImplementedError:
-            continue
-    # Deflated is not "encapsulated" but needs zlib, which Python always has.
-    return out
 
 
 def _instance_number(ds: Dataset) -> int | None:
@@ -268,6 +250,7 @@ def build_ae(settings: NodeSettings) -> AE:
     """The SCP's Application Entity with its contexts and association policy."""
     ae = AE(ae_title=settings.ae_title)
     syntaxes = decodable_transfer_syntaxes()
+    log_refused_syntaxes()
     for sop_class in ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(sop_class, syntaxes)
     ae.add_supported_context(Verification)

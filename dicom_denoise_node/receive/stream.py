@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 
 from dicom_denoise_node.receive.admission import MIB
-from dicom_denoise_node.store.spool import DIR_MODE, FILE_MODE, TMP_SUFFIX
+from dicom_denoise_node.store.spool import DIR_MODE, FILE_MODE, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class ReceivedFile:
 
 
 def _make_temp(directory: Path) -> tuple[int, str]:
-    name = directory / f"{os.urandom(12).hex()}.dcm{TMP_SUFFIX}"
+    name = directory / temp_name(f"{os.urandom(12).hex()}.dcm")
     return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), str(name)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,37 @@ _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 TMP_SUFFIX = ".tmp"
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+FOREIGN_TMP_AGE_S = 24 * 3600  # another host's temporary file this old has lost its writer
+
+
+def temp_name(stem: str) -> str:
+    """A temporary file's name, tagged with its writer (``~pid@host``): several nodes may share one spool, and a
+    node starting up must delete only the partial writes of writers that are gone (:func:`writer_gone`)."""
+    return f"{stem}~{os.getpid()}@{socket.gethostname()}{TMP_SUFFIX}"
+
+
+def writer_gone(tmp: Path, now: float | None = None) -> bool:
+    """Whether the process that wrote this temporary file has ended: one of this host whose pid is not running,
+    one of another host (whose processes we cannot see) only after FOREIGN_TMP_AGE_S, an untagged one always."""
+    tag = tmp.name.removesuffix(TMP_SUFFIX).rpartition("~")[2]
+    pid, _, host = tag.partition("@")
+    if not host or not pid.isdigit():
+        return True
+    if host != socket.gethostname():
+        try:
+            return (now or time.time()) - tmp.stat().st_mtime > FOREIGN_TMP_AGE_S
+        except FileNotFoundError:
+            return False
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rpartition(")")[2].split()[0] == "Z"
 
 
 class InvalidUID(ValueError):
@@ -47,7 +80,7 @@ def stage_file(path: Path, data: bytes | memoryview | Sequence[bytes | memoryvie
     ``path``, durably (fsync), and return it; :func:`publish` renames it into place. A crash leaves only the
     temporary file, which :meth:`Spool.remove_partial_writes` deletes at the next start."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+    tmp = path.with_name(temp_name(f".{path.name}.{uuid.uuid4().hex}"))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         for part in [data] if isinstance(data, bytes | memoryview) else data:
@@ -108,7 +141,8 @@ def _fsync_created(created: list[Path]) -> None:
 
 
 class Spool:
-    """The node's data directory: ``incoming/`` (as received) and ``derived/`` (as sent)."""
+    """The spool: ``incoming/`` (as received) and ``derived/`` (as sent); the node's data directory unless
+    ``[node] spool_dir`` names one that several nodes share."""
 
     def __init__(self, data_dir: Path) -> None:
         self.root = Path(data_dir)
@@ -129,13 +163,15 @@ class Spool:
         return self.derived / check_uid(derived_series_uid) / f"{check_uid(sop_uid)}.dcm"
 
     def remove_partial_writes(self) -> int:
-        """Delete temporary files left by a crash mid-write; returns how many. Only the spool's own folders:
-        other tenants of the data directory (inductor's kernel cache, see systemd/) keep theirs."""
+        """Delete temporary files left by a crash mid-write; returns how many. Only the spool's own folders (other
+        tenants of the data directory, such as inductor's kernel cache, see systemd/, keep theirs), and only those
+        whose writer is gone (another node sharing the spool may be writing the rest)."""
         count = 0
         for folder in (self.incoming, self.derived):
             for tmp in folder.rglob(f"*{TMP_SUFFIX}"):
-                tmp.unlink(missing_ok=True)
-                count += 1
+                if writer_gone(tmp):
+                    tmp.unlink(missing_ok=True)
+                    count += 1
         if count:
             log.warning("removed %d partial writes left by an interrupted run", count)
         return count

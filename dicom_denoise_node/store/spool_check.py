@@ -7,7 +7,8 @@ after any crash the only expected mismatches are files without rows. Those are h
   commit), but the bytes are complete (atomic rename), so it is indexed like a fresh arrival — nothing is lost
   even if the SCU does not send it again;
 - a derived file without a row: left by an interrupted processing run; deleted (processing rewrites it with the
-  same deterministic UIDs).
+  same deterministic UIDs) — unless another node sharing the spool holds a live processing claim, whose worker may
+  be writing such files right now: then they are left for the next start.
 
 Rows without files should not happen (someone deleted spool files by hand, or a disk lost data). They are
 reported at ERROR: a received instance's series becomes FAILED with the path in last_error; a derived one is
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 class ConsistencyReport:
     indexed_orphans: list[str] = field(default_factory=list)
     removed_orphans: list[str] = field(default_factory=list)
+    kept_orphans: list[str] = field(default_factory=list)  # other nodes are processing: maybe theirs, in progress
     unreadable_orphans: list[str] = field(default_factory=list)
     missing_received: list[str] = field(default_factory=list)
     missing_derived: list[str] = field(default_factory=list)
@@ -99,7 +101,11 @@ def check_spool(spool: Spool, catalog: Catalog, repair: bool = True) -> Consiste
             # Not something the receive path would have written: keep it for a person, out of the queue.
             log.error("spool file %s is not in the catalog and cannot be indexed (%s); left in place", path, exc)
             report.unreadable_orphans.append(path)
+    others = catalog.claims_of_other_nodes()
     for path in sorted(_files(spool.derived) - set(derived_rows)):
+        if others:
+            report.kept_orphans.append(path)
+            continue
         report.removed_orphans.append(path)
         if repair:
             Path(path).unlink(missing_ok=True)
@@ -123,6 +129,9 @@ def _log(report: ConsistencyReport) -> None:
         )
     if report.removed_orphans:
         log.warning("removed %d derived files of interrupted processing", len(report.removed_orphans))
+    if report.kept_orphans:
+        log.info("kept %d derived files without rows: other nodes are processing (they may be theirs)",
+                 len(report.kept_orphans))  # fmt: skip
     if report.missing_received:
         log.error(
             "%d received instances are in the catalog but missing from the spool; series FAILED: %s",

@@ -36,6 +36,14 @@ def test_receive_bench(tmp_path):
 
 
 @pytest.mark.e2e
+def test_receivers_bench(tmp_path, postgres_server):  # the fixture: a missing PostgreSQL fails under CI=true
+    require("storescp")
+    result = _bench("receivers", tmp_path, "--files", "8", "--size", "32", "--receivers", "1", "2",
+                    "--senders-per-receiver", "1")  # fmt: skip
+    assert [r["receivers"] for r in result["rows"]] == [1, 2] and all(r["images_per_s"] > 0 for r in result["rows"])
+
+
+@pytest.mark.e2e
 def test_e2e_bench(tmp_path):
     require("storescp")
     result = _bench("e2e", tmp_path, "--slices", "2", "--size", "64", "--filters", "4", "--quiet-period", "0.5")

@@ -63,6 +63,13 @@ def test_denoise_files_without_network(tmp_path, tiny_model):
     assert np.isfinite(first.pixel_array).all()
 
 
+def test_serve_with_an_unknown_role_is_a_clear_error(tmp_path):
+    (tmp_path / "n.toml").write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n')
+    result = cli("serve", "-c", str(tmp_path / "n.toml"), "--role", "both")
+    assert result.returncode == 2
+    assert "--role both: expected all, receive or worker" in result.stderr
+
+
 def test_denoise_without_model_is_a_clear_error(tmp_path):
     write_ct_series(tmp_path / "in", 1)
     result = cli("denoise", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tmp_path / "nope.json"))

@@ -158,3 +158,33 @@ def test_stow_rs_auth_is_basic_or_bearer_and_never_printed(tmp_path):
     with pytest.raises(ConfigError, match=r"'destinations\[0\].url' .*credentials do not belong in url") as err:
         load_settings(cfg)
     assert "pw-three" not in str(err.value)
+
+
+def test_roles_shared_spool_and_gpu_index(tmp_path):
+    """Several nodes on one catalog: a role, a shared spool (empty = data_dir), a stable node id and cuda:N."""
+    cfg = tmp_path / "n.toml"
+    cfg.write_text(
+        '[node]\ndata_dir = "/d"\nrole = "worker"\nspool_dir = "/shared"\n[model]\ndevice = "cuda:1"\n'
+        "[series]\nclaim_lease_s = 30\n"
+    )
+    settings = load_settings(cfg)
+    assert settings.node.role == "worker" and settings.spool_dir == Path("/shared")
+    assert settings.model.device == "cuda:1" and settings.series.claim_lease_s == 30
+    assert settings.node_id.endswith(":/d") and settings.node_id == load_settings(cfg).node_id  # stable
+    cfg.write_text('[node]\ndata_dir = "/d"\nspool_dir = ""\n')
+    assert load_settings(cfg).spool_dir == Path("/d")
+    for bad in ('[node]\nrole = "both"\n', '[model]\ndevice = "gpu1"\n'):
+        cfg.write_text(bad)
+        with pytest.raises(ConfigError) as err:
+            load_settings(cfg)
+        assert str(cfg) in str(err.value) and ("role" in str(err.value) or "device" in str(err.value))
+
+
+def test_a_missing_gpu_is_a_config_error_naming_the_device():
+    import torch
+
+    from dicom_denoise_node.denoise.inference import select_device
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ConfigError, match=rf"cuda:{count}"):
+        select_device(f"cuda:{count}")

@@ -18,19 +18,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
 from dicom_denoise_node.config import NodeSettings
-from dicom_denoise_node.model.generator import ResidualCNN, ResidualCNNConfig
-from dicom_denoise_node.model.registry import save_model
 from dicom_denoise_node.receive.admission import Admission
 from dicom_denoise_node.receive.audit import association_rows
 from dicom_denoise_node.store.catalog import SeriesState, open_readonly
 from harness.node import NodeProcess
+from tests.conftest import export_two_layer_model
 from tests.peers import (
     LOOPBACK,
     PeakWatch,
@@ -301,15 +299,6 @@ def _memory_kib(pid: int, field: str) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith(field + ":")))
 
 
-def _two_layer_model(directory: Path) -> Path:
-    """A 2-layer, 4-filter residual CNN (untrained): the node's whole path at 512² without the tiny ResNet's
-    seconds per slice on a 2-core CI machine; this test is about receiving and back-pressure, not the model."""
-    torch.manual_seed(0)
-    network = ResidualCNN(ResidualCNNConfig(filters=4, layers=2, dilations=(1, 1)))
-    info = save_model(network, directory, "load-test", "0.0.1-test", (-1024.0, 1024.0), training={"note": "untrained"})
-    return info.weights_path.with_suffix(".json")
-
-
 def test_load_eight_concurrent_scanners_with_back_pressure_and_bounded_memory(tmp_path, pacs, request):
     """8 storescu × 100 slices of 512² at once (400 MiB of pixels). With max_pending_series=4 exactly four new
     series get in and exactly four scanners are turned away (Out of Resources on their first instance) in the first
@@ -319,7 +308,7 @@ def test_load_eight_concurrent_scanners_with_back_pressure_and_bounded_memory(tm
     scanners, slices, limit = 8, 100, 4
     node = NodeProcess(
         tmp_path,
-        _two_layer_model(tmp_path / "model"),
+        export_two_layer_model(tmp_path / "model"),
         [{"ae_title": "PACS", "port": pacs.port}],
         node_extra=f"max_pending_series = {limit}",
         log_level="INFO",

@@ -17,8 +17,9 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 
+from dicom_denoise_node.codecs import decodable_transfer_syntaxes
 from dicom_denoise_node.config import NodeSettings
-from dicom_denoise_node.receive.scp import StoreStatus, decodable_transfer_syntaxes, start_scp
+from dicom_denoise_node.receive.scp import StoreStatus, start_scp
 from dicom_denoise_node.store.catalog import Catalog, SeriesState
 from dicom_denoise_node.store.spool import Spool
 from tests.peers import LOOPBACK, echoscu, free_port, require, storescu, write_ct_series
@@ -215,6 +216,33 @@ def test_partial_writes_are_removed_only_from_the_spool_folders(tmp_path):
     assert spool.remove_partial_writes() == 2
     assert not any(p.exists() for p in left)
     assert other.exists()
+
+
+def test_a_shared_spool_keeps_the_partial_writes_of_live_writers(tmp_path):
+    """Several nodes share one spool: a node starting up deletes the temporary files of writers that are gone (a dead
+    pid of this host, another host's after a day), never those another live process is writing."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    spool = Spool(tmp_path / "data")
+    folder = spool.incoming / ".receiving"
+    folder.mkdir()
+    live_here = folder / f"a.dcm~{os.getppid()}@{host}.tmp"  # our parent: alive
+    dead_here = folder / f"b.dcm~{dead.pid}@{host}.tmp"
+    live_there = folder / "c.dcm~1@another-host.tmp"
+    old_there = folder / "d.dcm~1@another-host.tmp"
+    for path in (live_here, dead_here, live_there, old_there):
+        path.write_bytes(b"x")
+    day_ago = time.time() - 25 * 3600
+    os.utime(old_there, (day_ago, day_ago))
+    assert spool.remove_partial_writes() == 2
+    assert live_here.exists() and live_there.exists()
+    assert not dead_here.exists() and not old_there.exists()
 
 
 def test_a_failed_catalog_write_on_a_resend_keeps_the_acknowledged_copy(scp, tmp_path, monkeypatch):

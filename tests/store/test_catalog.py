@@ -24,16 +24,24 @@ def meta(n: int, series: str = "1.2.3.4", path: str = "/x") -> InstanceMeta:
 
 
 @pytest.fixture
-def catalog(tmp_path):
+def catalog(catalog_url):
+    """The catalog on each backend (SQLite file, real PostgreSQL server): every test below runs on both."""
+    cat = Catalog(catalog_url)
+    yield cat
+    cat.close()
+
+
+@pytest.fixture
+def sqlite_catalog(tmp_path):
     cat = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     yield cat
     cat.close()
 
 
-def test_catalog_is_a_real_wal_file(catalog, tmp_path):
-    catalog.record_instance(meta(1))
+def test_catalog_is_a_real_wal_file(sqlite_catalog, tmp_path):
+    sqlite_catalog.record_instance(meta(1))
     assert (tmp_path / "catalog.sqlite").exists()
-    with catalog.engine.connect() as conn:
+    with sqlite_catalog.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
@@ -109,32 +117,86 @@ def test_restart_recovers_processing(catalog):
     assert catalog.series_state("1.2.3.4") is SeriesState.COMPLETE
 
 
-def test_concurrent_claims_take_each_series_once(tmp_path):
-    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
-    first = Catalog(url)
-    for s in range(10):
-        first.record_instance(meta(1, series=f"1.2.3.{s + 10}"))
+def test_concurrent_claims_take_each_series_once(catalog_url):
+    first = Catalog(catalog_url)
+    series = [f"1.2.3.{s + 10}" for s in range(30)]
+    for uid in series:
+        first.record_instance(meta(1, series=uid))
     first.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
-    # Two catalogs on one file behave like two worker processes: no shared lock, only the SQL claim.
-    catalogs = [first, Catalog(url)]
+    # Catalogs with their own engines behave like worker processes (or hosts): no shared lock, only the SQL claim.
+    catalogs = [first, Catalog(catalog_url, node_id="b"), Catalog(catalog_url, node_id="c")]
     claimed: list[str] = []
     lock = threading.Lock()
 
     def worker(cat):
-        for _ in range(20):
+        for _ in range(40):
             c = cat.claim_for_processing()
             if c is not None:
                 with lock:
                     claimed.append(c.series_uid)
 
-    threads = [threading.Thread(target=worker, args=(c,)) for c in catalogs for _ in range(2)]
+    threads = [threading.Thread(target=worker, args=(c,)) for c in catalogs for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(claimed) == sorted(f"1.2.3.{s + 10}" for s in range(10))
+    assert sorted(claimed) == sorted(series)
     for c in catalogs:
         c.close()
+
+
+def _one_complete_series(catalog) -> None:
+    catalog.record_instance(meta(1))
+    catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+
+
+def test_a_dead_workers_claim_is_taken_over_once_its_lease_runs_out(catalog_url):
+    """Two workers on one catalog: the first stops renewing (it died); after its lease the second takes the series,
+    and nothing the first might still write (progress, finish, requeue, fail) lands."""
+    a, b = Catalog(catalog_url, node_id="host-a:/data"), Catalog(catalog_url, node_id="host-b:/data")
+    try:
+        _one_complete_series(a)
+        first = a.claim_for_processing(lease_s=30)
+        assert first is not None and first.owner.startswith("host-a:/data#")
+        assert b.claim_for_processing(lease_s=30) is None  # the lease holds
+        assert a.renew_claim(first, 30)
+        later = utcnow() + timedelta(seconds=31)
+        second = b.claim_for_processing(lease_s=30, now=later)
+        assert second is not None and second.owner.startswith("host-b:/data#") and second.attempts == 2
+        assert not a.renew_claim(first, 30)
+        a.record_progress(first, 1, 1)
+        assert not a.finish_processing(first, "9", "v1", [DerivedRecord("9.1", "1.2.3.4.1", "/d/1")])
+        assert not a.requeue(first)
+        assert not a.fail(first.series_id, "process", "late", SeriesState.PROCESSING, owner=first.owner)
+        assert a.series_state("1.2.3.4") is SeriesState.PROCESSING  # still the second worker's
+        assert a.derived_instances(second.series_id) == []
+        assert b.finish_processing(second, "9", "v1", [DerivedRecord("9.1", "1.2.3.4.1", "/d/1")])
+        assert b.series_state("1.2.3.4") is SeriesState.DERIVED
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_restart_takes_back_only_its_own_claims(catalog_url):
+    """A node restarting gives back what it was processing at once, and leaves another node's live claim alone."""
+    a, b = Catalog(catalog_url, node_id="host-a:/data"), Catalog(catalog_url, node_id="host-b:/data")
+    try:
+        for n, uid in enumerate(("1.2.3.4", "1.2.3.5")):
+            a.record_instance(meta(n, series=uid))
+        a.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+        mine, theirs = a.claim_for_processing(), b.claim_for_processing()
+        assert mine is not None and theirs is not None
+        restarted = Catalog(catalog_url, node_id="host-a:/data")
+        try:
+            assert restarted.recover_after_restart() == [mine.series_uid]
+        finally:
+            restarted.close()
+        assert a.series_state(mine.series_uid) is SeriesState.COMPLETE
+        assert a.series_state(theirs.series_uid) is SeriesState.PROCESSING
+        assert b.renew_claim(theirs, 30)
+    finally:
+        a.close()
+        b.close()
 
 
 def test_catalog_file_is_owner_only(tmp_path):
@@ -148,7 +210,8 @@ def test_catalog_file_is_owner_only(tmp_path):
         cat.close()
 
 
-def test_read_only_opener_reads_a_live_catalog_and_never_writes_or_migrates(catalog, tmp_path):
+def test_read_only_opener_reads_a_live_catalog_and_never_writes_or_migrates(sqlite_catalog, tmp_path):
+    catalog = sqlite_catalog
     from sqlalchemy.exc import OperationalError
 
     from dicom_denoise_node.store.catalog import open_readonly
@@ -178,9 +241,9 @@ def test_read_only_opener_reads_a_live_catalog_and_never_writes_or_migrates(cata
 
 def test_a_failed_statement_does_not_carry_its_parameters(catalog):
     """hide_parameters: a catalog error that is logged (or shown) must not quote a PatientID."""
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DBAPIError
 
-    with pytest.raises(OperationalError) as failed, catalog.transaction() as s:
+    with pytest.raises(DBAPIError) as failed, catalog.transaction() as s:
         s.execute(text("INSERT INTO no_such_table VALUES (:patient)"), {"patient": "PHI-ID-4711"})
     assert "PHI-ID-4711" not in str(failed.value)
 
@@ -200,3 +263,35 @@ def test_a_series_whose_processing_never_finishes_ends_failed_after_max_attempts
     claim = catalog.claim_for_processing(max_attempts=3)
     assert claim is not None and catalog.requeue(claim)  # a clean shutdown is not an attempt
     assert catalog.series_overview()[0]["attempts"] == 0
+
+
+def test_receivers_on_one_catalog_record_the_first_instances_of_a_new_series_together(catalog_url):
+    """Four receivers (own engines) get the first instances of a new patient, study and series at the same moment:
+    each parent row is created once and every instance is recorded (none refused for a unique-key race)."""
+    receivers = [Catalog(catalog_url, node_id=f"r{i}") for i in range(4)]
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def receive(cat, n):
+        barrier.wait()
+        try:
+            cat.record_instance(meta(n, series="1.2.3.77"))
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    try:
+        for _round in range(5):  # bounded: five rounds of eight simultaneous first instances
+            threads = [threading.Thread(target=receive, args=(receivers[n % 4], n)) for n in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert errors == []
+            rows = receivers[0].series_overview()
+            assert len(rows) == 1 and rows[0]["instances"] == 8, rows
+            with receivers[0].transaction() as s:  # a new patient, study and series for the next round
+                for table in ("instances", "series", "studies", "patients"):
+                    s.execute(text(f"DELETE FROM {table}"))
+    finally:
+        for cat in receivers:
+            cat.close()

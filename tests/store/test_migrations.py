@@ -40,8 +40,9 @@ def _schema_1_catalog(path) -> None:
     con.close()
 
 
-def test_migrations_build_exactly_the_models(tmp_path):
-    catalog = Catalog(f"sqlite:///{tmp_path / 'fresh.sqlite'}")
+def test_migrations_build_exactly_the_models(catalog_url):
+    """On each backend (SQLite, a real PostgreSQL server): the migrations are the schema's only definition."""
+    catalog = Catalog(catalog_url)
     try:
         assert current_revision(catalog.engine) == head_revision()
         with catalog.engine.connect() as conn:
@@ -84,3 +85,22 @@ def test_stamped_baseline_upgrades_too(tmp_path):
     assert current_revision(engine) == head_revision()
     assert "associations" in inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_nodes_starting_together_migrate_a_postgresql_catalog_once(postgres_url):
+    """Several nodes opening one empty PostgreSQL catalog at the same moment: one migrates (under the advisory lock),
+    the others wait and find the newest revision; none fails."""
+    import subprocess
+    import sys
+
+    go = "import sys; from dicom_denoise_node.store.catalog import Catalog; Catalog(sys.argv[1]).close()"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", go, postgres_url], stderr=subprocess.PIPE, text=True) for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(errors)
+    engine = create_engine(postgres_url)
+    try:
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()

@@ -129,3 +129,26 @@ def test_a_series_that_received_an_instance_before_its_tombstone_is_not_purged(s
     assert catalog.series_state(uid) is SeriesState.RECEIVING
     kept = sorted(Path(i.path) for i in catalog.instances(series_id))
     assert len(kept) == 3 and kept == sorted(spool.incoming.rglob("*.dcm"))  # every file, every row
+
+
+def test_the_startup_check_leaves_derived_files_alone_while_another_node_processes(tmp_path):
+    """A shared spool: a derived file without a row may be another worker's, written right now; the start-up check
+    deletes such files only when no other node holds a live processing claim."""
+    spool = Spool(tmp_path / "data")
+    url = f"sqlite:///{tmp_path / 'data' / 'catalog.sqlite'}"
+    other, starting = Catalog(url, node_id="host-b:/data"), Catalog(url, node_id="host-a:/data")
+    other.record_instance(InstanceMeta("P", "1.2", "1.2.3", "1.2.3.1", "1.2.840.10008.5.1.4.1.1.2",
+                                       "1.2.840.10008.1.2.1", "CT", "LD", 1, str(tmp_path / "x.dcm"), 1))  # fmt: skip
+    (tmp_path / "x.dcm").write_bytes(b"x")
+    other.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+    claim = other.claim_for_processing(lease_s=60)
+    assert claim is not None
+    in_progress = spool.derived_path("9.9", "9.9.1")
+    write_atomic(in_progress, b"derived, being written by host-b")
+    assert check_spool(spool, starting).kept_orphans == [str(in_progress)]
+    assert in_progress.exists()
+    assert other.requeue(claim)  # host-b is done with it (or its lease ran out): now the file is an orphan
+    assert check_spool(spool, starting).removed_orphans == [str(in_progress)]
+    assert not in_progress.exists()
+    other.close()
+    starting.close()

@@ -24,7 +24,9 @@ class Deliveries(CatalogEngine):
     """State transitions of derived series, from DERIVED to SENT or FAILED."""
 
     def claim_for_sending(self, lease_s: float, now: datetime | None = None) -> Claim | None:
-        """Take a DERIVED series that is due, by pushing its next_attempt_at forward by a lease."""
+        """Take a DERIVED series that is due, by pushing its next_attempt_at forward by a lease (its owner named in
+        claimed_by, so that a restart drops only this node's leases). Read ``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
+        as the processing claim is (queue.py)."""
         now = now or utcnow()
         with self.transaction() as s:
             due = (Series.next_attempt_at.is_(None)) | (Series.next_attempt_at <= now)
@@ -34,17 +36,19 @@ class Deliveries(CatalogEngine):
                 .where(Series.state == SeriesState.DERIVED, due)
                 .order_by(Series.updated_at)
                 .limit(1)
+                .with_for_update(of=Series, skip_locked=True)
             ).first()
             if row is None:
                 return None
+            owner = self.new_owner()
             res = s.execute(
                 update(Series)
                 .where(Series.id == row[0], Series.state == SeriesState.DERIVED, due)
-                .values(next_attempt_at=now + timedelta(seconds=lease_s))
+                .values(next_attempt_at=now + timedelta(seconds=lease_s), claimed_by=owner)
             )
             if res.rowcount != 1:  # type: ignore[attr-defined]
                 return None
-            return Claim(row[0], row[1], row[2], row[3], row[4])
+            return Claim(row[0], row[1], row[2], row[3], row[4], owner)
 
     def derived_instances(self, series_id: int) -> list[DerivedInstance]:
         with self.session() as s:
@@ -111,7 +115,9 @@ class Deliveries(CatalogEngine):
             res = s.execute(
                 update(Series)
                 .where(Series.id == claim.series_id, Series.state == SeriesState.DERIVED)
-                .values(state=SeriesState.SENT, next_attempt_at=None, last_error=None, updated_at=utcnow())
+                .values(
+                    state=SeriesState.SENT, next_attempt_at=None, last_error=None, claimed_by=None, updated_at=utcnow()
+                )
             )
             return res.rowcount == 1  # type: ignore[attr-defined]
 
@@ -131,6 +137,6 @@ class Deliveries(CatalogEngine):
             s.execute(
                 update(Series)
                 .where(Series.id == claim.series_id, Series.state == SeriesState.DERIVED)
-                .values(attempts=attempts, last_error=error[:4000], updated_at=utcnow(), **values)
+                .values(attempts=attempts, last_error=error[:4000], claimed_by=None, updated_at=utcnow(), **values)
             )
         return outcome

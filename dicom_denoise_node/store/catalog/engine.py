@@ -2,13 +2,18 @@
 
 SQLite (the embedded default) gets WAL, synchronous=FULL (a commit is on disk before the C-STORE answers Success),
 foreign keys and a busy timeout; writers in one process are serialised by a lock, since SQLite has one writer.
+PostgreSQL (``postgresql+psycopg://…``, shared by several nodes) gets pre-pinged pooled connections and no
+in-process lock: its transactions are the only serialisation, and claims are safe across hosts (queue.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,13 +49,26 @@ class SessionSource:
         self.engine.dispose()
 
 
-class CatalogEngine(SessionSource):
-    """The writable catalog database: created owner-only, migrated to the newest schema, one writer at a time."""
+def process_node_id() -> str:
+    """A node id for a process that did not get one: its host and pid (a command, a test)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
-    def __init__(self, url: str) -> None:
+
+class CatalogEngine(SessionSource):
+    """The writable catalog database: created owner-only, migrated to the newest schema, one writer at a time.
+
+    ``node_id`` names this node in the claims it takes (queue.py): stable across restarts for a node
+    (pipeline.py gives host and data directory), so that a restarted node recognises its own interrupted claims.
+    """
+
+    def __init__(self, url: str, node_id: str | None = None) -> None:
         self.url = url
+        self.node_id = (node_id or process_node_id())[:200]
         kwargs: dict[str, object] = {}
-        if url.startswith("sqlite"):
+        sqlite = url.startswith("sqlite")
+        if not sqlite:
+            kwargs["pool_pre_ping"] = True  # a server restart or a dropped connection costs a reconnect, not an error
+        if sqlite:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -59,14 +77,21 @@ class CatalogEngine(SessionSource):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         # hide_parameters: a failed statement's message (logged, or shown by `status`) must not carry a PatientID.
         self.engine = create_engine(url, hide_parameters=True, **kwargs)
-        if url.startswith("sqlite"):
+        if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         from dicom_denoise_node.store.migrations import upgrade_catalog  # its env imports the schema
 
         upgrade_catalog(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer; serialising writers in-process avoids busy retries under C-STORE load.
-        self._write_lock = threading.Lock()
+        self._write_lock: contextlib.AbstractContextManager[object] = (
+            threading.Lock() if sqlite else contextlib.nullcontext()
+        )
+
+    def new_owner(self) -> str:
+        """A claim's owner tag: this node's id and a fresh token (so that this node's own earlier claim of the same
+        series, say from before a restart, is never mistaken for this one)."""
+        return f"{self.node_id}#{uuid.uuid4().hex[:12]}"
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from datetime import UTC
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dicom_denoise_node.store.catalog.engine import CatalogEngine
-from dicom_denoise_node.store.catalog.schema import Instance, Patient, Series, SeriesState, Study, utcnow
+from dicom_denoise_node.store.catalog.schema import Base, Instance, Patient, Series, SeriesState, Study, utcnow
 from dicom_denoise_node.store.group_commit import GroupCommit, GroupCommitStats
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,8 @@ _UPSERT_INSTANCE = (
 class Intake(CatalogEngine):
     """Recording received instances."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, node_id: str | None = None) -> None:
+        super().__init__(url, node_id)
         self._instances: GroupCommit[InstanceMeta] = GroupCommit(self._record_batch)
 
     @property
@@ -97,13 +99,16 @@ class Intake(CatalogEngine):
         return results
 
     def _record_one(self, meta: InstanceMeta) -> None:
-        for attempt in range(2):
+        """One instance in its own transaction. Another process (a second receiver on a shared catalog) may insert
+        the same patient, study or series first: the unique index makes us wait for its commit and fail; the next
+        attempt finds the row. Each of the three parents can collide once, hence four attempts."""
+        for attempt in range(4):
             try:
                 with self.transaction() as s:
                     self._record_in(s, meta)
                 return
-            except IntegrityError:  # a concurrent writer (another process) inserted the same parent first
-                if attempt:
+            except IntegrityError:
+                if attempt == 3:
                     raise
 
     def _record_in(self, s: Session, meta: InstanceMeta) -> None:
@@ -148,35 +153,42 @@ class Intake(CatalogEngine):
         log.info("series %s: purged earlier, received again", series.series_uid)
         series.purged_at = None
 
+    @staticmethod
+    def _ensure(s: Session, table: type[Base], key: str, values: dict[str, object]) -> bool:
+        """Insert a parent row unless its unique key exists (``INSERT … ON CONFLICT DO NOTHING``); True if inserted.
+
+        Two receivers on one catalog may create the same patient, study or series at the same moment: on PostgreSQL
+        the second insert waits for the first to commit and then does nothing, instead of failing the C-STORE."""
+        insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+        result = s.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=[key]))
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
     def _record(self, s: Session, meta: InstanceMeta) -> None:
         now = utcnow()
-        patient = s.scalar(select(Patient).where(Patient.patient_id == meta.patient_id))
-        if patient is None:
-            patient = Patient(patient_id=meta.patient_id)
-            s.add(patient)
-            s.flush()
-        study = s.scalar(select(Study).where(Study.study_uid == meta.study_uid))
-        if study is None:
-            study = Study(study_uid=meta.study_uid, patient_fk=patient.id)
-            s.add(study)
-            s.flush()
+        self._ensure(s, Patient, "patient_id", {"patient_id": meta.patient_id})
+        patient_fk = s.scalar(select(Patient.id).where(Patient.patient_id == meta.patient_id))
+        self._ensure(s, Study, "study_uid", {"study_uid": meta.study_uid, "patient_fk": patient_fk})
+        study_fk = s.scalar(select(Study.id).where(Study.study_uid == meta.study_uid))
+        created = self._ensure(
+            s,
+            Series,
+            "series_uid",
+            {
+                "series_uid": meta.series_uid,
+                "study_fk": study_fk,
+                "modality": meta.modality[:16],
+                "description": meta.series_description[:64],
+                "state": SeriesState.RECEIVING,
+                "last_received_at": now,
+            },
+        )
         series = s.scalar(select(Series).where(Series.series_uid == meta.series_uid).with_for_update())
-        if series is not None and series.purged_at is not None:
+        assert series is not None
+        if series.purged_at is not None:
             self._revive_purged(s, series)
-        if series is not None and series.origin != "received":
+        if series.origin != "received":
             raise ValueError(f"series {meta.series_uid} belongs to the training archive in this catalog")
-        if series is None:
-            series = Series(
-                series_uid=meta.series_uid,
-                study_fk=study.id,
-                modality=meta.modality[:16],
-                description=meta.series_description[:64],
-                state=SeriesState.RECEIVING,
-                last_received_at=now,
-            )
-            s.add(series)
-            s.flush()
-        else:
+        if not created:
             if series.state != SeriesState.RECEIVING:
                 log.info("series %s: new instance while %s, back to RECEIVING", series.series_uid, series.state)
             # A PROCESSING series keeps its state; the worker sees the new generation and re-queues it.
@@ -188,10 +200,13 @@ class Intake(CatalogEngine):
                 series.next_attempt_at = None
             series.last_received_at = now
         series.generation = series.generation + 1
+        fields = {"sop_uid": meta.sop_uid, "series_fk": series.id, "sop_class_uid": meta.sop_class_uid,
+                  "transfer_syntax": meta.transfer_syntax, "path": meta.path}  # fmt: skip
+        self._ensure(s, Instance, "sop_uid", fields)  # a resend may reach the other receiver at the same moment
         inst = s.scalar(select(Instance).where(Instance.sop_uid == meta.sop_uid))
-        if inst is None:
-            inst = Instance(sop_uid=meta.sop_uid, series_fk=series.id)
-            s.add(inst)
+        assert inst is not None
+        inst.series_fk = series.id
+        inst.received_at = now
         inst.sop_class_uid = meta.sop_class_uid
         inst.transfer_syntax = meta.transfer_syntax
         inst.instance_number = meta.instance_number

@@ -1,6 +1,13 @@
 """The queue: each series' way through the states, as atomic claims (``UPDATE … WHERE state = :expected``), so two
 workers never take the same series and a restart resumes from what is written here.
 
+Several workers, on one host or many, may share one catalog (PostgreSQL): a claim names its owner
+(``claimed_by = "<node id>#<token>"``) and holds a lease (``lease_until``) that the owner renews while it works
+(denoise/lease.py). Candidates are read ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so workers polling together take
+different series instead of queueing on one row (SQLite has one writer and ignores the clause). A worker that dies
+stops renewing; once its lease has run out another worker takes the series over (counted as an attempt), and every
+later write of the dead claim (progress, finish, requeue, fail) matches no row, since each checks the owner.
+
     RECEIVING ─complete_quiet_series─► COMPLETE ─claim_for_processing─► PROCESSING ─finish_processing─► DERIVED
     DERIVED ─► SENT or FAILED: deliveries.py
     COMPLETE ─skip─► SKIPPED;  FAILED ─retry─► COMPLETE or DERIVED;  PROCESSING at start-up ─► COMPLETE
@@ -13,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 
 from dicom_denoise_node.store.catalog.engine import CatalogEngine
 from dicom_denoise_node.store.catalog.schema import (
@@ -27,16 +34,19 @@ from dicom_denoise_node.store.catalog.schema import (
 
 log = logging.getLogger(__name__)
 
+DEFAULT_LEASE_S = 120.0
+
 
 @dataclass(frozen=True)
 class Claim:
-    """A series a worker now owns, and the generation it must finish."""
+    """A series a worker now owns, and the generation it must finish; ``owner`` is the catalog's claimed_by value."""
 
     series_id: int
     series_uid: str
     study_uid: str
     generation: int
     attempts: int
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,31 +131,54 @@ class Queue(CatalogEngine):
 
     # ---- processing ----------------------------------------------------------------------------------------
 
-    def claim_for_processing(self, max_attempts: int = 0) -> Claim | None:
-        """Atomically take the oldest COMPLETE series (COMPLETE → PROCESSING), counting the attempt. With
-        ``max_attempts``, a series taken that often already (the worker died each time: an out-of-memory kill, a
-        decoder that aborts) ends FAILED instead, so that it cannot take the node down at every start."""
+    def claim_for_processing(
+        self, max_attempts: int = 0, lease_s: float = DEFAULT_LEASE_S, now: datetime | None = None
+    ) -> Claim | None:
+        """Atomically take the oldest COMPLETE series (COMPLETE → PROCESSING), or a PROCESSING one whose lease ran
+        out (its worker died), counting the attempt. With ``max_attempts``, a series taken that often already (the
+        worker died each time: an out-of-memory kill, a decoder that aborts) ends FAILED instead, so that it cannot
+        take the node down at every start."""
+        now = now or utcnow()
+        claimable = or_(
+            Series.state == SeriesState.COMPLETE,
+            and_(Series.state == SeriesState.PROCESSING, Series.lease_until < now),
+        )
         with self.transaction() as s:
             while True:
                 row = s.execute(
-                    select(Series.id, Series.series_uid, Study.study_uid, Series.generation, Series.attempts)
+                    select(
+                        Series.id, Series.series_uid, Study.study_uid, Series.generation, Series.attempts,
+                        Series.state, Series.claimed_by,
+                    )
                     .join(Study, Series.study_fk == Study.id)
-                    .where(Series.state == SeriesState.COMPLETE)
+                    .where(claimable)
                     .where(or_(Series.rule.is_(None), Series.rule != ""))  # "" = routing has not decided yet
                     .order_by(Series.last_received_at)
                     .limit(1)
-                ).first()
+                    .with_for_update(of=Series, skip_locked=True)
+                ).first()  # fmt: skip
                 if row is None:
                     return None
+                if row[5] == SeriesState.PROCESSING:
+                    log.warning("series %s: the claim of %s ran out (its worker stopped renewing it); taking it over",
+                                row[1], row[6])  # fmt: skip
                 gave_up = bool(max_attempts) and row[4] >= max_attempts
                 reason = f"processing did not finish in {row[4]} attempts (the worker stopped each time: see the log)"
+                owner = self.new_owner()
                 res = s.execute(
                     update(Series)
-                    .where(Series.id == row[0], Series.state == SeriesState.COMPLETE)
-                    .values(state=SeriesState.FAILED, failed_stage="process", last_error=reason, updated_at=utcnow())
+                    .where(Series.id == row[0], claimable)
+                    .values(
+                        state=SeriesState.FAILED,
+                        failed_stage="process",
+                        last_error=reason,
+                        claimed_by=None,
+                        lease_until=None,
+                        updated_at=utcnow(),
+                    )
                     if gave_up
                     else update(Series)
-                    .where(Series.id == row[0], Series.state == SeriesState.COMPLETE)
+                    .where(Series.id == row[0], claimable)
                     .values(
                         state=SeriesState.PROCESSING,
                         attempts=row[4] + 1,
@@ -153,22 +186,51 @@ class Queue(CatalogEngine):
                         slices_total=0,
                         processing_started_at=utcnow(),
                         processing_seconds=None,
+                        claimed_by=owner,
+                        lease_until=now + timedelta(seconds=lease_s),
                         updated_at=utcnow(),
                     )
                 )
                 if gave_up:
                     log.error("series %s state=FAILED: %s", row[1], reason)
                     continue
-                return Claim(row[0], row[1], row[2], row[3], row[4] + 1) if res.rowcount == 1 else None  # type: ignore[attr-defined]
+                if res.rowcount != 1:  # type: ignore[attr-defined]
+                    return None
+                return Claim(row[0], row[1], row[2], row[3], row[4] + 1, owner)
+
+    def _holds(self, claim: Claim) -> object:
+        """The WHERE clause of a write that only the claim's owner may make."""
+        return and_(
+            Series.id == claim.series_id, Series.state == SeriesState.PROCESSING, Series.claimed_by == claim.owner
+        )
+
+    def claims_of_other_nodes(self, now: datetime | None = None) -> int:
+        """PROCESSING series another node holds under a live lease: its worker may be writing derived files now."""
+        now = now or utcnow()
+        with self.session() as s:
+            return len(
+                s.scalars(
+                    select(Series.id).where(
+                        Series.state == SeriesState.PROCESSING,
+                        Series.lease_until >= now,
+                        ~Series.claimed_by.startswith(f"{self.node_id}#", autoescape=True),
+                    )
+                ).all()
+            )
+
+    def renew_claim(self, claim: Claim, lease_s: float) -> bool:
+        """Push the claim's lease forward; False when it is no longer this claim's (taken over, or the series left
+        PROCESSING): the worker must stop."""
+        with self.transaction() as s:
+            res = s.execute(
+                update(Series).where(self._holds(claim)).values(lease_until=utcnow() + timedelta(seconds=lease_s))
+            )
+            return res.rowcount == 1  # type: ignore[attr-defined]
 
     def record_progress(self, claim: Claim, done: int, total: int) -> None:
         """Slices denoised so far in this processing run (only while the claim still holds)."""
         with self.transaction() as s:
-            s.execute(
-                update(Series)
-                .where(Series.id == claim.series_id, Series.state == SeriesState.PROCESSING)
-                .values(slices_done=done, slices_total=total)
-            )
+            s.execute(update(Series).where(self._holds(claim)).values(slices_done=done, slices_total=total))
 
     def instances(self, series_id: int) -> list[Instance]:
         with self.session() as s:
@@ -189,16 +251,13 @@ class Queue(CatalogEngine):
         ``hold_reason`` (the guard's "hold" policy) → FAILED at stage "guard" in the same commit, so the sender
         never sees it.
 
-        Returns False (and puts the series back to RECEIVING) when the generation moved on.
+        Returns False when the generation moved on (the series goes back to RECEIVING) or the claim is no longer
+        this worker's (its lease ran out and another worker took the series: nothing is written).
         """
         with self.transaction() as s:
             res = s.execute(
                 update(Series)
-                .where(
-                    Series.id == claim.series_id,
-                    Series.state == SeriesState.PROCESSING,
-                    Series.generation == claim.generation,
-                )
+                .where(self._holds(claim), Series.generation == claim.generation)
                 .values(
                     state=SeriesState.FAILED if hold_reason else SeriesState.DERIVED,
                     derived_series_uid=derived_series_uid,
@@ -208,15 +267,20 @@ class Queue(CatalogEngine):
                     next_attempt_at=None,
                     last_error=hold_reason[:4000] if hold_reason else None,
                     failed_stage="guard" if hold_reason else None,
+                    claimed_by=None,
+                    lease_until=None,
                     updated_at=utcnow(),
                 )
             )
             if res.rowcount != 1:  # type: ignore[attr-defined]
-                s.execute(
+                moved_on = s.execute(
                     update(Series)
-                    .where(Series.id == claim.series_id, Series.state == SeriesState.PROCESSING)
-                    .values(state=SeriesState.RECEIVING, updated_at=utcnow())
+                    .where(self._holds(claim))
+                    .values(state=SeriesState.RECEIVING, claimed_by=None, lease_until=None, updated_at=utcnow())
                 )
+                if moved_on.rowcount != 1:  # type: ignore[attr-defined]
+                    log.warning("series %s: the claim %s was lost (its lease ran out); this result is discarded",
+                                claim.series_uid, claim.owner)  # fmt: skip
                 return False
             keep = {d.sop_uid for d in derived}
             for old in s.scalars(select(DerivedInstance).where(DerivedInstance.series_fk == claim.series_id)):
@@ -240,22 +304,34 @@ class Queue(CatalogEngine):
         with self.transaction() as s:
             res = s.execute(
                 update(Series)
-                .where(Series.id == claim.series_id, Series.state == SeriesState.PROCESSING)
-                .values(state=SeriesState.COMPLETE, attempts=Series.attempts - 1, updated_at=utcnow())
+                .where(self._holds(claim))
+                .values(
+                    state=SeriesState.COMPLETE,
+                    attempts=Series.attempts - 1,
+                    claimed_by=None,
+                    lease_until=None,
+                    updated_at=utcnow(),
+                )
             )
             return res.rowcount == 1  # type: ignore[attr-defined]
 
-    def fail(self, series_id: int, stage: str, error: str, expected: SeriesState) -> bool:
-        """expected → FAILED with the reason; the series is kept for `denoise-node retry`."""
+    def fail(self, series_id: int, stage: str, error: str, expected: SeriesState, owner: str | None = None) -> bool:
+        """expected → FAILED with the reason; the series is kept for `denoise-node retry`. With ``owner``, only while
+        that claim still holds the series."""
+        where = [Series.id == series_id, Series.state == expected]
+        if owner is not None:
+            where.append(Series.claimed_by == owner)
         with self.transaction() as s:
             res = s.execute(
                 update(Series)
-                .where(Series.id == series_id, Series.state == expected)
+                .where(*where)
                 .values(
                     state=SeriesState.FAILED,
                     failed_stage=stage,
                     last_error=error[:4000],
                     next_attempt_at=None,
+                    claimed_by=None,
+                    lease_until=None,
                     updated_at=utcnow(),
                 )
             )
@@ -280,18 +356,20 @@ class Queue(CatalogEngine):
             return target
 
     def recover_after_restart(self) -> list[str]:
-        """A PROCESSING series at start-up was interrupted by a crash: give it back to the queue."""
+        """A series this node was PROCESSING when it stopped (a crash) goes back to the queue at once, and its send
+        leases are dropped. Other nodes' claims are left alone: they are alive, or their leases run out."""
+        mine = or_(Series.claimed_by.startswith(f"{self.node_id}#", autoescape=True), Series.claimed_by.is_(None))
         with self.transaction() as s:
-            uids = list(s.scalars(select(Series.series_uid).where(Series.state == SeriesState.PROCESSING)))
+            uids = list(s.scalars(select(Series.series_uid).where(Series.state == SeriesState.PROCESSING, mine)))
             s.execute(
                 update(Series)
-                .where(Series.state == SeriesState.PROCESSING)
-                .values(state=SeriesState.COMPLETE, updated_at=utcnow())
+                .where(Series.state == SeriesState.PROCESSING, mine)
+                .values(state=SeriesState.COMPLETE, claimed_by=None, lease_until=None, updated_at=utcnow())
             )
             # Leases of a dead sender are not worth waiting for.
             s.execute(
                 update(Series)
-                .where(Series.state == SeriesState.DERIVED, Series.attempts == 0)
-                .values(next_attempt_at=None)
+                .where(Series.state == SeriesState.DERIVED, Series.attempts == 0, mine)
+                .values(next_attempt_at=None, claimed_by=None)
             )
         return uids

@@ -90,6 +90,10 @@ class Series(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     failed_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The worker holding a PROCESSING claim ("<node id>#<claim token>") and until when: a worker that dies stops
+    # renewing, and another takes the series over once the lease has run out (queue.py).
+    claimed_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     derived_series_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Training archive: where the series came from, its dose domain (LD/HD/REF) and body part.

@@ -6,8 +6,10 @@
   baseline revision and upgraded;
 - a catalog at the newest revision costs one read.
 
-Migrations of a SQLite file are serialised by a lock file beside it, so two processes opening a catalog together
-do not both alter it.
+Migrations are serialised so that two processes (or two nodes) opening a catalog together do not both alter it:
+a SQLite file by a lock file beside it, a PostgreSQL database by a transaction-level advisory lock taken in the
+migration's own transaction (PostgreSQL's DDL is transactional, so the lock is held until the schema is committed);
+whoever waited then finds the newest revision and does nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sqlalchemy.engine import Engine
 log = logging.getLogger(__name__)
 
 BASELINE = "0001"  # schema 1: the catalog as it was before migrations
+PG_MIGRATION_LOCK = 0x64656E6F  # pg_advisory_xact_lock key ("deno"): one migrator per PostgreSQL database
 
 
 def _config() -> Config:
@@ -69,6 +72,8 @@ def upgrade_catalog(engine: Engine, revision: str = "head") -> None:
         return
     cfg = _config()
     with _migration_lock(engine), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK})")
         cfg.attributes["connection"] = conn
         tables = set(inspect(conn).get_table_names())
         current = MigrationContext.configure(conn).get_current_revision()
