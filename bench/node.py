@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-import harness as peers
-from demo.driver import demo_node
+from dicom_denoise_node import harness as peers
+from dicom_denoise_node.demo.driver import demo_node
+from dicom_denoise_node.harness.node import NodeProcess
 from dicom_denoise_node.model.generator import GeneratorConfig, ResnetGenerator
 from dicom_denoise_node.model.registry import save_model
-from harness.node import NodeProcess
 
 
 def random_model(directory: Path, filters: int = 32, blocks: int = 6, residual: bool = True) -> Path:

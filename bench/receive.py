@@ -24,9 +24,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-import harness as peers
 from bench.common import machine
 from bench.node import random_model, running_node
+from dicom_denoise_node import harness as peers
 
 
 def _send(directories: list[Path], port: int, called: str) -> float:
@@ -41,7 +41,7 @@ def _send(directories: list[Path], port: int, called: str) -> float:
     return elapsed
 
 
-def _deal(source: Path, senders: int) -> list[Path]:
+def deal(source: Path, senders: int) -> list[Path]:
     """Hard-link the files round-robin into one folder per sender (the one folder itself for one sender)."""
     if senders == 1:
         return [source]
@@ -59,7 +59,7 @@ def run(files: int, size: int, repeat: int, senders: int = 1) -> dict[str, objec
         data = work / "series"
         peers.write_ct_series(data, files, rows=size, columns=size)
         megabytes = sum(p.stat().st_size for p in data.iterdir()) / 1e6
-        folders = _deal(data, senders)
+        folders = deal(data, senders)
         fork = ["--fork"] if senders > 1 else []
         times: dict[str, list[float]] = {"storescp": [], "node": []}
         for i in range(repeat):

@@ -22,11 +22,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-import harness as peers
 from bench.common import machine
 from bench.node import random_model
-from bench.receive import _deal
-from harness.node import NodeProcess
+from bench.receive import deal
+from dicom_denoise_node import harness as peers
+from dicom_denoise_node.harness.node import NodeProcess
 
 
 def _send(jobs: list[tuple[Path, int]]) -> float:
@@ -75,7 +75,7 @@ def run(files: int, size: int, receivers: list[int], senders_per_receiver: int) 
         server = peers.PostgresServer().start()
         try:
             for n in receivers:
-                folders = _deal(data, n * senders_per_receiver)
+                folders = deal(data, n * senders_per_receiver)
                 with peers.StoreSCP(work / f"storescp{n}", extra_args=["--fork"]) as scp:
                     baseline = _send([(f, scp.port) for f in folders])
                 nodes = _receivers(work / f"nodes{n}", n, server.create_database(f"bench{n}"), model)
@@ -87,7 +87,7 @@ def run(files: int, size: int, receivers: list[int], senders_per_receiver: int) 
                 rows.append({"receivers": n, "senders": len(folders), "seconds": seconds, "storescp_seconds": baseline,
                              "images_per_s": files / seconds, "ratio_to_storescp": baseline / seconds})  # fmt: skip
                 for folder in folders:
-                    if folder != data:  # _deal hands out the source itself to a single sender
+                    if folder != data:  # deal hands out the source itself to a single sender
                         for path in folder.iterdir():
                             path.unlink()
                         folder.rmdir()

@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import machine, sync
-from trainer.config import build_config
-from trainer.cyclegan import CycleGenerators, Discriminators, WindowView
-from trainer.train import TrainingData, configured_losses, train
+from dicom_denoise_node.trainer.config import build_config
+from dicom_denoise_node.trainer.cyclegan import CycleGenerators, Discriminators, WindowView
+from dicom_denoise_node.trainer.train import TrainingData, configured_losses, train
 
 
 def reference_step_rate(cfg, device: torch.device, steps: int) -> float:  # noqa: ANN001

@@ -19,8 +19,8 @@ from typing import Any, NoReturn
 
 import pytest
 
-import harness as _peers
-from harness import (  # noqa: F401  (re-exported for the tests)
+from dicom_denoise_node import harness as _peers
+from dicom_denoise_node.harness import (  # noqa: F401  (re-exported for the tests)
     LOOPBACK,
     Modality,
     Orthanc,

@@ -86,3 +86,15 @@ def test_readme_licence_table_is_true():
             assert name not in required, f"{name} is {kind}: it must be an optional extra, not a required dependency"
             assert "extra" in rows[name][1], rows[name]
     assert "pylibjpeg-libjpeg" in extras["jpeg-gpl"]
+
+
+def test_everything_installed_lives_in_the_projects_namespace():
+    """No plain `demo`, `trainer` or `harness` in site-packages: setuptools finds only dicom_denoise_node.*."""
+    from setuptools import find_packages
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = find_packages(str(ROOT), include=find["include"])
+    assert {"dicom_denoise_node.trainer", "dicom_denoise_node.demo", "dicom_denoise_node.harness"} <= set(packages)
+    assert all(p.split(".")[0] == "dicom_denoise_node" for p in packages), packages
+    for entry in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"].values():
+        assert all(target.startswith("dicom_denoise_node.") for target in entry.values()), entry

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from dicom_denoise_node.harness import port_open
 from dicom_denoise_node.model.registry import ModelError, resolve_model_path
-from harness import port_open
+from dicom_denoise_node.trainer.montage import montage_size
 from tests.peers import require, wait_until
-from trainer.montage import montage_size
 
 pytestmark = pytest.mark.e2e
 

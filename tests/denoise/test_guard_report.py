@@ -150,8 +150,8 @@ def test_node_holds_a_flagged_series_then_retry_sends_it_with_its_report(tmp_pat
     import subprocess
     import sys
 
+    from dicom_denoise_node.harness.node import NodeProcess
     from dicom_denoise_node.store.catalog import SeriesState
-    from harness.node import NodeProcess
     from tests.peers import storescu, write_ct_series
 
     files = write_ct_series(tmp_path / "in", 3, rows=64, columns=64)

@@ -10,8 +10,8 @@ from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 
+from dicom_denoise_node.harness.node import NodeProcess
 from dicom_denoise_node.store.catalog import SeriesState
-from harness.node import NodeProcess
 from tests import peers
 from tests.ct_cases import Case, build_cases
 from tests.peers import LOOPBACK, echoscu, j2k_noise_slice, wait_until, write_ct_series

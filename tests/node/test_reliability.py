@@ -24,10 +24,10 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
 from dicom_denoise_node.config import NodeSettings
+from dicom_denoise_node.harness.node import NodeProcess
 from dicom_denoise_node.receive.admission import Admission
 from dicom_denoise_node.receive.audit import association_rows
 from dicom_denoise_node.store.catalog import SeriesState, open_readonly
-from harness.node import NodeProcess
 from tests.conftest import export_two_layer_model
 from tests.peers import (
     LOOPBACK,

@@ -11,13 +11,13 @@ import pytest
 from pydantic import ValidationError
 
 from dicom_denoise_node.config import NodeSettings
+from dicom_denoise_node.harness.node import NodeProcess
 from dicom_denoise_node.ops.logs import (
     JournalPriorityFormatter,
     json_formatter,
     syslog_priority,
     writes_to_journal,
 )
-from harness.node import NodeProcess
 
 
 def _record(level: int, message: str, exc: BaseException | None = None) -> logging.LogRecord:

@@ -11,11 +11,11 @@ from typing import Any
 from pydicom import dcmread
 
 from dicom_denoise_node.config import Settings
+from dicom_denoise_node.harness.dcmtk import storescu
+from dicom_denoise_node.harness.node import NodeProcess
 from dicom_denoise_node.ops.metrics import NodeMetrics
 from dicom_denoise_node.send import deliver
 from dicom_denoise_node.store.catalog import Catalog, Claim, DerivedRecord, InstanceMeta, SeriesState, utcnow
-from harness.dcmtk import storescu
-from harness.node import NodeProcess
 
 CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 

@@ -6,7 +6,14 @@ import numpy as np
 from scipy import ndimage
 
 from dicom_denoise_node.denoise.decode import file_hu
-from trainer.lesions import SafetyScores, lesion_masks, load_truth, markdown_tables, score_lesions, tissue_bias
+from dicom_denoise_node.trainer.lesions import (
+    SafetyScores,
+    lesion_masks,
+    load_truth,
+    markdown_tables,
+    score_lesions,
+    tissue_bias,
+)
 
 
 def _hu(path):

@@ -9,12 +9,12 @@ import torch
 
 from dicom_denoise_node.model.generator import ResidualCNN, ResidualCNNConfig, build_generator
 from dicom_denoise_node.model.registry import load_model
+from dicom_denoise_node.trainer.config import build_config
+from dicom_denoise_node.trainer.cyclegan import WindowView, gaussian_lowpass
+from dicom_denoise_node.trainer.export import export_checkpoint
+from dicom_denoise_node.trainer.train import TrainingData, load_checkpoint, train
+from dicom_denoise_node.trainer.validation import error_figures, soft_tissue_mask
 from tests.trainer.test_train import tiny_slices
-from trainer.config import build_config
-from trainer.cyclegan import WindowView, gaussian_lowpass
-from trainer.export import export_checkpoint
-from trainer.train import TrainingData, load_checkpoint, train
-from trainer.validation import error_figures, soft_tissue_mask
 
 
 def test_residual_cnn_starts_near_identity_and_round_trips_its_config():
@@ -96,7 +96,7 @@ def test_cpu_recipe_validates_keeps_the_best_checkpoint_and_exports_it(tmp_path,
 
 
 def test_paired_mode_trains_on_aligned_pairs_validates_and_exports(tmp_path, data_with_ref):
-    from trainer.paired import ms_ssim_window, train_paired
+    from dicom_denoise_node.trainer.paired import ms_ssim_window, train_paired
 
     overrides = {
         "run_dir": tmp_path / "paired",
@@ -132,7 +132,7 @@ def test_paired_mode_trains_on_aligned_pairs_validates_and_exports(tmp_path, dat
 def test_normalisation_free_discriminator_keeps_pytorchs_initialisation():
     """N(0, 0.02) starves a discriminator without instance norm of signal (it stays at chance); with norm it is
     the reference implementation's choice and stays."""
-    from trainer.cyclegan import Discriminators, init_weights
+    from dicom_denoise_node.trainer.cyclegan import Discriminators, init_weights
 
     torch.manual_seed(0)
     plain, normed = Discriminators(16, 3, "none"), Discriminators(16, 3, "instance")
@@ -147,7 +147,7 @@ def test_normalisation_free_discriminator_keeps_pytorchs_initialisation():
 
 
 def test_fast_engine_samples_on_the_device_and_trains_with_the_same_losses(tmp_path, data_with_ref):
-    from trainer.fast import DevicePool, DeviceSampler, train_fast
+    from dicom_denoise_node.trainer.fast import DevicePool, DeviceSampler, train_fast
 
     sampler = DeviceSampler(data_with_ref.ld, 32, (-1024.0, 1024.0), -500.0, 0.5, torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
@@ -192,7 +192,7 @@ def test_window_view_high_pass_keeps_noise_and_drops_anatomy():
 
 
 def test_weight_average_is_an_ema_of_the_generator_and_resumes():
-    from trainer.averaging import GeneratorAverage
+    from dicom_denoise_node.trainer.averaging import GeneratorAverage
 
     net = torch.nn.Conv2d(1, 1, 1, bias=False)
     with torch.no_grad():
@@ -219,7 +219,7 @@ def test_weight_average_is_an_ema_of_the_generator_and_resumes():
 
 
 def test_training_validates_and_exports_the_weight_average(tmp_path, data_with_ref):
-    from trainer.averaging import AVERAGE_KEY
+    from dicom_denoise_node.trainer.averaging import AVERAGE_KEY
 
     overrides = {
         "run_dir": tmp_path / "run",
@@ -248,8 +248,8 @@ def test_training_validates_and_exports_the_weight_average(tmp_path, data_with_r
 
 
 def test_inserted_lesion_term_charges_the_contrast_a_denoiser_takes_from_a_lesion():
-    from trainer.cyclegan import gaussian_lowpass
-    from trainer.lesion_term import contrast_kept, inserted_lesions, lesion_transfer_loss
+    from dicom_denoise_node.trainer.cyclegan import gaussian_lowpass
+    from dicom_denoise_node.trainer.lesion_term import contrast_kept, inserted_lesions, lesion_transfer_loss
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 1, 48, 48, generator=torch.Generator().manual_seed(1)) * 0.02
@@ -294,8 +294,8 @@ def test_training_with_the_lesion_term_logs_it_and_resumes_exactly(tmp_path, dat
 
 
 def test_validation_scores_inserted_lesions_and_can_require_them_kept():
-    from trainer.cyclegan import gaussian_lowpass
-    from trainer.validation import ValidationSet, Validator
+    from dicom_denoise_node.trainer.cyclegan import gaussian_lowpass
+    from dicom_denoise_node.trainer.validation import ValidationSet, Validator
 
     rng = np.random.default_rng(0)
     ref = [np.full((128, 128), 40.0) for _ in range(2)]

@@ -21,8 +21,8 @@ from dicom_denoise_node.store.catalog import (
     Study,
     utcnow,
 )
-from trainer.scan import DomainRules, archive_overview, exposure_mas, scan_archive
-from trainer.split import (
+from dicom_denoise_node.trainer.scan import DomainRules, archive_overview, exposure_mas, scan_archive
+from dicom_denoise_node.trainer.split import (
     ROLES,
     _apportion,
     _assign,
@@ -32,7 +32,7 @@ from trainer.split import (
     training_files,
     training_pairs,
 )
-from trainer.synth import PatientRecord, synthesize_archive
+from dicom_denoise_node.trainer.synth import PatientRecord, synthesize_archive
 
 PATIENTS = 10  # 5 chest + 5 abdomen, ~3 s to synthesise at 64 px, 48 views
 SLICES = 2

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from trainer.metrics import EvalSlice
-from trainer.scorecard import Scorecard, bootstrap_interval, hf_share, markdown, nps_blocks
+from dicom_denoise_node.trainer.metrics import EvalSlice
+from dicom_denoise_node.trainer.scorecard import Scorecard, bootstrap_interval, hf_share, markdown, nps_blocks
 
 
 def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_agreement():
@@ -66,7 +66,7 @@ def test_scorecard_ranks_methods_against_ref_per_patient():
 
 
 def test_guard_catch_rates_on_tampered_outputs():
-    from trainer.lesions import LesionTruth
+    from dicom_denoise_node.trainer.lesions import LesionTruth
 
     rng = np.random.default_rng(2)
     ref = np.full((160, 160), 50.0)

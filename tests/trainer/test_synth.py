@@ -10,10 +10,10 @@ import pydicom
 import pytest
 from scipy import ndimage
 
+from dicom_denoise_node.trainer import ct_physics
+from dicom_denoise_node.trainer.phantom import LABEL_IDS, render_slice_with_labels
+from dicom_denoise_node.trainer.synth import PatientRecord, patient_anatomy, read_pixels_hu, synthesize_archive
 from tests.peers import dciodvfy
-from trainer import ct_physics
-from trainer.phantom import LABEL_IDS, render_slice_with_labels
-from trainer.synth import PatientRecord, patient_anatomy, read_pixels_hu, synthesize_archive
 
 SIZE = 256  # 1.4 mm pixels: large enough that quantum noise dominates reconstruction artefacts
 SLICES = 3
@@ -161,7 +161,7 @@ def test_the_same_seed_draws_the_same_patients_as_before_the_phantom_was_split()
     The digest was recorded with the single-module phantom.py before it became trainer/phantom/."""
     import hashlib
 
-    from trainer.phantom import make_patient
+    from dicom_denoise_node.trainer.phantom import make_patient
 
     h = hashlib.sha256()
     for seed, part in ((3, "chest"), (4, "abdomen")):

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import build_config
-from trainer.ct_physics import simulate_doses
-from trainer.phantom import make_patient, render_slice
-from trainer.train import TrainingData, load_checkpoint, train
+from dicom_denoise_node.trainer.config import build_config
+from dicom_denoise_node.trainer.ct_physics import simulate_doses
+from dicom_denoise_node.trainer.phantom import make_patient, render_slice
+from dicom_denoise_node.trainer.train import TrainingData, load_checkpoint, train
 
 
 def tiny_slices(n: int = 3, size: int = 64, seed: int = 0) -> TrainingData:
@@ -85,8 +85,8 @@ def test_ddp_two_cpu_processes_gloo(tmp_path, data):
     script.write_text(
         f"""
 import numpy as np, torch, torch.distributed as dist, json, os
-from trainer.config import build_config
-from trainer.train import TrainingData, train
+from dicom_denoise_node.trainer.config import build_config
+from dicom_denoise_node.trainer.train import TrainingData, train
 d = np.load({str(slices)!r})
 cfg = build_config("tiny", overrides={{"run_dir": {str(tmp_path / "run")!r}, "device": "cpu", "sample_every": 1000}})
 res = train(cfg, TrainingData(ld=list(d["ld"]), hd=list(d["hd"])))
@@ -123,7 +123,7 @@ def test_cycle_term_is_l1_by_default_and_smooth_l1_with_a_width():
     import torch
 
     from dicom_denoise_node.model.generator import GeneratorConfig
-    from trainer.cyclegan import CycleGenerators, Discriminators, generator_losses
+    from dicom_denoise_node.trainer.cyclegan import CycleGenerators, Discriminators, generator_losses
 
     torch.manual_seed(0)
     gens, discs = CycleGenerators(GeneratorConfig(filters=4, blocks=1)), Discriminators(4, 2, "none")

@@ -6,7 +6,9 @@ directory timestamps. One module per concern:
 - schema.py: the tables and the series states; archive.py: the training archive's table;
 - engine.py: engine, sessions, ``transaction()``, and the read-only opener (``open_readonly``) that never migrates;
 - intake.py: record a received instance (①);
-- queue.py: the claims and state transitions (② and ③), retry, and recovery after a restart;
+- completion.py: routing decisions and RECEIVING → COMPLETE (②);
+- queue.py: the processing claims (owner and lease) and their transitions (③);
+- recovery.py: retry, recovery after a restart, other nodes' live claims;
 - deliveries.py: sending (④): the lease, each destination's acknowledgement, SENT or backoff and FAILED;
 - housekeeping.py: spool rows and purges (the spool check, retention);
 - views.py: status, counts, progress.
@@ -17,11 +19,13 @@ The association audit's rows are written and read by receive/audit.py.
 from __future__ import annotations
 
 from dicom_denoise_node.store.catalog.archive import Split
+from dicom_denoise_node.store.catalog.completion import Completion
 from dicom_denoise_node.store.catalog.deliveries import Deliveries
 from dicom_denoise_node.store.catalog.engine import CatalogEngine, ReadOnlyEngine
 from dicom_denoise_node.store.catalog.housekeeping import Housekeeping
 from dicom_denoise_node.store.catalog.intake import InstanceMeta, Intake, SeriesBeingPurged
 from dicom_denoise_node.store.catalog.queue import Claim, DerivedRecord, Queue
+from dicom_denoise_node.store.catalog.recovery import Recovery
 from dicom_denoise_node.store.catalog.schema import (
     REPORT_SOURCE,
     Association,
@@ -63,7 +67,7 @@ __all__ = [
 ]
 
 
-class Catalog(Intake, Queue, Deliveries, Housekeeping, Views):
+class Catalog(Intake, Completion, Queue, Recovery, Deliveries, Housekeeping, Views):
     """The writable catalog the node and the trainer open: ``Catalog(url)`` migrates the database, then records,
     claims, purges and reports."""
 

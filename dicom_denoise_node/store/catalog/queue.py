@@ -8,8 +8,8 @@ different series instead of queueing on one row (SQLite has one writer and ignor
 stops renewing; once its lease has run out another worker takes the series over (counted as an attempt), and every
 later write of the dead claim (progress, finish, requeue, fail) matches no row, since each checks the owner.
 
-    RECEIVING ─complete_quiet_series─► COMPLETE ─claim_for_processing─► PROCESSING ─finish_processing─► DERIVED
-    DERIVED ─► SENT or FAILED: deliveries.py
+    RECEIVING ─complete_quiet_series (completion.py)─► COMPLETE ─claim_for_processing─► PROCESSING
+    PROCESSING ─finish_processing─► DERIVED ─► SENT or FAILED: deliveries.py; retry and restarts: recovery.py
     COMPLETE ─skip─► SKIPPED;  FAILED ─retry─► COMPLETE or DERIVED;  PROCESSING at start-up ─► COMPLETE
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import and_, or_, select, update
 
@@ -58,76 +57,6 @@ class DerivedRecord:
 
 class Queue(CatalogEngine):
     """State transitions of received series, from complete to sent."""
-
-    def complete_quiet_series(
-        self, quiet_period_s: float, now: datetime | None = None, require_route: bool = False
-    ) -> list[tuple[int, str, str | None]]:
-        """RECEIVING → COMPLETE for every series silent for its quiet period (its rule's, else quiet_period_s).
-
-        Returns (id, UID, rule) of each. ``require_route`` (the node) leaves series routing has not looked at yet.
-        """
-        now = now or utcnow()
-        done: list[tuple[int, str, str | None]] = []
-        with self.transaction() as s:
-            query = select(
-                Series.id, Series.series_uid, Series.last_received_at, Series.quiet_period_s, Series.rule
-            ).where(Series.state == SeriesState.RECEIVING, Series.origin == "received")
-            if require_route:
-                query = query.where(Series.rule.is_not(None))
-            for sid, uid, last, quiet, rule in s.execute(query).all():
-                if last > now - timedelta(seconds=quiet or quiet_period_s):
-                    continue
-                res = s.execute(
-                    update(Series)
-                    .where(Series.id == sid, Series.state == SeriesState.RECEIVING, Series.last_received_at == last)
-                    .values(state=SeriesState.COMPLETE, updated_at=utcnow())
-                )
-                if res.rowcount == 1:  # type: ignore[attr-defined]
-                    done.append((sid, uid, rule))
-        return done
-
-    # ---- routing (complete/routing.py, complete/quiet_period.py) -------------------------------------------
-
-    def unrouted_series(self) -> list[tuple[int, str]]:
-        """RECEIVING series routing has not looked at yet."""
-        with self.session() as s:
-            rows = s.execute(
-                select(Series.id, Series.series_uid).where(
-                    Series.state == SeriesState.RECEIVING, Series.origin == "received", Series.rule.is_(None)
-                )
-            ).all()
-        return [(int(r[0]), str(r[1])) for r in rows]
-
-    def instance_refs(self, series_id: int, limit: int | None = None) -> list[tuple[Path, str]]:
-        """(path, calling AE) of a series' instances in arrival order: what routing reads."""
-        with self.session() as s:
-            query = (
-                select(Instance.path, Instance.calling_aet)
-                .where(Instance.series_fk == series_id)
-                .order_by(Instance.received_at, Instance.id)
-            )
-            if limit:
-                query = query.limit(limit)
-            return [(Path(r[0]), str(r[1])) for r in s.execute(query).all()]
-
-    def set_route(self, series_id: int, rule: str, quiet_period_s: float | None = None) -> None:
-        """Record the rule that routes a series ("" = none matched so far) and its quiet period."""
-        with self.transaction() as s:
-            s.execute(update(Series).where(Series.id == series_id).values(rule=rule, quiet_period_s=quiet_period_s))
-
-    def skip(self, series_id: int, reason: str) -> bool:
-        """COMPLETE → SKIPPED: no routing rule matched any instance; the reason goes to last_error."""
-        with self.transaction() as s:
-            res = s.execute(
-                update(Series)
-                .where(Series.id == series_id, Series.state == SeriesState.COMPLETE)
-                .values(state=SeriesState.SKIPPED, last_error=reason[:2000], updated_at=utcnow())
-            )
-            return res.rowcount == 1  # type: ignore[attr-defined]
-
-    def series_rule(self, series_id: int) -> str | None:
-        with self.session() as s:
-            return s.scalar(select(Series.rule).where(Series.id == series_id))
 
     # ---- processing ----------------------------------------------------------------------------------------
 
@@ -203,20 +132,6 @@ class Queue(CatalogEngine):
         return and_(
             Series.id == claim.series_id, Series.state == SeriesState.PROCESSING, Series.claimed_by == claim.owner
         )
-
-    def claims_of_other_nodes(self, now: datetime | None = None) -> int:
-        """PROCESSING series another node holds under a live lease: its worker may be writing derived files now."""
-        now = now or utcnow()
-        with self.session() as s:
-            return len(
-                s.scalars(
-                    select(Series.id).where(
-                        Series.state == SeriesState.PROCESSING,
-                        Series.lease_until >= now,
-                        ~Series.claimed_by.startswith(f"{self.node_id}#", autoescape=True),
-                    )
-                ).all()
-            )
 
     def renew_claim(self, claim: Claim, lease_s: float) -> bool:
         """Push the claim's lease forward; False when it is no longer this claim's (taken over, or the series left
@@ -336,40 +251,3 @@ class Queue(CatalogEngine):
                 )
             )
             return res.rowcount == 1  # type: ignore[attr-defined]
-
-    # ---- operations ----------------------------------------------------------------------------------------
-
-    def retry(self, series_uid: str) -> SeriesState:
-        """Re-queue a FAILED series: back to DERIVED if it failed while sending or was held by the guard (a
-        reviewer's "send it as it is"), else COMPLETE (process again)."""
-        with self.transaction() as s:
-            series = s.scalar(select(Series).where(Series.series_uid == series_uid))
-            if series is None:
-                raise KeyError(f"no series {series_uid} in the catalog")
-            if series.state != SeriesState.FAILED:
-                raise ValueError(f"series {series_uid} is {series.state}, not FAILED")
-            target = SeriesState.DERIVED if series.failed_stage in ("send", "guard") else SeriesState.COMPLETE
-            series.state = target
-            series.attempts = 0
-            series.next_attempt_at = None
-            series.failed_stage = None
-            return target
-
-    def recover_after_restart(self) -> list[str]:
-        """A series this node was PROCESSING when it stopped (a crash) goes back to the queue at once, and its send
-        leases are dropped. Other nodes' claims are left alone: they are alive, or their leases run out."""
-        mine = or_(Series.claimed_by.startswith(f"{self.node_id}#", autoescape=True), Series.claimed_by.is_(None))
-        with self.transaction() as s:
-            uids = list(s.scalars(select(Series.series_uid).where(Series.state == SeriesState.PROCESSING, mine)))
-            s.execute(
-                update(Series)
-                .where(Series.state == SeriesState.PROCESSING, mine)
-                .values(state=SeriesState.COMPLETE, claimed_by=None, lease_until=None, updated_at=utcnow())
-            )
-            # Leases of a dead sender are not worth waiting for.
-            s.execute(
-                update(Series)
-                .where(Series.state == SeriesState.DERIVED, Series.attempts == 0, mine)
-                .values(next_attempt_at=None, claimed_by=None)
-            )
-        return uids

@@ -1,0 +1,56 @@
+"""Checkpoint → model registry entry (safetensors + JSON metadata) that the node loads.
+
+Only the LD→HD generator is exported. The metadata records the training provenance (preset, every setting, steps,
+data fingerprint, checkpoint checksum) and, when given, the evaluation figures, so a physicist can see in one file
+what the node is running and why it was trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from dicom_denoise_node.model.generator import build_generator
+from dicom_denoise_node.model.registry import ModelInfo, save_model, sha256_file
+from dicom_denoise_node.trainer.averaging import exported_weights
+from dicom_denoise_node.trainer.train import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def export_checkpoint(
+    checkpoint: Path,
+    out_dir: Path,
+    name: str,
+    version: str,
+    evaluation: dict[str, Any] | None = None,
+    activate: bool = False,
+    command: str = "",
+) -> ModelInfo:
+    """Write NAME.safetensors + NAME.json from a training checkpoint; returns the registry entry."""
+    state = load_checkpoint(checkpoint)
+    cfg = state["config"]
+    generator = build_generator(state["generator_config"])
+    weights, which = exported_weights(state)
+    generator.load_state_dict(weights, strict=True)
+    training = {
+        "preset": cfg["preset"],
+        "config": cfg,
+        "epochs": state["epoch"],
+        "steps": state["step"],
+        "weights": which if which == "raw" else f"EMA of the weights, decay {state.get('average_decay')}",
+        "world_size": state.get("world_size", 1),
+        "data": state.get("data", {}),
+        "last_losses": state.get("last_losses", {}),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "torch": state.get("torch", ""),
+        "trained_at": state.get("created_at", ""),
+        "command": command,
+    }
+    info = save_model(
+        generator, out_dir, name, version, (cfg["hu_min"], cfg["hu_max"]), training, evaluation or {}, activate
+    )
+    log.info("exported %s %s to %s", name, version, out_dir)
+    return info
