@@ -55,13 +55,15 @@ def echo(
     port: Annotated[int | None, typer.Option(help="Peer port.")] = None,
     aet: Annotated[str | None, typer.Option(help="Peer AE title.")] = None,
 ) -> None:
-    """C-ECHO the configured destinations (or one peer given with --host/--port/--aet).
+    """C-ECHO the configured destinations (or one peer given with --host/--port/--aet); a STOW-RS destination gets one
+    QIDO-RS search instead (reachable, credentials accepted).
 
     Examples: `denoise-node echo -c etc/denoise-node.toml`;
     `denoise-node echo --host 127.0.0.1 --port 4242 --aet ORTHANC`
     """
     from dicom_denoise_node.send.scu import SendError
     from dicom_denoise_node.send.scu import echo as c_echo
+    from dicom_denoise_node.send.stow import probe
 
     settings = load_or_exit(config)
     if host or port or aet:
@@ -77,6 +79,9 @@ def echo(
     failed = 0
     for dest in targets:
         try:
+            if dest.kind == "stow-rs":
+                out.print(f"{dest.key}: {probe(dest, dest.timeout_s or settings.send.timeout_s)}")
+                continue
             status = c_echo(dest, settings.node.ae_title)
             ok = status == 0
             out.print(f"{dest.key}: C-ECHO status 0x{status:04X} {'OK' if ok else 'FAILED'}")

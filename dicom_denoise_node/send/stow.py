@@ -83,6 +83,22 @@ def stow_files(
     return stored
 
 
+def probe(dest: Destination, timeout_s: float = 30.0) -> str:
+    """What `denoise-node echo` does for a DICOMweb destination (C-ECHO does not apply): one QIDO-RS search for at
+    most one study, with the destination's own authentication. Returns a one-line answer; raises SendError."""
+    with _session(dest) as session:
+        client = DICOMwebClient(dest.url, session=session, timeout=timeout_s)
+        try:
+            found = client.search_for_studies(limit=1)
+        except requests.HTTPError as exc:
+            raise SendError(_http_error(dest, exc.response).replace("STOW-RS", "QIDO-RS")) from None
+        except requests.Timeout:
+            raise SendError(f"{dest.key}: no QIDO-RS answer within {timeout_s:g} s") from None
+        except requests.ConnectionError as exc:
+            raise SendError(f"{dest.key}: cannot reach {dest.url} ({_root_cause(exc)})") from None
+    return f"QIDO-RS answered ({len(found)} study listed with limit=1): reachable, credentials accepted"
+
+
 def _session(dest: Destination) -> requests.Session:
     session = requests.Session()
     session.headers["Accept"] = "application/dicom+json"

@@ -89,6 +89,26 @@ def test_basic_auth_right_credentials_deliver_wrong_ones_are_a_401_and_nothing_i
     assert recorded == _uids(files) and _stored_uids(orthanc) == set(recorded)
 
 
+def test_echo_probes_a_stow_rs_destination_with_its_credentials(tmp_path, orthanc_factory):
+    """`denoise-node echo` on a DICOMweb destination: one QIDO-RS search, so wrong credentials show before a send."""
+    import subprocess
+    import sys
+
+    orthanc = orthanc_factory(dicomweb=True, users={"node": "s3cret"})
+    config = tmp_path / "n.toml"
+    for password, code in (("s3cret", 0), ("wrong", 1)):
+        config.write_text(
+            f'[node]\ndata_dir = "{tmp_path / "d"}"\n\n[[destinations]]\nkind = "stow-rs"\nname = "web"\n'
+            f'url = "{orthanc.dicomweb_url}"\nusername = "node"\npassword = "{password}"\n'
+        )
+        result = subprocess.run([sys.executable, "-m", "dicom_denoise_node", "echo", "-c", str(config)],
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert result.returncode == code, result.stdout + result.stderr
+        assert ("credentials accepted" in result.stdout) == (code == 0)
+        assert code == 0 or "HTTP 401" in result.stdout
+        assert password not in result.stdout + result.stderr
+
+
 def test_an_instance_the_server_fails_is_reported_and_the_others_are_in_the_ledger(tmp_path, orthanc_web):
     """One instance names another study: Orthanc refuses it (409, FailedSOPSequence, 0x0110) and stores the others;
     the attempt fails naming that instance, and only the others are confirmed, so a retry resends just it."""
