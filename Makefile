@@ -14,7 +14,8 @@ CONSTRAINTS = constraints.txt
 # Where torch comes from. PyPI's Linux wheel is a multi-GB CUDA build; PyTorch's CPU index has the CPU wheel of the
 # pinned version (2.13.0+cpu satisfies torch==2.13.0). A CUDA machine:
 #   make test TORCH_INDEX=https://download.pytorch.org/whl/cu128
-# Empty = the pip configuration decides. Only torch is looked up there (one lookup, quick even offline).
+# Empty = the pip configuration decides. Only torch itself is looked up there (--no-deps: one lookup, quick even
+# offline); its dependencies come with the project, pinned by constraints.txt.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: venv peers demo test bench lint clean help
@@ -28,7 +29,7 @@ help:
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c $(CONSTRAINTS) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch
+	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[train,dev,bench,postgresql,jpeg-gpl]'
 	touch $@
 
