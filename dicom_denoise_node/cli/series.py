@@ -74,7 +74,7 @@ def status(
 
             _print_associations(association_rows(catalog, limit))
         else:
-            _print_series(catalog.series_overview(limit), settings.catalog_url)
+            _print_series(catalog.series_overview(limit), settings.catalog_url_shown)
     finally:
         catalog.close()
 

@@ -62,6 +62,7 @@ __all__ = [
     "describe",
     "env_overrides",
     "load_settings",
+    "redact_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,11 @@ class Settings(BaseSettings):
         return self.catalog.url or f"sqlite:///{self.node.data_dir / 'catalog.sqlite'}"
 
     @property
+    def catalog_url_shown(self) -> str:
+        """The catalog URL for logs and screens: a PostgreSQL password replaced by ***."""
+        return redact_url(self.catalog_url)
+
+    @property
     def spool_dir(self) -> Path:
         """Where received and derived files live: ``[node] spool_dir``, else the data directory."""
         return self.node.spool_dir or self.node.data_dir
@@ -214,8 +220,20 @@ def describe(settings: Settings) -> str:
         f"data_dir={settings.node.data_dir} destinations=[{dests}] quiet_period_s={settings.series.quiet_period_s} "
         f"model={settings.model.path or '<bundled>'} device={settings.model.device} "
         f"tile={settings.model.tile_size}/{settings.model.tile_overlap} batch={settings.model.batch_size} "
-        f"catalog={settings.catalog_url}"
+        f"catalog={settings.catalog_url_shown} role={settings.node.role}"
     )
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password (``postgresql+psycopg://denoise:***@db/denoise``): for logs, `status` and
+    the training metadata that goes into exported model files."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def env_overrides() -> list[str]:

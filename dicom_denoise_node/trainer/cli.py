@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dicom_denoise_node.config import ConfigError
+from dicom_denoise_node.config import ConfigError, redact_url
 from dicom_denoise_node.trainer.extras import needs_train_extra
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def _load_training_data(catalog_url: str, pairing: str = "unpaired"):  # noqa: A
         # REF (noise-free, synthetic archives) scores every checkpoint; real archives have none.
         val_ref = load_slices([p.ref for p in val], step) if val and len(with_ref) == len(val) else []
     description = {
-        "catalog": catalog_url,
+        "catalog": redact_url(catalog_url),  # exported with the model: never a password
         "pairing": pairing,
         "ld_slices": len(ld),
         "hd_slices": len(hd),

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
+from dicom_denoise_node.config import redact_url
 from dicom_denoise_node.trainer.averaging import GeneratorAverage
 from dicom_denoise_node.trainer.config import TrainConfig
 from dicom_denoise_node.trainer.cyclegan import (
@@ -131,7 +132,7 @@ def checkpoint_header(
         "format": CHECKPOINT_FORMAT,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch": str(torch.__version__),
-        "config": cfg.model_dump(mode="json"),
+        "config": {**cfg.model_dump(mode="json"), "catalog_url": redact_url(cfg.catalog_url)},  # exported: no password
         "generator_config": arch,
         "data": data,
         "epoch": epoch,

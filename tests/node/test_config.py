@@ -188,3 +188,21 @@ def test_a_missing_gpu_is_a_config_error_naming_the_device():
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(ConfigError, match=rf"cuda:{count}"):
         select_device(f"cuda:{count}")
+
+
+def test_a_catalog_password_is_never_shown(tmp_path):
+    """The PostgreSQL URL carries a password: the start-up line, `status` and exported training metadata hide it."""
+    from dicom_denoise_node.config import describe, redact_url
+    from dicom_denoise_node.trainer.config import build_config
+    from dicom_denoise_node.trainer.train import checkpoint_header
+
+    url = "postgresql+psycopg://denoise:s3cret-pw@db.example/denoise"
+    cfg = tmp_path / "n.toml"
+    cfg.write_text(f'[catalog]\nurl = "{url}"\n')
+    settings = load_settings(cfg)
+    assert settings.catalog_url == url  # the node still connects with it
+    for shown in (describe(settings), settings.catalog_url_shown, redact_url(url)):
+        assert "s3cret-pw" not in shown and "denoise:***@db.example/denoise" in shown
+    header = checkpoint_header(build_config("tiny", overrides={"catalog_url": url}), {}, {}, 0, 0, 0, 1)
+    assert "s3cret-pw" not in str(header) and header["config"]["catalog_url"].endswith("***@db.example/denoise")
+    assert redact_url("") == "" and redact_url("sqlite:////var/lib/x.sqlite") == "sqlite:////var/lib/x.sqlite"
