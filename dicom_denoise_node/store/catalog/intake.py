@@ -1,7 +1,7 @@
 """① Intake: record a received instance (and its patient, study and series) before the SCP answers Success.
 
-Concurrent C-STOREs (one thread per association) share commits through group_commit.py; the common case on SQLite
-takes a two-statement fast path.
+Concurrent C-STOREs (one thread per association) share commits through group_commit.py; the common case (another
+instance of a series already arriving) takes a two-statement fast path on both backends.
 """
 
 from __future__ import annotations
@@ -9,16 +9,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC
 
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dicom_denoise_node.store.catalog.engine import CatalogEngine
-from dicom_denoise_node.store.catalog.schema import Base, Instance, Patient, Series, SeriesState, Study, utcnow
+from dicom_denoise_node.store.catalog.schema import (
+    Base,
+    Instance,
+    Patient,
+    Series,
+    SeriesState,
+    Study,
+    UTCDateTime,
+    utcnow,
+)
 from dicom_denoise_node.store.group_commit import GroupCommit, GroupCommitStats
 
 log = logging.getLogger(__name__)
@@ -46,26 +54,12 @@ class InstanceMeta:
     calling_aet: str = ""
 
 
-_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
-_BUMP_ARRIVING = (
-    "UPDATE series SET generation = generation + 1, last_received_at = ? "
-    "WHERE series_uid = ? AND state = 'RECEIVING' AND origin = 'received' RETURNING id"
-)
-_UPSERT_INSTANCE = (
-    "INSERT INTO instances (sop_uid, series_fk, sop_class_uid, transfer_syntax, instance_number, path, size, "
-    "calling_aet, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sop_uid) DO UPDATE SET "
-    "series_fk = excluded.series_fk, sop_class_uid = excluded.sop_class_uid, "
-    "transfer_syntax = excluded.transfer_syntax, instance_number = excluded.instance_number, "
-    "path = excluded.path, size = excluded.size, calling_aet = excluded.calling_aet, "
-    "received_at = excluded.received_at"
-)
-
-
-_BUMP_ARRIVING_NAMED = text(
+# Bound as UTCDateTime, so each backend stores the time in the format its ORM columns use.
+_BUMP_ARRIVING = text(
     "UPDATE series SET generation = generation + 1, last_received_at = :now "
     "WHERE series_uid = :uid AND state = 'RECEIVING' AND origin = 'received' RETURNING id"
-)
-_UPSERT_INSTANCE_NAMED = text(
+).bindparams(bindparam("now", type_=UTCDateTime()))
+_UPSERT_INSTANCE = text(
     "INSERT INTO instances (sop_uid, series_fk, sop_class_uid, transfer_syntax, instance_number, path, size, "
     "calling_aet, received_at) VALUES (:sop_uid, :series_fk, :sop_class_uid, :transfer_syntax, :instance_number, "
     ":path, :size, :calling_aet, :received_at) ON CONFLICT (sop_uid) DO UPDATE SET "
@@ -73,7 +67,7 @@ _UPSERT_INSTANCE_NAMED = text(
     "transfer_syntax = excluded.transfer_syntax, instance_number = excluded.instance_number, "
     "path = excluded.path, size = excluded.size, calling_aet = excluded.calling_aet, "
     "received_at = excluded.received_at"
-)
+).bindparams(bindparam("received_at", type_=UTCDateTime()))
 
 
 class Intake(CatalogEngine):
@@ -127,23 +121,21 @@ class Intake(CatalogEngine):
                     raise
 
     def _record_in(self, s: Session, meta: InstanceMeta) -> None:
-        if self.url.startswith("sqlite"):
-            arrived = self._record_arriving(s, meta)
-        else:
-            arrived = self._record_arriving_portable(s, meta)
-        if not arrived:
+        if not self._record_arriving(s, meta):
             self._record(s, meta)
 
     @staticmethod
-    def _record_arriving_portable(s: Session, meta: InstanceMeta) -> bool:
-        """The same two statements with bound parameters (PostgreSQL): one round trip each instead of the ORM path's
-        four lookups and two flushes, which is most of a receiver's catalog time on a networked database."""
-        now = utcnow().astimezone(UTC).replace(tzinfo=None)  # UTCDateTime stores naive UTC
-        series_id = s.execute(_BUMP_ARRIVING_NAMED, {"now": now, "uid": meta.series_uid}).scalar()
+    def _record_arriving(s: Session, meta: InstanceMeta) -> bool:
+        """The common case in two statements: another instance of a RECEIVING series (bump the series, upsert the
+        instance). The ORM path below costs four lookups, two flushes and statement construction per instance (about
+        3 ms on SQLite, a round trip each on PostgreSQL); this is what keeps the C-STORE path short under load
+        (bench/receive.py, bench/receivers.py). Returns False, having written nothing, for any other case."""
+        now = utcnow()
+        series_id = s.execute(_BUMP_ARRIVING, {"now": now, "uid": meta.series_uid}).scalar()
         if series_id is None:
             return False
         s.execute(
-            _UPSERT_INSTANCE_NAMED,
+            _UPSERT_INSTANCE,
             {
                 "sop_uid": meta.sop_uid,
                 "series_fk": series_id,
@@ -155,34 +147,6 @@ class Intake(CatalogEngine):
                 "calling_aet": meta.calling_aet,
                 "received_at": now,
             },
-        )
-        return True
-
-    def _record_arriving(self, s: Session, meta: InstanceMeta) -> bool:
-        """The common case in two prepared statements: another instance of a RECEIVING series.
-
-        SQLite only (the caller checks). The ORM path below costs four lookups, two flushes and statement
-        construction per instance, about 3 ms; this costs about 0.3 ms, which is what keeps the C-STORE path
-        short under load (bench/receive.py). Returns False, having written nothing, for any other case.
-        """
-        now = utcnow().astimezone(UTC).strftime(_SQLITE_DATETIME)  # SQLAlchemy's own SQLite format
-        conn = s.connection()
-        series_id = conn.exec_driver_sql(_BUMP_ARRIVING, (now, meta.series_uid)).scalar()
-        if series_id is None:
-            return False
-        conn.exec_driver_sql(
-            _UPSERT_INSTANCE,
-            (
-                meta.sop_uid,
-                series_id,
-                meta.sop_class_uid,
-                meta.transfer_syntax,
-                meta.instance_number,
-                meta.path,
-                meta.size,
-                meta.calling_aet,
-                now,
-            ),
         )
         return True
 
