@@ -29,11 +29,11 @@ from bench.node import random_model, running_node
 from dicom_denoise_node import harness as peers
 
 
-def _send(directories: list[Path], port: int, called: str) -> float:
-    """Seconds for one storescu per folder, all started together, until the last one exits."""
-    with ThreadPoolExecutor(len(directories)) as pool:
+def send_all(jobs: list[tuple[Path, int]], called: str) -> float:
+    """Seconds for one storescu per (folder, port), all started together, until the last one exits."""
+    with ThreadPoolExecutor(len(jobs)) as pool:
         start = time.perf_counter()
-        results = list(pool.map(lambda d: peers.storescu([d], port, called, "BENCH", timeout=600), directories))
+        results = list(pool.map(lambda j: peers.storescu([j[0]], j[1], called, "BENCH", timeout=600), jobs))
         elapsed = time.perf_counter() - start
     for result in results:
         if result.returncode != 0:
@@ -64,11 +64,11 @@ def run(files: int, size: int, repeat: int, senders: int = 1) -> dict[str, objec
         times: dict[str, list[float]] = {"storescp": [], "node": []}
         for i in range(repeat):
             with peers.StoreSCP(work / f"storescp{i}", extra_args=fork) as scp:
-                times["storescp"].append(_send(folders, scp.port, scp.ae_title))
+                times["storescp"].append(send_all([(f, scp.port) for f in folders], scp.ae_title))
             model = random_model(work / "model", filters=8, blocks=1)
             # A long quiet period: the worker stays idle, only the receive path is measured.
             with running_node(work / f"node{i}", model, pacs_port=1) as node:
-                times["node"].append(_send(folders, node.port, "DENOISE"))
+                times["node"].append(send_all([(f, node.port) for f in folders], "DENOISE"))
     best = {k: min(v) for k, v in times.items()}
     return {
         "files": files,

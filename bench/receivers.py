@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
@@ -24,21 +22,9 @@ from rich.table import Table
 
 from bench.common import machine
 from bench.node import random_model
-from bench.receive import deal
+from bench.receive import deal, send_all
 from dicom_denoise_node import harness as peers
 from dicom_denoise_node.harness.node import NodeProcess
-
-
-def _send(jobs: list[tuple[Path, int]]) -> float:
-    """Seconds for one storescu per (folder, port), all started together, until the last one exits."""
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        start = time.perf_counter()
-        results = list(pool.map(lambda j: peers.storescu([j[0]], j[1], "DENOISE", "BENCH", timeout=600), jobs))
-        elapsed = time.perf_counter() - start
-    for result in results:
-        if result.returncode != 0:
-            raise RuntimeError(f"storescu failed: {result.stderr[-500:]}")
-    return elapsed
 
 
 def _receivers(work: Path, count: int, catalog_url: str, model: Path) -> list[NodeProcess]:
@@ -77,10 +63,10 @@ def run(files: int, size: int, receivers: list[int], senders_per_receiver: int) 
             for n in receivers:
                 folders = deal(data, n * senders_per_receiver)
                 with peers.StoreSCP(work / f"storescp{n}", extra_args=["--fork"]) as scp:
-                    baseline = _send([(f, scp.port) for f in folders])
+                    baseline = send_all([(f, scp.port) for f in folders], scp.ae_title)
                 nodes = _receivers(work / f"nodes{n}", n, server.create_database(f"bench{n}"), model)
                 try:
-                    seconds = _send([(f, nodes[i % n].port) for i, f in enumerate(folders)])
+                    seconds = send_all([(f, nodes[i % n].port) for i, f in enumerate(folders)], "DENOISE")
                 finally:
                     for node in nodes:
                         node.stop()
