@@ -87,6 +87,10 @@ def deliver_claim(claim: Claim, catalog: Catalog, settings: Settings, metrics: N
     if errors:
         cfg = settings.send
         outcome = catalog.send_failed(claim, "; ".join(errors), cfg.max_attempts, cfg.backoff_s, cfg.backoff_max_s)
+        if outcome is None:
+            log.warning("series %s: send lease lost to another node; its failure (%s) not recorded", claim.series_uid,
+                        "; ".join(errors))  # fmt: skip
+            return
         log.warning(
             "series %s send attempt %d/%d failed (%s); state=%s",
             claim.series_uid,
@@ -101,3 +105,6 @@ def deliver_claim(claim: Claim, catalog: Catalog, settings: Settings, metrics: N
         if received is not None:
             metrics.series_latency.observe(max(0.0, (utcnow() - received).total_seconds()))
         log.info("series %s state=SENT", claim.series_uid)
+    else:
+        log.warning("series %s: sent, but the send lease was lost to another node, which records the outcome",
+                    claim.series_uid)  # fmt: skip

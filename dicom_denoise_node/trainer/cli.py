@@ -541,6 +541,8 @@ def model_list(
     for m in list_models(directory):
         if m.architecture.get("type") == "residual_cnn":
             arch = f"residual CNN {m.architecture.get('filters')}f/{m.architecture.get('layers')}l"
+        elif m.architecture.get("type") == "residual_unet":
+            arch = f"residual U-Net {m.architecture.get('filters')}f"
         else:
             arch = f"ResNet {m.architecture.get('filters')}f/{m.architecture.get('blocks')}b"
         pairing = m.training.get("config", {}).get("pairing", "unpaired")

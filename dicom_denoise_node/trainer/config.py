@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dicom_denoise_node.config import ConfigError
-from dicom_denoise_node.model.generator import ArchConfig, GeneratorConfig, ResidualCNNConfig
+from dicom_denoise_node.model.generator import ArchConfig, GeneratorConfig, ResidualCNNConfig, ResidualUNetConfig
 
 PresetName = Literal["method", "cpu", "resnet-cpu", "tiny"]
 
@@ -27,10 +27,13 @@ class TrainConfig(BaseModel):
     catalog_url: str = ""
     run_dir: Path = Path("runs/cyclegan")
     # Network
-    generator: Literal["resnet", "residual_cnn"] = Field("resnet", description="resnet = the method's generator")
+    generator: Literal["resnet", "residual_cnn", "residual_unet"] = Field(
+        "resnet", description="resnet = the method's generator"
+    )
     layers: int = Field(8, ge=2, description="residual_cnn: 3×3 convolution layers")
     dilations: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 3, 2, 1, 1])
-    head_init_std: float = Field(1e-3, ge=0, description="residual_cnn: std of the last layer's initial weights")
+    head_init_std: float = Field(1e-3, ge=0, description="residual_*: std of the last layer's initial weights")
+    bottleneck_layers: int = Field(4, ge=0, description="residual_unet: dilated layers at ¼ resolution")
     filters: int = Field(64, ge=4)
     blocks: int = Field(6, ge=1)
     upsample: Literal["resize_conv", "transpose"] = "resize_conv"
@@ -115,6 +118,10 @@ class TrainConfig(BaseModel):
                 layers=self.layers,
                 dilations=tuple(self.dilations),
                 head_init_std=self.head_init_std,
+            )
+        if self.generator == "residual_unet":
+            return ResidualUNetConfig(
+                filters=self.filters, bottleneck_layers=self.bottleneck_layers, head_init_std=self.head_init_std
             )
         return GeneratorConfig(filters=self.filters, blocks=self.blocks, upsample=self.upsample, residual=self.residual)
 

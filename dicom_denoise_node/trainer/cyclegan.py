@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pytorch_msssim import ssim
 from torch import nn
 
-from dicom_denoise_node.model.generator import ArchConfig, ResidualCNN, ResnetGenerator, make_generator
+from dicom_denoise_node.model.generator import ArchConfig, ResidualCNN, ResidualUNet, ResnetGenerator, make_generator
 
 
 class PatchDiscriminator(nn.Module):
@@ -65,7 +65,7 @@ class PatchDiscriminator(nn.Module):
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:
-    """N(0, 0.02) initialisation of the reference CycleGAN implementation (a ResidualCNN keeps its own)."""
+    """N(0, 0.02) initialisation of the reference CycleGAN implementation (residual CNN/U-Net: their own)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
             nn.init.normal_(m.weight, 0.0, gain)
@@ -74,7 +74,7 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
     for m in module.modules():
         if isinstance(m, ResnetGenerator):
             m.start_as_identity()
-        elif isinstance(m, ResidualCNN) or (isinstance(m, PatchDiscriminator) and m.norm == "none"):
+        elif isinstance(m, ResidualCNN | ResidualUNet) or (isinstance(m, PatchDiscriminator) and m.norm == "none"):
             m.reset_parameters()
 
 

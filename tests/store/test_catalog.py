@@ -177,6 +177,31 @@ def test_a_dead_workers_claim_is_taken_over_once_its_lease_runs_out(catalog_url)
         b.close()
 
 
+def test_a_send_claim_taken_over_after_its_lease_writes_nothing(catalog_url):
+    """A send that outlasts its lease: the second node's claim decides SENT or the backoff; the first node's late
+    success or failure writes nothing (it would mark SENT a series the other is still sending, or cut its backoff)."""
+    a, b = Catalog(catalog_url, node_id="host-a:/data"), Catalog(catalog_url, node_id="host-b:/data")
+    try:
+        _one_complete_series(a)
+        work = a.claim_for_processing()
+        assert a.finish_processing(work, "9", "v1", [DerivedRecord("9.1", "1.2.3.4.1", "/d/1")])
+        first = a.claim_for_sending(lease_s=30)
+        assert first is not None and b.claim_for_sending(lease_s=30) is None  # the lease holds
+        second = b.claim_for_sending(lease_s=30, now=utcnow() + timedelta(seconds=31))
+        assert second is not None and second.owner != first.owner
+        assert a.send_failed(first, "late failure", max_attempts=1, backoff_s=10, backoff_max_s=10) is None
+        assert not a.send_succeeded(first)
+        assert a.series_state("1.2.3.4") is SeriesState.DERIVED  # neither FAILED nor SENT by the stale claim
+        assert b.send_failed(second, "down", max_attempts=3, backoff_s=10, backoff_max_s=10) is SeriesState.DERIVED
+        third = b.claim_for_sending(lease_s=30, now=utcnow() + timedelta(seconds=11))
+        assert third is not None and third.attempts == 1  # only the owner's attempt counted
+        assert b.send_succeeded(third)
+        assert a.series_state("1.2.3.4") is SeriesState.SENT
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_restart_takes_back_only_its_own_claims(catalog_url):
     """A node restarting gives back what it was processing at once, and leaves another node's live claim alone."""
     a, b = Catalog(catalog_url, node_id="host-a:/data"), Catalog(catalog_url, node_id="host-b:/data")

@@ -111,10 +111,12 @@ class Deliveries(CatalogEngine):
                 row.generation, row.delivered_at = claim.generation, utcnow()
 
     def send_succeeded(self, claim: Claim) -> bool:
+        """SENT, if this claim still owns the series (False: its lease ran out and another node took it over)."""
         with self.transaction() as s:
             res = s.execute(
                 update(Series)
                 .where(Series.id == claim.series_id, Series.state == SeriesState.DERIVED)
+                .where(Series.claimed_by == claim.owner)
                 .values(
                     state=SeriesState.SENT, next_attempt_at=None, last_error=None, claimed_by=None, updated_at=utcnow()
                 )
@@ -123,8 +125,11 @@ class Deliveries(CatalogEngine):
 
     def send_failed(
         self, claim: Claim, error: str, max_attempts: int, backoff_s: float, backoff_max_s: float
-    ) -> SeriesState:
-        """Count the attempt; schedule the next one with exponential backoff or give up (FAILED)."""
+    ) -> SeriesState | None:
+        """Count the attempt; schedule the next one with exponential backoff or give up (FAILED).
+
+        None: the claim's lease ran out and another node owns the series now; nothing is written, so its attempt is
+        not cut short by this one's backoff."""
         attempts = claim.attempts + 1
         with self.transaction() as s:
             if attempts >= max_attempts:
@@ -134,9 +139,10 @@ class Deliveries(CatalogEngine):
                 delay = min(backoff_max_s, backoff_s * 2 ** (attempts - 1))
                 values = dict(next_attempt_at=utcnow() + timedelta(seconds=delay))
                 outcome = SeriesState.DERIVED
-            s.execute(
+            res = s.execute(
                 update(Series)
                 .where(Series.id == claim.series_id, Series.state == SeriesState.DERIVED)
+                .where(Series.claimed_by == claim.owner)
                 .values(attempts=attempts, last_error=error[:4000], claimed_by=None, updated_at=utcnow(), **values)
             )
-        return outcome
+        return outcome if res.rowcount == 1 else None  # type: ignore[attr-defined]
