@@ -174,6 +174,8 @@ class ResidualCNNConfig:
 
     ``dilations`` (one per layer) widens the receptive field without downsampling: CT noise after FBP is
     correlated over a few pixels, and a denoiser must see past it to tell noise from edges.
+    ``norm = "instance"`` (instance norm without affine parameters after each hidden convolution) exists only to
+    ablate the issue's first suspected cause; no bundled model uses it.
     """
 
     in_channels: int = 1
@@ -181,12 +183,15 @@ class ResidualCNNConfig:
     layers: int = 8
     dilations: tuple[int, ...] = (1, 2, 3, 4, 3, 2, 1, 1)
     head_init_std: float = 1e-3
+    norm: Literal["none", "instance"] = "none"
 
     def __post_init__(self) -> None:
         if self.layers < 2:
             raise ValueError("a residual CNN needs at least 2 layers")
         if len(self.dilations) != self.layers:
             raise ValueError(f"dilations {self.dilations} must give one value per layer ({self.layers})")
+        if self.norm not in ("none", "instance"):
+            raise ValueError(f"unknown norm {self.norm!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "residual_cnn", **asdict(self), "dilations": list(self.dilations)}
@@ -221,6 +226,8 @@ class ResidualCNN(nn.Module):
                 nn.Conv2d(c if i == 0 else f, c if last else f, 3, padding=d, dilation=d, padding_mode="reflect")
             )
             if not last:
+                if self.config.norm == "instance":
+                    layers.append(nn.InstanceNorm2d(f))
                 layers.append(nn.ReLU(inplace=True))
         self.body = nn.Sequential(*layers)
         self.reset_parameters()

@@ -33,6 +33,7 @@ class TrainConfig(BaseModel):
     layers: int = Field(8, ge=2, description="residual_cnn: 3×3 convolution layers")
     dilations: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 3, 2, 1, 1])
     head_init_std: float = Field(1e-3, ge=0, description="residual_*: std of the last layer's initial weights")
+    residual_norm: Literal["none", "instance"] = Field("none", description="residual_cnn: an ablation of cause 1")
     bottleneck_layers: int = Field(4, ge=0, description="residual_unet: dilated layers at ¼ resolution")
     filters: int = Field(64, ge=4)
     blocks: int = Field(6, ge=1)
@@ -118,6 +119,7 @@ class TrainConfig(BaseModel):
                 layers=self.layers,
                 dilations=tuple(self.dilations),
                 head_init_std=self.head_init_std,
+                norm=self.residual_norm,
             )
         if self.generator == "residual_unet":
             return ResidualUNetConfig(

@@ -37,6 +37,9 @@ def test_residual_cnn_starts_near_identity_and_round_trips_its_config():
     assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in net.modules())
     with pytest.raises(ValueError, match="one value per layer"):
         ResidualCNNConfig(layers=3, dilations=(1, 2))
+    # The ablation of the cause 1: instance norm after each hidden layer, from the training config's key.
+    normed = build_generator(build_config("cpu", overrides={"residual_norm": "instance"}).generator_config().to_dict())
+    assert sum(isinstance(m, torch.nn.InstanceNorm2d) for m in normed.modules()) == 7
 
 
 def _receptive_field(net: torch.nn.Module, size: int = 192) -> int:
