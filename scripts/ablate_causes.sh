@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 15's suspected causes 1, 3 and 4, each as run 4 (stage 1 of cyclegan 1.0.0: the cpu preset, seed 1) with one
 # change, 600 steps (200 discriminator warm-up + 400), scored on the validation patients every 100 steps. Compare
-# each run's validation.json with run 4's (docs/model-card.md, "Ablations"). ≈ 8 min per run alone on the 2-core CPU.
+# each run's validation.json with run 4's (docs/model-card.md, "Ablations"). ≈ 7 min per run alone on the 2-core CPU (2026-11-30: the three in 21 min).
 #   cause 1: instance norm in the generator (scripts/ablations/cause1-instance-norm.toml);
 #   cause 3: a zero-initialised last layer (scripts/ablations/cause3-zero-head.toml);
 #   cause 4: half the training patients (8 LD + 8 HD of 16 + 16): a copy of the catalog where the other half's
