@@ -388,3 +388,15 @@ def test_validation_scores_inserted_lesions_and_can_require_them_kept():
     assert kept[1] == pytest.approx(1.0, abs=1e-3) and kept[2] < 0.8
     strict = Validator(val, window, device, 1, min_lesion_kept=0.9)
     assert strict(1, identity, {}) and not strict(2, blur, {})  # flattening lesions is never "best"
+
+
+def test_every_recipe_config_under_scripts_loads():
+    """The TOML files the model scripts pass to `train --config` name only keys the trainer knows (a misspelt key in
+    a recipe would stop a reproduction an hour in, or never run it)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "scripts"
+    configs = sorted(root.rglob("*.toml"))
+    assert len(configs) >= 10
+    for path in configs:
+        build_config("cpu", path)
