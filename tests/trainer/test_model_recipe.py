@@ -400,3 +400,29 @@ def test_every_recipe_config_under_scripts_loads():
     assert len(configs) >= 10
     for path in configs:
         build_config("cpu", path)
+
+
+def test_error_bands_splits_a_residual_power_by_frequency():
+    """scripts/error_bands.py (the model card's diagnosis): white noise spreads its power over the bands by their
+    share of the spectrum; a smooth ramp of noise-free low frequencies lands in the lowest bands only."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "error_bands.py"
+    spec = importlib.util.spec_from_file_location("error_bands", path)
+    bands = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bands)
+    rng = np.random.default_rng(0)
+    mask = np.ones((128, 128), bool)
+    white = bands.band_power(rng.standard_normal((128, 128)), mask)
+    fy, fx = np.meshgrid(np.fft.fftfreq(bands.ROI), np.fft.fftfreq(bands.ROI), indexing="ij")
+    radius = np.hypot(fy, fx).ravel()[1:]  # without the DC bin: each ROI's mean is removed
+    counts = np.array(
+        [((radius >= lo) & (radius < hi)).sum() for lo, hi in zip(bands.BANDS, bands.BANDS[1:], strict=False)]
+    )
+    np.testing.assert_allclose(white / white.sum(), counts / counts.sum(), rtol=0.2, atol=2e-3)
+    y, x = np.mgrid[0:128, 0:128] / 128.0
+    smooth = bands.band_power(np.sin(2 * np.pi * 2 * x) + np.cos(2 * np.pi * 4 * y), mask)
+    # 1 and 2 cycles per 64-px ROI (0.016 and 0.031 cycles/px): the lowest two bands hold all of it.
+    assert smooth[0] > 0 and smooth[1] > 0 and smooth[:2].sum() > 0.999 * smooth.sum()
+    assert bands.band_power(rng.standard_normal((128, 128)), ~mask).sum() == 0  # no ROI wholly in the mask
