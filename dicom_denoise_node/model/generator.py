@@ -1,11 +1,12 @@
 """The LD→HD generators (single source of truth; the trainer imports them).
 
-Two architectures, chosen by the ``type`` in a model's metadata:
+Three architectures, chosen by the ``type`` in a model's metadata:
 
 * ``resnet_generator``: the ResNet generator of the method (below);
 * ``residual_cnn``: a small normalisation-free residual CNN (``ResidualCNN``), the bundled model's since 1.0.0;
 * ``residual_unet``: a normalisation-free residual U-Net (``ResidualUNet``), two stride-2 levels: a receptive field
-  of 99 px (4 bottleneck layers) for less arithmetic per pixel than the larger residual CNN.
+  of 99 px (4 bottleneck layers) for less arithmetic per pixel than the larger residual CNN (no bundled model:
+  it fell behind the residual CNN in paired mode, model card "paired 9").
 
 The ResNet generator:
 
