@@ -3,8 +3,8 @@
 A diagnosis for the model card, not a score (`denoise-node evaluate` scores). On validation (or test) slices with a
 noise-free REF it prints, for LD, HD and the model:
 
-* the power of (image − REF) in bands of spatial frequency, over 64² soft-tissue ROIs (mean removed), relative to
-  HD's total: which bands a model leaves LD's noise in;
+* the power of (image − REF) in bands of spatial frequency, over non-overlapping 64² soft-tissue ROIs (mean
+  removed; the scorecard's ``nps_blocks``), relative to HD's total: which bands a model leaves LD's noise in;
 * the RMS error vs REF in the soft-tissue mask, split into pixels within 2 px of an edge of REF (Sobel gradient above
   5 HU/px) and the rest, at full resolution and after a σ 2 px Gaussian low-pass of image and REF (the low-frequency
   error alone).
@@ -22,9 +22,10 @@ import numpy as np
 from scipy import ndimage
 
 from dicom_denoise_node.denoise.inference import TiledInferer
-from dicom_denoise_node.model.registry import load_model, normalize_hu
+from dicom_denoise_node.model.registry import load_model
 from dicom_denoise_node.store.catalog import Catalog
 from dicom_denoise_node.trainer.data import load_slices
+from dicom_denoise_node.trainer.scorecard import nps_blocks, radial_frequency
 from dicom_denoise_node.trainer.split import paired_slices
 from dicom_denoise_node.trainer.validation import soft_tissue_mask
 
@@ -33,17 +34,9 @@ ROI = 64
 
 
 def band_power(residual: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Summed periodogram power per band over the ROIs that lie wholly in the mask."""
-    fy, fx = np.meshgrid(np.fft.fftfreq(ROI), np.fft.fftfreq(ROI), indexing="ij")
-    radius = np.hypot(fy, fx)
-    out = np.zeros(len(BANDS) - 1)
-    for i in range(0, residual.shape[0] - ROI + 1, ROI // 2):
-        for j in range(0, residual.shape[1] - ROI + 1, ROI // 2):
-            if mask[i : i + ROI, j : j + ROI].all():
-                roi = residual[i : i + ROI, j : j + ROI]
-                power = np.abs(np.fft.fft2(roi - roi.mean())) ** 2 / ROI**2
-                out += [power[(radius >= lo) & (radius < hi)].sum() for lo, hi in zip(BANDS, BANDS[1:], strict=False)]
-    return out
+    """Power per band over the ROIs that lie wholly in the mask (the scorecard's texture NPS, in bands)."""
+    nps, radius = nps_blocks(residual, mask, ROI), radial_frequency(ROI)
+    return np.array([nps[(radius >= lo) & (radius < hi)].sum() for lo, hi in zip(BANDS, BANDS[1:], strict=False)])
 
 
 def main() -> None:
@@ -64,8 +57,8 @@ def main() -> None:
     sq: dict[tuple[str, str, str], list[float]] = {}
     for pair in pairs:
         ld, hd, ref = load_slices([pair.ld, pair.hd, pair.ref])
-        (y,) = inferer.run_all([normalize_hu(ld, info.hu_min, info.hu_max)])
-        out = y * (info.hu_max - info.hu_min) / 2 + (info.hu_max + info.hu_min) / 2
+        (y,) = inferer.run_all([info.normalize(ld)])
+        out = info.denormalize(y)
         mask = soft_tissue_mask(ref)
         grad = np.hypot(ndimage.sobel(ref, 0), ndimage.sobel(ref, 1)) / 8
         edge = ndimage.binary_dilation(grad > 5, iterations=2)

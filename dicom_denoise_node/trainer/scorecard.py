@@ -34,7 +34,8 @@ NODULE_RADIUS_PX = 6.0  # an added nodule: a disk of this radius …
 NODULE_HU = 60.0  # … this much brighter than its surroundings, in soft tissue away from every lesion
 
 
-def _radial_frequency(n: int) -> np.ndarray:
+def radial_frequency(n: int) -> np.ndarray:
+    """Radial frequency (cycles/px) of each bin of an n×n FFT, in numpy's FFT order."""
     f = np.fft.fftfreq(n)
     return np.hypot(f[:, None], f[None, :])
 
@@ -57,7 +58,7 @@ def hf_share(nps: np.ndarray, cutoff: float = HF_CUTOFF) -> float:
     power = nps.sum()
     if power <= 0:
         return math.nan
-    return float(nps[_radial_frequency(nps.shape[0]) > cutoff].sum() / power)
+    return float(nps[radial_frequency(nps.shape[0]) > cutoff].sum() / power)
 
 
 def bootstrap_interval(values: Sequence[float], seed: int = 0, n: int = BOOTSTRAP) -> tuple[float, float, float]:
