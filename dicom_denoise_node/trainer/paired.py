@@ -37,6 +37,7 @@ from dicom_denoise_node.trainer.train import (
     checkpoint_header,
     iterations_per_epoch,
     linear_decay,
+    restore_schedule,
     training_device,
     write_checkpoint,
 )
@@ -129,12 +130,10 @@ def train_paired(
         if state.get("format") != CHECKPOINT_FORMAT or state["config"].get("pairing") != "paired":
             raise ValueError(f"{resume} is not a checkpoint of the paired trainer")
         generator.load_state_dict({k.removeprefix("ld2hd."): v for k, v in state["generators"].items()})
-        opt_g.load_state_dict(state["opt_g"])
-        sched_g.load_state_dict(state["sched_g"])
+        restore_schedule(opt_g, sched_g, state["opt_g"], state["sched_g"], cfg.lr)
         if discriminator is not None and opt_d is not None and sched_d is not None:
             discriminator.load_state_dict(state["discriminators"])
-            opt_d.load_state_dict(state["opt_d"])
-            sched_d.load_state_dict(state["sched_d"])
+            restore_schedule(opt_d, sched_d, state["opt_d"], state["sched_d"], cfg.lr * cfg.lr_d_factor)
         rng.set_state(state["rng"][0])
         torch.set_rng_state(state["torch_rng"])
         if "lesion_rng" in state:

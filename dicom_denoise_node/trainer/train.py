@@ -105,6 +105,32 @@ def linear_decay(cfg: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+def restore_schedule(
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
+    opt_state: dict[str, Any],
+    sched_state: dict[str, Any],
+    lr: float,
+) -> None:
+    """Load an optimizer and its schedule from a checkpoint, then put the configuration's learning rate in force.
+
+    Why: LambdaLR's saved state carries the base rate the run started with, so a run resumed with a new ``lr``
+    silently kept the old one (paired 1.2.0's stage 2 asked for 2e-4 and ran at 5e-4 × ⅔). The configured base
+    rate × the configured schedule at the checkpoint's epoch is what a resumed run uses; with an unchanged
+    configuration that is exactly the rate the checkpoint was running at.
+    """
+    optimizer.load_state_dict(opt_state)
+    scheduler.load_state_dict(sched_state)
+    saved = list(scheduler.base_lrs)
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    for group, lmbda in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = lr
+        group["lr"] = lr * lmbda(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+    if saved != scheduler.base_lrs:
+        log.info("resume: base learning rate %g from the configuration (the checkpoint's run used %g)", lr, saved[0])
+
+
 def configured_losses(
     cfg: TrainConfig, images: dict[str, torch.Tensor], ld: torch.Tensor, hd: torch.Tensor, discs: Discriminators
 ) -> dict[str, torch.Tensor]:
@@ -216,10 +242,8 @@ def train(
             raise ValueError(f"{resume} is not a checkpoint of this trainer (format {state.get('format')})")
         gens.load_state_dict(state["generators"])
         discs.load_state_dict(state["discriminators"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        sched_g.load_state_dict(state["sched_g"])
-        sched_d.load_state_dict(state["sched_d"])
+        restore_schedule(opt_g, sched_g, state["opt_g"], state["sched_g"], cfg.lr)
+        restore_schedule(opt_d, sched_d, state["opt_d"], state["sched_d"], cfg.lr * cfg.lr_d_factor)
         pool_ld.load_state_dict(state["pool_ld"], device)
         pool_hd.load_state_dict(state["pool_hd"], device)
         rng.set_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])

@@ -189,9 +189,11 @@ def test_paired_mode_trains_on_aligned_pairs_validates_and_exports(tmp_path, dat
     assert info.training["config"]["pairing"] == "paired"
     assert isinstance(load_model(info.weights_path.with_suffix(".json"))[0], ResidualCNN)
     more = train_paired(
-        build_config("cpu", overrides={**overrides, "epochs": 3}), data_with_ref, resume=result.checkpoint
+        build_config("cpu", overrides={**overrides, "epochs": 3, "lr": 1e-3}), data_with_ref, resume=result.checkpoint
     )
     assert more.steps == 6
+    # The resumed run takes the configuration's rate (1e-3 × the schedule's ½ at epoch 2), not the checkpoint's.
+    assert more.history[0]["lr"] == pytest.approx(5e-4)
     assert ms_ssim_window(64, 7) == 3 and ms_ssim_window(128, 7) == 7
     unaligned = TrainingData(ld=data_with_ref.ld, hd=data_with_ref.hd[:1])
     with pytest.raises(ValueError, match="aligned pairs"):

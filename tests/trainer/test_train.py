@@ -77,6 +77,20 @@ def test_resume_continues_exactly(tmp_path, data):
             assert a[key] == b[key], (key, a[key], b[key])
 
 
+def test_resume_puts_the_configured_learning_rate_in_force(tmp_path, data):
+    """A run resumed with a new ``lr`` trains at it (× the schedule at the checkpoint's epoch), G and D alike."""
+    base = {"run_dir": tmp_path / "run", "device": "cpu", "epochs": 3, "sample_every": 1000}
+    first = train(build_config("tiny", overrides={**base, "max_steps": 3}), data)
+    assert first.history[-1]["lr"] == pytest.approx(2e-4 * 2 / 3)  # epoch 1 of 3, decay from epoch 1
+    state = torch.load(first.checkpoint, map_location="cpu", weights_only=True)
+    assert state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * 2 / 3)
+    changed = {**base, "lr": 6e-4, "lr_d_factor": 0.5, "max_steps": 5}
+    rest = train(build_config("tiny", overrides=changed), data, resume=first.checkpoint)
+    assert [h["lr"] for h in rest.history] == pytest.approx([6e-4 * 2 / 3, 6e-4 * 1 / 3])  # the schedule goes on
+    last = torch.load(rest.checkpoint, map_location="cpu", weights_only=True)
+    assert last["opt_d"]["param_groups"][0]["lr"] == pytest.approx(3e-4 * 1 / 3)
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_gloo(tmp_path, data):
     slices = tmp_path / "slices.npz"
