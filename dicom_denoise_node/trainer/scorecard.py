@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
+from scipy.stats import binomtest
 
 from dicom_denoise_node.config import GuardSettings
 from dicom_denoise_node.denoise.guard import check_slice
@@ -194,10 +195,34 @@ class Scorecard:
                 figures["lesions"] = len(mine)
                 figures["lesions_lost"] = sum(s.lost for s in mine)
                 figures["median_contrast_kept"] = float(np.median(kept)) if kept else math.nan
+                if (paired := lesions_against_ld(lesions, method)) is not None:
+                    figures["lesions_vs_ld"] = paired
             result[method] = figures
         # Tampered outputs of tamper_method that the guard flagged: [caught, tried].
         result["guard_catches"] = {k: [sum(v), len(v)] for k, v in self.tamper.items()}
         return result
+
+
+def lesions_against_ld(lesions: Sequence[LesionScore], method: str) -> dict[str, float] | None:
+    """Lesion by lesion against LD: how many the method loses that LD keeps, and the reverse, with McNemar's exact
+    p-value (a two-sided binomial test on the discordant lesions).
+
+    Why: "lost" on a faint lesion in heavy noise is close to a coin flip for LD and a denoiser alike, so two totals
+    that differ by one or two say little on their own; the paired test says whether the method loses lesions LD keeps
+    more often than chance would. Lesions measured in only one of the two images are left out.
+    """
+    key = lambda s: (s.truth.patient_id, s.truth.slice_index, s.truth.lesion_index)  # noqa: E731
+    ld = {key(s): s.lost for s in lesions if s.method == "LD" and math.isfinite(s.contrast_kept)}
+    pairs = [
+        (s.lost, ld[key(s)]) for s in lesions if s.method == method and key(s) in ld and math.isfinite(s.contrast_kept)
+    ]
+    if method == "LD" or not pairs:
+        return None
+    only_here = sum(mine and not theirs for mine, theirs in pairs)
+    only_ld = sum(theirs and not mine for mine, theirs in pairs)
+    n = only_here + only_ld
+    p = binomtest(only_here, n, 0.5).pvalue if n else 1.0
+    return {"lost_only_here": only_here, "lost_only_by_ld": only_ld, "mcnemar_p": float(p)}
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -226,6 +251,14 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {f.get('median_contrast_kept', math.nan):.2f} | {f.get('lesions_lost', '—')}/{f.get('lesions', '—')} "
             f"| {f'{flagged[0]}/{flagged[1]}' if flagged else '—'} |"
         )
+    against = [(m, f["lesions_vs_ld"]) for m, f in summary.items() if isinstance(f, dict) and "lesions_vs_ld" in f]
+    if against:
+        lines.append("")
+        lines += [
+            f"Lesions against LD, lesion by lesion ({m}): lost here but kept by LD {a['lost_only_here']}, "
+            f"kept here but lost by LD {a['lost_only_by_ld']} (McNemar's exact p = {a['mcnemar_p']:.2f})"
+            for m, a in against
+        ]
     catches = summary.get("guard_catches", {})
     if any(n for _, n in catches.values()):
         lines.append("")

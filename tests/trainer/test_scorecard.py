@@ -80,3 +80,27 @@ def test_guard_catch_rates_on_tampered_outputs():
     card.add("model", 0, ref + rng.normal(0, 10, ref.shape))
     catches = card.summary()["guard_catches"]
     assert catches == {"painted_out_lesion": [1, 1], "added_nodule": [1, 1]}
+
+
+def test_lesions_are_compared_with_ld_lesion_by_lesion():
+    """Discordant lesions and McNemar's exact p: 8 lost only by the model, 0 only by LD is significant (p = 2/2⁸);
+    one each way is not, and equal totals made of different lesions still show as discordant."""
+    from dicom_denoise_node.trainer.lesions import LesionScore, LesionTruth
+    from dicom_denoise_node.trainer.scorecard import lesions_against_ld
+
+    def truth(i: int) -> LesionTruth:
+        return LesionTruth("P1", 1, i, "hypodense", "liver", (10.0, 10.0), 3.0, 3.0, 10.0)
+
+    def scores(method: str, lost: set[int], n: int = 12) -> list[LesionScore]:
+        return [LesionScore(method, truth(i), 2.0 if i in lost else 9.0, 5.0) for i in range(n)]
+
+    worse = lesions_against_ld(scores("LD", {0}) + scores("model", set(range(9))), "model")
+    assert worse == {"lost_only_here": 8, "lost_only_by_ld": 0, "mcnemar_p": pytest.approx(2 / 2**8)}
+    swapped = lesions_against_ld(scores("LD", {0}) + scores("model", {1}), "model")
+    assert swapped == {"lost_only_here": 1, "lost_only_by_ld": 1, "mcnemar_p": pytest.approx(1.0)}
+    same = lesions_against_ld(scores("LD", {0, 1}) + scores("model", {0, 1}), "model")
+    assert same == {"lost_only_here": 0, "lost_only_by_ld": 0, "mcnemar_p": 1.0}
+    assert lesions_against_ld(scores("LD", {0}), "LD") is None
+    assert lesions_against_ld(scores("model", {0}), "model") is None  # no LD to compare with
+    summary = {"model": {"lesions_vs_ld": worse}}
+    assert "lost here but kept by LD 8, kept here but lost by LD 0 (McNemar's exact p = 0.01)" in markdown(summary)
