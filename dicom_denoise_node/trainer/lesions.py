@@ -56,6 +56,11 @@ class LesionTruth:
     contrast_hu: float
 
     @property
+    def key(self) -> tuple[str, int, int]:
+        """The same lesion cut in every method's image."""
+        return (self.patient_id, self.slice_index, self.lesion_index)
+
+    @property
     def size_class(self) -> str:
         return next(name for lo, hi, name in SIZE_CLASSES if lo <= self.radius_mm < hi)
 
@@ -175,8 +180,7 @@ class SafetyScores:
 
     def lesion_table(self) -> list[dict[str, Any]]:
         """Per method, size class and contrast class: n, contrast kept, CNR gain over LD, lesions lost."""
-        ld_cnr = {(s.truth.patient_id, s.truth.slice_index, s.truth.lesion_index): s.cnr
-                  for s in self.lesions if s.method == "LD"}  # fmt: skip
+        ld_cnr = {s.truth.key: s.cnr for s in self.lesions if s.method == "LD"}
         groups: dict[tuple[str, str, str], list[LesionScore]] = defaultdict(list)
         for s in self.lesions:
             groups[(s.method, s.truth.size_class, s.truth.contrast_class)].append(s)
@@ -185,9 +189,7 @@ class SafetyScores:
             gains = [
                 s.cnr / ld_cnr[key]
                 for s in scores
-                if (key := (s.truth.patient_id, s.truth.slice_index, s.truth.lesion_index)) in ld_cnr
-                and ld_cnr[key] > 0
-                and math.isfinite(s.cnr)
+                if (key := s.truth.key) in ld_cnr and ld_cnr[key] > 0 and math.isfinite(s.cnr)
             ]
             rows.append(
                 {

@@ -209,13 +209,10 @@ def lesions_against_ld(lesions: Sequence[LesionScore], method: str) -> dict[str,
 
     Why: "lost" on a faint lesion in heavy noise is close to a coin flip for LD and a denoiser alike, so two totals
     that differ by one or two say little on their own; the paired test says whether the method loses lesions LD keeps
-    more often than chance would. Lesions measured in only one of the two images are left out.
+    more often than chance would. Lesions measured in only one of the two images (too few ring pixels) are left out.
     """
-    key = lambda s: (s.truth.patient_id, s.truth.slice_index, s.truth.lesion_index)  # noqa: E731
-    ld = {key(s): s.lost for s in lesions if s.method == "LD" and math.isfinite(s.contrast_kept)}
-    pairs = [
-        (s.lost, ld[key(s)]) for s in lesions if s.method == method and key(s) in ld and math.isfinite(s.contrast_kept)
-    ]
+    ld = {s.truth.key: s.lost for s in lesions if s.method == "LD"}
+    pairs = [(s.lost, ld[s.truth.key]) for s in lesions if s.method == method and s.truth.key in ld]
     if method == "LD" or not pairs:
         return None
     only_here = sum(mine and not theirs for mine, theirs in pairs)
