@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -104,3 +106,23 @@ def test_lesions_are_compared_with_ld_lesion_by_lesion():
     assert lesions_against_ld(scores("model", {0}), "model") is None  # no LD to compare with
     summary = {"model": {"lesions_vs_ld": worse}}
     assert "lost here but kept by LD 8, kept here but lost by LD 0 (McNemar's exact p = 0.01)" in markdown(summary)
+
+
+def test_lesions_vs_ld_script_reads_a_recorded_safety_json(tmp_path):
+    """scripts/lesions_vs_ld.py rebuilds the scores from safety.json (SafetyScores.to_json) and compares them."""
+    import json
+    import subprocess
+    import sys
+
+    from dicom_denoise_node.trainer.lesions import LesionScore, LesionTruth, SafetyScores
+
+    safety = SafetyScores()
+    for i in range(4):
+        truth = LesionTruth("P1", 1, i, "hypodense", "liver", (10.0, 10.0), 3.0, 3.0, 10.0)
+        safety.lesions += [LesionScore("LD", truth, 9.0, 5.0), LesionScore("model", truth, 2.0 if i < 3 else 9.0, 5.0)]
+    path = tmp_path / "safety.json"
+    path.write_text(json.dumps(safety.to_json()))
+    script = Path(__file__).resolve().parents[2] / "scripts" / "lesions_vs_ld.py"
+    out = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, check=True).stdout
+    assert "LD: lost 0/4" in out
+    assert "model: lost 3/4; against LD: {'lost_only_here': 3, 'lost_only_by_ld': 0, 'mcnemar_p': 0.25}" in out
