@@ -134,6 +134,10 @@ def denoise(
     strength: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="0 = source … 1 = model output (overrides [model] strength).")
     ] = None,
+    self_ensemble: Annotated[
+        int | None,
+        typer.Option(help="Flips/turns averaged per tile: 0 = the model's own, 1 = off, 2, 4, 8 (overrides [model])."),
+    ] = None,
 ) -> None:
     """Denoise a folder of CT files into a derived series, without the network (same code as the node).
 
@@ -149,6 +153,11 @@ def denoise(
         settings.model.path = model
     if strength is not None:
         settings.model.strength = strength
+    if self_ensemble is not None:
+        try:
+            settings.model.self_ensemble = self_ensemble  # validated on assignment
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--self-ensemble") from exc
     try:
         denoiser = load_denoiser(settings)
     except ModelError as exc:

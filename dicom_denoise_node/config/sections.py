@@ -122,9 +122,16 @@ class ModelSettings(Section):
     strength: float = Field(
         1.0, ge=0.0, le=1.0, description="output = input + strength · (model(input) − input), like vendor levels"
     )
+    self_ensemble: int = Field(
+        0,
+        description="flips/turns of each tile averaged: 0 = the model's own setting (its metadata), 1 = off, 2, 4, 8 "
+        "(N × the compute)",
+    )
 
     @model_validator(mode="after")
     def _tiles(self) -> ModelSettings:
+        if self.self_ensemble not in (0, 1, 2, 4, 8):
+            raise ValueError(f"self_ensemble={self.self_ensemble} must be 0 (the model's own), 1, 2, 4 or 8")
         if self.tile_size % 4:
             raise ValueError(f"tile_size={self.tile_size} must be a multiple of 4 (two stride-2 stages)")
         if self.tile_overlap >= self.tile_size // 2:

@@ -52,19 +52,22 @@ class DerivationInfo:
     model_version: str
     settings: DeriveSettings
     strength: float = 1.0
+    self_ensemble: int = 1
 
     @property
     def uid_key(self) -> str:
-        """What the deterministic UIDs depend on besides the source: the model version, and the strength when it
-        is not 1 (full strength keeps the UIDs of earlier releases; another strength is another series)."""
-        return derivation_key(self.model_version, self.strength)
+        """What the deterministic UIDs depend on besides the source: the model version, and the strength and
+        self-ensemble when they are not 1 (full strength, one pass keeps the UIDs of earlier releases; another
+        setting is another series)."""
+        return derivation_key(self.model_version, self.strength, self.self_ensemble)
 
     @property
     def description(self) -> str:
+        averaged = f", averaged over {self.self_ensemble} flips/turns" if self.self_ensemble > 1 else ""
         text = (
             f"Noise reduction by CycleGAN generator {self.model_name} {self.model_version} "
-            f"at strength {self.strength:g} (dicom-denoise-node {__version__}), applied tile by tile to the "
-            "source slice"
+            f"at strength {self.strength:g} (dicom-denoise-node {__version__}), applied tile by tile{averaged} to "
+            "the source slice"
         )
         if self.settings.notice:
             text += f". {self.settings.notice}"
@@ -79,9 +82,10 @@ def deterministic_uid(*parts: str) -> str:
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0).join(parts)).int}"
 
 
-def derivation_key(model_version: str, strength: float = 1.0) -> str:
-    """The model version, plus the strength when it is not 1: the key of every deterministic derived UID."""
-    return model_version if strength == 1.0 else f"{model_version}@strength={strength:g}"
+def derivation_key(model_version: str, strength: float = 1.0, self_ensemble: int = 1) -> str:
+    """The model version, plus the strength and self-ensemble when not 1: the key of every deterministic derived UID."""
+    key = model_version if strength == 1.0 else f"{model_version}@strength={strength:g}"
+    return key if self_ensemble == 1 else f"{key}@ensemble={self_ensemble}"
 
 
 def derived_series_uid(source_series_uid: str, model_version: str) -> str:

@@ -29,6 +29,7 @@ TITLE = Code("DNQR", SCHEME, "Denoising quality report")
 NOTICE = Code("NOTICE", SCHEME, "Notice")
 MODEL = Code("MODEL", SCHEME, "Denoising model")
 STRENGTH = Code("STRENGTH", SCHEME, "Denoising strength (0 = source, 1 = model output)")
+SELF_ENSEMBLE = Code("SELFENS", SCHEME, "Flips/turns averaged per tile (self-ensemble)")
 SOURCE_SERIES = Code("SRCSER", SCHEME, "Source series")
 DERIVED_SERIES = Code("DERSER", SCHEME, "Derived series")
 SERIES_UID = Code("112002", "DCM", "Series Instance UID")
@@ -59,10 +60,11 @@ class ReportInput:
     policy: str
     slices: Sequence[tuple[Dataset, Dataset, SliceVerdict]]  # (source header, derived header, verdict)
     strength: float = 1.0
+    self_ensemble: int = 1
 
     @property
     def uid_key(self) -> str:
-        return derivation_key(self.model_version, self.strength)
+        return derivation_key(self.model_version, self.strength, self.self_ensemble)
 
 
 def report_series_uid(source_series_uid: str, model_version: str) -> str:
@@ -101,6 +103,7 @@ def build_report(data: ReportInput, manufacturer: str, institution: str = "") ->
         hd.sr.TextContentItem(MODEL, f"{data.model_name} {data.model_version}"[:1024], relationship_type=CONTAINS)
     )
     items.append(_num(STRENGTH, data.strength, UNIT_NONE))
+    items.append(_num(SELF_ENSEMBLE, data.self_ensemble, UNIT_NONE))
     for concept, uid in ((SOURCE_SERIES, data.source_series_uid), (DERIVED_SERIES, data.derived_series_uid)):
         group = hd.sr.ContainerContentItem(concept, relationship_type=CONTAINS)
         group.ContentSequence = hd.sr.ContentSequence(

@@ -23,6 +23,7 @@ from dicom_denoise_node.config import DeriveSettings, GuardSettings, ModelSettin
 from dicom_denoise_node.denoise.decode import Skipped, SourceSlice, iter_slices, scan_series
 from dicom_denoise_node.denoise.decode_process import DecoderProcess
 from dicom_denoise_node.denoise.derive import DerivationInfo, derive_instance, derived_series_uid, encode
+from dicom_denoise_node.denoise.ensemble import with_self_ensemble
 from dicom_denoise_node.denoise.guard import SliceVerdict, check_slice
 from dicom_denoise_node.denoise.inference import TiledInferer
 from dicom_denoise_node.denoise.quality_report import ReportInput, build_report, header_only, warm_up
@@ -109,8 +110,10 @@ class SeriesDenoiser:
                 warm_up()
             except Exception as exc:  # a warm-up never stops the node; the first series pays instead
                 log.warning("quality report warm-up failed (%s: %s)", type(exc).__name__, exc)
+        # 0 = the model's own setting: what its card's figures were measured with (denoise/ensemble.py).
+        self.self_ensemble = model_settings.self_ensemble or info.self_ensemble
         self.inferer = TiledInferer(
-            network,
+            with_self_ensemble(network, self.self_ensemble),
             tile_size=model_settings.tile_size,
             overlap=model_settings.tile_overlap,
             batch_size=model_settings.batch_size,
@@ -120,7 +123,7 @@ class SeriesDenoiser:
         )
         self.decoder = decoder  # None: pixels decoded in this process; else in its child (decode_process.py)
         self.strength = model_settings.strength
-        self.derivation = DerivationInfo(info.name, info.version, derive_settings, self.strength)
+        self.derivation = DerivationInfo(info.name, info.version, derive_settings, self.strength, self.self_ensemble)
 
     def close(self) -> None:
         """End the decoding child, if there is one."""
@@ -223,6 +226,7 @@ class SeriesDenoiser:
                     self.guard.policy if self.guard.enabled else "off",
                     report_slices,
                     self.strength,
+                    self.self_ensemble,
                 ),
                 manufacturer=self.derive_settings.manufacturer,
                 institution=self.derive_settings.institution_name,

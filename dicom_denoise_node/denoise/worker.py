@@ -70,8 +70,15 @@ def denoise_claim(
             f"slices (first: {result.verdicts[result.flagged[0]].summary()}); "
             "`denoise-node retry` sends it as it is"
         )
+    # The derivation key (version, and strength / self-ensemble when not 1): what the derived UIDs were made from,
+    # so `status` says how a series was made and the demo finds its report.
     if not catalog.finish_processing(
-        claim, result.derived_series_uid, denoiser.info.version, records, processing_seconds=seconds, hold_reason=hold
+        claim,
+        result.derived_series_uid,
+        denoiser.derivation.uid_key,
+        records,
+        processing_seconds=seconds,
+        hold_reason=hold,
     ):
         log.info("series %s: result not recorded (new instances arrived meanwhile, or the claim was lost)",
                  claim.series_uid)  # fmt: skip

@@ -51,6 +51,12 @@ class ModelInfo:
     training: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
+    inference: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def self_ensemble(self) -> int:
+        """How many flips/turns of each tile the model is meant to be averaged over (its card's figures); 1 = none."""
+        return int(self.inference.get("self_ensemble", 1))
 
     @property
     def label(self) -> str:
@@ -82,6 +88,7 @@ def save_model(
     training: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
     activate: bool = False,
+    inference: dict[str, Any] | None = None,
 ) -> ModelInfo:
     """Write NAME.safetensors + NAME.json (owner-readable only) and optionally mark it ACTIVE."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,6 +107,8 @@ def save_model(
         "evaluation": evaluation or {},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if inference:
+        meta["inference"] = inference
     (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if activate:
         (out_dir / ACTIVE_FILE).write_text(name + "\n", encoding="utf-8")
@@ -141,6 +150,7 @@ def read_metadata(path: Path) -> ModelInfo:
             training=meta.get("training", {}),
             evaluation=meta.get("evaluation", {}),
             created_at=meta.get("created_at", ""),
+            inference=meta.get("inference", {}),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"model metadata {meta_path} is incomplete or invalid: {exc}") from exc

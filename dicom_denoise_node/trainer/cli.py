@@ -337,6 +337,9 @@ def evaluate(
         str | None, typer.Option(help="Catalog whose val patients tune the baselines (default: --catalog).")
     ] = None,
     strength: Annotated[float, typer.Option(min=0.0, max=1.0, help="The node's [model] strength to evaluate.")] = 1.0,
+    self_ensemble: Annotated[
+        int, typer.Option(help="The node's [model] self_ensemble: 0 = the model's own, 1 = off, 2, 4 or 8.")
+    ] = 0,
 ) -> None:
     """Evaluate a model on the paired test split: PSNR, SSIM, MS-SSIM, HU bias, noise; vs LD and classical baselines.
 
@@ -404,7 +407,11 @@ def evaluate(
 
     slices = to_eval(pairs)
     # The model runs through the node's own tiler and HU handling: what is evaluated is what the PACS gets.
-    denoiser = SeriesDenoiser(network, info, ModelSettings(strength=strength), DeriveSettings(), device=str(dev))
+    try:
+        settings = ModelSettings(strength=strength, self_ensemble=self_ensemble)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--self-ensemble") from exc
+    denoiser = SeriesDenoiser(network, info, settings, DeriveSettings(), device=str(dev))
     methods = {"model": lambda xs: list(denoiser.denoise_hu(iter(xs)))}
     with_ref = all(s.ref is not None for s in slices)
     if baselines:
@@ -441,10 +448,16 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     report.settings["model"] = {"name": info.name, "version": info.version, "sha256": info.sha256}
     report.settings["strength"] = strength
+    report.settings["self_ensemble"] = denoiser.self_ensemble
     report.to_json(out_dir / "evaluation.json")
     if card is not None:
         summary = card.summary(safety.lesions)
-        summary["model_info"] = {"name": info.name, "version": info.version, "strength": strength}
+        summary["model_info"] = {
+            "name": info.name,
+            "version": info.version,
+            "strength": strength,
+            "self_ensemble": denoiser.self_ensemble,
+        }
         (out_dir / "scorecard.json").write_text(json.dumps(summary, indent=1, default=float))
         (out_dir / "scorecard.md").write_text(scorecard_markdown(summary))
         out.print(scorecard_markdown(summary))
@@ -504,6 +517,9 @@ def model_export(
     out_dir: Annotated[Path, typer.Option(help="Registry directory.")] = Path("models"),
     evaluation: Annotated[Path | None, typer.Option(help="evaluation.json from `evaluate` to embed.")] = None,
     activate: Annotated[bool, typer.Option(help="Mark it ACTIVE in the registry.")] = False,
+    self_ensemble: Annotated[
+        int, typer.Option(help="Flips/turns per tile the model is meant to be averaged over (1, 2, 4, 8).")
+    ] = 1,
 ) -> None:
     """Export the LD→HD generator of a checkpoint as the node's model (safetensors + metadata).
 
@@ -519,7 +535,12 @@ def model_export(
             "summary": data.get("summary", []),
             "settings": data.get("settings", {}),
         }
-    info = export_checkpoint(checkpoint, out_dir, name, version, figures, activate, command=shlex.join(sys.argv))
+    try:
+        info = export_checkpoint(
+            checkpoint, out_dir, name, version, figures, activate, shlex.join(sys.argv), self_ensemble
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--self-ensemble") from exc
     out.print(f"exported {info.label} → {info.weights_path} (sha256 {info.sha256[:16]}…)")
 
 
@@ -536,7 +557,8 @@ def model_list(
     directory = directory or BUNDLED_DIR
     active = (directory / ACTIVE_FILE).read_text().strip() if (directory / ACTIVE_FILE).exists() else ""
     table = Table(title=f"models in {directory}")
-    for col in ("name", "version", "architecture", "training", "HU window", "steps", "sha256", "active"):
+    columns = ("name", "version", "architecture", "training", "HU window", "steps", "self-ensemble", "sha256", "active")
+    for col in columns:
         table.add_column(col)
     for m in list_models(directory):
         if m.architecture.get("type") == "residual_cnn":
@@ -553,6 +575,7 @@ def model_list(
             pairing,
             f"{m.hu_min:g}…{m.hu_max:g}",
             str(m.training.get("steps", "")),
+            f"× {m.self_ensemble}" if m.self_ensemble > 1 else "off",
             m.sha256[:12],
             "yes" if m.name == active else "",
         )

@@ -80,6 +80,9 @@ class TrainConfig(BaseModel):
     pairing: Literal["unpaired", "paired"] = "unpaired"
     lambda_pair_l1: float = Field(1.0, ge=0, description="paired: L1 between G(LD) and HD")
     lambda_pair_msssim: float = Field(1.0, ge=0, description="paired: 1 − MS-SSIM(G(LD), HD), soft-tissue window")
+    lambda_pair_l2: float = Field(
+        0.0, ge=0, description="paired: squared error of G(LD) and HD, soft-tissue window (aims at the mean: PSNR)"
+    )
     lambda_pair_adv: float = Field(0.0, ge=0, description="paired: LSGAN weight against HD (keeps HD's texture)")
     # Run
     seed: int = 0

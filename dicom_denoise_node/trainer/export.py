@@ -27,8 +27,14 @@ def export_checkpoint(
     evaluation: dict[str, Any] | None = None,
     activate: bool = False,
     command: str = "",
+    self_ensemble: int = 1,
 ) -> ModelInfo:
-    """Write NAME.safetensors + NAME.json from a training checkpoint; returns the registry entry."""
+    """Write NAME.safetensors + NAME.json from a training checkpoint; returns the registry entry.
+
+    ``self_ensemble`` > 1 records that the model is meant to run averaged over that many flips/turns of each tile
+    (the setting its evaluation used; the node's ``[model] self_ensemble = 0`` takes it)."""
+    if self_ensemble not in (1, 2, 4, 8):
+        raise ValueError(f"self_ensemble={self_ensemble} must be 1, 2, 4 or 8")
     state = load_checkpoint(checkpoint)
     cfg = state["config"]
     generator = build_generator(state["generator_config"])
@@ -49,8 +55,17 @@ def export_checkpoint(
         "trained_at": state.get("created_at", ""),
         "command": command,
     }
+    inference = {"self_ensemble": self_ensemble} if self_ensemble > 1 else None
     info = save_model(
-        generator, out_dir, name, version, (cfg["hu_min"], cfg["hu_max"]), training, evaluation or {}, activate
+        generator,
+        out_dir,
+        name,
+        version,
+        (cfg["hu_min"], cfg["hu_max"]),
+        training,
+        evaluation or {},
+        activate,
+        inference,
     )
     log.info("exported %s %s to %s", name, version, out_dir)
     return info

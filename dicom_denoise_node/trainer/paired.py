@@ -66,12 +66,21 @@ def paired_losses(
     win: int,
     discriminator: nn.Module | None,
 ) -> dict[str, torch.Tensor]:
-    """λ_l1·L1(G(LD), HD) + λ_msssim·(1 − MS-SSIM) in the soft-tissue view (+ λ_adv·LSGAN)."""
+    """λ_l1·L1(G(LD), HD) + λ_msssim·(1 − MS-SSIM) [+ λ_l2·squared error] in the soft-tissue view (+ λ_adv·LSGAN).
+
+    Why the squared term: L1 to a noisy target aims at the median of what the input allows, squared error at its
+    mean, which is what PSNR against the noise-free image rewards. It is taken in the soft-tissue view (1 unit =
+    200 HU) where PSNR is scored: there its gradient at HD's typical residual (≈ 16 HU) is about L1's.
+    """
     l1 = F.l1_loss(fake.float(), hd.float())
     a, b = ((view(t.float()) + 1.0) * 0.5 for t in (fake, hd))  # [0, 1] for MS-SSIM's constants
     structure = 1.0 - ms_ssim(a, b, data_range=1.0, win_size=win, weights=list(MS_SSIM_WEIGHTS))
     total = cfg.lambda_pair_l1 * l1 + cfg.lambda_pair_msssim * structure
     out = {"g_l1": l1, "g_msssim": structure}
+    if cfg.lambda_pair_l2 > 0:
+        squared = F.mse_loss(2.0 * a, 2.0 * b)  # back to the view's [−1, 1] units
+        total = total + cfg.lambda_pair_l2 * squared
+        out["g_l2"] = squared
     if discriminator is not None and cfg.lambda_pair_adv > 0:
         adv = lsgan(discriminator(fake), True)
         total = total + cfg.lambda_pair_adv * adv

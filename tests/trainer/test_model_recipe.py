@@ -428,3 +428,26 @@ def test_error_bands_splits_a_residual_power_by_frequency():
     # 1 and 2 cycles per 64-px ROI (0.016 and 0.031 cycles/px): the lowest two bands hold all of it.
     assert smooth[0] > 0 and smooth[1] > 0 and smooth[:2].sum() > 0.999 * smooth.sum()
     assert bands.band_power(rng.standard_normal((128, 128)), ~mask).sum() == 0  # no ROI wholly in the mask
+
+
+def test_paired_squared_error_term_is_taken_in_the_soft_tissue_window():
+    """λ_l2 adds the mean squared error of G(LD) and HD in the soft-tissue view ([−1, 1] over −160…240 HU): a
+    20 HU offset is 0.1 view units, 0.01 squared; outside the window (lung) the clipped view adds nothing."""
+    from dicom_denoise_node.trainer.paired import paired_losses
+
+    cfg = build_config(
+        "cpu", overrides={"pairing": "paired", "lambda_pair_l2": 2.0, "disc_hu_min": -160.0, "disc_hu_max": 240.0}
+    )
+    view = WindowView((cfg.hu_min, cfg.hu_max), (cfg.disc_hu_min, cfg.disc_hu_max))
+    hd = torch.full((1, 1, 64, 64), 40.0 / 1024.0)  # 40 HU, soft tissue
+    fake = hd + 20.0 / 1024.0
+    losses = paired_losses(fake, hd, view, cfg, 3, None)
+    assert losses["g_l2"].item() == pytest.approx(0.01, rel=1e-4)
+    assert losses["g_total"].item() == pytest.approx(
+        losses["g_l1"].item() * cfg.lambda_pair_l1 + losses["g_msssim"].item() * cfg.lambda_pair_msssim + 0.02,
+        rel=1e-4,
+    )
+    lung = torch.full((1, 1, 64, 64), -800.0 / 1024.0)
+    assert paired_losses(lung + 20.0 / 1024.0, lung, view, cfg, 3, None)["g_l2"].item() == 0.0
+    off = build_config("cpu", overrides={"pairing": "paired"})
+    assert "g_l2" not in paired_losses(fake, hd, view, off, 3, None)

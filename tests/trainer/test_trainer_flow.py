@@ -138,3 +138,29 @@ def test_evaluate_scores_lesions_and_tissues_on_the_synthetic_archive(flow):
     assert {"LD", "model", "REF"} <= methods
     assert all(r["bias_hu"] == 0 for r in safety["tissue_table"] if r["method"] == "REF")
     assert "| method | tissue |" in (flow / "eval" / "safety.md").read_text()
+
+
+def test_export_records_a_self_ensemble_that_model_list_shows_and_the_node_takes(flow, tmp_path):
+    """`model export --self-ensemble 8` writes it in the metadata (`[model] self_ensemble = 0` takes it); a value the
+    node cannot run is refused with the option named, and nothing is written."""
+    meta = json.loads((flow / "model" / "cyclegan-ld2hd-synthetic.json").read_text())
+    checkpoint = meta["training"]["checkpoint"]
+    cli = [sys.executable, "-m", "dicom_denoise_node", "model"]
+    bad = subprocess.run(
+        [*cli, "export", checkpoint, "--name", "ens", "--out-dir", str(tmp_path / "bad"), "--self-ensemble", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "--self-ensemble" in bad.stderr and not (tmp_path / "bad").exists()
+    good = subprocess.run(
+        [*cli, "export", checkpoint, "--name", "ens", "--out-dir", str(tmp_path / "good"), "--self-ensemble", "8"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert good.returncode == 0, good.stderr
+    _, info = load_model(tmp_path / "good" / "ens.json")
+    assert info.self_ensemble == 8
+    listing = subprocess.run([*cli, "list", str(tmp_path / "good")], capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0 and "× 8" in listing.stdout
