@@ -50,6 +50,11 @@ def test_e2e_bench(tmp_path):
     assert result["seconds"]["inference"] > 0 and result["seconds"]["total"] > 0
 
 
+def test_self_ensemble_bench(tmp_path):
+    result = _bench("self_ensemble", tmp_path, "--slices", "1", "--size", "64", "--tile", "64", "--overlap", "8")
+    assert [r["self_ensemble"] for r in result["rows"]] == [1, 2, 4, 8] and result["rows"][0]["vs_floor"] == 1.0
+
+
 def test_train_bench(tmp_path):
     result = _bench("train", tmp_path, "--preset", "tiny", "--steps", "1", "--device", "cpu", "--run-dir",
                     str(tmp_path / "run"))  # fmt: skip
