@@ -62,6 +62,7 @@ test: venv peers
 bench: venv peers
 	$(PY) -m bench.inference --slices 2 --filters 32 --tile 272
 	$(PY) -m bench.fast_paths --filters 32 --rounds 3
+	$(PY) -m bench.self_ensemble --slices 2
 	TCP_NODELAY=1 $(PY) -m bench.receive --files 50 --size 512
 	TCP_NODELAY=1 $(PY) -m bench.receivers --files 48 --size 512 --receivers 1 2
 	TCP_NODELAY=1 $(PY) -m bench.send --files 32 --size 512
