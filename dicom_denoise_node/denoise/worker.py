@@ -71,11 +71,11 @@ def denoise_claim(
             "`denoise-node retry` sends it as it is"
         )
     # The derivation key (version, and strength / self-ensemble when not 1): what the derived UIDs were made from,
-    # so `status` says how a series was made and the demo finds its report.
+    # so `status` says how a series was made and the demo finds its report (the column holds 64 characters).
     if not catalog.finish_processing(
         claim,
         result.derived_series_uid,
-        denoiser.derivation.uid_key,
+        denoiser.derivation.uid_key[:64],
         records,
         processing_seconds=seconds,
         hold_reason=hold,
