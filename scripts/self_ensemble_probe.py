@@ -20,22 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dicom_denoise_node.denoise.ensemble import ALLOWED, DIHEDRAL
+from dicom_denoise_node.denoise.ensemble import ALLOWED, DIHEDRAL, transform, untransform
 from dicom_denoise_node.denoise.inference import TiledInferer
 from dicom_denoise_node.model.registry import load_model
 from dicom_denoise_node.store.catalog import Catalog
 from dicom_denoise_node.trainer.data import load_slices
 from dicom_denoise_node.trainer.split import paired_slices
 from dicom_denoise_node.trainer.validation import soft_tissue_mask
-
-
-def transformed(image: np.ndarray, flip: bool, turns: int, inverse: bool = False) -> np.ndarray:
-    """The transform of DIHEDRAL on a 2-D array (flip, then turn; the inverse turns back, then flips)."""
-    if not inverse:
-        image = image[:, ::-1] if flip else image
-        return np.ascontiguousarray(np.rot90(image, turns))
-    image = np.rot90(image, -turns)
-    return np.ascontiguousarray(image[:, ::-1] if flip else image)
 
 
 def main() -> None:
@@ -55,9 +46,10 @@ def main() -> None:
         ld, ref = load_slices([pair.ld, pair.ref])
         mask = soft_tissue_mask(ref)
         outputs = []
+        x = torch.from_numpy(info.normalize(ld))
         for flip, turns in DIHEDRAL:
-            (y,) = inferer.run_all([transformed(info.normalize(ld), flip, turns)])
-            outputs.append(transformed(info.denormalize(y), flip, turns, inverse=True))
+            (y,) = inferer.run_all([transform(x, flip, turns).contiguous().numpy()])
+            outputs.append(untransform(torch.from_numpy(info.denormalize(y)), flip, turns).numpy())
         for n in ALLOWED:
             squared[n] += float(((np.mean(outputs[:n], axis=0) - ref)[mask] ** 2).sum())
         pixels += int(mask.sum())

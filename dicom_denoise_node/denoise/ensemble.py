@@ -29,13 +29,15 @@ DIHEDRAL: tuple[tuple[bool, int], ...] = (
 ALLOWED = (1, 2, 4, 8)
 
 
-def _forward(x: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
+def transform(x: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
+    """One element of DIHEDRAL on the last two axes: mirror (if ``flip``), then ``turns`` quarter turns."""
     if flip:
         x = x.flip(-1)
     return torch.rot90(x, turns, dims=(-2, -1)) if turns else x
 
 
-def _inverse(y: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
+def untransform(y: torch.Tensor, flip: bool, turns: int) -> torch.Tensor:
+    """The inverse of :func:`transform`: turn back, then mirror."""
     if turns:
         y = torch.rot90(y, -turns, dims=(-2, -1))
     return y.flip(-1) if flip else y
@@ -54,7 +56,7 @@ class SelfEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = self.network(x)
         for flip, turns in DIHEDRAL[1 : self.count]:
-            total = total + _inverse(self.network(_forward(x, flip, turns)), flip, turns)
+            total = total + untransform(self.network(transform(x, flip, turns)), flip, turns)
         return total / self.count
 
 
