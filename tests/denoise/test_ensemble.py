@@ -3,6 +3,8 @@ the model's metadata, and the derived series, its UIDs and the SR report say wha
 
 from __future__ import annotations
 
+import threading
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,11 @@ from dicom_denoise_node.config import DeriveSettings, GuardSettings, ModelSettin
 from dicom_denoise_node.denoise.derive import DerivationInfo, derivation_key, derived_series_uid
 from dicom_denoise_node.denoise.ensemble import SelfEnsemble, with_self_ensemble
 from dicom_denoise_node.denoise.series import SeriesDenoiser
+from dicom_denoise_node.denoise.worker import denoise_claim
 from dicom_denoise_node.model.registry import load_model, read_metadata, save_model
+from dicom_denoise_node.ops.metrics import NodeMetrics
+from dicom_denoise_node.store.catalog import Catalog, InstanceMeta, SeriesState, utcnow
+from dicom_denoise_node.store.spool import Spool
 from tests.conftest import export_tiny_model
 
 
@@ -110,3 +116,34 @@ def test_derivation_key_and_description_name_the_self_ensemble():
     assert derivation_key("1.3.0", 1.0, 4) == "1.3.0@ensemble=4"
     info = DerivationInfo("paired", "1.3.0", DeriveSettings(), 1.0, 8)
     assert info.uid_key == "1.3.0@ensemble=8" and "averaged over 8 flips/turns" in info.description
+
+
+def test_the_worker_records_the_derivation_key_that_names_the_report(abdomen_patient, tmp_path):
+    """The catalog's model_version is the derivation key (version plus self-ensemble), so `status` says how a series
+    was made and the demo finds its report, whose UIDs come from that key; cut to the column's 64 characters."""
+    directory, _ = abdomen_patient
+    source = sorted((directory / "LD").glob("*.dcm"))[0]
+    ds = dcmread(source, stop_before_pixels=True)
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    meta = InstanceMeta(
+        "P", str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), str(ds.SOPClassUID),
+        "1.2.840.10008.1.2.1", "CT", "LD", 1, str(source), source.stat().st_size,
+    )  # fmt: skip
+    catalog.record_instance(meta)
+    catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+    model = export_tiny_model(tmp_path / "tiny", version="1.0." + "9" * 54)  # a long version: the key is cut
+    _, info = load_model(model)
+    denoiser = SeriesDenoiser(
+        _ShiftRight(), info, ModelSettings(tile_size=128, tile_overlap=16, self_ensemble=2), DeriveSettings(),
+        guard=GuardSettings(enabled=False), report=ReportSettings(enabled=False),
+    )  # fmt: skip
+    claim = catalog.claim_for_processing()
+    assert claim is not None
+    spool = Spool(tmp_path / "spool")
+    metrics = NodeMetrics(catalog, lambda: 1.0)
+    assert denoise_claim(claim, catalog, denoiser, spool, metrics, GuardSettings(), threading.Event(), 60.0)
+    progress = catalog.series_progress(str(ds.SeriesInstanceUID))
+    assert progress is not None and progress["state"] == SeriesState.DERIVED
+    key = derivation_key(info.version, 1.0, 2)
+    assert len(key) > 64 and progress["model_version"] == key[:64]
+    assert progress["derived_series_uid"] == derived_series_uid(str(ds.SeriesInstanceUID), key)
