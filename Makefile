@@ -26,11 +26,11 @@ help:
 	@echo "make bench  - every benchmark at a small size (a few minutes); figures go to docs/benchmarks.md by hand"
 	@echo "make lint   - ruff"
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(STAMP): pyproject.toml trainer/pyproject.toml harness/pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[train,dev,bench,postgresql,jpeg-gpl]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[dev,postgresql,jpeg-gpl]' -e ./trainer -e './harness[bench]'
 	touch $@
 
 venv: $(STAMP)

@@ -27,9 +27,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+import denoise_harness as peers
 from bench.common import machine
 from bench.node import random_model, running_node
-from dicom_denoise_node import harness as peers
 from dicom_denoise_node.config import ModelSettings
 from dicom_denoise_node.denoise.decode import file_hu
 from dicom_denoise_node.denoise.inference import TiledInferer

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from dicom_denoise_node import harness as peers
-from dicom_denoise_node.demo.driver import demo_node
-from dicom_denoise_node.harness.node import NodeProcess
+import denoise_harness as peers
+from denoise_demo.driver import demo_node
+from denoise_harness.node import NodeProcess
 from dicom_denoise_node.model.generator import GeneratorConfig, ResnetGenerator
 from dicom_denoise_node.model.registry import save_model
 

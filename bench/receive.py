@@ -24,9 +24,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+import denoise_harness as peers
 from bench.common import machine
 from bench.node import random_model, running_node
-from dicom_denoise_node import harness as peers
 
 
 def send_all(jobs: list[tuple[Path, int]], called: str) -> float:

@@ -20,11 +20,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+import denoise_harness as peers
 from bench.common import machine
 from bench.node import random_model
 from bench.receive import deal, send_all
-from dicom_denoise_node import harness as peers
-from dicom_denoise_node.harness.node import NodeProcess
+from denoise_harness.node import NodeProcess
 
 
 def _receivers(work: Path, count: int, catalog_url: str, model: Path) -> list[NodeProcess]:

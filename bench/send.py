@@ -16,8 +16,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+import denoise_harness as peers
 from bench.common import machine
-from dicom_denoise_node import harness as peers
 from dicom_denoise_node.config import Destination
 from dicom_denoise_node.send.scu import send_files
 

@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import machine, sync
-from dicom_denoise_node.trainer.config import build_config
-from dicom_denoise_node.trainer.cyclegan import CycleGenerators, Discriminators, WindowView
-from dicom_denoise_node.trainer.train import TrainingData, configured_losses, train
+from denoise_trainer.train.cyclegan import CycleGenerators, Discriminators, WindowView
+from denoise_trainer.train.loop import TrainingData, configured_losses, train
+from denoise_trainer.train.recipe import build_config
 
 
 def reference_step_rate(cfg, device: torch.device, steps: int) -> float:  # noqa: ANN001

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from denoise_trainer.archive.split import paired_slices
+from denoise_trainer.data.patches import load_slices
+from denoise_trainer.evaluate.scorecard import nps_blocks, radial_frequency
+from denoise_trainer.train.validation import soft_tissue_mask
 from dicom_denoise_node.denoise.inference import TiledInferer
 from dicom_denoise_node.model.registry import load_model
 from dicom_denoise_node.store.catalog import Catalog
-from dicom_denoise_node.trainer.data import load_slices
-from dicom_denoise_node.trainer.scorecard import nps_blocks, radial_frequency
-from dicom_denoise_node.trainer.split import paired_slices
-from dicom_denoise_node.trainer.validation import soft_tissue_mask
 
 BANDS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75)  # cycles per pixel (radial)
 ROI = 64

@@ -11,8 +11,8 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from dicom_denoise_node.trainer.lesions import LesionScore, LesionTruth
-from dicom_denoise_node.trainer.scorecard import MIN_LESION_RADIUS_MM, lesions_against_ld
+from denoise_trainer.evaluate.lesions import LesionScore, LesionTruth
+from denoise_trainer.evaluate.scorecard import MIN_LESION_RADIUS_MM, lesions_against_ld
 
 
 def main() -> None:

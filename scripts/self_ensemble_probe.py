@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from denoise_trainer.archive.split import paired_slices
+from denoise_trainer.data.patches import load_slices
+from denoise_trainer.train.validation import soft_tissue_mask
 from dicom_denoise_node.denoise.ensemble import ALLOWED, DIHEDRAL, transform, untransform
 from dicom_denoise_node.denoise.inference import TiledInferer
 from dicom_denoise_node.model.registry import load_model
 from dicom_denoise_node.store.catalog import Catalog
-from dicom_denoise_node.trainer.data import load_slices
-from dicom_denoise_node.trainer.split import paired_slices
-from dicom_denoise_node.trainer.validation import soft_tissue_mask
 
 
 def main() -> None:

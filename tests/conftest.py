@@ -49,7 +49,7 @@ def abdomen_patient(tmp_path_factory) -> tuple[Path, dict]:
     """One synthetic abdomen patient, two 512² slices (LD, HD, noise-free REF) and its lesion truth."""
     import json
 
-    from dicom_denoise_node.trainer.synth import synthesize_archive
+    from denoise_trainer.archive.synth import synthesize_archive
 
     out = tmp_path_factory.mktemp("abdomen")
     (patient,) = synthesize_archive(out, patients=1, slices=2, size=512, seed=3, body_parts=("abdomen",), views=360)

@@ -19,8 +19,8 @@ from typing import Any, NoReturn
 
 import pytest
 
-from dicom_denoise_node import harness as _peers
-from dicom_denoise_node.harness import (  # noqa: F401  (re-exported for the tests)
+import denoise_harness as _peers
+from denoise_harness import (  # noqa: F401  (re-exported for the tests)
     LOOPBACK,
     Modality,
     Orthanc,

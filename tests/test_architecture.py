@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("dicom_denoise_node", "bench")
-# The trainer, the demo and the harness ship inside the project's namespace (dicom_denoise_node.trainer, …) so that no
+# The trainer, the demo and the harness ship inside the project's namespace (denoise_trainer, …) so that no
 # plain `trainer` or `demo` lands in site-packages; the node itself ("node": the rest of dicom_denoise_node) still
 # never imports them. Who may import whom (component → components it may import); tests may import anything.
 EXTRAS = ("trainer", "harness", "demo")

@@ -94,7 +94,7 @@ def test_everything_installed_lives_in_the_projects_namespace():
 
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     packages = find_packages(str(ROOT), include=find["include"])
-    assert {"dicom_denoise_node.trainer", "dicom_denoise_node.demo", "dicom_denoise_node.harness"} <= set(packages)
+    assert {"denoise_trainer", "denoise_demo", "denoise_harness"} <= set(packages)
     assert all(p.split(".")[0] == "dicom_denoise_node" for p in packages), packages
     for entry in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"].values():
         assert all(target.startswith("dicom_denoise_node.") for target in entry.values()), entry

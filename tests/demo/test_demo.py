@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dicom_denoise_node.harness import port_open
+from denoise_harness import port_open
+from denoise_trainer.evaluate.montage import montage_size
 from dicom_denoise_node.model.registry import ModelError, resolve_model_path
-from dicom_denoise_node.trainer.montage import montage_size
 from tests.peers import require, wait_until
 
 pytestmark = pytest.mark.e2e

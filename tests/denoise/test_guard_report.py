@@ -150,7 +150,7 @@ def test_node_holds_a_flagged_series_then_retry_sends_it_with_its_report(tmp_pat
     import subprocess
     import sys
 
-    from dicom_denoise_node.harness.node import NodeProcess
+    from denoise_harness.node import NodeProcess
     from dicom_denoise_node.store.catalog import SeriesState
     from tests.peers import storescu, write_ct_series
 

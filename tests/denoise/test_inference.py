@@ -94,7 +94,7 @@ def test_generator_default_is_the_method():
 
 
 def test_residual_generator_starts_as_identity_and_learns_a_correction():
-    from dicom_denoise_node.trainer.cyclegan import init_weights
+    from denoise_trainer.train.cyclegan import init_weights
 
     gen = ResnetGenerator(GeneratorConfig(filters=4, blocks=1, residual=True))
     init_weights(gen)  # the trainer's N(0, 0.02) initialisation must not undo the zero head

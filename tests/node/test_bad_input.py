@@ -10,7 +10,7 @@ from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 
-from dicom_denoise_node.harness.node import NodeProcess
+from denoise_harness.node import NodeProcess
 from dicom_denoise_node.store.catalog import SeriesState
 from tests import peers
 from tests.ct_cases import Case, build_cases

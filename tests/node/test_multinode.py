@@ -16,7 +16,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
-from dicom_denoise_node.harness.node import NodeProcess
+from denoise_harness.node import NodeProcess
 from dicom_denoise_node.store.catalog import Catalog, DerivedInstance, Series, SeriesState
 from tests.peers import LOOPBACK, peer_env, require, wait_until, write_ct_series
 

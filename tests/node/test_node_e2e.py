@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from denoise_harness.node import NodeProcess
+from denoise_trainer.archive.synth import synthesize_archive
 from dicom_denoise_node.denoise.derive import derived_series_uid, derived_sop_uid
-from dicom_denoise_node.harness.node import NodeProcess
 from dicom_denoise_node.model.registry import read_metadata
 from dicom_denoise_node.store.catalog import SeriesState
-from dicom_denoise_node.trainer.synth import synthesize_archive
 from tests.peers import StoreSCP, dciodvfy, require, storescu, wait_until
 
 pytestmark = pytest.mark.e2e

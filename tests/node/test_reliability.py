@@ -23,8 +23,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
+from denoise_harness.node import NodeProcess
 from dicom_denoise_node.config import NodeSettings
-from dicom_denoise_node.harness.node import NodeProcess
 from dicom_denoise_node.receive.admission import Admission
 from dicom_denoise_node.receive.audit import association_rows
 from dicom_denoise_node.store.catalog import SeriesState, open_readonly

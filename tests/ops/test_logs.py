@@ -10,8 +10,8 @@ import os
 import pytest
 from pydantic import ValidationError
 
+from denoise_harness.node import NodeProcess
 from dicom_denoise_node.config import NodeSettings
-from dicom_denoise_node.harness.node import NodeProcess
 from dicom_denoise_node.ops.logs import (
     JournalPriorityFormatter,
     json_formatter,

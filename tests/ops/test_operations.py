@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
 
-from dicom_denoise_node.harness.node import NodeProcess
+from denoise_harness.node import NodeProcess
 from dicom_denoise_node.receive.audit import association_rows
 from dicom_denoise_node.store.catalog import SeriesState
 from tests.peers import echoscu, storescu, wait_until, write_ct_series

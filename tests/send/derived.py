@@ -10,9 +10,9 @@ from typing import Any
 
 from pydicom import dcmread
 
+from denoise_harness.dcmtk import storescu
+from denoise_harness.node import NodeProcess
 from dicom_denoise_node.config import Settings
-from dicom_denoise_node.harness.dcmtk import storescu
-from dicom_denoise_node.harness.node import NodeProcess
 from dicom_denoise_node.ops.metrics import NodeMetrics
 from dicom_denoise_node.send import deliver
 from dicom_denoise_node.store.catalog import Catalog, Claim, DerivedRecord, InstanceMeta, SeriesState, utcnow

@@ -54,9 +54,9 @@ def checkpoint_digest(path: Path) -> str:
 
 def tiny_data(n: int = 3, size: int = 64, seed: int = 0) -> Any:
     """LD/HD/REF slices from the project's own CT simulation (Poisson noise on projections, FBP)."""
-    from dicom_denoise_node.trainer.ct_physics import simulate_doses
-    from dicom_denoise_node.trainer.phantom import make_patient, render_slice
-    from dicom_denoise_node.trainer.train import TrainingData
+    from denoise_trainer.archive.phantom import make_patient, render_slice
+    from denoise_trainer.archive.physics import simulate_doses
+    from denoise_trainer.train.loop import TrainingData
 
     rng = np.random.default_rng(seed)
     anatomy = make_patient(rng, "abdomen")
@@ -84,10 +84,10 @@ RUNS: dict[str, dict[str, Any]] = {
 
 
 def run_all(workdir: Path) -> dict[str, dict[str, str]]:
-    from dicom_denoise_node.trainer.config import build_config
-    from dicom_denoise_node.trainer.fast import train_fast
-    from dicom_denoise_node.trainer.paired import train_paired
-    from dicom_denoise_node.trainer.train import train
+    from denoise_trainer.train.device_feed import train_fast
+    from denoise_trainer.train.loop import train
+    from denoise_trainer.train.paired import train_paired
+    from denoise_trainer.train.recipe import build_config
 
     data = tiny_data()
     digests: dict[str, dict[str, str]] = {}
@@ -108,11 +108,11 @@ def run_all(workdir: Path) -> dict[str, dict[str, str]]:
 def bundled_digests(size: int = 160) -> dict[str, str]:
     """sha256 of each bundled model's output (float32 HU) on one fixed simulated LD slice, through the node's tiler
     with the model's own self-ensemble: the exported models and the node's inference path, unchanged."""
+    from denoise_trainer.archive.phantom import make_patient, render_slice
+    from denoise_trainer.archive.physics import simulate_doses
     from dicom_denoise_node.denoise.ensemble import with_self_ensemble
     from dicom_denoise_node.denoise.inference import TiledInferer
     from dicom_denoise_node.model.registry import BUNDLED_DIR, load_model
-    from dicom_denoise_node.trainer.ct_physics import simulate_doses
-    from dicom_denoise_node.trainer.phantom import make_patient, render_slice
 
     rng = np.random.default_rng(11)
     hu, _ = render_slice(make_patient(rng, "chest"), 10.0, size=size, pixel_spacing=360 / size)
@@ -122,7 +122,8 @@ def bundled_digests(size: int = 160) -> dict[str, str]:
         network, info = load_model(meta)
         inferer = TiledInferer(with_self_ensemble(network, info.self_ensemble), tile_size=96, overlap=16)
         (result,) = inferer.run_all([info.normalize(ld)])
-        out[meta.stem] = hashlib.sha256(np.ascontiguousarray(info.denormalize(result), np.float32).tobytes()).hexdigest()
+        pixels = np.ascontiguousarray(info.denormalize(result), np.float32)
+        out[meta.stem] = hashlib.sha256(pixels.tobytes()).hexdigest()
     return out
 
 

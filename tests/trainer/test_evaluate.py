@@ -13,10 +13,11 @@ from PIL import Image
 from rich.table import Table
 from scipy import ndimage
 
-from dicom_denoise_node.trainer import baselines, metrics
-from dicom_denoise_node.trainer import evaluate as ev
-from dicom_denoise_node.trainer.ct_physics import simulate_doses
-from dicom_denoise_node.trainer.montage import INSET_COLOUR, montage_size, patch_montage, save_montage
+from denoise_trainer.archive.physics import simulate_doses
+from denoise_trainer.evaluate import baselines
+from denoise_trainer.evaluate import comparison as ev
+from denoise_trainer.evaluate import image_metrics as metrics
+from denoise_trainer.evaluate.montage import INSET_COLOUR, montage_size, patch_montage, save_montage
 
 SIZE = 96
 PIXEL_SPACING = 1.5  # mm: a 144 mm field of view, enough attenuation for a clear LD / HD noise gap

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dicom_denoise_node.trainer.extras import TRAIN_EXTRA_MODULES, missing_extra_hint
+from denoise_trainer.extras import TRAIN_EXTRA_MODULES, missing_extra_hint
 
 _WITHOUT_EXTRA = """
 import sys

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from dicom_denoise_node.denoise.decode import file_hu
-from dicom_denoise_node.trainer.lesions import (
+from denoise_trainer.evaluate.lesions import (
     SafetyScores,
     lesion_masks,
     load_truth,
@@ -14,6 +13,7 @@ from dicom_denoise_node.trainer.lesions import (
     score_lesions,
     tissue_bias,
 )
+from dicom_denoise_node.denoise.decode import file_hu
 
 
 def _hu(path):

@@ -7,6 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from denoise_trainer.export import export_checkpoint
+from denoise_trainer.train.cyclegan import WindowView, gaussian_lowpass
+from denoise_trainer.train.loop import TrainingData, load_checkpoint, train
+from denoise_trainer.train.recipe import build_config
+from denoise_trainer.train.validation import error_figures, soft_tissue_mask
 from dicom_denoise_node.model.generator import (
     ResidualCNN,
     ResidualCNNConfig,
@@ -15,11 +20,6 @@ from dicom_denoise_node.model.generator import (
     build_generator,
 )
 from dicom_denoise_node.model.registry import load_model
-from dicom_denoise_node.trainer.config import build_config
-from dicom_denoise_node.trainer.cyclegan import WindowView, gaussian_lowpass
-from dicom_denoise_node.trainer.export import export_checkpoint
-from dicom_denoise_node.trainer.train import TrainingData, load_checkpoint, train
-from dicom_denoise_node.trainer.validation import error_figures, soft_tissue_mask
 from tests.trainer.test_train import tiny_slices
 
 
@@ -76,8 +76,8 @@ def test_residual_unet_starts_near_identity_sees_99_px_and_round_trips_its_confi
 
 def test_residual_unet_trains_exports_and_runs_in_the_tiler(tmp_path, data_with_ref):
     """`generator = "residual_unet"` goes through paired training, export, the registry and the node's tiler."""
+    from denoise_trainer.train.paired import train_paired
     from dicom_denoise_node.denoise.inference import TiledInferer
-    from dicom_denoise_node.trainer.paired import train_paired
 
     overrides = {
         "run_dir": tmp_path / "unet",
@@ -165,7 +165,7 @@ def test_cpu_recipe_validates_keeps_the_best_checkpoint_and_exports_it(tmp_path,
 
 
 def test_paired_mode_trains_on_aligned_pairs_validates_and_exports(tmp_path, data_with_ref):
-    from dicom_denoise_node.trainer.paired import ms_ssim_window, train_paired
+    from denoise_trainer.train.paired import ms_ssim_window, train_paired
 
     overrides = {
         "run_dir": tmp_path / "paired",
@@ -203,7 +203,7 @@ def test_paired_mode_trains_on_aligned_pairs_validates_and_exports(tmp_path, dat
 def test_normalisation_free_discriminator_keeps_pytorchs_initialisation():
     """N(0, 0.02) starves a discriminator without instance norm of signal (it stays at chance); with norm it is
     the reference implementation's choice and stays."""
-    from dicom_denoise_node.trainer.cyclegan import Discriminators, init_weights
+    from denoise_trainer.train.cyclegan import Discriminators, init_weights
 
     torch.manual_seed(0)
     plain, normed = Discriminators(16, 3, "none"), Discriminators(16, 3, "instance")
@@ -218,7 +218,7 @@ def test_normalisation_free_discriminator_keeps_pytorchs_initialisation():
 
 
 def test_fast_engine_samples_on_the_device_and_trains_with_the_same_losses(tmp_path, data_with_ref):
-    from dicom_denoise_node.trainer.fast import DevicePool, DeviceSampler, train_fast
+    from denoise_trainer.train.device_feed import DevicePool, DeviceSampler, train_fast
 
     sampler = DeviceSampler(data_with_ref.ld, 32, (-1024.0, 1024.0), -500.0, 0.5, torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
@@ -263,7 +263,7 @@ def test_window_view_high_pass_keeps_noise_and_drops_anatomy():
 
 
 def test_weight_average_is_an_ema_of_the_generator_and_resumes():
-    from dicom_denoise_node.trainer.averaging import GeneratorAverage
+    from denoise_trainer.train.averaging import GeneratorAverage
 
     net = torch.nn.Conv2d(1, 1, 1, bias=False)
     with torch.no_grad():
@@ -290,7 +290,7 @@ def test_weight_average_is_an_ema_of_the_generator_and_resumes():
 
 
 def test_training_validates_and_exports_the_weight_average(tmp_path, data_with_ref):
-    from dicom_denoise_node.trainer.averaging import AVERAGE_KEY
+    from denoise_trainer.train.averaging import AVERAGE_KEY
 
     overrides = {
         "run_dir": tmp_path / "run",
@@ -319,8 +319,8 @@ def test_training_validates_and_exports_the_weight_average(tmp_path, data_with_r
 
 
 def test_inserted_lesion_term_charges_the_contrast_a_denoiser_takes_from_a_lesion():
-    from dicom_denoise_node.trainer.cyclegan import gaussian_lowpass
-    from dicom_denoise_node.trainer.lesion_term import contrast_kept, inserted_lesions, lesion_transfer_loss
+    from denoise_trainer.train.cyclegan import gaussian_lowpass
+    from denoise_trainer.train.lesion_term import contrast_kept, inserted_lesions, lesion_transfer_loss
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 1, 48, 48, generator=torch.Generator().manual_seed(1)) * 0.02
@@ -365,8 +365,8 @@ def test_training_with_the_lesion_term_logs_it_and_resumes_exactly(tmp_path, dat
 
 
 def test_validation_scores_inserted_lesions_and_can_require_them_kept():
-    from dicom_denoise_node.trainer.cyclegan import gaussian_lowpass
-    from dicom_denoise_node.trainer.validation import ValidationSet, Validator
+    from denoise_trainer.train.cyclegan import gaussian_lowpass
+    from denoise_trainer.train.validation import ValidationSet, Validator
 
     rng = np.random.default_rng(0)
     ref = [np.full((128, 128), 40.0) for _ in range(2)]
@@ -433,7 +433,7 @@ def test_error_bands_splits_a_residual_power_by_frequency():
 def test_paired_squared_error_term_is_taken_in_the_soft_tissue_window():
     """λ_l2 adds the mean squared error of G(LD) and HD in the soft-tissue view ([−1, 1] over −160…240 HU): a
     20 HU offset is 0.1 view units, 0.01 squared; outside the window (lung) the clipped view adds nothing."""
-    from dicom_denoise_node.trainer.paired import paired_losses
+    from denoise_trainer.train.paired import paired_losses
 
     cfg = build_config(
         "cpu", overrides={"pairing": "paired", "lambda_pair_l2": 2.0, "disc_hu_min": -160.0, "disc_hu_max": 240.0}

@@ -10,6 +10,18 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
+from denoise_trainer.archive.scan import DomainRules, archive_overview, exposure_mas, scan_archive
+from denoise_trainer.archive.split import (
+    ROLES,
+    _apportion,
+    _assign,
+    make_split,
+    paired_slices,
+    split_summary,
+    training_files,
+    training_pairs,
+)
+from denoise_trainer.archive.synth import PatientRecord, synthesize_archive
 from dicom_denoise_node.store.catalog import (
     Catalog,
     Instance,
@@ -21,18 +33,6 @@ from dicom_denoise_node.store.catalog import (
     Study,
     utcnow,
 )
-from dicom_denoise_node.trainer.scan import DomainRules, archive_overview, exposure_mas, scan_archive
-from dicom_denoise_node.trainer.split import (
-    ROLES,
-    _apportion,
-    _assign,
-    make_split,
-    paired_slices,
-    split_summary,
-    training_files,
-    training_pairs,
-)
-from dicom_denoise_node.trainer.synth import PatientRecord, synthesize_archive
 
 PATIENTS = 10  # 5 chest + 5 abdomen, ~3 s to synthesise at 64 px, 48 views
 SLICES = 2

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dicom_denoise_node.trainer.metrics import EvalSlice
-from dicom_denoise_node.trainer.scorecard import Scorecard, bootstrap_interval, hf_share, markdown, nps_blocks
+from denoise_trainer.evaluate.image_metrics import EvalSlice
+from denoise_trainer.evaluate.scorecard import Scorecard, bootstrap_interval, hf_share, markdown, nps_blocks
 
 
 def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_agreement():
@@ -68,7 +68,7 @@ def test_scorecard_ranks_methods_against_ref_per_patient():
 
 
 def test_guard_catch_rates_on_tampered_outputs():
-    from dicom_denoise_node.trainer.lesions import LesionTruth
+    from denoise_trainer.evaluate.lesions import LesionTruth
 
     rng = np.random.default_rng(2)
     ref = np.full((160, 160), 50.0)
@@ -87,8 +87,8 @@ def test_guard_catch_rates_on_tampered_outputs():
 def test_lesions_are_compared_with_ld_lesion_by_lesion():
     """Discordant lesions and McNemar's exact p: 8 lost only by the model, 0 only by LD is significant (p = 2/2⁸);
     one each way is not, and equal totals made of different lesions still show as discordant."""
-    from dicom_denoise_node.trainer.lesions import LesionScore, LesionTruth
-    from dicom_denoise_node.trainer.scorecard import lesions_against_ld
+    from denoise_trainer.evaluate.lesions import LesionScore, LesionTruth
+    from denoise_trainer.evaluate.scorecard import lesions_against_ld
 
     def truth(i: int) -> LesionTruth:
         return LesionTruth("P1", 1, i, "hypodense", "liver", (10.0, 10.0), 3.0, 3.0, 10.0)
@@ -114,7 +114,7 @@ def test_lesions_vs_ld_script_reads_a_recorded_safety_json(tmp_path):
     import subprocess
     import sys
 
-    from dicom_denoise_node.trainer.lesions import LesionScore, LesionTruth, SafetyScores
+    from denoise_trainer.evaluate.lesions import LesionScore, LesionTruth, SafetyScores
 
     safety = SafetyScores()
     for i in range(4):

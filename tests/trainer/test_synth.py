@@ -10,9 +10,9 @@ import pydicom
 import pytest
 from scipy import ndimage
 
-from dicom_denoise_node.trainer import ct_physics
-from dicom_denoise_node.trainer.phantom import LABEL_IDS, render_slice_with_labels
-from dicom_denoise_node.trainer.synth import PatientRecord, patient_anatomy, read_pixels_hu, synthesize_archive
+from denoise_trainer.archive import physics as ct_physics
+from denoise_trainer.archive.phantom import LABEL_IDS, render_slice_with_labels
+from denoise_trainer.archive.synth import PatientRecord, patient_anatomy, read_pixels_hu, synthesize_archive
 from tests.peers import dciodvfy
 
 SIZE = 256  # 1.4 mm pixels: large enough that quantum noise dominates reconstruction artefacts
@@ -161,7 +161,7 @@ def test_the_same_seed_draws_the_same_patients_as_before_the_phantom_was_split()
     The digest was recorded with the single-module phantom.py before it became trainer/phantom/."""
     import hashlib
 
-    from dicom_denoise_node.trainer.phantom import make_patient
+    from denoise_trainer.archive.phantom import make_patient
 
     h = hashlib.sha256()
     for seed, part in ((3, "chest"), (4, "abdomen")):

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_denoise_node.trainer.config import build_config
-from dicom_denoise_node.trainer.ct_physics import simulate_doses
-from dicom_denoise_node.trainer.phantom import make_patient, render_slice
-from dicom_denoise_node.trainer.train import TrainingData, load_checkpoint, train
+from denoise_trainer.archive.phantom import make_patient, render_slice
+from denoise_trainer.archive.physics import simulate_doses
+from denoise_trainer.train.loop import TrainingData, load_checkpoint, train
+from denoise_trainer.train.recipe import build_config
 
 
 def tiny_slices(n: int = 3, size: int = 64, seed: int = 0) -> TrainingData:
@@ -99,8 +99,8 @@ def test_ddp_two_cpu_processes_gloo(tmp_path, data):
     script.write_text(
         f"""
 import numpy as np, torch, torch.distributed as dist, json, os
-from dicom_denoise_node.trainer.config import build_config
-from dicom_denoise_node.trainer.train import TrainingData, train
+from denoise_trainer.train.recipe import build_config
+from denoise_trainer.train.loop import TrainingData, train
 d = np.load({str(slices)!r})
 cfg = build_config("tiny", overrides={{"run_dir": {str(tmp_path / "run")!r}, "device": "cpu", "sample_every": 1000}})
 res = train(cfg, TrainingData(ld=list(d["ld"]), hd=list(d["hd"])))
@@ -136,8 +136,8 @@ def test_cycle_term_is_l1_by_default_and_smooth_l1_with_a_width():
     """`cycle_beta` (an option of the trainer) swaps the method's L1 cycle term for smooth L1 of that width."""
     import torch
 
+    from denoise_trainer.train.cyclegan import CycleGenerators, Discriminators, generator_losses
     from dicom_denoise_node.model.generator import GeneratorConfig
-    from dicom_denoise_node.trainer.cyclegan import CycleGenerators, Discriminators, generator_losses
 
     torch.manual_seed(0)
     gens, discs = CycleGenerators(GeneratorConfig(filters=4, blocks=1)), Discriminators(4, 2, "none")

@@ -1,0 +1,69 @@
+"""Analytic axial CT phantoms in HU, with known lesions, for the synthetic LD/HD archive.
+
+Why analytic: every structure is a smooth 3D shape whose axial cross-section is an ellipse, so slices vary
+smoothly along z, a patient is reproducible from a seeded generator, and lesion positions, sizes and contrasts
+are known exactly for scoring. Coordinates are patient millimetres in DICOM LPS orientation: x towards the
+patient's left, y posterior, z superior; the image centre is x = y = 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+
+from denoise_trainer.archive.phantom.anatomy import draw_abdomen, draw_chest, draw_texture
+from denoise_trainer.archive.phantom.lesion_placement import draw_lesion_specs, place_lesions
+from denoise_trainer.archive.phantom.shapes import (
+    AIR_HU,
+    BODY_PARTS,
+    LABEL_IDS,
+    LABELS,
+    Lesion,
+    LesionOnSlice,
+    PatientAnatomy,
+    SliceRender,
+    Structure,
+    render_slice,
+    render_slice_with_labels,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AIR_HU",
+    "BODY_PARTS",
+    "LABELS",
+    "LABEL_IDS",
+    "Lesion",
+    "LesionOnSlice",
+    "PatientAnatomy",
+    "SliceRender",
+    "Structure",
+    "make_patient",
+    "render_slice",
+    "render_slice_with_labels",
+]
+
+
+def make_patient(
+    rng: np.random.Generator, body_part: str, z_extent_mm: tuple[float, float] = (-60.0, 60.0)
+) -> PatientAnatomy:
+    """Draw one patient (body size, organ sizes and positions, lesions) for slices within z_extent_mm."""
+    if body_part not in BODY_PARTS:
+        raise ValueError(f"body_part must be one of {BODY_PARTS}, not {body_part!r}")
+    z0 = 0.5 * (z_extent_mm[0] + z_extent_mm[1])
+    structures, trunk = (draw_chest if body_part == "chest" else draw_abdomen)(rng, z0)
+    anatomy = PatientAnatomy(
+        body_part=body_part,
+        structures=tuple(structures),
+        lesions=(),
+        texture=draw_texture(rng),
+        z_extent_mm=(float(z_extent_mm[0]), float(z_extent_mm[1])),
+        body_axes_mm=(trunk.a, trunk.b),
+    )
+    organ_hu = {s.label: s.hu for s in reversed(structures)}
+    lesions = place_lesions(rng, anatomy, draw_lesion_specs(rng, body_part, organ_hu))
+    log.debug("patient %s: %d structures, %d lesions", body_part, len(structures), len(lesions))
+    return replace(anatomy, lesions=lesions)

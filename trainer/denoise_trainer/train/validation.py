@@ -1,0 +1,225 @@
+"""Scores on the validation patients during training, against the noise-free REF: the curve and the checkpoint choice.
+
+Why against REF and not HD: HD carries its own quantum noise, so a denoiser that removes more noise than HD has
+scores worse against HD while being closer to the truth; a CycleGAN's objective is HD-like output, which against
+REF means an error close to HD's own. Why soft tissue: that is where low-dose noise hides low-contrast lesions, and
+where the −160…240 HU window a radiologist reads in shows it. Full slices, through the generator directly (the
+node's tiler gives the same result for this translation-equivariant network up to blending, trainer/evaluate.py
+scores through the tiler).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dicom_denoise_node.model.registry import normalize_hu
+
+log = logging.getLogger(__name__)
+
+SOFT_TISSUE_HU = (-160.0, 240.0)
+LESION_PATCH = 64
+
+
+def soft_tissue_mask(ref_hu: np.ndarray) -> np.ndarray:
+    """Pixels whose noise-free value lies in the soft-tissue window (fat, muscle, organs, lesions)."""
+    return (ref_hu >= SOFT_TISSUE_HU[0]) & (ref_hu <= SOFT_TISSUE_HU[1])
+
+
+def error_figures(out_hu: np.ndarray, ref_hu: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(std, mean) of out − REF over the mask, HU: the error std is the noise a reader sees, the mean a HU bias."""
+    diff = (out_hu - ref_hu)[mask]
+    return float(diff.std()), float(diff.mean())
+
+
+@dataclass
+class InsertedLesions:
+    """Fixed LD patches of the validation slices, each with one inserted disk (trainer/lesion_term.py): the contrast
+    the generator keeps of them is scored beside the error, so that a checkpoint that denoises by flattening faint
+    lesions can be told apart (and ruled out by ``val_min_lesion_kept``)."""
+
+    x: torch.Tensor
+    d: torch.Tensor
+    core: torch.Tensor
+    ring: torch.Tensor
+    amplitude: torch.Tensor
+
+    @classmethod
+    def build(
+        cls, lds: list[torch.Tensor], masks: list[np.ndarray], window: tuple[float, float], per_slice: int = 8
+    ) -> InsertedLesions | None:
+        """``per_slice`` 64² patches centred on soft tissue of each slice; the same every time (seed 0)."""
+        from denoise_trainer.train.lesion_term import inserted_lesions
+
+        rng = np.random.default_rng(0)
+        half = LESION_PATCH // 2
+        patches = []
+        for ld, mask in zip(lds, masks, strict=True):
+            h, w = mask.shape
+            inner = np.zeros_like(mask)
+            inner[half : h - half, half : w - half] = mask[half : h - half, half : w - half]
+            ys, xs = np.nonzero(inner)
+            if ys.size == 0:
+                continue
+            for k in rng.choice(ys.size, size=min(per_slice, ys.size), replace=False):
+                y, x = int(ys[k]), int(xs[k])
+                patches.append(ld[y - half : y + half, x - half : x + half])
+        if not patches:
+            return None
+        x = torch.stack(patches)[:, None].float()
+        gen = torch.Generator().manual_seed(0)
+        d, core, ring, amplitude = inserted_lesions(x.shape, 2.0 / (window[1] - window[0]), gen, x.device)
+        return cls(x, d, core, ring, amplitude)
+
+    def kept(self, generator: nn.Module, device: torch.device) -> np.ndarray:
+        """Contrast kept of each inserted lesion (1 = all of it)."""
+        from denoise_trainer.train.lesion_term import contrast_kept
+
+        x = self.x.to(device)
+        change = generator(x + self.d.to(device)).float() - generator(x).float()
+        args = (t.to(device) for t in (self.core, self.ring, self.amplitude))
+        return contrast_kept(change, *args).cpu().numpy()
+
+
+@dataclass
+class ValidationSet:
+    """Validation slices in the model's window, their REF, and HD's own error (the ceiling a CycleGAN aims at)."""
+
+    ld: list[torch.Tensor]
+    ref_hu: list[np.ndarray]
+    masks: list[np.ndarray]
+    hd_error: float
+    ld_error: float
+    lesions: InsertedLesions | None = None
+
+    @classmethod
+    def build(
+        cls,
+        ld_hu: list[np.ndarray],
+        hd_hu: list[np.ndarray],
+        ref_hu: list[np.ndarray],
+        window: tuple[float, float],
+        count: int,
+    ) -> ValidationSet:
+        """``count`` slices evenly spread over the validation slices (every validation patient is represented)."""
+        if not ref_hu or len(ref_hu) != len(ld_hu):
+            raise ValueError("validation needs a REF slice for every LD slice")
+        pick = np.unique(np.linspace(0, len(ld_hu) - 1, min(count, len(ld_hu))).round().astype(int))
+        masks = [soft_tissue_mask(ref_hu[i]) for i in pick]
+        refs = [ref_hu[i] for i in pick]
+        hd_err = np.mean([error_figures(hd_hu[i], r, m)[0] for i, r, m in zip(pick, refs, masks, strict=True)])
+        ld_err = np.mean([error_figures(ld_hu[i], r, m)[0] for i, r, m in zip(pick, refs, masks, strict=True)])
+        lds = [torch.from_numpy(normalize_hu(ld_hu[i], *window))[None, None] for i in pick]
+        lesions = InsertedLesions.build([lds[k][0, 0] for k in range(len(pick))], masks, window)
+        return cls(lds, refs, masks, float(hd_err), float(ld_err), lesions)
+
+
+@torch.inference_mode()
+def score(
+    generator: nn.Module, val: ValidationSet, window: tuple[float, float], device: torch.device
+) -> dict[str, Any]:
+    """Mean error std and bias (HU) of the generator's output on the validation slices, and error / HD's error.
+
+    Pixels of the output outside the model window are replaced by the input, as the node does (denoise/series.py).
+    """
+    lo, hi = window
+    was_training = generator.training
+    generator.eval()
+    errors, biases = [], []
+    for x, ref, mask in zip(val.ld, val.ref_hu, val.masks, strict=True):
+        y = generator(x.to(device)).float().cpu().numpy()[0, 0]
+        out = (y + 1.0) * 0.5 * (hi - lo) + lo
+        err, bias = error_figures(out, ref, mask)
+        errors.append(err)
+        biases.append(bias)
+    lesion: dict[str, float] = {}
+    if val.lesions is not None:
+        kept = val.lesions.kept(generator, device)
+        lesion = {"val_lesion_kept": float(np.median(kept)), "val_lesion_lost": float(np.mean(kept < 0.5))}
+    generator.train(was_training)
+    err = float(np.mean(errors))
+    return {
+        **lesion,
+        "val_error_hu": err,
+        "val_bias_hu": float(np.mean(biases)),
+        "val_error_vs_hd": err / val.hd_error if val.hd_error > 0 else float("nan"),
+    }
+
+
+class Validator:
+    """Scores a generator every ``every`` steps (and at step 1), keeps the curve and says when a score is the best.
+
+    Shared by the unpaired and the paired trainer; its state (curve, best error) goes into their checkpoints so a
+    resumed run keeps choosing against the same best. With ``min_lesion_kept`` > 0, a score is eligible only when
+    the median contrast kept of the inserted validation lesions reaches it: the lowest error among the checkpoints
+    that keep lesions, not the lowest error.
+    """
+
+    def __init__(
+        self,
+        val: ValidationSet | None,
+        window: tuple[float, float],
+        device: torch.device,
+        every: int,
+        writer: Any = None,
+        min_lesion_kept: float = 0.0,
+    ) -> None:
+        self.val, self.window, self.device, self.every, self.writer = val, window, device, every, writer
+        self.min_lesion_kept = min_lesion_kept
+        self.curve: list[dict[str, float]] = []
+        self.best_error = float("inf")
+        if val is not None:
+            log.info(
+                "validation: %d slices; error vs REF in soft tissue: LD %.1f HU, HD %.1f HU",
+                len(val.ld),
+                val.ld_error,
+                val.hd_error,
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"validation": self.curve, "best_val_error": self.best_error}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.curve = list(state.get("validation", []))
+        self.best_error = float(state.get("best_val_error", float("inf")))
+
+    def __call__(self, step: int, generator: nn.Module, losses: dict[str, float]) -> bool:
+        """Score when due; adds the scores to ``losses``; True when this is the best score so far."""
+        if self.val is None or not (step % self.every == 0 or step == 1):
+            return False
+        scores = {"step": step, **score(generator, self.val, self.window, self.device)}
+        self.curve.append(scores)
+        losses.update({k: v for k, v in scores.items() if k != "step"})
+        if self.writer is not None:
+            for k, v in scores.items():
+                if k != "step":
+                    self.writer.add_scalar(f"val/{k}", v, step)
+        log.info(
+            "step %d: validation error vs REF %.2f HU (%.3f × HD's %.2f), bias %+.2f HU, inserted lesions kept %.2f",
+            step,
+            scores["val_error_hu"],
+            scores["val_error_vs_hd"],
+            self.val.hd_error,
+            scores["val_bias_hu"],
+            scores.get("val_lesion_kept", float("nan")),
+        )
+        if scores.get("val_lesion_kept", 1.0) < self.min_lesion_kept:
+            return False
+        if scores["val_error_hu"] < self.best_error:
+            self.best_error = scores["val_error_hu"]
+            return True
+        return False
+
+    def write(self, path: Path) -> None:
+        """validation.json: the curve and the LD/HD ceilings (the model card plots it)."""
+        if not self.curve or self.val is None:
+            return
+        doc = {"hd_error_hu": self.val.hd_error, "ld_error_hu": self.val.ld_error, "curve": self.curve}
+        path.write_text(json.dumps(doc, indent=1))
