@@ -86,8 +86,8 @@ class Node:
         self.admission = Admission(
             settings.node,
             settings.spool_dir,
-            self.catalog.pending_series,
-            known_series=lambda uid: self.catalog.series_state(uid) is not None,
+            self.catalog.views.pending_series,
+            known_series=lambda uid: self.catalog.views.series_state(uid) is not None,
         )
         self._disk_low = False
         self.metrics = NodeMetrics(self.catalog, lambda: self.admission.free_mb() * MIB)
@@ -119,7 +119,7 @@ class Node:
             info = self.denoiser.info
             self.metrics.set_model(info.name, info.version, str(self.denoiser.inferer.device))
         self.spool.remove_partial_writes()
-        for uid in self.catalog.recover_after_restart():
+        for uid in self.catalog.recovery.recover_after_restart():
             log.warning("series %s was interrupted while PROCESSING; state=COMPLETE again", uid)
         check_spool(self.spool, self.catalog)
         if not self.settings.destinations and self.works:
@@ -132,7 +132,7 @@ class Node:
                     http.port,
                     self.health,
                     self.metrics.exposition,
-                    self.catalog.series_overview,
+                    self.catalog.views.series_overview,
                     lambda limit: association_rows(self.catalog, limit),
                 )
             except OSError as exc:
@@ -151,7 +151,7 @@ class Node:
             retention = dict(common, seconds=self.settings.retention.check_interval_s)
             self.scheduler.add_job(self.retention_job, id="retention", next_run_time=datetime.now(UTC), **retention)
         self.scheduler.start()
-        log.info("node started (role %s, node id %s)", self.settings.node.role, self.catalog.node_id)
+        log.info("node started (role %s, node id %s)", self.settings.node.role, self.catalog.db.node_id)
 
     def stop(self) -> None:
         log.info("stopping")
@@ -205,7 +205,7 @@ class Node:
             listening if self.receives else None,
             self.heartbeat,
             lambda: self.scheduler is not None and self.scheduler.running,
-            self.catalog.write_probe,
+            self.catalog.db.write_probe,
             model if self.works else None,
             self.admission.free_mb,
             self.settings.node.min_free_mb,
@@ -233,7 +233,7 @@ class Node:
         try:
             while not self.stop_event.is_set():
                 series = self.settings.series
-                claim = self.catalog.claim_for_processing(series.max_attempts, series.claim_lease_s)
+                claim = self.catalog.queue.claim_for_processing(series.max_attempts, series.claim_lease_s)
                 if claim is None:
                     return
                 assert self.denoiser is not None
@@ -274,7 +274,7 @@ class Node:
         self._running.add("send")
         try:
             while not self.stop_event.is_set():
-                claim = self.catalog.claim_for_sending(SEND_LEASE_S)
+                claim = self.catalog.deliveries.claim_for_sending(SEND_LEASE_S)
                 if claim is None:
                     return
                 deliver_claim(claim, self.catalog, self.settings, self.metrics)

@@ -61,20 +61,20 @@ def status(
             for name, check in dict(health.get("checks", {})).items():  # type: ignore[call-overload]
                 checks.add_row(name, "yes" if check["ok"] else "[red]NO[/]", escape(str(check["detail"])))
             out.print(checks)
-        counts = catalog.state_counts()
+        counts = catalog.views.state_counts()
         data_dir = settings.node.data_dir
         free = f"{shutil.disk_usage(data_dir).free / 2**20:.0f} MiB" if data_dir.exists() else "n/a"
         out.print(
             "series: "
             + ", ".join(f"{k} {v}" for k, v in counts.items())
-            + f" · queue {catalog.pending_series()} · free under {data_dir}: {free}"
+            + f" · queue {catalog.views.pending_series()} · free under {data_dir}: {free}"
         )
         if associations:
             from dicom_denoise_node.receive.audit import association_rows
 
             _print_associations(association_rows(catalog, limit))
         else:
-            _print_series(catalog.series_overview(limit), settings.catalog_url_shown)
+            _print_series(catalog.views.series_overview(limit), settings.catalog_url_shown)
     finally:
         catalog.close()
 
@@ -176,7 +176,7 @@ def retry(series_uid: str, config: ConfigOption = None) -> None:
     settings = load_or_exit(config)
     catalog = Catalog(settings.catalog_url)
     try:
-        state = catalog.retry(series_uid)
+        state = catalog.recovery.retry(series_uid)
     except (KeyError, ValueError) as exc:
         console.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from exc
@@ -205,7 +205,11 @@ def purge(
     catalog = Catalog(settings.catalog_url)
     spool = Spool(settings.spool_dir)
     try:
-        uids = [uid for _, uid in catalog.series_by_state(SeriesState.FAILED)] if failed else [str(series_uid)]
+        uids = (
+            [uid for _, uid in catalog.housekeeping.series_by_state(SeriesState.FAILED)]
+            if failed
+            else [str(series_uid)]
+        )
         for uid in uids:
             files = purge_series(spool, catalog, uid)
             out.print(f"series {uid} purged ({files} files)")

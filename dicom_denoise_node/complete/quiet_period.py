@@ -25,11 +25,11 @@ def route_and_complete(catalog: Catalog, settings: Settings) -> list[str]:
     """One pass of the job: route the series not looked at yet, then close those quiet for their rule's period
     (RECEIVING → COMPLETE, or SKIPPED when no rule matched). Returns the series that just became COMPLETE."""
     rules = settings.active_rules
-    for series_id, uid in catalog.unrouted_series():
-        first = catalog.instance_refs(series_id, limit=1)
+    for series_id, uid in catalog.completion.unrouted_series():
+        first = catalog.completion.instance_refs(series_id, limit=1)
         match = classify_series(rules, first)
         quiet = match.rule.quiet_period_s if match.rule is not None else None
-        catalog.set_route(series_id, match.rule.name if match.rule is not None else "", quiet)
+        catalog.completion.set_route(series_id, match.rule.name if match.rule is not None else "", quiet)
         # The reasons quote header values (SeriesDescription, ProtocolName): DEBUG only, never INFO (PHI in logs).
         log.info(
             "series %s state=RECEIVING from %s: %s",
@@ -41,17 +41,17 @@ def route_and_complete(catalog: Catalog, settings: Settings) -> list[str]:
             log.debug("series %s: %s", uid, match.explain())
     default_quiet = settings.series.quiet_period_s
     done: list[str] = []
-    for series_id, uid, rule in catalog.complete_quiet_series(default_quiet, require_route=True):
+    for series_id, uid, rule in catalog.completion.complete_quiet_series(default_quiet, require_route=True):
         if not rule:
-            match = classify_series(rules, catalog.instance_refs(series_id))
+            match = classify_series(rules, catalog.completion.instance_refs(series_id))
             if match.rule is None:
                 reason = f"no routing rule matched: {match.explain()}"
-                if catalog.skip(series_id, reason):
+                if catalog.completion.skip(series_id, reason):
                     log.info("series %s state=SKIPPED: no routing rule matched (why: `denoise-node status`)", uid)
                     log.debug("series %s: %s", uid, reason)
                 continue
             rule = match.rule.name
-            catalog.set_route(series_id, rule)
+            catalog.completion.set_route(series_id, rule)
         log.info("series %s state=COMPLETE (rule %s)", uid, rule)
         done.append(uid)
     return done

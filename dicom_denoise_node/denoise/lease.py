@@ -44,7 +44,7 @@ class ClaimLease:
             if time.monotonic() - renewed < interval:
                 continue
             try:
-                held = self.catalog.renew_claim(self.claim, self.lease_s)
+                held = self.catalog.queue.renew_claim(self.claim, self.lease_s)
             except Exception:  # the catalog is unreachable: keep trying until the lease itself runs out
                 log.exception("series %s: could not renew the processing claim", self.claim.series_uid)
                 continue

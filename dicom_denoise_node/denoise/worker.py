@@ -31,12 +31,12 @@ def denoise_claim(
 ) -> bool:
     """Denoise a claimed series; True when it is DERIVED and ready to send."""
     log.info("series %s state=PROCESSING", claim.series_uid)
-    paths = [Path(i.path) for i in catalog.instances(claim.series_id)]
+    paths = [Path(i.path) for i in catalog.queue.instances(claim.series_id)]
     started = time.monotonic()
 
     def progress(done: int, total: int) -> None:
         log.debug("series %s: %d/%d slices", claim.series_uid, done, total)
-        catalog.record_progress(claim, done, total)
+        catalog.queue.record_progress(claim, done, total)
 
     lease = ClaimLease(catalog, claim, lease_s, stop)
     try:
@@ -47,14 +47,14 @@ def denoise_claim(
     except Interrupted:
         if lease.lost:
             return False  # another worker has the series now; the keeper said so
-        catalog.requeue(claim)
+        catalog.queue.requeue(claim)
         log.info("series %s interrupted by shutdown; state=COMPLETE", claim.series_uid)
         return False
     except Exception as exc:
         metrics.series_processed.labels("failed").inc()
         log.exception("series %s failed while processing", claim.series_uid)
         error = f"{type(exc).__name__}: {exc}"
-        if catalog.fail(claim.series_id, "process", error, SeriesState.PROCESSING, owner=claim.owner):
+        if catalog.queue.fail(claim.series_id, "process", error, SeriesState.PROCESSING, owner=claim.owner):
             log.error("series %s state=FAILED: %s", claim.series_uid, exc)
         return False
     records = [DerivedRecord(sop, src, str(path)) for sop, src, path in result.written]
@@ -72,7 +72,7 @@ def denoise_claim(
         )
     # The derivation key (version, and strength / self-ensemble when not 1): what the derived UIDs were made from,
     # so `status` says how a series was made and the demo finds its report (the column holds 64 characters).
-    if not catalog.finish_processing(
+    if not catalog.queue.finish_processing(
         claim,
         result.derived_series_uid,
         denoiser.derivation.uid_key[:64],

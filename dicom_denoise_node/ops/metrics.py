@@ -29,8 +29,8 @@ class _CatalogCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         series = GaugeMetricFamily(f"{PREFIX}_series", "Received series in the catalog, by state", labels=["state"])
         try:
-            counts = self.catalog.state_counts()
-            queue = self.catalog.pending_series()
+            counts = self.catalog.views.state_counts()
+            queue = self.catalog.views.pending_series()
         except Exception:
             log.exception("metrics: catalog unreadable")
             counts, queue = {}, -1
@@ -41,7 +41,7 @@ class _CatalogCollector(Collector):
             f"{PREFIX}_queue_depth", "Series received but not yet denoised (RECEIVING, COMPLETE, PROCESSING)", queue
         )
         yield GaugeMetricFamily(f"{PREFIX}_disk_free_bytes", "Free space under data_dir", self.free_bytes())
-        stats = self.catalog.instance_commits
+        stats = self.catalog.intake.instance_commits
         yield CounterMetricFamily(
             f"{PREFIX}_catalog_instance_commits",
             "Catalog transactions that recorded received instances (fewer than the records when stores overlap)",

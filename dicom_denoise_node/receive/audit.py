@@ -16,8 +16,7 @@ from pynetdicom.events import Event
 from sqlalchemy import select, update
 
 from dicom_denoise_node.ops.metrics import NodeMetrics
-from dicom_denoise_node.store.catalog import Association, Catalog, utcnow
-from dicom_denoise_node.store.catalog.engine import SessionSource
+from dicom_denoise_node.store.catalog import Association, Catalog, ReadOnlyCatalog, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ def record_association(
     catalog: Catalog, calling: str, called: str, address: str, port: int | None, accepted: bool, reason: str | None
 ) -> int:
     """A new audit row; returns its id (an accepted association is completed by finish_association)."""
-    with catalog.transaction() as s:
+    with catalog.db.transaction() as s:
         row = Association(
             calling_aet=calling[:16],
             called_aet=called[:16],
@@ -54,7 +53,7 @@ def record_association(
 
 
 def finish_association(catalog: Catalog, row_id: int, outcome: str, instances: int, failures: int) -> None:
-    with catalog.transaction() as s:
+    with catalog.db.transaction() as s:
         s.execute(
             update(Association)
             .where(Association.id == row_id)
@@ -62,9 +61,9 @@ def finish_association(catalog: Catalog, row_id: int, outcome: str, instances: i
         )
 
 
-def association_rows(catalog: SessionSource, limit: int = 50) -> list[dict[str, object]]:
+def association_rows(catalog: Catalog | ReadOnlyCatalog, limit: int = 50) -> list[dict[str, object]]:
     """Newest first, for `denoise-node status --associations` and /associations."""
-    with catalog.session() as s:
+    with catalog.db.session() as s:
         rows = s.scalars(select(Association).order_by(Association.id.desc()).limit(limit)).all()
         return [
             {

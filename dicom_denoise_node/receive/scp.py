@@ -184,7 +184,7 @@ def _store(event: Event, received: ReceivedFile, spool: Spool, catalog: Catalog,
             return _reject(StoreStatus.OUT_OF_RESOURCES, f"could not write {sop_uid} to the spool: {exc}", event)
 
         try:
-            catalog.record_instance(
+            catalog.intake.record_instance(
                 InstanceMeta(
                     patient_id=str(ds.get("PatientID", "") or "")[:64],
                     study_uid=study_uid,
@@ -273,7 +273,10 @@ def start_scp(
     association audit."""
     ae = build_ae(settings)
     admission = admission or Admission(
-        settings, spool.root, catalog.pending_series, known_series=lambda uid: catalog.series_state(uid) is not None
+        settings,
+        spool.root,
+        catalog.views.pending_series,
+        known_series=lambda uid: catalog.views.series_state(uid) is not None,
     )
     audit = audit or AssociationAudit(catalog)
     sink = ReceiveSink(spool.incoming, settings.max_dataset_mb)

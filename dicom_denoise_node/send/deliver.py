@@ -39,7 +39,7 @@ class _Ledger:
 
     def flush(self) -> None:
         if self.pending:
-            self.catalog.record_instance_deliveries(self.claim, self.destination, self.pending)
+            self.catalog.deliveries.record_instance_deliveries(self.claim, self.destination, self.pending)
             self.pending = []
 
 
@@ -53,13 +53,13 @@ def _send(files: list[Path], dest: Destination, settings: Settings, confirmed: C
 def deliver_claim(claim: Claim, catalog: Catalog, settings: Settings, metrics: NodeMetrics) -> None:
     """Send a DERIVED series to every destination that has not acknowledged it yet; to a destination that failed
     midway, only the instances it has not confirmed (the per-instance ledger)."""
-    derived = catalog.derived_instances(claim.series_id)
-    done = catalog.delivered_to(claim)
+    derived = catalog.deliveries.derived_instances(claim.series_id)
+    done = catalog.deliveries.delivered_to(claim)
     errors = []
-    for dest in settings.destinations_for(catalog.series_rule(claim.series_id)):
+    for dest in settings.destinations_for(catalog.completion.series_rule(claim.series_id)):
         if dest.key in done:
             continue
-        confirmed = catalog.confirmed_instances(claim, dest.key)
+        confirmed = catalog.deliveries.confirmed_instances(claim, dest.key)
         files = [Path(d.path) for d in derived if d.sop_uid not in confirmed]
         if confirmed:
             log.info("series %s: %s confirmed %d instances earlier; sending %d", claim.series_uid, dest.key,
@@ -80,13 +80,15 @@ def deliver_claim(claim: Claim, catalog: Catalog, settings: Settings, metrics: N
             metrics.send_failures.labels(dest.key).inc()
             continue
         ledger.flush()
-        catalog.record_delivery(claim, dest.key)
+        catalog.deliveries.record_delivery(claim, dest.key)
         metrics.instances_sent.labels(dest.key).inc(n)
         seconds = time.monotonic() - t0
         log.info("series %s: %d instances sent to %s in %.2f s", claim.series_uid, n, dest.key, seconds)
     if errors:
         cfg = settings.send
-        outcome = catalog.send_failed(claim, "; ".join(errors), cfg.max_attempts, cfg.backoff_s, cfg.backoff_max_s)
+        outcome = catalog.deliveries.send_failed(
+            claim, "; ".join(errors), cfg.max_attempts, cfg.backoff_s, cfg.backoff_max_s
+        )
         if outcome is None:
             log.warning("series %s: send lease lost to another node; its failure (%s) not recorded", claim.series_uid,
                         "; ".join(errors))  # fmt: skip
@@ -100,8 +102,8 @@ def deliver_claim(claim: Claim, catalog: Catalog, settings: Settings, metrics: N
             outcome,
         )
         return
-    if catalog.send_succeeded(claim):
-        received = catalog.last_received_at(claim.series_id)
+    if catalog.deliveries.send_succeeded(claim):
+        received = catalog.views.last_received_at(claim.series_id)
         if received is not None:
             metrics.series_latency.observe(max(0.0, (utcnow() - received).total_seconds()))
         log.info("series %s state=SENT", claim.series_uid)

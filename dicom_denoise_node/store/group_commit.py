@@ -13,7 +13,8 @@ fails only its own caller (the catalog retries a failed batch one item at a time
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -71,6 +72,17 @@ class GroupCommit(Generic[T]):
                 self._run(batch)
         if request.error is not None:
             raise request.error
+
+    @contextmanager
+    def commit_in_progress(self) -> Iterator[None]:
+        """Hold the commit lock as a running commit does, so that callers queue behind it (tests show batching)."""
+        with self._commit_lock:
+            yield
+
+    def queued(self) -> int:
+        """Requests waiting for the next batch."""
+        with self._queue_lock:
+            return len(self._queue)
 
     def _run(self, batch: list[_Request[T]]) -> None:
         try:

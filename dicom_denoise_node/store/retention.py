@@ -45,11 +45,11 @@ def delete_files(spool: Spool, paths: list[str]) -> int:
 def purge(spool: Spool, catalog: Catalog, series_id: int, allowed: tuple[SeriesState, ...]) -> int | None:
     """Tombstone, delete the files, drop the rows (the order in the module docstring); returns how many files, or
     None when the series left ``allowed`` before its tombstone (an instance arrived): then nothing is purged."""
-    paths = catalog.begin_purge(series_id, allowed)
+    paths = catalog.housekeeping.begin_purge(series_id, allowed)
     if paths is None:
         return None
     files = delete_files(spool, paths)
-    catalog.finish_purge(series_id)
+    catalog.housekeeping.finish_purge(series_id)
     return files
 
 
@@ -57,7 +57,7 @@ def purge_sent(spool: Spool, catalog: Catalog, sent_days: float) -> list[str]:
     """Delete the spool files of SENT and SKIPPED series older than ``sent_days``; returns their UIDs."""
     purged = []
     finished = (SeriesState.SENT, SeriesState.SKIPPED)
-    for series_id, uid in catalog.finished_before(utcnow() - timedelta(days=sent_days)):
+    for series_id, uid in catalog.housekeeping.finished_before(utcnow() - timedelta(days=sent_days)):
         files = purge(spool, catalog, series_id, finished)
         if files is None:
             log.info("retention: series %s received an instance again; not purged", uid)
@@ -69,10 +69,10 @@ def purge_sent(spool: Spool, catalog: Catalog, sent_days: float) -> list[str]:
 
 def purge_series(spool: Spool, catalog: Catalog, series_uid: str) -> int:
     """`denoise-node purge`: delete a FAILED (or SENT) series' spool data; returns the number of files."""
-    series_id = catalog.series_id(series_uid)
+    series_id = catalog.housekeeping.series_id(series_uid)
     if series_id is None:
         raise KeyError(f"no series {series_uid} in the catalog")
-    state = catalog.series_state(series_uid)
+    state = catalog.views.series_state(series_uid)
     allowed = (SeriesState.FAILED, SeriesState.SENT, SeriesState.SKIPPED)
     if state not in allowed:
         raise ValueError(f"series {series_uid} is {state}; only FAILED, SENT or SKIPPED series can be purged")

@@ -63,7 +63,7 @@ def _files(root: Path) -> set[str]:
 def _index(catalog: Catalog, path: Path) -> None:
     ds = dcmread(path, stop_before_pixels=True)
     number = ds.get("InstanceNumber")
-    catalog.record_instance(
+    catalog.intake.record_instance(
         InstanceMeta(
             patient_id=str(ds.get("PatientID", "") or "")[:64],
             study_uid=check_uid(str(ds.StudyInstanceUID), "StudyInstanceUID"),
@@ -85,11 +85,11 @@ def check_spool(spool: Spool, catalog: Catalog, repair: bool = True) -> Consiste
     """Compare the spool with the catalog; with ``repair``, index/remove orphans and settle missing files."""
     report = ConsistencyReport()
     if repair:  # purges a crash interrupted: finish them before anything could index their files again
-        for series_id, uid, paths in catalog.unfinished_purges():
+        for series_id, uid, paths in catalog.housekeeping.unfinished_purges():
             delete_files(spool, paths)
-            catalog.finish_purge(series_id)
+            catalog.housekeeping.finish_purge(series_id)
             report.finished_purges.append(uid)
-    received_rows, derived_rows = catalog.spool_rows()
+    received_rows, derived_rows = catalog.housekeeping.spool_rows()
     for path in sorted(_files(spool.incoming) - set(received_rows)):
         if not repair:
             report.indexed_orphans.append(path)
@@ -101,7 +101,7 @@ def check_spool(spool: Spool, catalog: Catalog, repair: bool = True) -> Consiste
             # Not something the receive path would have written: keep it for a person, out of the queue.
             log.error("spool file %s is not in the catalog and cannot be indexed (%s); left in place", path, exc)
             report.unreadable_orphans.append(path)
-    others = catalog.claims_of_other_nodes()
+    others = catalog.recovery.claims_of_other_nodes()
     for path in sorted(_files(spool.derived) - set(derived_rows)):
         if others:
             report.kept_orphans.append(path)
@@ -112,7 +112,9 @@ def check_spool(spool: Spool, catalog: Catalog, repair: bool = True) -> Consiste
     report.missing_received = sorted(p for p in received_rows if not Path(p).is_file())
     report.missing_derived = sorted(p for p in derived_rows if not Path(p).is_file())
     if repair and (report.missing_received or report.missing_derived):
-        report.affected_series = catalog.forget_missing_files(report.missing_received, report.missing_derived)
+        report.affected_series = catalog.housekeeping.forget_missing_files(
+            report.missing_received, report.missing_derived
+        )
     _log(report)
     return report
 

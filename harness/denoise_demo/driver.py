@@ -221,7 +221,7 @@ def read_progress(catalog_path: Path, series_uid: str) -> SeriesProgress:
         return SeriesProgress()
     catalog = open_readonly(f"sqlite:///{catalog_path}")
     try:
-        row = catalog.series_progress(series_uid)
+        row = catalog.views.series_progress(series_uid)
     except OperationalError:  # tables not created yet
         return SeriesProgress()
     finally:

@@ -151,7 +151,7 @@ class NodeProcess:
     def wait_state(self, series_uid: str, state: SeriesState, timeout: float = 120) -> bool:
         cat = self.catalog()
         try:
-            return wait_until(lambda: cat.series_state(series_uid) is state, timeout=timeout, interval=0.2)
+            return wait_until(lambda: cat.views.series_state(series_uid) is state, timeout=timeout, interval=0.2)
         finally:
             cat.close()
 

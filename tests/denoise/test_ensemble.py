@@ -129,20 +129,20 @@ def test_the_worker_records_the_derivation_key_that_names_the_report(abdomen_pat
         "P", str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), str(ds.SOPClassUID),
         "1.2.840.10008.1.2.1", "CT", "LD", 1, str(source), source.stat().st_size,
     )  # fmt: skip
-    catalog.record_instance(meta)
-    catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+    catalog.intake.record_instance(meta)
+    catalog.completion.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
     model = export_tiny_model(tmp_path / "tiny", version="1.0." + "9" * 54)  # a long version: the key is cut
     _, info = load_model(model)
     denoiser = SeriesDenoiser(
         _ShiftRight(), info, ModelSettings(tile_size=128, tile_overlap=16, self_ensemble=2), DeriveSettings(),
         guard=GuardSettings(enabled=False), report=ReportSettings(enabled=False),
     )  # fmt: skip
-    claim = catalog.claim_for_processing()
+    claim = catalog.queue.claim_for_processing()
     assert claim is not None
     spool = Spool(tmp_path / "spool")
     metrics = NodeMetrics(catalog, lambda: 1.0)
     assert denoise_claim(claim, catalog, denoiser, spool, metrics, GuardSettings(), threading.Event(), 60.0)
-    progress = catalog.series_progress(str(ds.SeriesInstanceUID))
+    progress = catalog.views.series_progress(str(ds.SeriesInstanceUID))
     assert progress is not None and progress["state"] == SeriesState.DERIVED
     key = derivation_key(info.version, 1.0, 2)
     assert len(key) > 64 and progress["model_version"] == key[:64]

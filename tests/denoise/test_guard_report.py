@@ -168,7 +168,7 @@ def test_node_holds_a_flagged_series_then_retry_sends_it_with_its_report(tmp_pat
         assert node.wait_state(uid, SeriesState.FAILED, timeout=120), node.log()[-3000:]
         cat = node.catalog()
         try:
-            row = next(r for r in cat.series_overview() if r["series_uid"] == uid)
+            row = next(r for r in cat.views.series_overview() if r["series_uid"] == uid)
         finally:
             cat.close()
         assert "held for review" in row["last_error"] and row["derived"] == 3

@@ -62,14 +62,14 @@ def test_every_bad_input_gets_its_answer_and_the_node_stays_up(tmp_path, tiny_mo
 
             def settled() -> bool:
                 return (
-                    all(cat.series_state(uid) in (SeriesState.SENT, SeriesState.FAILED) for uid in expected)
+                    all(cat.views.series_state(uid) in (SeriesState.SENT, SeriesState.FAILED) for uid in expected)
                     or not node.proc
                     or node.proc.poll() is not None
                 )
 
-            assert wait_until(settled, timeout=300, interval=0.5), cat.series_overview()
+            assert wait_until(settled, timeout=300, interval=0.5), cat.views.series_overview()
             assert node.proc is not None and node.proc.poll() is None, node.log()[-3000:]
-            rows = {r["series_uid"]: r for r in cat.series_overview(200)}
+            rows = {r["series_uid"]: r for r in cat.views.series_overview(200)}
         finally:
             cat.close()
         for uid, case in expected.items():
@@ -132,7 +132,7 @@ def test_a_decoder_that_hangs_or_dies_fails_its_series_and_not_the_node(tmp_path
         assert node.wait_state(slow_uid, SeriesState.FAILED, timeout=120), node.log()[-3000:]
         cat = node.catalog()
         try:
-            error = next(r["last_error"] for r in cat.series_overview() if r["series_uid"] == slow_uid)
+            error = next(r["last_error"] for r in cat.views.series_overview() if r["series_uid"] == slow_uid)
         finally:
             cat.close()
         assert "DecoderFailed" in str(error) and "decode_timeout_s=0.5" in str(error), error

@@ -79,7 +79,7 @@ def test_two_receivers_and_two_workers_share_one_postgresql_catalog(
 
         # Kill worker-1 while it is in the middle of a series (at least one slice done, not all).
         def mid_series() -> Series | None:
-            with catalog.session() as s:
+            with catalog.db.session() as s:
                 return s.scalars(
                     select(Series).where(
                         Series.state == SeriesState.PROCESSING,
@@ -94,9 +94,9 @@ def test_two_receivers_and_two_workers_share_one_postgresql_catalog(
         workers[0].kill9()
 
         for uid in sent:
-            assert wait_until(lambda uid=uid: catalog.series_state(uid) is SeriesState.SENT, timeout=300), (
+            assert wait_until(lambda uid=uid: catalog.views.series_state(uid) is SeriesState.SENT, timeout=300), (
                 uid,
-                catalog.series_state(uid),
+                catalog.views.series_state(uid),
                 workers[1].log_tail(30),
             )
         status = subprocess.run(
@@ -106,7 +106,7 @@ def test_two_receivers_and_two_workers_share_one_postgresql_catalog(
         assert status.returncode == 0, status.stderr
         assert "SENT" in status.stdout
 
-        with catalog.session() as s:
+        with catalog.db.session() as s:
             rows = {r.series_uid: r for r in s.scalars(select(Series).where(Series.series_uid.in_(list(sent))))}
             derived = Counter(s.scalars(select(DerivedInstance.series_fk)))
         # The killed series: taken over after the lease, by the other worker.

@@ -124,7 +124,7 @@ def test_kill9_while_receiving_and_while_denoising_loses_nothing(tmp_path, tiny_
         try:
             series_a = str(dcmread(arriving[0]).SeriesInstanceUID)
             # Every instance the scanner got Success for survived the kill, before anything is resent.
-            stored = {r.sop_uid for r in cat.instances(cat.series_id(series_a))}
+            stored = {r.sop_uid for r in cat.queue.instances(cat.housekeeping.series_id(series_a))}
             assert acknowledged <= stored
         finally:
             cat.close()
@@ -218,7 +218,7 @@ def test_pacs_outage_waits_with_backoff_then_delivers(tmp_path, tiny_model):
         assert storescu(files, node.port, "DENOISE").returncode == 0
         uid = str(dcmread(files[0]).SeriesInstanceUID)
         assert wait_until(lambda: "send attempt 2/20 failed" in node.log(), timeout=120), node.log()[-2000:]
-        assert node.catalog().series_state(uid) is not SeriesState.FAILED
+        assert node.catalog().views.series_state(uid) is not SeriesState.FAILED
         pacs.start()  # the PACS comes back
         assert node.wait_state(uid, SeriesState.SENT, timeout=120), node.log()[-3000:]
         assert len(pacs.wait_for_files(3, timeout=30)) == 3
@@ -282,7 +282,7 @@ def test_full_disk_refuses_then_resumes_on_a_real_filesystem(tmp_path, tiny_mode
             fh.write(b"\0" * (45 * 1024 * 1024))
         assert node.wait_state(uid_a, SeriesState.COMPLETE, timeout=30), node.log()[-2000:]
         assert wait_until(lambda: "processing paused" in node.log(), timeout=30)  # the worker saw the full disk
-        assert node.catalog().series_state(uid_a) is SeriesState.COMPLETE  # and waits instead of writing
+        assert node.catalog().views.series_state(uid_a) is SeriesState.COMPLETE  # and waits instead of writing
         ballast.unlink()
         assert node.wait_state(uid_a, SeriesState.SENT, timeout=60), node.log()[-3000:]
         assert "processing resumes" in node.log()
@@ -322,7 +322,7 @@ def test_load_eight_concurrent_scanners_with_back_pressure_and_bounded_memory(tm
     queue = open_readonly(f"sqlite:///{node.catalog_path}")
     try:
         pending = list(range(scanners))
-        with PeakWatch(queue.pending_series, interval=0.02) as watch:
+        with PeakWatch(queue.views.pending_series, interval=0.02) as watch:
             for _round in range(40):  # bounded: at most 40 rounds of retries
                 procs = {
                     i: subprocess.Popen(
@@ -353,7 +353,7 @@ def test_load_eight_concurrent_scanners_with_back_pressure_and_bounded_memory(tm
                 if not pending:
                     break
                 # Retry once the worker has taken a series off the queue (an event in the catalog, not a timer).
-                assert wait_until(lambda: queue.pending_series() < limit, timeout=300), node.log()[-3000:]
+                assert wait_until(lambda: queue.views.pending_series() < limit, timeout=300), node.log()[-3000:]
             assert not pending, f"scanners {pending} never got in"
             for uid in uids:
                 assert node.wait_state(uid, SeriesState.SENT, timeout=600), node.log()[-3000:]

@@ -99,7 +99,7 @@ def test_rules_route_per_destination_skip_the_rest_and_metrics_count_it(tmp_path
 
         cat = node.catalog()
         try:
-            row = {r["series_uid"]: r for r in cat.series_overview()}
+            row = {r["series_uid"]: r for r in cat.views.series_overview()}
             assert row[ld_uid]["rule"] == "low-dose"
             assert (
                 row[hd_uid]["state"] == "SKIPPED" and "SeriesDescription 'Chest routine'" in row[hd_uid]["last_error"]

@@ -72,8 +72,8 @@ def test_storescu_series_is_durable_and_cataloged_before_success(scp, tmp_path):
     assert result.returncode == 0, result.stderr
     series_uid = str(dcmread(files[0]).SeriesInstanceUID)
     # storescu has its Success answers: each instance must already be in the catalog and on disk.
-    assert catalog.series_state(series_uid) is SeriesState.RECEIVING
-    rows = catalog.series_overview()
+    assert catalog.views.series_state(series_uid) is SeriesState.RECEIVING
+    rows = catalog.views.series_overview()
     assert rows[0]["instances"] == 5
     for f in files:
         sop = str(dcmread(f).SOPInstanceUID)
@@ -121,7 +121,7 @@ def test_undecodable_dataset_cannot_understand(scp, tmp_path):
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(raw[:end] + tail)
     assert _send_raw(settings.port, bad) == StoreStatus.CANNOT_UNDERSTAND
-    assert catalog.series_overview() == []
+    assert catalog.views.series_overview() == []
     assert echoscu(settings.port, "DENOISE", "SCANNER").returncode == 0  # still up
 
 
@@ -133,7 +133,7 @@ def test_path_traversal_uid_is_refused(scp, tmp_path):
     ds.save_as(f)
     assert _send_raw(settings.port, f) == StoreStatus.CANNOT_UNDERSTAND
     assert not Path("/tmp/evil").exists()
-    assert catalog.series_overview() == []
+    assert catalog.views.series_overview() == []
     assert not list(spool.incoming.rglob("*.dcm"))
 
 
@@ -144,7 +144,7 @@ def test_missing_pixel_data_does_not_match_sop_class(scp, tmp_path):
     del ds.PixelData
     ds.save_as(f)
     assert _send_raw(settings.port, f) == StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
-    assert catalog.series_overview() == []
+    assert catalog.views.series_overview() == []
 
 
 def test_mr_is_not_negotiated(scp, tmp_path):
@@ -174,7 +174,7 @@ def test_disk_full_is_out_of_resources_and_leaves_nothing(scp, tmp_path, monkeyp
     finally:
         monkeypatch.setattr(os, "write", real_write)
     assert status == StoreStatus.OUT_OF_RESOURCES
-    assert catalog.series_overview() == []
+    assert catalog.views.series_overview() == []
     assert not [
         p
         for p in spool.root.rglob("*")
@@ -258,7 +258,7 @@ def test_a_failed_catalog_write_on_a_resend_keeps_the_acknowledged_copy(scp, tmp
     def broken(meta):
         raise RuntimeError("catalog unavailable")
 
-    monkeypatch.setattr(catalog, "record_instance", broken)
+    monkeypatch.setattr(catalog.intake, "record_instance", broken)
     assert _send_raw(settings.port, f) == StoreStatus.PROCESSING_FAILURE
     assert stored.read_bytes() == acknowledged  # what the scanner got Success for is still there
     assert [p.name for p in stored.parent.iterdir()] == [stored.name]  # and the staged copy is gone
@@ -276,7 +276,7 @@ def test_success_comes_after_file_fsync_rename_directory_fsyncs_and_the_commit(s
     ds = dcmread(f)
     final = spool.incoming_path(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
     events: list[tuple[str, str]] = []
-    real_fsync, real_replace, real_record = os.fsync, os.replace, catalog.record_instance
+    real_fsync, real_replace, real_record = os.fsync, os.replace, catalog.intake.record_instance
 
     def fsync(fd: int) -> None:
         real_fsync(fd)
@@ -292,7 +292,7 @@ def test_success_comes_after_file_fsync_rename_directory_fsyncs_and_the_commit(s
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    monkeypatch.setattr(catalog, "record_instance", record)
+    monkeypatch.setattr(catalog.intake, "record_instance", record)
     status = _send_raw(settings.port, f)
     events.append(("success", ""))
     assert status == StoreStatus.SUCCESS
@@ -306,7 +306,7 @@ def test_success_comes_after_file_fsync_rename_directory_fsyncs_and_the_commit(s
         events.index(("success", "")),
     ]
     assert staged < order[0] and order == sorted(order), events
-    with catalog.engine.connect() as conn:
+    with catalog.db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
 
 
@@ -322,7 +322,7 @@ def test_a_small_compressed_file_declaring_a_huge_image_is_refused_before_decodi
     ds.save_as(f)
     assert f.stat().st_size < 64 * 1024
     assert _send_raw(settings.port, f, syntax=RLELossless) == StoreStatus.CANNOT_UNDERSTAND
-    assert catalog.series_overview() == [] and not list(spool.incoming.rglob("*.dcm"))
+    assert catalog.views.series_overview() == [] and not list(spool.incoming.rglob("*.dcm"))
     assert echoscu(settings.port, "DENOISE", calling_aet="PYSCU").returncode == 0  # and the node still answers
 
 

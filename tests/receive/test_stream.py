@@ -91,7 +91,7 @@ def test_a_data_set_over_max_dataset_mb_is_refused_while_it_arrives_and_memory_s
     assert 0 < watch.peak <= LIMIT_MB * MIB, watch.peak  # written up to the limit, not beyond
     assert "exceeds max_dataset_mb=8" in caplog.text and "192.0 MiB" in caplog.text
     assert not list((spool.incoming / RECEIVING_DIR).iterdir())
-    assert catalog.series_overview() == [] and not list(spool.incoming.rglob("*.dcm"))
+    assert catalog.views.series_overview() == [] and not list(spool.incoming.rglob("*.dcm"))
     assert echoscu(settings.port, "DENOISE").returncode == 0
     (small,) = write_ct_series(tmp_path / "small", 1)
     assert storescu([small], settings.port, "DENOISE").returncode == 0
@@ -123,7 +123,7 @@ def test_a_transfer_cut_off_midway_leaves_no_file_behind(tmp_path):
             sender.kill()
             sender.wait(10)
         assert wait_until(lambda: not list(receiving.iterdir()), timeout=10), list(receiving.iterdir())
-        assert catalog.series_overview() == [] and not list(spool.incoming.rglob("*.dcm"))
+        assert catalog.views.series_overview() == [] and not list(spool.incoming.rglob("*.dcm"))
         assert echoscu(settings.port, "DENOISE").returncode == 0
     finally:
         server.shutdown()

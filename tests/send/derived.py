@@ -25,16 +25,16 @@ def derived_series(tmp_path: Path, count: int = 0, files: Sequence[Path] = ()) -
     instances 9.9.1…9.9.N at paths d1…dN.dcm that need not exist (for a faked send)."""
     catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     meta = InstanceMeta("P", "1.2", "1.2.3", "1.2.3.1", CT_CLASS, "1.2.840.10008.1.2.1", "CT", "LD", 1, "/x", 1)
-    catalog.record_instance(meta)
-    catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
-    claim = catalog.claim_for_processing()
+    catalog.intake.record_instance(meta)
+    catalog.completion.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+    claim = catalog.queue.claim_for_processing()
     assert claim is not None
     if files:
         uids = [str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
         records = [DerivedRecord(uid, "1.2.3.1", str(f)) for uid, f in zip(uids, files, strict=True)]
     else:
         records = [DerivedRecord(f"9.9.{i}", "1.2.3.1", str(tmp_path / f"d{i}.dcm")) for i in range(1, count + 1)]
-    catalog.finish_processing(claim, "9.9", "1", records)
+    catalog.queue.finish_processing(claim, "9.9", "1", records)
     return catalog
 
 
@@ -42,7 +42,7 @@ def send_attempts(catalog: Catalog, settings: Settings, attempts: int) -> Claim:
     """Run the send stage ``attempts`` times, each once the previous attempt's backoff is over; the last claim."""
     metrics = NodeMetrics(catalog, lambda: 1.0)
     for attempt in range(1, attempts + 1):
-        claim = catalog.claim_for_sending(0.0, now=utcnow() + timedelta(seconds=attempt))
+        claim = catalog.deliveries.claim_for_sending(0.0, now=utcnow() + timedelta(seconds=attempt))
         assert claim is not None
         deliver.deliver_claim(claim, catalog, settings, metrics)
     return claim

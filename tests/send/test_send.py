@@ -232,7 +232,7 @@ def test_any_send_failure_counts_an_attempt_and_the_other_destinations_are_serve
     monkeypatch.setattr(deliver, "send_files", fake_send)
     send_attempts(catalog, settings, 2)
     assert sent == ["good"]  # delivered once, skipped on the retry
-    row = catalog.series_overview()[0]
+    row = catalog.views.series_overview()[0]
     assert row["state"] == SeriesState.FAILED and row["attempts"] == 2
     assert "ValueError" in str(row["last_error"]) and "presentation context" in str(row["last_error"])
     catalog.close()
@@ -262,5 +262,5 @@ def test_a_send_that_fails_midway_resumes_with_what_the_pacs_has_not_confirmed(t
     monkeypatch.setattr(deliver, "send_files", flaky_send)
     send_attempts(catalog, settings, 2)
     assert asked == [["d1.dcm", "d2.dcm", "d3.dcm", "d4.dcm", "d5.dcm"], ["d4.dcm", "d5.dcm"]]
-    assert catalog.series_state("1.2.3") is SeriesState.SENT
+    assert catalog.views.series_state("1.2.3") is SeriesState.SENT
     catalog.close()

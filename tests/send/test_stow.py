@@ -48,9 +48,9 @@ def test_a_derived_series_sent_by_stow_rs_arrives_and_every_instance_is_in_the_l
     catalog = derived_series(tmp_path, files=files)
     settings = Settings(destinations=[_web(orthanc_web)], send=SEND)
     claim = send_attempts(catalog, settings, 1)
-    assert catalog.series_state("1.2.3") is SeriesState.SENT
+    assert catalog.views.series_state("1.2.3") is SeriesState.SENT
     assert _stored_uids(orthanc_web) == set(_uids(files))
-    assert catalog.confirmed_instances(claim, "web") == set(_uids(files))
+    assert catalog.deliveries.confirmed_instances(claim, "web") == set(_uids(files))
     catalog.close()
 
 
@@ -120,11 +120,11 @@ def test_an_instance_the_server_fails_is_reported_and_the_others_are_in_the_ledg
     catalog = derived_series(tmp_path, files=files)
     settings = Settings(destinations=[_web(orthanc_web)], send={**SEND, "max_attempts": 1})
     claim = send_attempts(catalog, settings, 1)
-    row = catalog.series_overview()[0]
+    row = catalog.views.series_overview()[0]
     assert row["state"] == SeriesState.FAILED
     assert f"{uids[2]} failed with 0x0110 processing failure" in str(row["last_error"])
     assert "did not store 1 of 4 instances" in str(row["last_error"])
-    assert catalog.confirmed_instances(claim, "web") == set(uids) - {uids[2]}
+    assert catalog.deliveries.confirmed_instances(claim, "web") == set(uids) - {uids[2]}
     assert _stored_uids(orthanc_web) == set(uids) - {uids[2]}
     catalog.close()
 

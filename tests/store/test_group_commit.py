@@ -27,7 +27,7 @@ def _submit_all(group: GroupCommit, items: list, errors: dict) -> list[threading
 
 
 def _queued(group: GroupCommit, n: int) -> bool:
-    return wait_until(lambda: len(group._queue) == n, timeout=10)
+    return wait_until(lambda: group.queued() == n, timeout=10)
 
 
 def test_requests_queued_behind_a_commit_share_the_next_batch_and_errors_stay_with_their_item():
@@ -39,7 +39,7 @@ def test_requests_queued_behind_a_commit_share_the_next_batch_and_errors_stay_wi
 
     group = GroupCommit(commit_batch)
     errors: dict = {}
-    with group._commit_lock:  # a commit in progress: the next eight callers queue behind it
+    with group.commit_in_progress():  # a commit in progress: the next eight callers queue behind it
         threads = _submit_all(group, list(range(8)), errors)
         assert _queued(group, 8)
     for t in threads:
@@ -59,7 +59,7 @@ def test_batches_are_capped_and_a_raising_batch_fails_its_callers_without_hangin
 
     group = GroupCommit(commit_batch, max_batch=3)
     errors: dict = {}
-    with group._commit_lock:
+    with group.commit_in_progress():
         threads = _submit_all(group, list(range(7)), errors)
         assert _queued(group, 7)
     for t in threads:
@@ -83,33 +83,33 @@ def catalog(tmp_path):
 
 
 def test_concurrent_instances_are_committed_together_on_a_real_catalog(catalog):
-    catalog.record_instance(meta(0))  # the series exists: the rest take the prepared-statement path
+    catalog.intake.record_instance(meta(0))  # the series exists: the rest take the prepared-statement path
     errors: dict = {}
-    with catalog._instances._commit_lock:
-        threads = _submit_all(catalog._instances, [meta(n) for n in range(1, 9)], errors)
-        assert _queued(catalog._instances, 8)
+    with catalog.intake.group_commit.commit_in_progress():
+        threads = _submit_all(catalog.intake.group_commit, [meta(n) for n in range(1, 9)], errors)
+        assert _queued(catalog.intake.group_commit, 8)
     for t in threads:
         t.join(30)
     assert not errors
-    assert catalog._instances.stats.largest == 8
-    with catalog.engine.connect() as conn:
+    assert catalog.intake.group_commit.stats.largest == 8
+    with catalog.db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM instances")).scalar() == 9
         assert conn.execute(text("SELECT generation FROM series")).scalar() == 9
 
 
 def test_a_bad_instance_in_a_batch_fails_alone(catalog):
-    catalog.record_instance(meta(0, series="9.9"))
-    with catalog.engine.begin() as conn:  # a series of the training archive: the node may not receive into it
+    catalog.intake.record_instance(meta(0, series="9.9"))
+    with catalog.db.engine.begin() as conn:  # a series of the training archive: the node may not receive into it
         conn.execute(text("UPDATE series SET origin = 'archive' WHERE series_uid = '9.9'"))
-    catalog.record_instance(meta(0))
+    catalog.intake.record_instance(meta(0))
     items = [meta(1), meta(1, series="9.9"), meta(2), meta(3, series="5.5")]
     errors: dict = {}
-    with catalog._instances._commit_lock:
-        threads = _submit_all(catalog._instances, items, errors)
-        assert _queued(catalog._instances, 4)
+    with catalog.intake.group_commit.commit_in_progress():
+        threads = _submit_all(catalog.intake.group_commit, items, errors)
+        assert _queued(catalog.intake.group_commit, 4)
     for t in threads:
         t.join(30)
     assert list(errors) == [items[1]] and "training archive" in str(errors[items[1]])
-    with catalog.engine.connect() as conn:
+    with catalog.db.engine.connect() as conn:
         uids = set(conn.execute(text("SELECT sop_uid FROM instances")).scalars())
     assert uids == {"9.9.0", "1.2.3.4.0", "1.2.3.4.1", "1.2.3.4.2", "5.5.3"}

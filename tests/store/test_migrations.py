@@ -44,8 +44,8 @@ def test_migrations_build_exactly_the_models(catalog_url):
     """On each backend (SQLite, a real PostgreSQL server): the migrations are the schema's only definition."""
     catalog = Catalog(catalog_url)
     try:
-        assert current_revision(catalog.engine) == head_revision()
-        with catalog.engine.connect() as conn:
+        assert current_revision(catalog.db.engine) == head_revision()
+        with catalog.db.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == [], diff
     finally:
@@ -60,14 +60,14 @@ def test_previous_schema_is_upgraded_in_place_with_its_data(tmp_path):
 
     catalog = Catalog(f"sqlite:///{path}")  # what the node does at start
     try:
-        assert current_revision(catalog.engine) == head_revision() != BASELINE
-        assert catalog.series_state("1.2.3.4") is SeriesState.SENT
-        row = catalog.series_overview()[0]
+        assert current_revision(catalog.db.engine) == head_revision() != BASELINE
+        assert catalog.views.series_state("1.2.3.4") is SeriesState.SENT
+        row = catalog.views.series_overview()[0]
         assert row["description"] == "LD chest" and row["instances"] == 1 and row["rule"] is None
         # New parts of the schema work on the upgraded file.
         record_association(catalog, "CT1", "DENOISE", "127.0.0.1", 5000, False, "test")
         assert association_rows(catalog)[0]["reason"] == "test"
-        assert catalog.state_counts()["SENT"] == 1
+        assert catalog.views.state_counts()["SENT"] == 1
     finally:
         catalog.close()
     # Opening again is a no-op (already at head).

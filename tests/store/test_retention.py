@@ -30,20 +30,20 @@ def _sent_series(tmp_path: Path) -> tuple[Spool, Catalog, str, list[Path]]:
         path = spool.incoming_path(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
         write_atomic(path, source.read_bytes())
         files.append(path)
-        catalog.record_instance(
+        catalog.intake.record_instance(
             InstanceMeta("P", str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
                          str(ds.SOPClassUID), "1.2.840.10008.1.2.1", "CT", "LD", None, str(path), 1)
         )  # fmt: skip
     uid = str(dcmread(files[0]).SeriesInstanceUID)
-    catalog.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
-    claim = catalog.claim_for_processing()
+    catalog.completion.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+    claim = catalog.queue.claim_for_processing()
     assert claim is not None
     derived = spool.derived_path("9.9", "9.9.1")
     write_atomic(derived, b"derived")
     files.append(derived)
-    catalog.finish_processing(claim, "9.9", "1", [DerivedRecord("9.9.1", claim.series_uid + ".1", str(derived))])
-    send = catalog.claim_for_sending(0.0, now=utcnow() + timedelta(seconds=2))
-    assert send is not None and catalog.send_succeeded(send)
+    catalog.queue.finish_processing(claim, "9.9", "1", [DerivedRecord("9.9.1", claim.series_uid + ".1", str(derived))])
+    send = catalog.deliveries.claim_for_sending(0.0, now=utcnow() + timedelta(seconds=2))
+    assert send is not None and catalog.deliveries.send_succeeded(send)
     return spool, catalog, uid, files
 
 
@@ -66,10 +66,10 @@ def test_a_crash_after_the_first_file_of_a_purge_never_brings_the_series_back(tm
 
     report = check_spool(spool, catalog)  # what the next start does
     assert report.finished_purges == [uid] and report.indexed_orphans == [] and report.affected_series == []
-    assert catalog.series_state(uid) is SeriesState.SENT  # not RECEIVING again: nothing is denoised or sent again
-    assert catalog.pending_series() == 0
+    assert catalog.views.series_state(uid) is SeriesState.SENT  # not RECEIVING again: nothing is denoised or sent again
+    assert catalog.views.pending_series() == 0
     assert not any(p.exists() for p in files)
-    assert catalog.spool_rows() == ({}, {})
+    assert catalog.housekeeping.spool_rows() == ({}, {})
     assert check_spool(spool, catalog).clean
     catalog.close()
 
@@ -113,21 +113,23 @@ def test_a_resend_during_a_purge_is_refused_and_one_after_it_is_kept(sent_series
     assert _store(port, sources[0]) == "Success"  # after the purge: a new life for the series
     ds = dcmread(sources[0])
     kept = spool.incoming_path(str(ds.StudyInstanceUID), uid, str(ds.SOPInstanceUID))
-    assert kept.exists() and catalog.series_state(uid) is SeriesState.RECEIVING
-    assert [i.path for i in catalog.instances(catalog.series_id(uid))] == [str(kept)]
+    assert kept.exists() and catalog.views.series_state(uid) is SeriesState.RECEIVING
+    assert [i.path for i in catalog.queue.instances(catalog.housekeeping.series_id(uid))] == [str(kept)]
     assert check_spool(spool, catalog).finished_purges == []  # not taken for an interrupted purge at start-up
     assert kept.exists()
 
 
 def test_a_series_that_received_an_instance_before_its_tombstone_is_not_purged(sent_series_and_scp):
     spool, catalog, uid, port, sources = sent_series_and_scp
-    chosen = catalog.finished_before(utcnow() + timedelta(seconds=5))  # retention picks the SENT series ...
+    chosen = catalog.housekeeping.finished_before(
+        utcnow() + timedelta(seconds=5)
+    )  # retention picks the SENT series ...
     assert [u for _, u in chosen] == [uid]
     assert _store(port, sources[1]) == "Success"  # ... an instance arrives before its tombstone ...
     series_id = chosen[0][0]
     assert retention.purge(spool, catalog, series_id, (SeriesState.SENT, SeriesState.SKIPPED)) is None  # ... kept
-    assert catalog.series_state(uid) is SeriesState.RECEIVING
-    kept = sorted(Path(i.path) for i in catalog.instances(series_id))
+    assert catalog.views.series_state(uid) is SeriesState.RECEIVING
+    kept = sorted(Path(i.path) for i in catalog.queue.instances(series_id))
     assert len(kept) == 3 and kept == sorted(spool.incoming.rglob("*.dcm"))  # every file, every row
 
 
@@ -137,17 +139,17 @@ def test_the_startup_check_leaves_derived_files_alone_while_another_node_process
     spool = Spool(tmp_path / "data")
     url = f"sqlite:///{tmp_path / 'data' / 'catalog.sqlite'}"
     other, starting = Catalog(url, node_id="host-b:/data"), Catalog(url, node_id="host-a:/data")
-    other.record_instance(InstanceMeta("P", "1.2", "1.2.3", "1.2.3.1", "1.2.840.10008.5.1.4.1.1.2",
+    other.intake.record_instance(InstanceMeta("P", "1.2", "1.2.3", "1.2.3.1", "1.2.840.10008.5.1.4.1.1.2",
                                        "1.2.840.10008.1.2.1", "CT", "LD", 1, str(tmp_path / "x.dcm"), 1))  # fmt: skip
     (tmp_path / "x.dcm").write_bytes(b"x")
-    other.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
-    claim = other.claim_for_processing(lease_s=60)
+    other.completion.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+    claim = other.queue.claim_for_processing(lease_s=60)
     assert claim is not None
     in_progress = spool.derived_path("9.9", "9.9.1")
     write_atomic(in_progress, b"derived, being written by host-b")
     assert check_spool(spool, starting).kept_orphans == [str(in_progress)]
     assert in_progress.exists()
-    assert other.requeue(claim)  # host-b is done with it (or its lease ran out): now the file is an orphan
+    assert other.queue.requeue(claim)  # host-b is done with it (or its lease ran out): now the file is an orphan
     assert check_spool(spool, starting).removed_orphans == [str(in_progress)]
     assert not in_progress.exists()
     other.close()

@@ -62,7 +62,7 @@ def scanned(catalog: Catalog, archive: tuple[Path, list[PatientRecord]]) -> Cata
 
 
 def _counts(catalog: Catalog) -> dict[str, int]:
-    with catalog.session() as s:
+    with catalog.db.session() as s:
         return {
             m.__tablename__: s.scalar(select(func.count()).select_from(m)) for m in (Patient, Study, Series, Instance)
         }
@@ -96,7 +96,7 @@ def test_scan_indexes_every_series_with_its_domain(catalog: Catalog, archive) ->
         assert f"({row['domain']})" in row["description"]
         assert row["body_part"] == parts[row["patient_id"]]
         assert row["instances"] == SLICES and row["split"] is None
-    with catalog.session() as s:
+    with catalog.db.session() as s:
         series = s.scalars(select(Series)).all()
         assert {(x.origin, x.state) for x in series} == {("archive", SeriesState.ARCHIVED)}
         assert {x.domain: x.exposure_mas for x in series} == {"HD": 200.0, "LD": 50.0, "REF": None}
@@ -122,7 +122,7 @@ def test_rescan_is_idempotent_and_follows_moved_or_deleted_files(catalog: Catalo
     (patient / "HD" / "0002.dcm").unlink()
     third = scan_archive(catalog, root)
     assert (third.instances_added, third.instances_updated, third.instances_removed) == (0, 1, 1)
-    with catalog.session() as s:
+    with catalog.db.session() as s:
         paths = set(s.scalars(select(Instance.path)))
     assert str((patient / "LD" / "renamed.dcm").resolve()) in paths
     assert str(moved.resolve()) not in paths and str((patient / "HD" / "0002.dcm").resolve()) not in paths
@@ -201,16 +201,16 @@ def test_default_description_patterns(description: str, domain: str | None) -> N
 
 
 def test_archive_series_never_enter_the_pipeline(scanned: Catalog, archive) -> None:
-    assert scanned.complete_quiet_series(0, now=utcnow() + timedelta(days=1)) == []
-    assert scanned.claim_for_processing() is None
-    assert scanned.series_overview(limit=100) == []  # `denoise-node status` shows only what the node received
+    assert scanned.completion.complete_quiet_series(0, now=utcnow() + timedelta(days=1)) == []
+    assert scanned.queue.claim_for_processing() is None
+    assert scanned.views.series_overview(limit=100) == []  # `denoise-node status` shows only what the node received
     assert archive_overview(scanned)
 
 
 def test_scan_leaves_series_received_by_the_node_alone(catalog: Catalog, archive) -> None:
     ld_dir = archive[1][0].directory / "LD"
     ds = pydicom.dcmread(ld_dir / "0001.dcm", stop_before_pixels=True)
-    catalog.record_instance(
+    catalog.intake.record_instance(
         InstanceMeta(
             patient_id=ds.PatientID,
             study_uid=ds.StudyInstanceUID,
@@ -228,7 +228,7 @@ def test_scan_leaves_series_received_by_the_node_alone(catalog: Catalog, archive
     report = scan_archive(catalog, ld_dir)
     assert report.instances_added == 0 and len(report.skipped) == SLICES
     assert all("node's pipeline" in why for why in report.skipped.values())
-    assert catalog.series_state(ds.SeriesInstanceUID) is SeriesState.RECEIVING
+    assert catalog.views.series_state(ds.SeriesInstanceUID) is SeriesState.RECEIVING
     assert archive_overview(catalog) == []
 
 
@@ -293,7 +293,7 @@ def test_split_is_stable_for_a_seed(scanned: Catalog, archive, tmp_path: Path) -
     with pytest.raises(ValueError, match="seed"):
         make_split(scanned, seed=6)
     replaced = make_split(scanned, seed=6, force=True)
-    with scanned.session() as s:
+    with scanned.db.session() as s:
         assert set(s.scalars(select(Split.seed))) == {6}
     assert make_split(scanned, seed=6) == replaced
 

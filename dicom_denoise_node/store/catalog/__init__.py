@@ -1,17 +1,19 @@
 """The catalog: every received instance, every series and its state, every derived instance and delivery.
 
 The catalog and the spool are the only interface between stages; state lives here, never in module globals or
-directory timestamps. One module per concern:
+directory timestamps. ``Catalog(url)`` owns the database (``catalog.db``: engine, sessions, transactions) and one
+object per concern, so that a call says where its method lives (``catalog.queue.claim_for_processing()``):
 
 - schema.py: the tables and the series states; archive.py: the training archive's table;
 - engine.py: engine, sessions, ``transaction()``, and the read-only opener (``open_readonly``) that never migrates;
-- intake.py: record a received instance (①);
-- completion.py: routing decisions and RECEIVING → COMPLETE (②);
-- queue.py: the processing claims (owner and lease) and their transitions (③);
-- recovery.py: retry, recovery after a restart, other nodes' live claims;
-- deliveries.py: sending (④): the lease, each destination's acknowledgement, SENT or backoff and FAILED;
-- housekeeping.py: spool rows and purges (the spool check, retention);
-- views.py: status, counts, progress.
+- intake.py (``catalog.intake``): record a received instance (①);
+- completion.py (``catalog.completion``): routing decisions and RECEIVING → COMPLETE (②);
+- queue.py (``catalog.queue``): the processing claims (owner and lease) and their transitions (③);
+- recovery.py (``catalog.recovery``): retry, recovery after a restart, other nodes' live claims;
+- deliveries.py (``catalog.deliveries``): sending (④): the lease, each destination's acknowledgement, SENT or
+  backoff and FAILED;
+- housekeeping.py (``catalog.housekeeping``): spool rows and purges (the spool check, retention);
+- views.py (``catalog.views``): status, counts, progress.
 
 The association audit's rows are written and read by receive/audit.py.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 from dicom_denoise_node.store.catalog.archive import Split
 from dicom_denoise_node.store.catalog.completion import Completion
 from dicom_denoise_node.store.catalog.deliveries import Deliveries
-from dicom_denoise_node.store.catalog.engine import CatalogEngine, ReadOnlyEngine
+from dicom_denoise_node.store.catalog.engine import CatalogEngine, ReadOnlyEngine, SessionSource
 from dicom_denoise_node.store.catalog.housekeeping import Housekeeping
 from dicom_denoise_node.store.catalog.intake import InstanceMeta, Intake, SeriesBeingPurged
 from dicom_denoise_node.store.catalog.queue import Claim, DerivedRecord, Queue
@@ -59,6 +61,7 @@ __all__ = [
     "ReadOnlyCatalog",
     "Series",
     "SeriesState",
+    "SessionSource",
     "Split",
     "Study",
     "open_readonly",
@@ -67,13 +70,35 @@ __all__ = [
 ]
 
 
-class Catalog(Intake, Completion, Queue, Recovery, Deliveries, Housekeeping, Views):
-    """The writable catalog the node and the trainer open: ``Catalog(url)`` migrates the database, then records,
-    claims, purges and reports."""
+class Catalog:
+    """The writable catalog the node and the trainer open: ``Catalog(url)`` migrates the database; its concerns are
+    components that share the one engine (``catalog.db``) and nothing else."""
+
+    def __init__(self, url: str, node_id: str | None = None) -> None:
+        self.db = CatalogEngine(url, node_id)
+        self.intake = Intake(self.db)
+        self.completion = Completion(self.db)
+        self.queue = Queue(self.db)
+        self.recovery = Recovery(self.db)
+        self.deliveries = Deliveries(self.db)
+        self.housekeeping = Housekeeping(self.db)
+        self.views = Views(self.db)
+
+    def close(self) -> None:
+        """Release the database's connections."""
+        self.db.close()
 
 
-class ReadOnlyCatalog(Views, ReadOnlyEngine):
-    """The views of a catalog another process writes."""
+class ReadOnlyCatalog:
+    """The views of a catalog another process writes (``reader.views``; ``reader.db`` for sessions)."""
+
+    def __init__(self, url: str) -> None:
+        self.db = ReadOnlyEngine(url)
+        self.views = Views(self.db)
+
+    def close(self) -> None:
+        """Release the database's connections."""
+        self.db.close()
 
 
 def open_readonly(url: str) -> ReadOnlyCatalog:

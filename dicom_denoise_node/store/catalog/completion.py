@@ -12,8 +12,11 @@ from dicom_denoise_node.store.catalog.engine import CatalogEngine
 from dicom_denoise_node.store.catalog.schema import Instance, Series, SeriesState, utcnow
 
 
-class Completion(CatalogEngine):
-    """State transitions of arriving series, up to COMPLETE (or SKIPPED)."""
+class Completion:
+    """State transitions of arriving series, up to COMPLETE (or SKIPPED) (``catalog.completion``)."""
+
+    def __init__(self, db: CatalogEngine) -> None:
+        self.db = db
 
     def complete_quiet_series(
         self, quiet_period_s: float, now: datetime | None = None, require_route: bool = False
@@ -24,7 +27,7 @@ class Completion(CatalogEngine):
         """
         now = now or utcnow()
         done: list[tuple[int, str, str | None]] = []
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             query = select(
                 Series.id, Series.series_uid, Series.last_received_at, Series.quiet_period_s, Series.rule
             ).where(Series.state == SeriesState.RECEIVING, Series.origin == "received")
@@ -44,7 +47,7 @@ class Completion(CatalogEngine):
 
     def unrouted_series(self) -> list[tuple[int, str]]:
         """RECEIVING series routing has not looked at yet."""
-        with self.session() as s:
+        with self.db.session() as s:
             rows = s.execute(
                 select(Series.id, Series.series_uid).where(
                     Series.state == SeriesState.RECEIVING, Series.origin == "received", Series.rule.is_(None)
@@ -54,7 +57,7 @@ class Completion(CatalogEngine):
 
     def instance_refs(self, series_id: int, limit: int | None = None) -> list[tuple[Path, str]]:
         """(path, calling AE) of a series' instances in arrival order: what routing reads."""
-        with self.session() as s:
+        with self.db.session() as s:
             query = (
                 select(Instance.path, Instance.calling_aet)
                 .where(Instance.series_fk == series_id)
@@ -66,12 +69,12 @@ class Completion(CatalogEngine):
 
     def set_route(self, series_id: int, rule: str, quiet_period_s: float | None = None) -> None:
         """Record the rule that routes a series ("" = none matched so far) and its quiet period."""
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             s.execute(update(Series).where(Series.id == series_id).values(rule=rule, quiet_period_s=quiet_period_s))
 
     def skip(self, series_id: int, reason: str) -> bool:
         """COMPLETE → SKIPPED: no routing rule matched any instance; the reason goes to last_error."""
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             res = s.execute(
                 update(Series)
                 .where(Series.id == series_id, Series.state == SeriesState.COMPLETE)
@@ -80,5 +83,5 @@ class Completion(CatalogEngine):
             return res.rowcount == 1  # type: ignore[attr-defined]
 
     def series_rule(self, series_id: int) -> str | None:
-        with self.session() as s:
+        with self.db.session() as s:
             return s.scalar(select(Series.rule).where(Series.id == series_id))

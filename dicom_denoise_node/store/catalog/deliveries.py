@@ -20,15 +20,18 @@ from dicom_denoise_node.store.catalog.schema import (
 )
 
 
-class Deliveries(CatalogEngine):
-    """State transitions of derived series, from DERIVED to SENT or FAILED."""
+class Deliveries:
+    """State transitions of derived series, from DERIVED to SENT or FAILED (``catalog.deliveries``)."""
+
+    def __init__(self, db: CatalogEngine) -> None:
+        self.db = db
 
     def claim_for_sending(self, lease_s: float, now: datetime | None = None) -> Claim | None:
         """Take a DERIVED series that is due, by pushing its next_attempt_at forward by a lease (its owner named in
         claimed_by, so that a restart drops only this node's leases). Read ``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
         as the processing claim is (queue.py)."""
         now = now or utcnow()
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             due = (Series.next_attempt_at.is_(None)) | (Series.next_attempt_at <= now)
             row = s.execute(
                 select(Series.id, Series.series_uid, Study.study_uid, Series.generation, Series.attempts)
@@ -40,7 +43,7 @@ class Deliveries(CatalogEngine):
             ).first()
             if row is None:
                 return None
-            owner = self.new_owner()
+            owner = self.db.new_owner()
             res = s.execute(
                 update(Series)
                 .where(Series.id == row[0], Series.state == SeriesState.DERIVED, due)
@@ -51,7 +54,7 @@ class Deliveries(CatalogEngine):
             return Claim(row[0], row[1], row[2], row[3], row[4], owner)
 
     def derived_instances(self, series_id: int) -> list[DerivedInstance]:
-        with self.session() as s:
+        with self.db.session() as s:
             return list(
                 s.scalars(
                     select(DerivedInstance).where(DerivedInstance.series_fk == series_id).order_by(DerivedInstance.id)
@@ -59,7 +62,7 @@ class Deliveries(CatalogEngine):
             )
 
     def delivered_to(self, claim: Claim) -> set[str]:
-        with self.session() as s:
+        with self.db.session() as s:
             return set(
                 s.scalars(
                     select(Delivery.destination).where(
@@ -70,7 +73,7 @@ class Deliveries(CatalogEngine):
 
     def confirmed_instances(self, claim: Claim, destination: str) -> set[str]:
         """SOP Instance UIDs ``destination`` confirmed for this generation of the series (a resumed send skips them)."""
-        with self.session() as s:
+        with self.db.session() as s:
             return set(
                 s.scalars(
                     select(InstanceDelivery.sop_uid).where(
@@ -83,7 +86,7 @@ class Deliveries(CatalogEngine):
 
     def record_instance_deliveries(self, claim: Claim, destination: str, sop_uids: list[str]) -> None:
         """``destination`` answered Success (or a warning) for these derived instances; one commit."""
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             rows = {
                 r.sop_uid: r
                 for r in s.scalars(
@@ -101,7 +104,7 @@ class Deliveries(CatalogEngine):
                     row.generation, row.delivered_at = claim.generation, utcnow()
 
     def record_delivery(self, claim: Claim, destination: str) -> None:
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             row = s.scalar(
                 select(Delivery).where(Delivery.series_fk == claim.series_id, Delivery.destination == destination)
             )
@@ -112,7 +115,7 @@ class Deliveries(CatalogEngine):
 
     def send_succeeded(self, claim: Claim) -> bool:
         """SENT, if this claim still owns the series (False: its lease ran out and another node took it over)."""
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             res = s.execute(
                 update(Series)
                 .where(Series.id == claim.series_id, Series.state == SeriesState.DERIVED)
@@ -131,7 +134,7 @@ class Deliveries(CatalogEngine):
         None: the claim's lease ran out and another node owns the series now; nothing is written, so its attempt is
         not cut short by this one's backoff."""
         attempts = claim.attempts + 1
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             if attempts >= max_attempts:
                 values: dict[str, object] = dict(state=SeriesState.FAILED, failed_stage="send", next_attempt_at=None)
                 outcome = SeriesState.FAILED

@@ -14,12 +14,15 @@ from dicom_denoise_node.store.catalog.schema import DerivedInstance, Instance, S
 log = logging.getLogger(__name__)
 
 
-class Housekeeping(CatalogEngine):
-    """Spool rows, missing files, finished series and their purge."""
+class Housekeeping:
+    """Spool rows, missing files, finished series and their purge (``catalog.housekeeping``)."""
+
+    def __init__(self, db: CatalogEngine) -> None:
+        self.db = db
 
     def spool_rows(self) -> tuple[dict[str, int], dict[str, int]]:
         """Paths the catalog expects in the spool: (received instance path → series id, derived path → series id)."""
-        with self.session() as s:
+        with self.db.session() as s:
             received = dict(
                 s.execute(
                     select(Instance.path, Instance.series_fk)
@@ -35,7 +38,7 @@ class Housekeeping(CatalogEngine):
         (an operator must look: the PACS got Success for it). A derived instance: its rows go and the series is
         derived again (COMPLETE), which rewrites the same deterministic UIDs. Returns the affected series UIDs."""
         affected: set[str] = set()
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             for path in received:
                 inst = s.scalar(select(Instance).where(Instance.path == path))
                 if inst is None:
@@ -62,7 +65,7 @@ class Housekeeping(CatalogEngine):
 
     def finished_before(self, cutoff: datetime) -> list[tuple[int, str]]:
         """(id, UID) of SENT or SKIPPED series whose spool files still exist and that finished before cutoff."""
-        with self.session() as s:
+        with self.db.session() as s:
             rows = s.execute(
                 select(Series.id, Series.series_uid).where(
                     Series.origin == "received",
@@ -74,14 +77,14 @@ class Housekeeping(CatalogEngine):
         return [(int(r[0]), str(r[1])) for r in rows]
 
     def series_by_state(self, state: SeriesState) -> list[tuple[int, str]]:
-        with self.session() as s:
+        with self.db.session() as s:
             rows = s.execute(
                 select(Series.id, Series.series_uid).where(Series.origin == "received", Series.state == state)
             ).all()
         return [(int(r[0]), str(r[1])) for r in rows]
 
     def series_id(self, series_uid: str) -> int | None:
-        with self.session() as s:
+        with self.db.session() as s:
             return s.scalar(select(Series.id).where(Series.series_uid == series_uid))
 
     def begin_purge(self, series_id: int, allowed: tuple[SeriesState, ...]) -> list[str] | None:
@@ -92,7 +95,7 @@ class Housekeeping(CatalogEngine):
         instance arrived since it was chosen): nothing is purged. The row is locked (FOR UPDATE) like the receiver's,
         so the two cannot interleave: after the tombstone the receiver refuses the series' instances until
         :meth:`finish_purge` (intake.py)."""
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             series = s.get(Series, series_id, with_for_update=True)
             if series is None or series.state not in allowed:
                 return None
@@ -102,13 +105,13 @@ class Housekeeping(CatalogEngine):
 
     def finish_purge(self, series_id: int) -> None:
         """Drop the instance and derived rows of a tombstoned series (its files are gone)."""
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             s.execute(delete(Instance).where(Instance.series_fk == series_id))
             s.execute(delete(DerivedInstance).where(DerivedInstance.series_fk == series_id))
 
     def unfinished_purges(self) -> list[tuple[int, str, list[str]]]:
         """(id, UID, file paths) of tombstoned series that still have rows: purges a crash interrupted."""
-        with self.session() as s:
+        with self.db.session() as s:
             rows = s.execute(select(Series.id, Series.series_uid).where(Series.purged_at.is_not(None))).all()
             found = [(int(r[0]), str(r[1]), self._paths(s, int(r[0]))) for r in rows]
         return [f for f in found if f[2]]

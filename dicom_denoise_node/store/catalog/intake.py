@@ -70,29 +70,30 @@ _UPSERT_INSTANCE = text(
 ).bindparams(bindparam("received_at", type_=UTCDateTime()))
 
 
-class Intake(CatalogEngine):
-    """Recording received instances."""
+class Intake:
+    """Recording received instances (``catalog.intake``)."""
 
-    def __init__(self, url: str, node_id: str | None = None) -> None:
-        super().__init__(url, node_id)
-        self._instances: GroupCommit[InstanceMeta] = GroupCommit(self._record_batch)
+    def __init__(self, db: CatalogEngine) -> None:
+        self.db = db
+        # Public so that a test can hold a commit in progress and watch callers queue behind it.
+        self.group_commit: GroupCommit[InstanceMeta] = GroupCommit(self._record_batch)
 
     @property
     def instance_commits(self) -> GroupCommitStats:
         """How many transactions recorded how many received instances (group commit, /metrics)."""
-        return self._instances.stats
+        return self.group_commit.stats
 
     def record_instance(self, meta: InstanceMeta) -> None:
         """Insert or replace an instance row and wake its series (RECEIVING, generation+1); returns once committed.
 
         Concurrent callers (one thread per association) share commits: group_commit.py."""
-        self._instances.submit(meta)
+        self.group_commit.submit(meta)
 
     def _record_batch(self, metas: Sequence[InstanceMeta]) -> list[BaseException | None]:
         """One transaction for a batch; if it fails, each instance alone, so that only the bad one fails."""
         if len(metas) > 1:
             try:
-                with self.transaction() as s:
+                with self.db.transaction() as s:
                     for meta in metas:
                         self._record_in(s, meta)
                 return [None] * len(metas)
@@ -113,7 +114,7 @@ class Intake(CatalogEngine):
         attempt finds the row. Each of the three parents can collide once, hence four attempts."""
         for attempt in range(4):
             try:
-                with self.transaction() as s:
+                with self.db.transaction() as s:
                     self._record_in(s, meta)
                 return
             except IntegrityError:

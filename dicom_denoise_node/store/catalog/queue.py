@@ -55,8 +55,11 @@ class DerivedRecord:
     path: str
 
 
-class Queue(CatalogEngine):
-    """State transitions of received series, from complete to sent."""
+class Queue:
+    """State transitions of received series through processing, COMPLETE to DERIVED (``catalog.queue``)."""
+
+    def __init__(self, db: CatalogEngine) -> None:
+        self.db = db
 
     # ---- processing ----------------------------------------------------------------------------------------
 
@@ -72,7 +75,7 @@ class Queue(CatalogEngine):
             Series.state == SeriesState.COMPLETE,
             and_(Series.state == SeriesState.PROCESSING, Series.lease_until < now),
         )
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             while True:
                 row = s.execute(
                     select(
@@ -93,7 +96,7 @@ class Queue(CatalogEngine):
                                 row[1], row[6])  # fmt: skip
                 gave_up = bool(max_attempts) and row[4] >= max_attempts
                 reason = f"processing did not finish in {row[4]} attempts (the worker stopped each time: see the log)"
-                owner = self.new_owner()
+                owner = self.db.new_owner()
                 res = s.execute(
                     update(Series)
                     .where(Series.id == row[0], claimable)
@@ -136,7 +139,7 @@ class Queue(CatalogEngine):
     def renew_claim(self, claim: Claim, lease_s: float) -> bool:
         """Push the claim's lease forward; False when it is no longer this claim's (taken over, or the series left
         PROCESSING): the worker must stop."""
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             res = s.execute(
                 update(Series).where(self._holds(claim)).values(lease_until=utcnow() + timedelta(seconds=lease_s))
             )
@@ -144,11 +147,11 @@ class Queue(CatalogEngine):
 
     def record_progress(self, claim: Claim, done: int, total: int) -> None:
         """Slices denoised so far in this processing run (only while the claim still holds)."""
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             s.execute(update(Series).where(self._holds(claim)).values(slices_done=done, slices_total=total))
 
     def instances(self, series_id: int) -> list[Instance]:
-        with self.session() as s:
+        with self.db.session() as s:
             return list(
                 s.scalars(select(Instance).where(Instance.series_fk == series_id).order_by(Instance.instance_number))
             )
@@ -169,7 +172,7 @@ class Queue(CatalogEngine):
         Returns False when the generation moved on (the series goes back to RECEIVING) or the claim is no longer
         this worker's (its lease ran out and another worker took the series: nothing is written).
         """
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             res = s.execute(
                 update(Series)
                 .where(self._holds(claim), Series.generation == claim.generation)
@@ -216,7 +219,7 @@ class Queue(CatalogEngine):
 
     def requeue(self, claim: Claim) -> bool:
         """PROCESSING → COMPLETE: a worker gives a series back unfinished (shutdown: not an attempt)."""
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             res = s.execute(
                 update(Series)
                 .where(self._holds(claim))
@@ -236,7 +239,7 @@ class Queue(CatalogEngine):
         where = [Series.id == series_id, Series.state == expected]
         if owner is not None:
             where.append(Series.claimed_by == owner)
-        with self.transaction() as s:
+        with self.db.transaction() as s:
             res = s.execute(
                 update(Series)
                 .where(*where)

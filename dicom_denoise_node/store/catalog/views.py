@@ -15,12 +15,16 @@ def _instance_count() -> ScalarSelect[int]:
     return select(func.count(Instance.id)).where(Instance.series_fk == Series.id).correlate(Series).scalar_subquery()
 
 
-class Views(SessionSource):
-    """Read-only summaries of received series."""
+class Views:
+    """Read-only summaries of received series (``catalog.views``); all they need is sessions, so a read-only
+    catalog has them too."""
+
+    def __init__(self, db: SessionSource) -> None:
+        self.db = db
 
     def series_overview(self, limit: int = 50) -> list[dict[str, object]]:
         """Rows for `denoise-node status`: newest first, with instance and derived counts."""
-        with self.session() as s:
+        with self.db.session() as s:
             n_inst = _instance_count()
             n_der = (  # derived images; the quality report (no source instance) is not counted
                 select(func.count(DerivedInstance.id))
@@ -59,7 +63,7 @@ class Views(SessionSource):
     def pending_series(self) -> int:
         """Received series not yet denoised (RECEIVING, COMPLETE or PROCESSING): the worker's queue length."""
         waiting = (SeriesState.RECEIVING, SeriesState.COMPLETE, SeriesState.PROCESSING)
-        with self.session() as s:
+        with self.db.session() as s:
             return int(
                 s.scalar(select(func.count(Series.id)).where(Series.origin == "received", Series.state.in_(waiting)))
                 or 0
@@ -67,18 +71,18 @@ class Views(SessionSource):
 
     def last_received_at(self, series_id: int) -> datetime | None:
         """When the series' last instance arrived (UTC): the start of its receive-to-sent latency."""
-        with self.session() as s:
+        with self.db.session() as s:
             return s.scalar(select(Series.last_received_at).where(Series.id == series_id))
 
     def series_state(self, series_uid: str) -> SeriesState | None:
-        with self.session() as s:
+        with self.db.session() as s:
             state = s.scalar(select(Series.state).where(Series.series_uid == series_uid))
             return None if state is None else SeriesState(state)
 
     def state_counts(self) -> dict[str, int]:
         """Received series per state (every state present, zeros included), for /metrics and `status`."""
         counts = {state.value: 0 for state in SeriesState if state != SeriesState.ARCHIVED}
-        with self.session() as s:
+        with self.db.session() as s:
             for state, n in s.execute(
                 select(Series.state, func.count(Series.id)).where(Series.origin == "received").group_by(Series.state)
             ).all():
@@ -87,7 +91,7 @@ class Views(SessionSource):
 
     def series_progress(self, series_uid: str) -> dict[str, object] | None:
         """One series as the demo's progress display shows it (state, instances, slices, result), or None."""
-        with self.session() as s:
+        with self.db.session() as s:
             n_inst = _instance_count()
             row = s.execute(select(Series, n_inst).where(Series.series_uid == series_uid)).first()
             if row is None:

@@ -327,7 +327,7 @@ def scan_archive(
             progress(done, len(files))
 
     for batch in _batches(groups[uid] for uid in sorted(groups)):
-        with catalog.transaction() as s:
+        with catalog.db.transaction() as s:
             _upsert(s, batch, rules, domain, report)
     report.instances_removed = _remove_vanished(catalog, root, set(first_path))
 
@@ -441,7 +441,7 @@ def _upsert_instances(s: Session, series_id: int, headers: list[_Header], report
 def _remove_vanished(catalog: Catalog, root: Path, seen: set[str]) -> int:
     """Drop archive instance rows under root whose file no longer exists (training would fail to open them)."""
     prefix = str(root) if root.is_file() else str(root).rstrip("/") + "/"
-    with catalog.transaction() as s:
+    with catalog.db.transaction() as s:
         rows = s.execute(
             select(Instance.id, Instance.sop_uid, Instance.path)
             .join(Series, Instance.series_fk == Series.id)
@@ -458,7 +458,7 @@ def _remove_vanished(catalog: Catalog, root: Path, seen: set[str]) -> int:
 def archive_overview(catalog: Catalog) -> list[dict[str, object]]:
     """One row per archive series, with its patient's split role, for `denoise-node catalog list`."""
     n_inst = select(func.count(Instance.id)).where(Instance.series_fk == Series.id).correlate(Series).scalar_subquery()
-    with catalog.session() as s:
+    with catalog.db.session() as s:
         rows = s.execute(
             select(
                 Patient.patient_id,

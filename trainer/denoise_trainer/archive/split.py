@@ -166,7 +166,7 @@ def make_split(
     """
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"fractions (train, test, val) must be three non-negative numbers summing to 1: {fractions}")
-    with catalog.transaction() as s:
+    with catalog.db.transaction() as s:
         eligible = _eligible(s)
         strata: dict[str, list[str]] = defaultdict(list)
         for pid, part in eligible.items():
@@ -210,7 +210,7 @@ def training_files(catalog: Catalog, domain: str) -> list[Path]:
     domain = domain.upper()
     if domain not in TRAIN_ROLE:
         raise ValueError(f"training domain must be LD or HD, not {domain!r}")
-    with catalog.session() as s:
+    with catalog.db.session() as s:
         _require_split(s)
         paths = s.scalars(
             select(Instance.path)
@@ -270,7 +270,7 @@ def paired_slices(catalog: Catalog, role: str, check_positions: bool = True) -> 
     """
     if role not in ROLES:
         raise ValueError(f"unknown split role {role!r}; one of {', '.join(ROLES)}")
-    with catalog.session() as s:
+    with catalog.db.session() as s:
         _require_split(s)
         rows = s.execute(
             select(
@@ -337,7 +337,7 @@ def split_summary(catalog: Catalog) -> dict[str, dict[str, int]]:
     Slices count the images a role contributes: LD for train_ld, HD for train_hd, and the LD side of the
     pairs (before matching) for test and val.
     """
-    with catalog.session() as s:
+    with catalog.db.session() as s:
         stored = _stored(s)
         if not stored:
             return {}
