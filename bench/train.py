@@ -25,7 +25,8 @@ from rich.table import Table
 
 from bench.common import machine, sync
 from denoise_trainer.train.cyclegan import CycleGenerators, Discriminators, WindowView
-from denoise_trainer.train.loop import TrainingData, configured_losses, train
+from denoise_trainer.train.cyclegan_step import configured_losses
+from denoise_trainer.train.loop import TrainingData, train
 from denoise_trainer.train.recipe import build_config
 
 

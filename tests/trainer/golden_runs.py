@@ -79,26 +79,19 @@ RUNS: dict[str, dict[str, Any]] = {
         pairing="paired", patch_size=48, ema_decay=0.5, lambda_lesion=0.5, lambda_pair_adv=0.1, lambda_pair_l2=1.0
     ),
     # The device-resident feed (once `--engine fast`), uncompiled so that it runs the same on any CPU.
-    "cyclegan-device": dict(engine="fast", ema_decay=0.5, lambda_identity_l1=1.0),
+    "cyclegan-device": dict(feed="device", ema_decay=0.5, lambda_identity_l1=1.0),
 }
 
 
 def run_all(workdir: Path) -> dict[str, dict[str, str]]:
-    from denoise_trainer.train.device_feed import train_fast
     from denoise_trainer.train.loop import train
-    from denoise_trainer.train.paired import train_paired
     from denoise_trainer.train.recipe import build_config
 
     data = tiny_data()
     digests: dict[str, dict[str, str]] = {}
     for name, overrides in RUNS.items():
-        overrides = dict(overrides)
-        engine = overrides.pop("engine", "standard")
         cfg = build_config("tiny", overrides={"run_dir": workdir / name, "device": "cpu", "seed": 7, **overrides})
-        if engine == "fast":
-            result = train_fast(cfg, data, compile=False)
-        else:
-            result = (train_paired if cfg.pairing == "paired" else train)(cfg, data)
+        result = train(cfg, data)
         folder = workdir / name / "checkpoints"
         digests[name] = {p.name: checkpoint_digest(p) for p in sorted(folder.glob("*.pt"))}
         digests[name]["steps"] = str(result.steps)

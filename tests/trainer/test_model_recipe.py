@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from denoise_trainer.export import export_checkpoint
+from denoise_trainer.train.checkpoint import load_checkpoint
 from denoise_trainer.train.cyclegan import WindowView, gaussian_lowpass
-from denoise_trainer.train.loop import TrainingData, load_checkpoint, train
+from denoise_trainer.train.loop import TrainingData, train
 from denoise_trainer.train.recipe import build_config
 from denoise_trainer.train.validation import error_figures, soft_tissue_mask
 from dicom_denoise_node.model.generator import (
@@ -76,7 +77,6 @@ def test_residual_unet_starts_near_identity_sees_99_px_and_round_trips_its_confi
 
 def test_residual_unet_trains_exports_and_runs_in_the_tiler(tmp_path, data_with_ref):
     """`generator = "residual_unet"` goes through paired training, export, the registry and the node's tiler."""
-    from denoise_trainer.train.paired import train_paired
     from dicom_denoise_node.denoise.inference import TiledInferer
 
     overrides = {
@@ -92,7 +92,7 @@ def test_residual_unet_trains_exports_and_runs_in_the_tiler(tmp_path, data_with_
         "epochs": 1,
         "val_every": 2,
     }
-    result = train_paired(build_config("cpu", overrides=overrides), data_with_ref)
+    result = train(build_config("cpu", overrides=overrides), data_with_ref)
     assert result.steps == 2
     info = export_checkpoint(result.checkpoint, tmp_path / "models", "unet-test", "0.1")
     net, loaded = load_model(info.weights_path.with_suffix(".json"))
@@ -165,7 +165,7 @@ def test_cpu_recipe_validates_keeps_the_best_checkpoint_and_exports_it(tmp_path,
 
 
 def test_paired_mode_trains_on_aligned_pairs_validates_and_exports(tmp_path, data_with_ref):
-    from denoise_trainer.train.paired import ms_ssim_window, train_paired
+    from denoise_trainer.train.paired_step import ms_ssim_window
 
     overrides = {
         "run_dir": tmp_path / "paired",
@@ -182,13 +182,13 @@ def test_paired_mode_trains_on_aligned_pairs_validates_and_exports(tmp_path, dat
         "lambda_pair_adv": 0.1,
     }
     cfg = build_config("cpu", overrides=overrides)
-    result = train_paired(cfg, data_with_ref)
+    result = train(cfg, data_with_ref)
     assert result.steps == 4 and [v["step"] for v in result.validation] == [1, 2, 4]
     assert all({"g_l1", "g_msssim", "g_adv", "d_hd"} <= set(h) for h in result.history)
     info = export_checkpoint(result.checkpoint, tmp_path / "model", "paired-test", "0.0.1")
     assert info.training["config"]["pairing"] == "paired"
     assert isinstance(load_model(info.weights_path.with_suffix(".json"))[0], ResidualCNN)
-    more = train_paired(
+    more = train(
         build_config("cpu", overrides={**overrides, "epochs": 3, "lr": 1e-3}), data_with_ref, resume=result.checkpoint
     )
     assert more.steps == 6
@@ -197,7 +197,12 @@ def test_paired_mode_trains_on_aligned_pairs_validates_and_exports(tmp_path, dat
     assert ms_ssim_window(64, 7) == 3 and ms_ssim_window(128, 7) == 7
     unaligned = TrainingData(ld=data_with_ref.ld, hd=data_with_ref.hd[:1])
     with pytest.raises(ValueError, match="aligned pairs"):
-        train_paired(cfg, unaligned)
+        train(cfg, unaligned)
+    # A checkpoint of the other objective is refused, not half-loaded.
+    with pytest.raises(ValueError, match="checkpoint of the paired trainer"):
+        train(
+            build_config("cpu", overrides={**overrides, "pairing": "unpaired"}), data_with_ref, resume=result.checkpoint
+        )
 
 
 def test_normalisation_free_discriminator_keeps_pytorchs_initialisation():
@@ -217,20 +222,21 @@ def test_normalisation_free_discriminator_keeps_pytorchs_initialisation():
     assert plain.hd(x).std() > 1e-3  # a score map that varies with the input
 
 
-def test_fast_engine_samples_on_the_device_and_trains_with_the_same_losses(tmp_path, data_with_ref):
-    from denoise_trainer.train.device_feed import DevicePool, DeviceSampler, train_fast
+def test_device_feed_samples_on_the_device_and_trains_with_the_same_losses(tmp_path, data_with_ref):
+    from denoise_trainer.train.feeds import DevicePool, DeviceSampler
 
-    sampler = DeviceSampler(data_with_ref.ld, 32, (-1024.0, 1024.0), -500.0, 0.5, torch.device("cpu"))
+    recipe = build_config("cpu", overrides={"patch_size": 32})
+    sampler = DeviceSampler(data_with_ref.ld, recipe, torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
     batch = sampler.sample(6, gen)
     assert batch.shape == (6, 1, 32, 32) and batch.is_contiguous(memory_format=torch.channels_last)
     assert (batch > -0.45).float().mean() > 0.5  # body (> −500 HU ≈ −0.49) in most of every patch
     again = sampler.sample(6, torch.Generator().manual_seed(0))
     assert torch.equal(batch, again)  # one device generator: reproducible
-    pool = DevicePool(4, (1, 32, 32), torch.device("cpu"))
-    first = pool.query(batch[:4], gen)
+    pool = DevicePool(4, (1, 32, 32), torch.device("cpu"), gen)
+    first = pool.query(batch[:4])
     assert torch.equal(first, batch[:4]) and pool.filled == 4
-    mixed = pool.query(batch[2:6] + 1.0, gen)
+    mixed = pool.query(batch[2:6] + 1.0)
     stored = list(batch[:4])
     for out, new in zip(mixed, batch[2:6] + 1.0, strict=True):  # each: the new fake, or one swapped out of the pool
         assert torch.equal(out, new) or any(torch.equal(out, old) for old in stored)
@@ -238,6 +244,7 @@ def test_fast_engine_samples_on_the_device_and_trains_with_the_same_losses(tmp_p
     overrides = {
         "run_dir": tmp_path / "fast",
         **SMALL,
+        "feed": "device",
         "patch_size": 32,
         "iters_per_epoch": 3,
         "epochs": 2,
@@ -245,10 +252,16 @@ def test_fast_engine_samples_on_the_device_and_trains_with_the_same_losses(tmp_p
         "log_every": 3,
         "pool_size": 2,
     }
-    result = train_fast(build_config("cpu", overrides=overrides), data_with_ref, compile=False)
-    assert result.steps == 6 and result.epochs_done == 2 and [v["step"] for v in result.validation] == [1, 3, 6]
-    assert len(result.history) == 2 and all(np.isfinite(v) for h in result.history for v in h.values())
-    info = export_checkpoint(result.checkpoint, tmp_path / "model", "fast-test", "0.0.1")
+    result = train(build_config("cpu", overrides={**overrides, "max_steps": 4}), data_with_ref)
+    assert result.steps == 4 and result.epochs_done == 1 and [v["step"] for v in result.validation] == [1, 3]
+    # Losses are read back every log_every steps, yet every step has its row.
+    assert len(result.history) == 4 and all(np.isfinite(v) for h in result.history for v in h.values())
+    # The device feed resumes exactly like the host feed: the rest of the run gives the uninterrupted run's weights.
+    rest = train(build_config("cpu", overrides=overrides), data_with_ref, resume=result.checkpoint)
+    whole = train(build_config("cpu", overrides={**overrides, "run_dir": tmp_path / "whole"}), data_with_ref)
+    assert rest.steps == whole.steps == 6 and rest.epochs_done == 2
+    assert all(torch.equal(rest.generator[k], whole.generator[k]) for k in whole.generator)
+    info = export_checkpoint(rest.checkpoint, tmp_path / "model", "fast-test", "0.0.1")
     assert isinstance(load_model(info.weights_path.with_suffix(".json"))[0], ResidualCNN)
 
 
@@ -433,7 +446,7 @@ def test_error_bands_splits_a_residual_power_by_frequency():
 def test_paired_squared_error_term_is_taken_in_the_soft_tissue_window():
     """λ_l2 adds the mean squared error of G(LD) and HD in the soft-tissue view ([−1, 1] over −160…240 HU): a
     20 HU offset is 0.1 view units, 0.01 squared; outside the window (lung) the clipped view adds nothing."""
-    from denoise_trainer.train.paired import paired_losses
+    from denoise_trainer.train.paired_step import paired_losses
 
     cfg = build_config(
         "cpu", overrides={"pairing": "paired", "lambda_pair_l2": 2.0, "disc_hu_min": -160.0, "disc_hu_max": 240.0}

@@ -1,9 +1,18 @@
 """Same seed, same result: fixed-seed tiny runs of each objective and feed give the checkpoints recorded before the
 trainer was reorganised (issue 27), and the bundled models give the recorded pixels on a fixed slice.
 
-The digests in golden_digests.json were recorded from the code before the restructuring (commit 92aa610) with
-``python -m tests.trainer.golden_runs`` under the environment below. Re-record them only for a change that is meant
-to change training or inference, and say so in the commit.
+The digests in golden_digests.json were recorded from the code before the restructuring (commit a7d8159, three
+engines) with ``python -m tests.trainer.golden_runs`` under the environment below. The one training loop reproduces
+every CycleGAN checkpoint and the paired run's epoch and last checkpoints bit for bit. Five entries were re-recorded
+with it, each compared field by field with the old engine's checkpoint first (weights, averages, discriminators,
+optimisers and validation state equal):
+
+- paired ``best.pt``: ``last_losses`` is now this step's losses (the paired engine saved the step before's, the
+  CycleGAN engine always this step's), and an empty ``scaler`` entry;
+- the device feed's three checkpoints: they now also hold the optimisers, schedules, pools and generator state (the
+  old fast engine could not resume) and the iteration; weights and losses are the old engine's.
+
+Re-record only for a change that is meant to change training or inference, and say so in the commit.
 """
 
 from __future__ import annotations

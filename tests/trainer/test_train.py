@@ -14,7 +14,8 @@ import torch
 
 from denoise_trainer.archive.phantom import make_patient, render_slice
 from denoise_trainer.archive.physics import simulate_doses
-from denoise_trainer.train.loop import TrainingData, load_checkpoint, train
+from denoise_trainer.train.checkpoint import load_checkpoint
+from denoise_trainer.train.loop import TrainingData, train
 from denoise_trainer.train.recipe import build_config
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from denoise_trainer.train.averaging import exported_weights
-from denoise_trainer.train.loop import load_checkpoint
+from denoise_trainer.train.checkpoint import load_checkpoint
 from dicom_denoise_node.model.generator import build_generator
 from dicom_denoise_node.model.registry import ModelInfo, save_model, sha256_file
 

@@ -18,6 +18,10 @@ from dicom_denoise_node.model.generator import ArchConfig, GeneratorConfig, Resi
 PresetName = Literal["method", "cpu", "resnet-cpu", "tiny"]
 
 
+class CannotTrain(ValueError):
+    """A recipe, data or checkpoint this run cannot train with; the message says what to change."""
+
+
 class TrainConfig(BaseModel):
     """Every knob of a training run; stored in each checkpoint so a run describes itself."""
 
@@ -87,6 +91,10 @@ class TrainConfig(BaseModel):
     # Run
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    feed: Literal["host", "device"] = Field(
+        "host", description="host = patches cut on the host; device = slices held and cut on the device (GPU recipe)"
+    )
+    compile: bool = Field(False, description="torch.compile the networks' forward passes (GPU recipe)")
     amp: bool = True
     log_every: int = Field(10, ge=1)
     sample_every: int = Field(200, ge=1)
