@@ -67,7 +67,7 @@ def _fmt(value: float, digits: int, signed: bool = False) -> str:
 def results_table(result: DemoResult) -> Table:
     """LD vs HD and denoised vs HD (the table the issue asks for), plus the noise-free comparison."""
     table = Table(
-        title=f"{result.slices} slices · model {result.model_version} · PACS {result.pacs} · sent by {result.scu}",
+        title=f"{result.slices} slices · model {result.derivation_key} · PACS {result.pacs} · sent by {result.scu}",
         caption="PSNR/SSIM in the model's [−1, 1] HU normalisation; noise std = std of (image − noise-free) in flat "
         "body windows; HU bias = mean (image − HD) in the body. HD is itself noisy: see docs/model-card.md.",
     )

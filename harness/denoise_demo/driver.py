@@ -206,7 +206,7 @@ class SeriesProgress:
     slices_done: int = 0
     slices_total: int = 0
     derived_series_uid: str = ""
-    model_version: str = ""
+    derivation_key: str = ""
     processing_seconds: float | None = None
     last_error: str = ""
 
@@ -300,13 +300,13 @@ def run_demo(
                     slices=len(derived),
                     pacs=pacs.name,
                     scu=scu,
-                    model_version=progress.model_version,
+                    derivation_key=progress.derivation_key,
                     seconds_per_slice=(progress.processing_seconds or math.nan) / max(1, len(derived)),
                     wall_seconds=timings,
                     metrics=metrics,
                     montage=str(montage),
                     pacs_url=pacs.url,
-                    report=summarise_report(pacs.datasets(report_series_uid(ld_uid, progress.model_version))),
+                    report=summarise_report(pacs.datasets(report_series_uid(ld_uid, progress.derivation_key))),
                 )
                 write_report(result, out / "results.json")
             if on_ready is not None:

@@ -23,7 +23,7 @@ class DemoResult:
     slices: int
     pacs: str
     scu: str
-    model_version: str
+    derivation_key: str  # the model version, plus self-ensemble / strength when used (the UIDs' key)
     seconds_per_slice: float
     wall_seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)

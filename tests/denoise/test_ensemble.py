@@ -119,7 +119,7 @@ def test_derivation_key_and_description_name_the_self_ensemble():
 
 
 def test_the_worker_records_the_derivation_key_that_names_the_report(abdomen_patient, tmp_path):
-    """The catalog's model_version is the derivation key (version plus self-ensemble), so `status` says how a series
+    """The catalog's derivation_key (version plus self-ensemble), so `status` says how a series
     was made and the demo finds its report, whose UIDs come from that key; cut to the column's 64 characters."""
     directory, _ = abdomen_patient
     source = sorted((directory / "LD").glob("*.dcm"))[0]
@@ -145,5 +145,5 @@ def test_the_worker_records_the_derivation_key_that_names_the_report(abdomen_pat
     progress = catalog.views.series_progress(str(ds.SeriesInstanceUID))
     assert progress is not None and progress["state"] == SeriesState.DERIVED
     key = derivation_key(info.version, 1.0, 2)
-    assert len(key) > 64 and progress["model_version"] == key[:64]
+    assert len(key) > 64 and progress["derivation_key"] == key[:64]
     assert progress["derived_series_uid"] == derived_series_uid(str(ds.SeriesInstanceUID), key)

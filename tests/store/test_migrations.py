@@ -7,11 +7,13 @@ import sqlite3
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from dicom_denoise_node.receive.audit import association_rows, record_association
 from dicom_denoise_node.store.catalog import Base, Catalog, SeriesState
 from dicom_denoise_node.store.migrations import BASELINE, current_revision, head_revision, upgrade_catalog
+
+NOW = "2026-01-01 10:00:00.000000"
 
 
 def _schema_1_catalog(path) -> None:
@@ -104,3 +106,36 @@ def test_nodes_starting_together_migrate_a_postgresql_catalog_once(postgres_url)
         assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
+
+
+def test_the_derivation_key_column_keeps_what_model_version_held(catalog_url):
+    """0005 renames series.model_version to derivation_key on each backend (SQLite in batch mode), value kept."""
+    engine = create_engine(catalog_url)
+    try:
+        upgrade_catalog(engine, "0004")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO patients (id, patient_id, created_at) VALUES (1, 'P1', :t)"), {"t": NOW})
+            conn.execute(
+                text("INSERT INTO studies (id, study_uid, patient_fk, created_at) VALUES (1, '1.2.3', 1, :t)"),
+                {"t": NOW},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO series (id, series_uid, study_fk, modality, description, state, generation, "
+                    "attempts, last_received_at, origin, slices_done, slices_total, created_at, updated_at, "
+                    "model_version) VALUES (1, '1.2.3.4', 1, 'CT', 'LD', 'SENT', 1, 0, :t, 'received', 0, 0, :t, "
+                    ":t, '1.4.0@ensemble=8')"
+                ),
+                {"t": NOW},
+            )
+    finally:
+        engine.dispose()
+    catalog = Catalog(catalog_url)  # what the node does at start
+    try:
+        assert current_revision(catalog.db.engine) == head_revision()
+        progress = catalog.views.series_progress("1.2.3.4")
+        assert progress is not None and progress["derivation_key"] == "1.4.0@ensemble=8"
+        columns = {c["name"] for c in inspect(catalog.db.engine).get_columns("series")}
+        assert "derivation_key" in columns and "model_version" not in columns
+    finally:
+        catalog.close()

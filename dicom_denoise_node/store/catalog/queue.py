@@ -160,7 +160,7 @@ class Queue:
         self,
         claim: Claim,
         derived_series_uid: str,
-        model_version: str,
+        derivation_key: str,
         derived: list[DerivedRecord],
         processing_seconds: float | None = None,
         hold_reason: str | None = None,
@@ -179,7 +179,7 @@ class Queue:
                 .values(
                     state=SeriesState.FAILED if hold_reason else SeriesState.DERIVED,
                     derived_series_uid=derived_series_uid,
-                    model_version=model_version,
+                    derivation_key=derivation_key,
                     processing_seconds=processing_seconds,
                     attempts=0,
                     next_attempt_at=None,

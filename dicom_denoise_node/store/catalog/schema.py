@@ -101,7 +101,9 @@ class Series(Base):
     domain: Mapped[str | None] = mapped_column(String(8), nullable=True, index=True)
     body_part: Mapped[str | None] = mapped_column(String(32), nullable=True)
     exposure_mas: Mapped[float | None] = mapped_column(nullable=True)
-    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # What the derived UIDs were made from: the model version, plus strength / self-ensemble when not 1
+    # (denoise/derive.py derivation_key, e.g. "1.4.0@ensemble=8"), cut to 64 characters.
+    derivation_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Denoising progress of the current (or last) processing run: for `status` and the demo's progress bar.
     slices_done: Mapped[int] = mapped_column(Integer, default=0)
     slices_total: Mapped[int] = mapped_column(Integer, default=0)

@@ -103,7 +103,7 @@ class Views:
                 "slices_done": series.slices_done or 0,
                 "slices_total": series.slices_total or 0,
                 "derived_series_uid": series.derived_series_uid or "",
-                "model_version": series.model_version or "",
+                "derivation_key": series.derivation_key or "",
                 "processing_seconds": series.processing_seconds,
                 "last_error": series.last_error or "",
             }
