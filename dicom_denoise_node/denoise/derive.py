@@ -23,6 +23,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from dicom_denoise_node import __version__
 from dicom_denoise_node.config import DeriveSettings
+from dicom_denoise_node.model.registry import MODEL_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class DerivationInfo:
     settings: DeriveSettings
     strength: float = 1.0
     self_ensemble: int = 1
+    model_kind: str = MODEL_KINDS["unpaired"]  # ModelInfo.kind: CycleGAN or paired, from the model's metadata
 
     @property
     def uid_key(self) -> str:
@@ -65,7 +67,7 @@ class DerivationInfo:
     def description(self) -> str:
         averaged = f", averaged over {self.self_ensemble} flips/turns" if self.self_ensemble > 1 else ""
         text = (
-            f"Noise reduction by CycleGAN generator {self.model_name} {self.model_version} "
+            f"Noise reduction by {self.model_kind} {self.model_name} {self.model_version} "
             f"at strength {self.strength:g} (dicom-denoise-node {__version__}), applied tile by tile{averaged} to "
             "the source slice"
         )
@@ -88,13 +90,14 @@ def derivation_key(model_version: str, strength: float = 1.0, self_ensemble: int
     return key if self_ensemble == 1 else f"{key}@ensemble={self_ensemble}"
 
 
-def derived_series_uid(source_series_uid: str, model_version: str) -> str:
-    """Deterministic: the same source series through the same model always gives the same series UID."""
-    return deterministic_uid("series", source_series_uid, model_version)
+def derived_series_uid(source_series_uid: str, key: str) -> str:
+    """Deterministic: the same source series through the same derivation (``key``: :func:`derivation_key`) always
+    gives the same series UID."""
+    return deterministic_uid("series", source_series_uid, key)
 
 
-def derived_sop_uid(source_sop_uid: str, model_version: str) -> str:
-    return deterministic_uid("sop", source_sop_uid, model_version)
+def derived_sop_uid(source_sop_uid: str, key: str) -> str:
+    return deterministic_uid("sop", source_sop_uid, key)
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:

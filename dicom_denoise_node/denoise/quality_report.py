@@ -67,9 +67,10 @@ class ReportInput:
         return derivation_key(self.model_version, self.strength, self.self_ensemble)
 
 
-def report_series_uid(source_series_uid: str, model_version: str) -> str:
-    """Deterministic like the derived images: a resend replaces the report instead of adding one."""
-    return deterministic_uid("report-series", source_series_uid, model_version)
+def report_series_uid(source_series_uid: str, key: str) -> str:
+    """Deterministic like the derived images (``key``: the derivation key): a resend replaces the report instead of
+    adding one."""
+    return deterministic_uid("report-series", source_series_uid, key)
 
 
 _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}

@@ -123,7 +123,9 @@ class SeriesDenoiser:
         )
         self.decoder = decoder  # None: pixels decoded in this process; else in its child (decode_process.py)
         self.strength = model_settings.strength
-        self.derivation = DerivationInfo(info.name, info.version, derive_settings, self.strength, self.self_ensemble)
+        self.derivation = DerivationInfo(
+            info.name, info.version, derive_settings, self.strength, self.self_ensemble, model_kind=info.kind
+        )
 
     def close(self) -> None:
         """End the decoding child, if there is one."""

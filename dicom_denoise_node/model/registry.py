@@ -39,6 +39,10 @@ def normalize_hu(hu: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
     return (2.0 * (np.clip(hu, hu_min, hu_max) - hu_min) / (hu_max - hu_min) - 1.0).astype(np.float32)
 
 
+# The model's kind as the derived series' DerivationDescription names it, by its training's pairing.
+MODEL_KINDS = {"unpaired": "CycleGAN generator", "paired": "paired-trained generator"}
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -57,6 +61,18 @@ class ModelInfo:
     def self_ensemble(self) -> int:
         """How many flips/turns of each tile the model is meant to be averaged over (its card's figures); 1 = none."""
         return int(self.inference.get("self_ensemble", 1))
+
+    @property
+    def pairing(self) -> str:
+        """How it was trained, from its training configuration: "paired" (LD/HD pairs of one patient) or "unpaired"
+        (CycleGAN); "unpaired" when the metadata does not say (models exported before the paired trainer)."""
+        config = self.training.get("config")
+        return "paired" if isinstance(config, dict) and config.get("pairing") == "paired" else "unpaired"
+
+    @property
+    def kind(self) -> str:
+        """What the derived series names it: a reader must not take a paired model for a CycleGAN."""
+        return MODEL_KINDS[self.pairing]
 
     @property
     def label(self) -> str:

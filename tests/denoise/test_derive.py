@@ -6,15 +6,18 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from dicom_denoise_node.config import DeriveSettings
+from dicom_denoise_node.config import DeriveSettings, ModelSettings
 from dicom_denoise_node.denoise.derive import (
     DerivationInfo,
+    derivation_key,
     derive_instance,
     derived_series_uid,
     derived_sop_uid,
     encode,
     hu_to_stored,
 )
+from dicom_denoise_node.denoise.series import SeriesDenoiser
+from dicom_denoise_node.model.registry import BUNDLED_DIR, load_model, read_metadata
 from tests.peers import dciodvfy, require, write_ct_series
 
 NOTICE = "Denoised by software; not for primary diagnosis"
@@ -64,6 +67,30 @@ def test_derived_attributes(source, tmp_path):
     out.write_bytes(encode(ds))
     back = dcmread(out)
     np.testing.assert_array_equal(back.pixel_array * float(back.RescaleSlope) + float(back.RescaleIntercept), hu)
+
+
+KINDS = [
+    ("paired-ld2hd-synthetic", "paired-trained generator", "CycleGAN"),
+    ("cyclegan-ld2hd-synthetic", "CycleGAN generator", "paired"),
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "not_kind"), KINDS)
+def test_the_derived_series_names_the_models_real_kind(name, kind, not_kind, source):
+    """The bundled paired model is not a CycleGAN: its training pairing (the metadata) names it in the output."""
+    network, info = load_model(BUNDLED_DIR / f"{name}.json")
+    denoiser = SeriesDenoiser(network, info, ModelSettings(), DeriveSettings())
+    ds = derive_instance(source, source.pixel_array.astype(np.float32) - 1024, "2.25.1", denoiser.derivation)
+    assert kind in ds.DerivationDescription and not_kind not in ds.DerivationDescription
+    # Only the words change: the derived UIDs still come from the derivation key alone.
+    assert denoiser.derivation.uid_key == derivation_key(info.version, 1.0, info.self_ensemble)
+
+
+def test_a_model_whose_metadata_does_not_say_how_it_was_trained_is_a_cyclegan(tmp_path):
+    info = read_metadata(BUNDLED_DIR / "paired-ld2hd-synthetic.json")
+    assert (info.pairing, info.kind) == ("paired", "paired-trained generator")
+    older = type(info)(**{**info.__dict__, "training": {}})
+    assert (older.pairing, older.kind) == ("unpaired", "CycleGAN generator")
 
 
 def test_uids_are_deterministic_per_model_version():
