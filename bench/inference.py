@@ -34,7 +34,7 @@ from dicom_denoise_node.denoise.inference import TiledInferer
 from dicom_denoise_node.model.generator import GeneratorConfig, ResnetGenerator
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--slices", type=int, default=4)
     ap.add_argument("--size", type=int, default=512)
@@ -46,7 +46,11 @@ def main() -> None:
     ap.add_argument("--compile", choices=["off", "on", "both"], default="off")
     ap.add_argument("--rounds", type=int, default=3, help="peak/tiler rounds; the median round's ratio is reported")
     ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
     slices = [rng.uniform(-1, 1, (args.size, args.size)).astype(np.float32) for _ in range(args.slices)]
@@ -59,54 +63,73 @@ def main() -> None:
         run_macs = executed_macs(net, (1, 1, args.size, args.size))
         paths = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
         for precision, batch, compiled in itertools.product(precisions, args.batch, paths):
-            dtype = torch.float32 if precision == "fp32" else torch.float16
-            started = time.perf_counter()
-            inferer = TiledInferer(
-                net, args.tile, args.overlap, batch, device, half_precision=precision == "fp16", compile=compiled
-            )
-            compile_s = time.perf_counter() - started
-            inferer.run_all(slices)  # warm-up
-            # Peak and tiler alternate, one ratio per round: a shared machine's slow and fast spells move both.
-            rounds = []
-            for _ in range(args.rounds):
-                peak = conv_peak_gflops(device, dtype)
-                seconds = timed(lambda inferer=inferer: inferer.run_all(slices), device, repeat=1, warmup=0)
-                rounds.append((peak, seconds / len(slices)))
-            peak, per_slice = _median_round(rounds, macs)
-            x = torch.from_numpy(np.stack(slices[: min(4, len(slices))]))[:, None].to(device)
+            rows.append(_measure(args, net, slices, device, (precision, batch, compiled), macs, run_macs))
+    Console(width=200).print(_table(args, rows))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
 
-            def whole(x: torch.Tensor = x, precision: str = precision, net: torch.nn.Module = net) -> None:
-                with (
-                    torch.inference_mode(),
-                    torch.autocast(device.type, dtype=torch.float16, enabled=precision == "fp16"),
-                ):
-                    net(x)
 
-            whole_s = timed(whole, device, repeat=3, warmup=1) / x.shape[0]
-            monai_s = _monai_seconds_per_slice(inferer, slices, args, device, precision)
-            rows.append(
-                dict(
-                    filters=filters,
-                    path="compiled" if compiled else "eager",
-                    compile_seconds=compile_s if compiled else 0.0,
-                    precision=precision,
-                    batch=batch,
-                    gmac_per_slice=macs / 1e9,
-                    executed_gmac_per_slice=run_macs / 1e9,
-                    slices_per_s=1 / per_slice,
-                    whole_slice_per_s=1 / whole_s,
-                    # useful FLOPs of one slice (tile overlap is overhead): nominal = the architecture as written
-                    nominal_gflops=2 * macs / per_slice / 1e9,
-                    achieved_gflops=2 * run_macs / per_slice / 1e9,
-                    peak_gflops=peak,
-                    fraction_of_peak=2 * run_macs / per_slice / 1e9 / peak,
-                    nominal_fraction_of_peak=2 * macs / per_slice / 1e9 / peak,
-                    tiled_vs_whole=whole_s / per_slice,
-                    monai_slices_per_s=None if monai_s is None else 1 / monai_s,
-                    floor_slices_per_s=peak * 1e9 / (2 * macs),
-                    rounds=[dict(peak_gflops=p, seconds_per_slice=t) for p, t in rounds],
-                )
-            )
+def _measure(
+    args: argparse.Namespace,
+    net: ResnetGenerator,
+    slices: list[np.ndarray],
+    device: torch.device,
+    setting: tuple[str, int, bool],
+    macs: float,
+    run_macs: float,
+) -> dict:
+    """One row: the tiler's slices/s against the measured peak, one whole-slice pass and MONAI's sliding window."""
+    precision, batch, compiled = setting
+    filters = net.config.filters
+    dtype = torch.float32 if precision == "fp32" else torch.float16
+    started = time.perf_counter()
+    inferer = TiledInferer(
+        net, args.tile, args.overlap, batch, device, half_precision=precision == "fp16", compile=compiled
+    )
+    compile_s = time.perf_counter() - started
+    inferer.run_all(slices)  # warm-up
+    # Peak and tiler alternate, one ratio per round: a shared machine's slow and fast spells move both.
+    rounds = []
+    for _ in range(args.rounds):
+        peak = conv_peak_gflops(device, dtype)
+        seconds = timed(lambda inferer=inferer: inferer.run_all(slices), device, repeat=1, warmup=0)
+        rounds.append((peak, seconds / len(slices)))
+    peak, per_slice = _median_round(rounds, macs)
+    x = torch.from_numpy(np.stack(slices[: min(4, len(slices))]))[:, None].to(device)
+
+    def whole(x: torch.Tensor = x, precision: str = precision, net: torch.nn.Module = net) -> None:
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=torch.float16, enabled=precision == "fp16"),
+        ):
+            net(x)
+
+    whole_s = timed(whole, device, repeat=3, warmup=1) / x.shape[0]
+    monai_s = _monai_seconds_per_slice(inferer, slices, args, device, precision)
+    return dict(
+        filters=filters,
+        path="compiled" if compiled else "eager",
+        compile_seconds=compile_s if compiled else 0.0,
+        precision=precision,
+        batch=batch,
+        gmac_per_slice=macs / 1e9,
+        executed_gmac_per_slice=run_macs / 1e9,
+        slices_per_s=1 / per_slice,
+        whole_slice_per_s=1 / whole_s,
+        # useful FLOPs of one slice (tile overlap is overhead): nominal = the architecture as written
+        nominal_gflops=2 * macs / per_slice / 1e9,
+        achieved_gflops=2 * run_macs / per_slice / 1e9,
+        peak_gflops=peak,
+        fraction_of_peak=2 * run_macs / per_slice / 1e9 / peak,
+        nominal_fraction_of_peak=2 * macs / per_slice / 1e9 / peak,
+        tiled_vs_whole=whole_s / per_slice,
+        monai_slices_per_s=None if monai_s is None else 1 / monai_s,
+        floor_slices_per_s=peak * 1e9 / (2 * macs),
+        rounds=[dict(peak_gflops=p, seconds_per_slice=t) for p, t in rounds],
+    )
+
+
+def _table(args: argparse.Namespace, rows: list[dict]) -> Table:
     table = Table(title=f"inference, {args.size}² slices, tile {args.tile}/{args.overlap} — {machine()}")
     for col in (
         "filters",
@@ -142,9 +165,7 @@ def main() -> None:
             f"{r['nominal_fraction_of_peak']:.0%}",
             f"{r['floor_slices_per_s']:.2f}",
         )
-    Console(width=200).print(table)
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    return table
 
 
 def _monai_seconds_per_slice(

@@ -21,13 +21,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from denoise_trainer.archive.split import paired_slices
-from denoise_trainer.data.patches import load_slices
 from denoise_trainer.evaluate.scorecard import nps_blocks, radial_frequency
+from denoise_trainer.evaluate.workflow import eval_slices, split_pairs
 from denoise_trainer.train.validation import soft_tissue_mask
 from dicom_denoise_node.denoise.inference import TiledInferer
 from dicom_denoise_node.model.registry import load_model
-from dicom_denoise_node.store.catalog import Catalog
 
 BANDS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75)  # cycles per pixel (radial)
 ROI = 64
@@ -48,15 +46,16 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=8)
     args = parser.parse_args()
 
-    pairs = [p for p in paired_slices(Catalog(args.catalog), args.role) if p.ref is not None]
+    pairs = [p for p in split_pairs(args.catalog, args.role) if p.ref is not None]
     pairs = pairs[:: args.every][: args.slices]
     net, info = load_model(args.model)
     inferer = TiledInferer(net.eval(), tile_size=256, overlap=32, batch_size=4)
     names = ("LD", "HD", "model")
     bands = {n: np.zeros(len(BANDS) - 1) for n in names}
     sq: dict[tuple[str, str, str], list[float]] = {}
-    for pair in pairs:
-        ld, hd, ref = load_slices([pair.ld, pair.hd, pair.ref])
+    for s in eval_slices(pairs):
+        ld, hd, ref = s.ld, s.hd, s.ref
+        assert ref is not None
         (y,) = inferer.run_all([info.normalize(ld)])
         out = info.denormalize(y)
         mask = soft_tissue_mask(ref)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 from pathlib import Path
 
-from denoise_trainer.evaluate.lesions import LesionScore, LesionTruth
+from denoise_trainer.evaluate.lesions import lesion_scores_from_json
 from denoise_trainer.evaluate.scorecard import MIN_LESION_RADIUS_MM, lesions_against_ld
 
 
@@ -19,12 +18,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("safety", type=Path, help="safety.json of a `denoise-node evaluate` run")
     args = parser.parse_args()
-    names = [f.name for f in fields(LesionTruth)]
-    scores = []
-    for row in json.loads(args.safety.read_text(encoding="utf-8"))["lesions"]:
-        truth = {k: row[k] for k in names}
-        truth["center_px"] = tuple(truth["center_px"])
-        scores.append(LesionScore(row["method"], LesionTruth(**truth), row["measured_hu"], row["ring_std"]))
+    scores = lesion_scores_from_json(json.loads(args.safety.read_text(encoding="utf-8")))
     for method in sorted({s.method for s in scores}):
         result = lesions_against_ld(scores, method)
         lost = sum(s.lost for s in scores if s.method == method)

@@ -20,13 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from denoise_trainer.archive.split import paired_slices
-from denoise_trainer.data.patches import load_slices
+from denoise_trainer.evaluate.workflow import eval_slices, split_pairs
 from denoise_trainer.train.validation import soft_tissue_mask
 from dicom_denoise_node.denoise.ensemble import ALLOWED, DIHEDRAL, transform, untransform
 from dicom_denoise_node.denoise.inference import TiledInferer
 from dicom_denoise_node.model.registry import load_model
-from dicom_denoise_node.store.catalog import Catalog
 
 
 def main() -> None:
@@ -37,13 +35,14 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=8)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    pairs = [p for p in paired_slices(Catalog(args.catalog), args.role) if p.ref is not None][::3][: args.slices]
+    pairs = [p for p in split_pairs(args.catalog, args.role) if p.ref is not None][::3][: args.slices]
     network, info = load_model(args.model)
     inferer = TiledInferer(network.eval(), tile_size=272, overlap=32, batch_size=4)
     squared = dict.fromkeys(ALLOWED, 0.0)
     pixels = 0
-    for pair in pairs:
-        ld, ref = load_slices([pair.ld, pair.ref])
+    for s in eval_slices(pairs):
+        ld, ref = s.ld, s.ref
+        assert ref is not None
         mask = soft_tissue_mask(ref)
         outputs = []
         x = torch.from_numpy(info.normalize(ld))

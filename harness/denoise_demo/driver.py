@@ -2,7 +2,8 @@
 
 The steps are the product's own flow, with real processes and real DICOM associations on loopback:
 
-1. synthesise one patient (LD, HD and noise-free series; physically simulated dose, see trainer/ct_physics.py);
+1. synthesise one patient (LD, HD and noise-free series; physically simulated dose, see
+   ``denoise_trainer/archive/physics.py``);
 2. start a PACS: Orthanc when installed (web explorer at the printed URL), else an in-process folder receiver;
 3. start ``denoise-node serve`` with a config written next to the data and the bundled model;
 4. send the LD series with dcmtk ``storescu`` (else pynetdicom);
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Literal
+from typing import Any, Literal
 
 import denoise_harness as peers
 from denoise_demo.pacs import PACS_AET, DemoPACS, check_port, choose_pacs
@@ -242,8 +243,6 @@ def run_demo(
 
     ``on_ready`` is called with the result while the PACS still runs (the CLI shows it and may wait for the user).
     """
-    from denoise_trainer.evaluate.montage import save_montage
-
     ui = ui or DemoUI()
     out = options.out_dir.absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -283,31 +282,7 @@ def run_demo(
             with step("wait for derived series", timings):
                 progress = follow(node, pacs, node_dir / "catalog.sqlite", ld_uid, len(ld_files), options, ui)
             with step("report", timings):
-                derived = {slice_z(ds): read_hu(ds) for ds in pacs.datasets(progress.derived_series_uid)}
-                ld, hd, ref = (load_volume(patient_dir / k) for k in ("LD", "HD", "REF"))
-                info = read_metadata(resolve_model_path(options.model))
-                metrics = compare(ld, derived, hd, ref, (info.hu_min, info.hu_max))
-                z, inset = montage_inset(truth, sorted(derived), derived[next(iter(derived))].shape)
-                montage = out / "montage.png"
-                save_montage(
-                    montage,
-                    {"LD": ld[z], "denoised": derived[z], "HD": hd[z], "noise-free": ref[z]},
-                    inset=inset,
-                )
-                result = DemoResult(
-                    series_uid=ld_uid,
-                    derived_series_uid=progress.derived_series_uid,
-                    slices=len(derived),
-                    pacs=pacs.name,
-                    scu=scu,
-                    derivation_key=progress.derivation_key,
-                    seconds_per_slice=(progress.processing_seconds or math.nan) / max(1, len(derived)),
-                    wall_seconds=timings,
-                    metrics=metrics,
-                    montage=str(montage),
-                    pacs_url=pacs.url,
-                    report=summarise_report(pacs.datasets(report_series_uid(ld_uid, progress.derivation_key))),
-                )
+                result = _result(options, out, patient_dir, truth, pacs, progress, scu, timings)
                 write_report(result, out / "results.json")
             if on_ready is not None:
                 node.stop()  # its work is done; only the PACS stays up for the user
@@ -318,6 +293,48 @@ def run_demo(
                 node.stop()
             if pacs is not None:
                 pacs.stop()
+
+
+def _result(
+    options: DemoOptions,
+    out: Path,
+    patient_dir: Path,
+    truth: dict[str, Any],
+    pacs: DemoPACS,
+    progress: SeriesProgress,
+    scu: str,
+    timings: dict[str, float],
+) -> DemoResult:
+    """What came back: the derived series against LD, HD and the noise-free REF, a montage and the node's report."""
+    from denoise_trainer.evaluate.montage import save_montage
+
+    ld_uid = truth["series_instance_uids"]["LD"]
+    derived = {slice_z(ds): read_hu(ds) for ds in pacs.datasets(progress.derived_series_uid)}
+    ld, hd, ref = (load_volume(patient_dir / k) for k in ("LD", "HD", "REF"))
+    info = read_metadata(resolve_model_path(options.model))
+    metrics = compare(ld, derived, hd, ref, (info.hu_min, info.hu_max))
+    z, inset = montage_inset(truth, sorted(derived), derived[next(iter(derived))].shape)
+    montage = out / "montage.png"
+    save_montage(
+        montage,
+        {"LD": ld[z], "denoised": derived[z], "HD": hd[z], "noise-free": ref[z]},
+        inset=inset,
+    )
+    result = DemoResult(
+        series_uid=ld_uid,
+        derived_series_uid=progress.derived_series_uid,
+        slices=len(derived),
+        pacs=pacs.name,
+        scu=scu,
+        derivation_key=progress.derivation_key,
+        seconds_per_slice=(progress.processing_seconds or math.nan) / max(1, len(derived)),
+        wall_seconds=timings,
+        metrics=metrics,
+        montage=str(montage),
+        pacs_url=pacs.url,
+        report=summarise_report(pacs.datasets(report_series_uid(ld_uid, progress.derivation_key))),
+    )
+    return result
 
 
 def follow(

@@ -10,7 +10,8 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from denoise_trainer.archive.scan import DomainRules, archive_overview, exposure_mas, scan_archive
+from denoise_trainer.archive.domain import DomainRules, exposure_mas
+from denoise_trainer.archive.scan import archive_overview, scan_archive
 from denoise_trainer.archive.split import (
     ROLES,
     _apportion,

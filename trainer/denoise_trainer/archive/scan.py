@@ -5,30 +5,26 @@ must know, per series, its patient, body part and dose domain without opening pi
 headers only and writes them into the same catalog the node uses, as series with origin "archive" and state
 ARCHIVED, a state that no pipeline transition selects (the node never processes or sends an archive series).
 
-Domain of a series, first rule that decides wins: the explicit ``domain`` argument, then the SeriesDescription
-patterns of :class:`DomainRules`, then its exposure thresholds; otherwise the series is indexed with domain None
-(logged) so ``denoise-node catalog list`` shows what to fix. The domain is re-derived on every scan.
+Domain of a series (``archive/domain.py``), first rule that decides wins: the explicit ``domain`` argument, then
+the SeriesDescription patterns of :class:`DomainRules`, then its exposure thresholds; otherwise the series is
+indexed with domain None (logged) so ``denoise-node catalog list`` shows what to fix. The domain is re-derived on
+every scan. Which files are read and how is ``archive/headers.py``; this module writes them into the catalog.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import statistics
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from denoise_trainer.archive.domain import DOMAINS, DomainRules
+from denoise_trainer.archive.headers import InstanceHeader, SeriesGroup, archive_files, group_series
 from dicom_denoise_node.store.catalog import Catalog, Instance, Patient, Series, SeriesState, Split, Study
 
 log = logging.getLogger(__name__)
@@ -36,78 +32,8 @@ log = logging.getLogger(__name__)
 _Row = TypeVar("_Row", Patient, Study, Series, Instance)
 
 ORIGIN = "archive"
-DOMAINS = ("LD", "HD", "REF")
 _BATCH_INSTANCES = 2000  # instances per write transaction: few commits, short hold of the catalog's writer lock
 _IN_CHUNK = 500  # UIDs per IN (...) lookup, well under SQLite's bound-parameter limit
-_TAGS = [
-    "PatientID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-    "SOPClassUID",
-    "Modality",
-    "SeriesDescription",
-    "InstanceNumber",
-    "BodyPartExamined",
-    "Exposure",
-    "ExposureInuAs",
-    "XRayTubeCurrent",
-    "ExposureTime",
-    "ImageType",
-    "Rows",
-]
-
-
-@dataclass
-class DomainRules:
-    """How a series' SeriesDescription or exposure tells LD, HD and REF (noise-free reference) apart.
-
-    Patterns are case-insensitive regular expressions searched in the description; the defaults match the
-    synthetic archive and common vendor/challenge names. Exposure thresholds are off unless set (sites differ
-    in protocols too much for a default): at most ``ld_max_mas`` mAs is LD, at least ``hd_min_mas`` is HD.
-    """
-
-    ld: str = r"\b(LD|low[- ]?dose|quarter[- ]?dose)\b"
-    hd: str = r"\b(HD|full[- ]?dose|regular[- ]?dose|routine)\b"
-    ref: str = r"noise[- ]?free|\bREF\b"
-    ld_max_mas: float | None = None
-    hd_min_mas: float | None = None
-    modalities: tuple[str, ...] = ("CT",)
-
-    def __post_init__(self) -> None:
-        if self.ld_max_mas is not None and self.hd_min_mas is not None and self.ld_max_mas >= self.hd_min_mas:
-            raise ValueError(f"ld_max_mas ({self.ld_max_mas}) must be below hd_min_mas ({self.hd_min_mas})")
-        self._compiled = {
-            d: re.compile(p, re.IGNORECASE) for d, p in (("REF", self.ref), ("LD", self.ld), ("HD", self.hd))
-        }
-
-    def from_description(self, description: str) -> str | None:
-        """REF wins (a reference may name the dose it stands for); LD and HD together are ambiguous (None)."""
-        hits = [d for d, rx in self._compiled.items() if rx.search(description or "")]
-        if "REF" in hits:
-            return "REF"
-        return hits[0] if len(hits) == 1 else None
-
-    def from_exposure(self, mas: float | None) -> str | None:
-        if mas is None:
-            return None
-        if self.ld_max_mas is not None and mas <= self.ld_max_mas:
-            return "LD"
-        if self.hd_min_mas is not None and mas >= self.hd_min_mas:
-            return "HD"
-        return None
-
-    def classify(self, description: str, mas: float | None, domain: str | None = None) -> tuple[str | None, str]:
-        """(domain, which rule decided): explicit argument > description > exposure > unknown."""
-        if domain is not None:
-            return domain, "explicit"
-        found = self.from_description(description)
-        if found is not None:
-            return found, "description"
-        found = self.from_exposure(mas)
-        if found is not None:
-            return found, "exposure"
-        return None, "unknown"
 
 
 @dataclass
@@ -129,136 +55,6 @@ class ScanReport:
         return self.instances_added + self.instances_updated + self.instances_unchanged
 
 
-@dataclass(frozen=True)
-class _Header:
-    """The header fields the catalog keeps for one instance."""
-
-    path: str
-    size: int
-    patient_id: str
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-    transfer_syntax: str
-    modality: str
-    description: str
-    instance_number: int | None
-    body_part: str | None
-    exposure_mas: float | None
-
-
-@dataclass
-class _SeriesGroup:
-    uid: str
-    patient_id: str
-    study_uid: str
-    modality: str
-    description: str
-    headers: list[_Header] = field(default_factory=list)
-
-    def body_part(self) -> str | None:
-        parts = Counter(h.body_part for h in self.headers if h.body_part)
-        return parts.most_common(1)[0][0] if parts else None
-
-    def exposure_mas(self) -> float | None:
-        """Median over slices: tube current modulation varies the exposure along the series."""
-        values = [h.exposure_mas for h in self.headers if h.exposure_mas is not None]
-        return round(float(statistics.median(values)), 3) if values else None
-
-
-class _Skip(Exception):
-    """A file that is not indexed, with the reason shown in the report."""
-
-
-def exposure_mas(ds: Dataset) -> float | None:
-    """Exposure in mAs: Exposure (0018,1152), else ExposureInuAs / 1000, else XRayTubeCurrent × ExposureTime / 1000."""
-    try:
-        if ds.get("Exposure") not in (None, ""):
-            return float(ds.Exposure)
-        if ds.get("ExposureInuAs") not in (None, ""):
-            return float(ds.ExposureInuAs) / 1000.0
-        if ds.get("XRayTubeCurrent") not in (None, "") and ds.get("ExposureTime") not in (None, ""):
-            return float(ds.XRayTubeCurrent) * float(ds.ExposureTime) / 1000.0
-    except (TypeError, ValueError) as exc:
-        log.debug("unreadable exposure tags: %s", exc)
-    return None
-
-
-def _transfer_syntax(ds: Dataset) -> str:
-    uid = getattr(ds.file_meta, "TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
-    if uid:
-        return str(uid)
-    implicit, little = ds.original_encoding  # a file without meta header: what pydicom deduced
-    if implicit:
-        return str(ImplicitVRLittleEndian)
-    return str(ExplicitVRLittleEndian if little in (True, None) else ExplicitVRBigEndian)
-
-
-def _read_header(path: Path, modalities: tuple[str, ...]) -> _Header:
-    try:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-        except InvalidDicomError:
-            # Older archives hold files without preamble and meta header: force-read only what starts like a
-            # little-endian data set (group 0002 or 0008), never arbitrary files, and require the UIDs below.
-            with path.open("rb") as f:
-                if f.read(2) not in (b"\x02\x00", b"\x08\x00"):
-                    raise _Skip("not DICOM (no DICM prefix)") from None
-            with warnings.catch_warnings():  # garbage that merely starts like a data set: the skip says enough
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS, force=True)
-        sop_uid = str(ds.get("SOPInstanceUID") or "")
-        series_uid = str(ds.get("SeriesInstanceUID") or "")
-        study_uid = str(ds.get("StudyInstanceUID") or "")
-        sop_class = str(ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
-    except _Skip:
-        raise
-    except Exception as exc:  # any unreadable file is a skip, never a failed scan
-        raise _Skip(f"not DICOM ({type(exc).__name__}: {exc})") from exc
-    if not (sop_uid and series_uid and study_uid):
-        raise _Skip("not DICOM (no SOP/Series/Study Instance UID)")
-    patient_id = str(ds.get("PatientID") or "").strip()
-    if not patient_id:
-        raise _Skip("no PatientID (a patient-level split needs one)")
-    modality = str(ds.get("Modality") or "")
-    if modalities and modality not in modalities:
-        raise _Skip(f"modality {modality or 'missing'} not in {','.join(modalities)}")
-    if not ds.get("Rows"):
-        raise _Skip("no image (no Rows)")
-    image_type = ds.get("ImageType") or []
-    if "LOCALIZER" in [str(v).upper() for v in ([image_type] if isinstance(image_type, str) else image_type)]:
-        raise _Skip("localizer (scout) image")
-    try:
-        number = int(ds.InstanceNumber) if ds.get("InstanceNumber") not in (None, "") else None
-    except (TypeError, ValueError):
-        number = None  # kept, but such a slice cannot be paired
-    body_part = str(ds.get("BodyPartExamined") or "").strip().upper() or None
-    return _Header(
-        path=str(path.resolve()),
-        size=path.stat().st_size,
-        patient_id=patient_id,
-        study_uid=study_uid,
-        series_uid=series_uid,
-        sop_uid=sop_uid,
-        sop_class_uid=sop_class,
-        transfer_syntax=_transfer_syntax(ds),
-        modality=modality,
-        description=str(ds.get("SeriesDescription") or ""),
-        instance_number=number,
-        body_part=body_part,
-        exposure_mas=exposure_mas(ds),
-    )
-
-
-def _files(root: Path) -> list[Path]:
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise FileNotFoundError(f"archive root {root} does not exist")
-    return sorted(p for p in root.rglob("*") if p.is_file())
-
-
 def _load(s: Session, model: type[_Row], key: InstrumentedAttribute[str], values: set[str]) -> dict[str, _Row]:
     """Existing rows by unique key, looked up in chunks (SQLite bounds the parameters of one statement)."""
     ordered = sorted(values)
@@ -269,9 +65,9 @@ def _load(s: Session, model: type[_Row], key: InstrumentedAttribute[str], values
     return found
 
 
-def _batches(groups: Iterable[_SeriesGroup]) -> Iterator[list[_SeriesGroup]]:
+def _batches(groups: Iterable[SeriesGroup]) -> Iterator[list[SeriesGroup]]:
     """Whole series per transaction, about _BATCH_INSTANCES instances each."""
-    batch: list[_SeriesGroup] = []
+    batch: list[SeriesGroup] = []
     size = 0
     for g in groups:
         batch.append(g)
@@ -302,34 +98,14 @@ def scan_archive(
             raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, not {domain!r}")
     root = Path(root).resolve()
     report = ScanReport(root=root)
-    files = _files(root)
+    files = archive_files(root)
     report.files_seen = len(files)
-    groups: dict[str, _SeriesGroup] = {}
-    first_path: dict[str, str] = {}
-    for done, path in enumerate(files, 1):
-        try:
-            h = _read_header(path, rules.modalities)
-            if h.sop_uid in first_path:
-                raise _Skip(f"duplicate SOPInstanceUID of {first_path[h.sop_uid]}")
-            first_path[h.sop_uid] = h.path
-            g = groups.get(h.series_uid)
-            if g is None:
-                g = groups[h.series_uid] = _SeriesGroup(
-                    h.series_uid, h.patient_id, h.study_uid, h.modality, h.description
-                )
-            elif (h.patient_id, h.study_uid) != (g.patient_id, g.study_uid):
-                raise _Skip(f"series {h.series_uid} already seen under patient {g.patient_id} / study {g.study_uid}")
-            g.headers.append(h)
-        except _Skip as why:
-            report.skipped[path] = str(why)
-            log.debug("skipped %s: %s", path, why)
-        if progress is not None:
-            progress(done, len(files))
+    groups, seen = group_series(files, rules.modalities, report.skipped, progress)
 
     for batch in _batches(groups[uid] for uid in sorted(groups)):
         with catalog.db.transaction() as s:
             _upsert(s, batch, rules, domain, report)
-    report.instances_removed = _remove_vanished(catalog, root, set(first_path))
+    report.instances_removed = _remove_vanished(catalog, root, seen)
 
     for reason, n in Counter(_reason_kind(r) for r in report.skipped.values()).most_common():
         log.info("scan %s: skipped %d files: %s", root, n, reason)
@@ -351,7 +127,7 @@ def _reason_kind(reason: str) -> str:
     return reason.split(" (", 1)[0].split(" of ", 1)[0]
 
 
-def _upsert(s: Session, batch: list[_SeriesGroup], rules: DomainRules, domain: str | None, report: ScanReport) -> None:
+def _upsert(s: Session, batch: list[SeriesGroup], rules: DomainRules, domain: str | None, report: ScanReport) -> None:
     patients = _load(s, Patient, Patient.patient_id, {g.patient_id for g in batch})
     studies = _load(s, Study, Study.study_uid, {g.study_uid for g in batch})
     series = _load(s, Series, Series.series_uid, {g.uid for g in batch})
@@ -411,7 +187,7 @@ def _upsert(s: Session, batch: list[_SeriesGroup], rules: DomainRules, domain: s
         _upsert_instances(s, existing.id, g.headers, report)
 
 
-def _upsert_instances(s: Session, series_id: int, headers: list[_Header], report: ScanReport) -> None:
+def _upsert_instances(s: Session, series_id: int, headers: list[InstanceHeader], report: ScanReport) -> None:
     rows = _load(s, Instance, Instance.sop_uid, {h.sop_uid for h in headers})
     for h in headers:
         values = dict(

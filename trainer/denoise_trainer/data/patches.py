@@ -1,6 +1,6 @@
 """Unpaired LD/HD patch sampling: 1-channel, 16-bit-safe, never through 8-bit images, never resized.
 
-Slices are decoded once to HU (float32) and kept in memory with a body mask; each sample is a random
+Slices, decoded once to HU (float32) by ``data/slices.py``, are kept in memory with a body mask; each sample is a random
 patch_size² patch whose body fraction is at least ``body_fraction`` (patches of air teach nothing and let
 instance norm blow up noise), with a random 90° rotation and a random horizontal flip. All randomness comes from one
 torch.Generator so that a resumed run draws exactly the patches an uninterrupted run would.
@@ -9,26 +9,14 @@ torch.Generator so that a resumed run draws exactly the patches an uninterrupted
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from dicom_denoise_node.denoise.decode import SliceRef, read_hu
 from dicom_denoise_node.model.registry import normalize_hu
 
 log = logging.getLogger(__name__)
-
-
-def load_slices(paths: Sequence[Path], progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
-    """Decode each file to HU (float32) through its own rescale."""
-    out = []
-    for k, path in enumerate(paths, start=1):
-        out.append(read_hu(SliceRef(Path(path), "", 0.0, 0)).hu)
-        if progress:
-            progress(k, len(paths))
-    return out
 
 
 class PatchSampler:

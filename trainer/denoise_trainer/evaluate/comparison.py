@@ -177,6 +177,31 @@ def _check_outputs(method: str, outs: list[np.ndarray], inputs: list[np.ndarray]
             raise ValueError(f"method {method!r} changed a slice's shape from {np.shape(i)} to {np.shape(o)}")
 
 
+def _run_method(
+    name: str, method: Denoiser | None, slices: list[EvalSlice], batch_size: int
+) -> tuple[list[np.ndarray], list[float]]:
+    """One method's output per slice, in batches, and its seconds per slice (LD and HD are the slices' own)."""
+    outputs: list[np.ndarray] = []
+    seconds: list[float] = []
+    for start in range(0, len(slices), batch_size):
+        batch = slices[start : start + batch_size]
+        inputs = [s.ld for s in batch]
+        if name == "LD":
+            outs, elapsed = inputs, 0.0
+        elif name == "HD":
+            outs, elapsed = [s.hd for s in batch], 0.0
+        else:
+            assert method is not None
+            copies = [np.array(x, copy=True) for x in inputs]  # a method that works in place cannot spoil LD
+            t0 = time.perf_counter()
+            outs = [np.asarray(o) for o in method(copies)]
+            elapsed = time.perf_counter() - t0
+            _check_outputs(name, outs, inputs)
+        outputs.extend(outs)
+        seconds.extend([elapsed / len(batch)] * len(batch))
+    return outputs, seconds
+
+
 def evaluate(
     slices: list[EvalSlice],
     methods: dict[str, Denoiser],
@@ -193,7 +218,7 @@ def evaluate(
     """Score "LD" (identity, always), each method, and optionally "HD" (sanity row) against the reference.
 
     Seconds per slice are the wall time of each batched call divided by the batch length (0 for LD and HD).
-    ``per_output(method, slice index, output HU)`` sees every output, for scores beyond these (trainer/lesions.py).
+    ``per_output(method, slice index, output HU)`` sees every output, for scores beyond these (``evaluate/lesions.py``).
     """
     if not slices:
         raise ValueError("evaluate needs at least one slice")
@@ -214,23 +239,7 @@ def evaluate(
 
     rows: list[dict[str, Any]] = []
     for name in names:
-        outputs: list[np.ndarray] = []
-        seconds: list[float] = []
-        for start in range(0, len(slices), batch_size):
-            batch = slices[start : start + batch_size]
-            inputs = [s.ld for s in batch]
-            if name == "LD":
-                outs, elapsed = inputs, 0.0
-            elif name == "HD":
-                outs, elapsed = [s.hd for s in batch], 0.0
-            else:
-                copies = [np.array(x, copy=True) for x in inputs]  # a method that works in place cannot spoil LD
-                t0 = time.perf_counter()
-                outs = [np.asarray(o) for o in methods[name](copies)]
-                elapsed = time.perf_counter() - t0
-                _check_outputs(name, outs, inputs)
-            outputs.extend(outs)
-            seconds.extend([elapsed / len(batch)] * len(batch))
+        outputs, seconds = _run_method(name, methods.get(name), slices, batch_size)
         for i, (s, out) in enumerate(zip(slices, outputs, strict=True)):
             if per_output is not None:
                 per_output(name, i, out)

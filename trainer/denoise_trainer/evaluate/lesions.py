@@ -1,6 +1,6 @@
 """Lesion preservation and HU fidelity per tissue, scored on the synthetic archive where the truth is known.
 
-Every synthetic patient has ``truth.json`` (trainer/synth.py): each lesion's centre, radius and inserted contrast
+Every synthetic patient has ``truth.json`` (``archive/synth.py``): each lesion's centre, radius and inserted contrast
 where it cuts each slice. For an image (LD, a denoiser's output, the noise-free REF) and each lesion:
 
 - **measured contrast** = mean HU in the lesion core (a disk of 0.6 × its radius, at least 1 px, so partial volume at
@@ -22,7 +22,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +222,17 @@ class SafetyScores:
                 for s in self.lesions
             ],
         }
+
+
+def lesion_scores_from_json(data: dict[str, Any]) -> list[LesionScore]:
+    """The lesion scores of a written safety.json (``SafetyScores.to_json``), to re-analyse a past evaluation."""
+    names = [f.name for f in fields(LesionTruth)]
+    scores = []
+    for row in data["lesions"]:
+        truth = {k: row[k] for k in names}
+        truth["center_px"] = tuple(truth["center_px"])
+        scores.append(LesionScore(row["method"], LesionTruth(**truth), row["measured_hu"], row["ring_std"]))
+    return scores
 
 
 def markdown_tables(data: dict[str, Any]) -> str:

@@ -13,7 +13,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from denoise_trainer.archive.phantom.anatomy import draw_abdomen, draw_chest, draw_texture
+from denoise_trainer.archive.phantom.abdomen import draw_abdomen
+from denoise_trainer.archive.phantom.anatomy import draw_texture
+from denoise_trainer.archive.phantom.chest import draw_chest
 from denoise_trainer.archive.phantom.lesion_placement import draw_lesion_specs, place_lesions
 from denoise_trainer.archive.phantom.shapes import (
     AIR_HU,
