@@ -19,7 +19,6 @@ from rich.table import Table
 
 from denoise_demo.driver import DemoError, DemoOptions, DemoUI, SeriesProgress, run_demo
 from denoise_demo.report import DemoResult
-from denoise_trainer.extras import needs_train_extra
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True, soft_wrap=True)
@@ -174,4 +173,4 @@ def _show(result: DemoResult) -> None:
 
 def register(app: typer.Typer) -> None:
     """Entry point: add `demo` to `denoise-node`."""
-    app.command()(needs_train_extra(demo))
+    app.command()(demo)
