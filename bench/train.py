@@ -24,9 +24,10 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import machine, sync
+from denoise_trainer.data.slices import TrainingData
 from denoise_trainer.train.cyclegan import CycleGenerators, Discriminators, WindowView
 from denoise_trainer.train.cyclegan_step import configured_losses
-from denoise_trainer.train.loop import TrainingData, train
+from denoise_trainer.train.loop import train
 from denoise_trainer.train.recipe import build_config
 
 

@@ -56,7 +56,7 @@ def tiny_data(n: int = 3, size: int = 64, seed: int = 0) -> Any:
     """LD/HD/REF slices from the project's own CT simulation (Poisson noise on projections, FBP)."""
     from denoise_trainer.archive.phantom import make_patient, render_slice
     from denoise_trainer.archive.physics import simulate_doses
-    from denoise_trainer.train.loop import TrainingData
+    from denoise_trainer.data.slices import TrainingData
 
     rng = np.random.default_rng(seed)
     anatomy = make_patient(rng, "abdomen")

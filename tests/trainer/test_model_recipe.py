@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from denoise_trainer.data.slices import TrainingData
 from denoise_trainer.export import export_checkpoint
 from denoise_trainer.train.checkpoint import load_checkpoint
 from denoise_trainer.train.cyclegan import WindowView, gaussian_lowpass
-from denoise_trainer.train.loop import TrainingData, train
+from denoise_trainer.train.loop import train
 from denoise_trainer.train.recipe import build_config
 from denoise_trainer.train.validation import error_figures, soft_tissue_mask
 from dicom_denoise_node.model.generator import (

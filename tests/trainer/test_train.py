@@ -14,8 +14,9 @@ import torch
 
 from denoise_trainer.archive.phantom import make_patient, render_slice
 from denoise_trainer.archive.physics import simulate_doses
+from denoise_trainer.data.slices import TrainingData
 from denoise_trainer.train.checkpoint import load_checkpoint
-from denoise_trainer.train.loop import TrainingData, train
+from denoise_trainer.train.loop import train
 from denoise_trainer.train.recipe import build_config
 
 
@@ -93,7 +94,9 @@ def test_resume_puts_the_configured_learning_rate_in_force(tmp_path, data):
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_gloo(tmp_path, data):
+@pytest.mark.parametrize("pairing", ["unpaired", "paired"])
+def test_ddp_two_cpu_processes_gloo(tmp_path, data, pairing):
+    """Both objectives run under DistributedDataParallel through the one loop (two CPU processes, gloo)."""
     slices = tmp_path / "slices.npz"
     np.savez(slices, ld=np.stack(data.ld), hd=np.stack(data.hd))
     script = tmp_path / "ddp.py"
@@ -101,9 +104,11 @@ def test_ddp_two_cpu_processes_gloo(tmp_path, data):
         f"""
 import numpy as np, torch, torch.distributed as dist, json, os
 from denoise_trainer.train.recipe import build_config
-from denoise_trainer.train.loop import TrainingData, train
+from denoise_trainer.data.slices import TrainingData
+from denoise_trainer.train.loop import train
 d = np.load({str(slices)!r})
-cfg = build_config("tiny", overrides={{"run_dir": {str(tmp_path / "run")!r}, "device": "cpu", "sample_every": 1000}})
+cfg = build_config("tiny", overrides={{"run_dir": {str(tmp_path / "run")!r}, "device": "cpu", "sample_every": 1000,
+                                     "pairing": {pairing!r}, "patch_size": 48 if {pairing!r} == "paired" else 32}})
 res = train(cfg, TrainingData(ld=list(d["ld"]), hd=list(d["hd"])))
 total = float(sum(t.double().sum() for t in res.generator.values()))
 gathered = [None, None]
@@ -149,3 +154,27 @@ def test_cycle_term_is_l1_by_default_and_smooth_l1_with_a_width():
     assert torch.isclose(l1, expected)
     smooth = generator_losses(images, ld, hd, discs, 10.0, 1.0, 3, cycle_beta=0.05)["g_cycle"]
     assert 0 < smooth < l1  # smooth L1 is below L1 everywhere (by beta/2 where the error exceeds beta)
+
+
+def test_combinations_the_loop_cannot_run_are_refused_with_the_reason():
+    """Objective × feed × processes: what cannot run says why (CannotTrain, exit 2 from the CLI), before any step."""
+    from denoise_trainer.train.loop import check_combination
+    from denoise_trainer.train.recipe import CannotTrain
+
+    for pairing in ("unpaired", "paired"):
+        for feed in ("host", "device"):
+            check_combination(build_config("tiny", overrides={"pairing": pairing, "feed": feed}), world=1)
+        check_combination(build_config("tiny", overrides={"pairing": pairing}), world=2)
+        with pytest.raises(CannotTrain, match="feed = 'device' runs on one device"):
+            check_combination(build_config("tiny", overrides={"pairing": pairing, "feed": "device"}), world=2)
+        with pytest.raises(CannotTrain, match="lambda_lesion"):
+            check_combination(build_config("tiny", overrides={"pairing": pairing, "lambda_lesion": 0.1}), world=2)
+
+
+def test_device_feed_refuses_slices_of_several_sizes(tmp_path, data):
+    from denoise_trainer.train.recipe import CannotTrain
+
+    mixed = TrainingData(ld=[*data.ld, np.zeros((80, 80), np.float32)], hd=data.hd)
+    cfg = build_config("tiny", overrides={"run_dir": tmp_path, "device": "cpu", "feed": "device"})
+    with pytest.raises(CannotTrain, match="slices of one size"):
+        train(cfg, mixed)

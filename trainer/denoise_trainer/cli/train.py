@@ -12,7 +12,8 @@ from denoise_trainer.cli.terminal import console, out, progress_bar
 from dicom_denoise_node.config import ConfigError
 
 if TYPE_CHECKING:
-    from denoise_trainer.train.loop import StepCallback, TrainingData, TrainResult
+    from denoise_trainer.data.slices import TrainingData
+    from denoise_trainer.train.loop import StepCallback, TrainResult
     from denoise_trainer.train.recipe import TrainConfig
 
 

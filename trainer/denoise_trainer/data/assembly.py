@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from denoise_trainer.archive.split import SlicePair, paired_slices, training_files, training_pairs
-from denoise_trainer.data.slices import load_slices
-from denoise_trainer.train.loop import TrainingData
+from denoise_trainer.data.slices import TrainingData, load_slices
 from dicom_denoise_node.config import ConfigError, redact_url
 from dicom_denoise_node.store.catalog import Catalog
 

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dicom_denoise_node.denoise.decode import SliceRef, read_hu
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """Training slices (HU) per domain (aligned pairs in paired mode), and paired validation slices with REF."""
+
+    ld: list[np.ndarray]
+    hd: list[np.ndarray]
+    val_ld: list[np.ndarray] = field(default_factory=list)
+    val_hd: list[np.ndarray] = field(default_factory=list)
+    val_ref: list[np.ndarray] = field(default_factory=list)
+    description: dict[str, Any] = field(default_factory=dict)
 
 
 def load_slices(paths: Sequence[Path], progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:

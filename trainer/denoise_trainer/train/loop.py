@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from denoise_trainer.data.patches import paired_patches
+from denoise_trainer.data.slices import TrainingData
 from denoise_trainer.train.averaging import GeneratorAverage
 from denoise_trainer.train.checkpoint import checkpoint_header, load_for_resume, write_checkpoint
 from denoise_trainer.train.cyclegan_step import CycleGANStep
@@ -41,18 +41,6 @@ COLLAPSE_STEPS = 50
 
 class TrainingCollapsed(RuntimeError):
     """The generator stopped producing images (GAN collapse); the run stops with the reason."""
-
-
-@dataclass
-class TrainingData:
-    """Training slices (HU) per domain (aligned pairs in paired mode), and paired validation slices with REF."""
-
-    ld: list[np.ndarray]
-    hd: list[np.ndarray]
-    val_ld: list[np.ndarray] = field(default_factory=list)
-    val_hd: list[np.ndarray] = field(default_factory=list)
-    val_ref: list[np.ndarray] = field(default_factory=list)
-    description: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
