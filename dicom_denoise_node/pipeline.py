@@ -13,9 +13,11 @@ catalog (PostgreSQL) and one spool: ``[node] role = "receive"`` runs ① and ②
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -25,29 +27,28 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_denoise_node import pynetdicom_patches
-from dicom_denoise_node.complete import quiet_period
+from dicom_denoise_node.complete import quiet_period, routing
 from dicom_denoise_node.config import ConfigError, Settings, describe, env_overrides
 from dicom_denoise_node.denoise.decode_process import DecoderProcess
 from dicom_denoise_node.denoise.inference import select_device
 from dicom_denoise_node.denoise.series import SeriesDenoiser
-from dicom_denoise_node.denoise.worker import denoise_claim
+from dicom_denoise_node.denoise.worker import ProcessJob
 from dicom_denoise_node.model.registry import load_model, resolve_model_path
 from dicom_denoise_node.ops.health import Health, Heartbeat, node_checks
 from dicom_denoise_node.ops.http_status import StatusServer
 from dicom_denoise_node.ops.metrics import NodeMetrics
-from dicom_denoise_node.receive.admission import MIB, Admission
+from dicom_denoise_node.receive.admission import Admission
 from dicom_denoise_node.receive.audit import AssociationAudit, association_rows
 from dicom_denoise_node.receive.scp import start_scp
-from dicom_denoise_node.send.deliver import deliver_claim
+from dicom_denoise_node.send.deliver import SendJob
 from dicom_denoise_node.store.catalog import Catalog
+from dicom_denoise_node.store.disk import MIB, DiskSpace
 from dicom_denoise_node.store.lock import DataDirLock
 from dicom_denoise_node.store.retention import purge_sent
 from dicom_denoise_node.store.spool import Spool
 from dicom_denoise_node.store.spool_check import check_spool
 
 log = logging.getLogger(__name__)
-
-SEND_LEASE_S = 600.0
 
 
 def load_denoiser(settings: Settings) -> SeriesDenoiser:
@@ -83,14 +84,15 @@ class Node:
             self.lock.release()
             raise
         self.denoiser = denoiser
+        self.disk = DiskSpace(settings.spool_dir, settings.node.min_free_mb)  # receiving refuses, processing pauses
         self.admission = Admission(
             settings.node,
             settings.spool_dir,
             self.catalog.views.pending_series,
             known_series=lambda uid: self.catalog.views.series_state(uid) is not None,
+            disk=self.disk,
         )
-        self._disk_low = False
-        self.metrics = NodeMetrics(self.catalog, lambda: self.admission.free_mb() * MIB)
+        self.metrics = NodeMetrics(self.catalog, lambda: self.disk.free_mb() * MIB)
         self.audit = AssociationAudit(self.catalog, self.metrics)
         self.heartbeat = Heartbeat(max(10.0, 5 * settings.series.poll_interval_s))
         self.server: ThreadedAssociationServer | None = None
@@ -146,8 +148,13 @@ class Node:
         # Completion is an atomic catalog transition: every role runs it, so series complete while any node is up.
         self.scheduler.add_job(self.complete_job, id="complete", **common)
         if self.works:
-            self.scheduler.add_job(self.process_job, id="process", **common)
-            self.scheduler.add_job(self.send_job, id="send", **common)
+            assert self.denoiser is not None
+            processing = ProcessJob(self.catalog, self.denoiser, self.spool, self.metrics, self.settings, self.disk,
+                                    self.stop_event, derived=lambda: self._run_now("send"))  # fmt: skip
+            destinations = functools.partial(routing.destinations_for, self.settings)
+            sending = SendJob(self.catalog, self.settings, self.metrics, destinations, self.stop_event)
+            self.scheduler.add_job(self._claim_loop, args=("process", processing.run), id="process", **common)
+            self.scheduler.add_job(self._claim_loop, args=("send", sending.run), id="send", **common)
             retention = dict(common, seconds=self.settings.retention.check_interval_s)
             self.scheduler.add_job(self.retention_job, id="retention", next_run_time=datetime.now(UTC), **retention)
         self.scheduler.start()
@@ -207,7 +214,7 @@ class Node:
             lambda: self.scheduler is not None and self.scheduler.running,
             self.catalog.db.write_probe,
             model if self.works else None,
-            self.admission.free_mb,
+            self.disk.free_mb,
             self.settings.node.min_free_mb,
             self.settings.spool_dir,
         )
@@ -226,57 +233,13 @@ class Node:
         if job is not None:
             job.modify(next_run_time=datetime.now(UTC))
 
-    def process_job(self) -> None:
-        if not self._disk_has_room():
-            return
-        self._running.add("process")
+    def _claim_loop(self, job_id: str, run: Callable[[], None]) -> None:
+        """A stage's claim loop (denoise/worker.py, send/deliver.py), marked as running so that _run_now leaves it."""
+        self._running.add(job_id)
         try:
-            while not self.stop_event.is_set():
-                series = self.settings.series
-                claim = self.catalog.queue.claim_for_processing(series.max_attempts, series.claim_lease_s)
-                if claim is None:
-                    return
-                assert self.denoiser is not None
-                if denoise_claim(
-                    claim,
-                    self.catalog,
-                    self.denoiser,
-                    self.spool,
-                    self.metrics,
-                    self.settings.guard,
-                    self.stop_event,
-                    series.claim_lease_s,
-                ):
-                    self._run_now("send")
+            run()
         finally:
-            self._running.discard("process")
+            self._running.discard(job_id)
 
     def retention_job(self) -> None:
         purge_sent(self.spool, self.catalog, self.settings.retention.sent_days)
-
-    def _disk_has_room(self) -> bool:
-        """Processing writes derived files: below the free-space watermark it waits (and says so once)."""
-        ok = self.admission.disk_ok()
-        if not ok and not self._disk_low:
-            log.warning(
-                "free space %.0f MiB below min_free_mb=%g: processing paused until space returns",
-                self.admission.free_mb(),
-                self.settings.node.min_free_mb,
-            )
-        elif ok and self._disk_low:
-            log.info("free space %.0f MiB: processing resumes", self.admission.free_mb())
-        self._disk_low = not ok
-        return ok
-
-    def send_job(self) -> None:
-        if not self.settings.destinations:
-            return  # derived series wait in DERIVED until a destination is configured
-        self._running.add("send")
-        try:
-            while not self.stop_event.is_set():
-                claim = self.catalog.deliveries.claim_for_sending(SEND_LEASE_S)
-                if claim is None:
-                    return
-                deliver_claim(claim, self.catalog, self.settings, self.metrics)
-        finally:
-            self._running.discard("send")

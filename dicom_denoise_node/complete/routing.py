@@ -3,6 +3,9 @@
 Rules look at headers only (pixels are never read here) and run in the completion job, never on the C-STORE
 path. A series is routed by the first of its instances that meets every condition of a rule; a series that no
 instance routes is SKIPPED with the reason of each rule. `denoise-node rules test` shows the same decision.
+
+Where a routed series goes is decided here too (:func:`destinations_for`); the send stage gets that function from
+the wiring (pipeline.py), since stages do not import one another.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage
 
-from dicom_denoise_node.config import Rule
+from dicom_denoise_node.config import Destination, Rule, Settings
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +127,16 @@ def classify_series(rules: Sequence[Rule], instances: Iterable[tuple[Path, str]]
             return result
         first = first or result
     return first or RuleMatch(None, {"(series)": ["no instances"]})
+
+
+def rule_named(settings: Settings, name: str | None) -> Rule | None:
+    """The active rule called ``name`` (the one recorded for a series), or None."""
+    return next((r for r in settings.active_rules if r.name == name), None)
+
+
+def destinations_for(settings: Settings, rule_name: str | None) -> list[Destination]:
+    """Where a series routed by ``rule_name`` goes: the rule's destinations, or all of them."""
+    rule = rule_named(settings, rule_name)
+    if rule is None or not rule.destinations:
+        return list(settings.destinations)
+    return [d for d in settings.destinations if d.key in rule.destinations]

@@ -112,16 +112,6 @@ class Settings(BaseSettings):
         """The configured rules, or the default one (every original axial CT series) when there are none."""
         return list(self.rules) or [DEFAULT_RULE]
 
-    def rule_named(self, name: str | None) -> Rule | None:
-        return next((r for r in self.active_rules if r.name == name), None)
-
-    def destinations_for(self, rule_name: str | None) -> list[Destination]:
-        """Where a series routed by ``rule_name`` goes: the rule's destinations, or all of them."""
-        rule = self.rule_named(rule_name)
-        if rule is None or not rule.destinations:
-            return list(self.destinations)
-        return [d for d in self.destinations if d.key in rule.destinations]
-
     @classmethod
     def settings_customise_sources(
         cls,

@@ -176,6 +176,9 @@ class SendSettings(Section):
     backoff_s: float = Field(30.0, gt=0)
     backoff_max_s: float = Field(3600.0, gt=0)
     timeout_s: float = Field(60.0, gt=0)
+    lease_s: float = Field(
+        600.0, ge=10, description="a send attempt not finished in this long is taken over by another worker"
+    )
 
 
 class CatalogSettings(Section):

@@ -1,19 +1,22 @@
-"""③ The worker's step for one claimed series: denoise it under a renewed lease (lease.py), then record DERIVED,
+"""③ The worker: the "process" job claims COMPLETE series one after another while the disk has room
+(:class:`ProcessJob`); each claimed series is denoised under a renewed lease (lease.py), then recorded DERIVED,
 FAILED (error or held by the guard) or, when the node stops meanwhile, COMPLETE again; a claim lost to another
-worker records nothing."""
+worker records nothing (:func:`denoise_claim`)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from dicom_denoise_node.config import GuardSettings
+from dicom_denoise_node.config import GuardSettings, Settings
 from dicom_denoise_node.denoise.lease import ClaimLease
 from dicom_denoise_node.denoise.series import Interrupted, SeriesDenoiser
 from dicom_denoise_node.ops.metrics import NodeMetrics
 from dicom_denoise_node.store.catalog import Catalog, Claim, DerivedRecord, SeriesState
+from dicom_denoise_node.store.disk import DiskSpace
 from dicom_denoise_node.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -88,3 +91,52 @@ def denoise_claim(
         return False
     log.info("series %s state=DERIVED (%d instances)", claim.series_uid, len(records))
     return True
+
+
+class ProcessJob:
+    """One pass of the "process" job: claim and denoise series until none is left or the node stops.
+
+    Below the free-space watermark it claims nothing (it would write derived files onto a full disk) and says so
+    once, and once again when space returns. ``derived`` is called after each series ready to send (the wiring
+    starts the send job then, rather than at its next poll)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        denoiser: SeriesDenoiser,
+        spool: Spool,
+        metrics: NodeMetrics,
+        settings: Settings,
+        disk: DiskSpace,
+        stop: threading.Event,
+        derived: Callable[[], None],
+    ) -> None:
+        self.catalog, self.denoiser, self.spool, self.metrics = catalog, denoiser, spool, metrics
+        self.settings, self.disk, self.stop, self.derived = settings, disk, stop, derived
+        self.disk_low = False  # this job's own memory of its last check, for the two log lines
+
+    def run(self) -> None:
+        if not self.disk_has_room():
+            return
+        series = self.settings.series
+        while not self.stop.is_set():
+            claim = self.catalog.queue.claim_for_processing(series.max_attempts, series.claim_lease_s)
+            if claim is None:
+                return
+            if denoise_claim(claim, self.catalog, self.denoiser, self.spool, self.metrics, self.settings.guard,
+                             self.stop, series.claim_lease_s):  # fmt: skip
+                self.derived()
+
+    def disk_has_room(self) -> bool:
+        """Processing writes derived files: below the free-space watermark it waits (and says so once)."""
+        ok = self.disk.ok()
+        if not ok and not self.disk_low:
+            log.warning(
+                "free space %.0f MiB below min_free_mb=%g: processing paused until space returns",
+                self.disk.free_mb(),
+                self.disk.min_free_mb,
+            )
+        elif ok and self.disk_low:
+            log.info("free space %.0f MiB: processing resumes", self.disk.free_mb())
+        self.disk_low = not ok
+        return ok

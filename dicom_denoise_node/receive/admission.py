@@ -19,17 +19,15 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import shutil
 import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dicom_denoise_node.config import ConfigError, NodeSettings, TLSSettings
+from dicom_denoise_node.store.disk import DiskSpace
 
 log = logging.getLogger(__name__)
-
-MIB = 1024 * 1024
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE title not recognised
@@ -46,13 +44,15 @@ class Admission:
         pending_series: Callable[[], int] | None = None,
         free_bytes: Callable[[Path], int] | None = None,
         known_series: Callable[[str], bool] | None = None,
+        disk: DiskSpace | None = None,
     ) -> None:
         self.settings = settings
         self.data_dir = Path(data_dir)
         self._pending_series = pending_series
         self._known_series = known_series
         self._new_series_lock = threading.Lock()
-        self._free_bytes = free_bytes or (lambda p: shutil.disk_usage(p).free)
+        # The measure the worker's pause shares (store/disk.py); built here when the caller has none.
+        self.disk = disk or DiskSpace(self.data_dir, settings.min_free_mb, free_bytes)
         self._networks = {
             ae: [ipaddress.ip_network(n, strict=False) for n in nets] for ae, nets in settings.allowed_peers.items()
         }
@@ -69,18 +69,11 @@ class Admission:
         return any(ip in net for net in networks)
 
     def free_mb(self) -> float:
-        return self._free_bytes(self.data_dir) / MIB
-
-    def disk_ok(self) -> bool:
-        """Whether the data directory has at least ``min_free_mb`` free."""
-        return self.free_mb() >= self.settings.min_free_mb
+        return self.disk.free_mb()
 
     def disk_refusal(self) -> str | None:
         """Why the disk is too full for new data, or None."""
-        if self.disk_ok():
-            return None
-        limit = self.settings.min_free_mb
-        return f"free space {self.free_mb():.0f} MiB under {self.data_dir} is below min_free_mb={limit:g}"
+        return self.disk.refusal()
 
     def association_refusal(self, calling_ae: str, address: str) -> tuple[tuple[int, int, int], str] | None:
         """(A-ASSOCIATE-RJ result/source/diagnostic, reason) when a new association must be refused, else None."""

@@ -27,10 +27,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_denoise_node.codecs import decodable_transfer_syntaxes, log_refused_syntaxes
 from dicom_denoise_node.config import NodeSettings
 from dicom_denoise_node.pynetdicom_patches import NODELAY_HANDLER, start_server, stream_received_datasets
-from dicom_denoise_node.receive.admission import MIB, Admission, server_tls_context
+from dicom_denoise_node.receive.admission import Admission, server_tls_context
 from dicom_denoise_node.receive.audit import AssociationAudit
 from dicom_denoise_node.receive.stream import ReceivedFile, ReceiveSink
 from dicom_denoise_node.store.catalog import Catalog, InstanceMeta, SeriesBeingPurged
+from dicom_denoise_node.store.disk import MIB
 from dicom_denoise_node.store.spool import InvalidUID, Spool, check_uid, place_durably, publish
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import os
 import threading
 from pathlib import Path
 
-from dicom_denoise_node.receive.admission import MIB
+from dicom_denoise_node.store.disk import MIB
 from dicom_denoise_node.store.spool import DIR_MODE, FILE_MODE, temp_name
 
 log = logging.getLogger(__name__)

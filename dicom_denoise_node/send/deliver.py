@@ -1,5 +1,6 @@
-"""④ One send attempt of a claimed DERIVED series: every destination that has not acknowledged it yet, then SENT,
-or the attempt counted (backoff, FAILED after max_attempts).
+"""④ The sender: the "send" job claims due DERIVED series one after another under ``[send] lease_s``
+(:class:`SendJob`); one send attempt of a claimed series goes to every destination that has not acknowledged it yet,
+then SENT, or the attempt counted (backoff, FAILED after max_attempts) (:func:`deliver_claim`).
 
 The one place of the series-level logic (ledger, skip what is confirmed, record_delivery) for every kind of
 destination: the senders (scu.py for DIMSE, stow.py for STOW-RS) only send files and report each confirmed instance.
@@ -8,6 +9,7 @@ destination: the senders (scu.py for DIMSE, stow.py for STOW-RS) only send files
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,13 +52,15 @@ def _send(files: list[Path], dest: Destination, settings: Settings, confirmed: C
     return send_files(files, dest, settings.node.ae_title, timeout_s, confirmed)
 
 
-def deliver_claim(claim: Claim, catalog: Catalog, settings: Settings, metrics: NodeMetrics) -> None:
-    """Send a DERIVED series to every destination that has not acknowledged it yet; to a destination that failed
-    midway, only the instances it has not confirmed (the per-instance ledger)."""
+def deliver_claim(
+    claim: Claim, catalog: Catalog, settings: Settings, metrics: NodeMetrics, destinations: list[Destination]
+) -> None:
+    """Send a DERIVED series to every one of its ``destinations`` (routing's choice) that has not acknowledged it
+    yet; to a destination that failed midway, only the instances it has not confirmed (the per-instance ledger)."""
     derived = catalog.deliveries.derived_instances(claim.series_id)
     done = catalog.deliveries.delivered_to(claim)
     errors = []
-    for dest in settings.destinations_for(catalog.completion.series_rule(claim.series_id)):
+    for dest in destinations:
         if dest.key in done:
             continue
         confirmed = catalog.deliveries.confirmed_instances(claim, dest.key)
@@ -110,3 +114,31 @@ def deliver_claim(claim: Claim, catalog: Catalog, settings: Settings, metrics: N
     else:
         log.warning("series %s: sent, but the send lease was lost to another node, which records the outcome",
                     claim.series_uid)  # fmt: skip
+
+
+class SendJob:
+    """One pass of the "send" job: claim due DERIVED series and send each, until none is left or the node stops.
+
+    ``destinations_for`` is routing's answer to "where does a series of this rule go" (complete/routing.py), handed
+    in by the wiring. Without any destination configured, derived series wait in DERIVED."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        settings: Settings,
+        metrics: NodeMetrics,
+        destinations_for: Callable[[str | None], list[Destination]],
+        stop: threading.Event,
+    ) -> None:
+        self.catalog, self.settings, self.metrics = catalog, settings, metrics
+        self.destinations_for, self.stop = destinations_for, stop
+
+    def run(self) -> None:
+        if not self.settings.destinations:
+            return
+        while not self.stop.is_set():
+            claim = self.catalog.deliveries.claim_for_sending(self.settings.send.lease_s)
+            if claim is None:
+                return
+            destinations = self.destinations_for(self.catalog.completion.series_rule(claim.series_id))
+            deliver_claim(claim, self.catalog, self.settings, self.metrics, destinations)

@@ -206,3 +206,14 @@ def test_a_catalog_password_is_never_shown(tmp_path):
     header = checkpoint_header(build_config("tiny", overrides={"catalog_url": url}), {}, {}, 0, 0, 0, 1)
     assert "s3cret-pw" not in str(header) and header["config"]["catalog_url"].endswith("***@db.example/denoise")
     assert redact_url("") == "" and redact_url("sqlite:////var/lib/x.sqlite") == "sqlite:////var/lib/x.sqlite"
+
+
+def test_the_send_lease_is_a_setting_and_a_bad_one_is_refused_naming_the_key(tmp_path):
+    """`[send] lease_s`: how long a send attempt holds its series against other workers (was a constant)."""
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("[send]\nlease_s = 900\n")
+    assert load_settings(cfg).send.lease_s == 900 and load_settings(None).send.lease_s == 600
+    cfg.write_text("[send]\nlease_s = 0\n")
+    with pytest.raises(ConfigError, match=r"send\.lease_s") as err:
+        load_settings(cfg)
+    assert str(cfg) in str(err.value)

@@ -12,6 +12,7 @@ from pydicom import dcmread
 
 from denoise_harness.dcmtk import storescu
 from denoise_harness.node import NodeProcess
+from dicom_denoise_node.complete.routing import destinations_for
 from dicom_denoise_node.config import Settings
 from dicom_denoise_node.ops.metrics import NodeMetrics
 from dicom_denoise_node.send import deliver
@@ -44,7 +45,8 @@ def send_attempts(catalog: Catalog, settings: Settings, attempts: int) -> Claim:
     for attempt in range(1, attempts + 1):
         claim = catalog.deliveries.claim_for_sending(0.0, now=utcnow() + timedelta(seconds=attempt))
         assert claim is not None
-        deliver.deliver_claim(claim, catalog, settings, metrics)
+        rule = catalog.completion.series_rule(claim.series_id)
+        deliver.deliver_claim(claim, catalog, settings, metrics, destinations_for(settings, rule))
     return claim
 
 
