@@ -12,10 +12,10 @@ import pytest
 from pydicom import dcmread
 
 from dicom_denoise_node.config import NodeSettings
-from dicom_denoise_node.store.disk import MIB
 from dicom_denoise_node.receive.scp import start_scp
 from dicom_denoise_node.receive.stream import RECEIVING_DIR, ReceivedFile
 from dicom_denoise_node.store.catalog import Catalog
+from dicom_denoise_node.store.disk import MIB
 from dicom_denoise_node.store.spool import Spool
 from tests.peers import (
     LOOPBACK,
