@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "AIR_HU",
     "BODY_PARTS",
+    "DETAILS",
     "LABELS",
     "LABEL_IDS",
     "Lesion",
@@ -49,12 +51,29 @@ __all__ = [
 ]
 
 
+Detail = Literal["plain", "rich"]
+DETAILS: tuple[str, ...] = ("plain", "rich")
+
+
 def make_patient(
-    rng: np.random.Generator, body_part: str, z_extent_mm: tuple[float, float] = (-60.0, 60.0)
+    rng: np.random.Generator,
+    body_part: str,
+    z_extent_mm: tuple[float, float] = (-60.0, 60.0),
+    *,
+    detail: Detail = "plain",
+    size_scale: float = 1.0,
 ) -> PatientAnatomy:
-    """Draw one patient (body size, organ sizes and positions, lesions) for slices within z_extent_mm."""
+    """Draw one patient (body size, organ sizes and positions, lesions) for slices within z_extent_mm.
+
+    detail="plain" with size_scale=1 draws exactly what earlier versions drew from the same rng (archives stay the
+    same); "rich" adds finer anatomy and size_scale scales the body in-plane (small to large patients).
+    """
     if body_part not in BODY_PARTS:
         raise ValueError(f"body_part must be one of {BODY_PARTS}, not {body_part!r}")
+    if detail not in DETAILS:
+        raise ValueError(f"detail must be one of {DETAILS}, not {detail!r}")
+    if not 0.3 <= size_scale <= 2.0:
+        raise ValueError(f"size_scale must be within 0.3-2.0, not {size_scale!r}")
     z0 = 0.5 * (z_extent_mm[0] + z_extent_mm[1])
     structures, trunk = (draw_chest if body_part == "chest" else draw_abdomen)(rng, z0)
     anatomy = PatientAnatomy(
