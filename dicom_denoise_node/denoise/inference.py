@@ -98,11 +98,9 @@ def compile_network(network: nn.Module, batch: torch.Tensor) -> nn.Module:
     paid at start-up and not by the first series. Measured on CPU (docs/benchmarks.md): 1.3–1.6× faster than
     eager, because inductor fuses instance norm, ReLU and padding and pre-packs the oneDNN convolution weights.
     Any failure (no C++ compiler, an unsupported operator) returns the eager network with a warning."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True  # the weights never change in the node: fold them in
     try:
-        compiled = torch.compile(network, dynamic=False)
+        # freezing: the weights never change in the node, so inductor folds them in (its option, scoped to this call)
+        compiled = torch.compile(network, dynamic=False, options={"freezing": True})
         with torch.inference_mode():
             compiled(batch)
     except Exception as exc:

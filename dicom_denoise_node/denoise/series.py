@@ -217,48 +217,43 @@ class SeriesDenoiser:
                 for future in in_flight:
                     future.cancel()
         if report_slices:
-            t0 = time.perf_counter()
-            report = build_report(
-                ReportInput(
-                    source_series_uid,
-                    result.derived_series_uid,
-                    self.info.name,
-                    self.info.version,
-                    self.report.notice,
-                    self.guard.policy if self.guard.enabled else "off",
-                    report_slices,
-                    self.strength,
-                    self.self_ensemble,
-                ),
-                manufacturer=self.derive_settings.manufacturer,
-                institution=self.derive_settings.institution_name,
-            )
-            path = out_path(str(report.SeriesInstanceUID), str(report.SOPInstanceUID))
-            write_atomic(path, encode(report))
-            result.written.append((str(report.SOPInstanceUID), REPORT_SOURCE, path))
-            result.report_path = path
-            timings["report"] += time.perf_counter() - t0
+            self._write_report(source_series_uid, result, report_slices, out_path)
         # Inference is what remains of the wall time: tiling, the network and the HU conversions. Guard and
         # encode+write ran beside it (their own durations are reported); "waited" is the part that did not overlap,
         # and "report" the quality report built after the last slice.
         timings["inference"] = time.perf_counter() - started - timings["decode"] - timings["waited"] - timings["report"]
-        log.info(
-            "series %s: %d slices denoised into %s (%d skipped, %d flagged by the guard); decode %.2f s, "
-            "inference %.2f s, guard %.2f s, encode+write %.2f s (both beside inference), waited %.2f s, "
-            "report %.2f s",
-            source_series_uid,
-            result.images,
-            result.derived_series_uid,
-            len(skipped),
-            len(result.flagged),
-            timings["decode"],
-            timings["inference"],
-            timings["guard"],
-            timings["encode"],
-            timings["waited"],
-            timings["report"],
-        )
+        _log_timings(source_series_uid, result)
         return result
+
+    def _write_report(
+        self,
+        source_series_uid: str,
+        result: SeriesResult,
+        report_slices: list[tuple[Dataset, Dataset, SliceVerdict]],
+        out_path: Callable[[str, str], Path],
+    ) -> None:
+        """The quality report (SR) beside the derived series, written like its instances."""
+        t0 = time.perf_counter()
+        report = build_report(
+            ReportInput(
+                source_series_uid,
+                result.derived_series_uid,
+                self.info.name,
+                self.info.version,
+                self.report.notice,
+                self.guard.policy if self.guard.enabled else "off",
+                report_slices,
+                self.strength,
+                self.self_ensemble,
+            ),
+            manufacturer=self.derive_settings.manufacturer,
+            institution=self.derive_settings.institution_name,
+        )
+        path = out_path(str(report.SeriesInstanceUID), str(report.SOPInstanceUID))
+        write_atomic(path, encode(report))
+        result.written.append((str(report.SOPInstanceUID), REPORT_SOURCE, path))
+        result.report_path = path
+        result.timings["report"] += time.perf_counter() - t0
 
     def _finish_slice(
         self,
@@ -293,3 +288,24 @@ class SeriesDenoiser:
             guard_s=t1 - t0,
             encode_s=time.perf_counter() - t1,
         )
+
+
+def _log_timings(source_series_uid: str, result: SeriesResult) -> None:
+    """One line per series: what was made and where the time went."""
+    timings = result.timings
+    log.info(
+        "series %s: %d slices denoised into %s (%d skipped, %d flagged by the guard); decode %.2f s, "
+        "inference %.2f s, guard %.2f s, encode+write %.2f s (both beside inference), waited %.2f s, "
+        "report %.2f s",
+        source_series_uid,
+        result.images,
+        result.derived_series_uid,
+        len(result.skipped),
+        len(result.flagged),
+        timings["decode"],
+        timings["inference"],
+        timings["guard"],
+        timings["encode"],
+        timings["waited"],
+        timings["report"],
+    )

@@ -118,106 +118,151 @@ def handle_store(
         received.discard()  # a no-op once the file was renamed into the spool
 
 
+class _Refused(Exception):
+    """An instance refused with a named status and the reason (logged once by ``_reject``)."""
+
+    def __init__(self, status: StoreStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
 def _store(event: Event, received: ReceivedFile, spool: Spool, catalog: Catalog, admission: Admission | None) -> int:
+    """The checks in the order a refusal costs least, then spool, catalog and (for a resend) publish."""
+    try:
+        _check_receipt(received, admission)
+        ds = _read(received)
+        sop_uid, series_uid, study_uid = _identify(ds)
+        gate = admission.new_series_gate(series_uid) if admission is not None else contextlib.nullcontext(None)
+        with gate as refusal:  # the first instance of a new series is admitted under a lock: the limit is exact
+            if refusal:
+                raise _Refused(StoreStatus.OUT_OF_RESOURCES, refusal)
+            _check_content(ds, event, admission)
+            uids = (study_uid, series_uid, sop_uid)
+            path, staged = _place(received, spool, uids)
+            _record(catalog, ds, event, received, (path, staged), uids)
+            if staged is not None:
+                try:
+                    publish(staged, path)
+                except OSError as exc:  # the earlier copy stays in place; the SCU resends this one
+                    reason = f"could not replace {sop_uid} in the spool: {exc}"
+                    raise _Refused(StoreStatus.OUT_OF_RESOURCES, reason) from exc
+    except _Refused as refused:
+        return _reject(refused.status, refused.reason, event)
+    log.debug("stored %s (series %s) from %s", sop_uid, series_uid, event.assoc.requestor.ae_title)
+    return StoreStatus.SUCCESS.value
+
+
+def _check_receipt(received: ReceivedFile, admission: Admission | None) -> None:
+    """What receiving itself found: over the size limit, a write error, or no free space left."""
     if received.over_limit:
-        limit_mb = received.limit / MIB
-        return _reject(
+        raise _Refused(
             StoreStatus.OUT_OF_RESOURCES,
-            f"dataset of {received.received / MIB:.1f} MiB exceeds max_dataset_mb={limit_mb:g}: "
+            f"dataset of {received.received / MIB:.1f} MiB exceeds max_dataset_mb={received.limit / MIB:g}: "
             "stopped writing it at the limit, nothing kept",
-            event,
         )
     if received.write_error is not None:
         exc = received.write_error
         what = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "could not write to the spool"
-        return _reject(StoreStatus.OUT_OF_RESOURCES, f"{what} while receiving: {exc}", event)
+        raise _Refused(StoreStatus.OUT_OF_RESOURCES, f"{what} while receiving: {exc}")
     if admission is not None and (refusal := admission.disk_refusal()):
-        return _reject(StoreStatus.OUT_OF_RESOURCES, refusal, event)
-    try:
-        ds = dcmread(received.path)  # the descriptor stays open for finish()'s fsync
-    except Exception as exc:  # pydicom raises many types on malformed input
-        return _reject(StoreStatus.CANNOT_UNDERSTAND, f"dataset could not be decoded: {exc}", event)
+        raise _Refused(StoreStatus.OUT_OF_RESOURCES, refusal)
 
+
+def _read(received: ReceivedFile) -> Dataset:
+    try:
+        return dcmread(received.path)  # the descriptor stays open for finish()'s fsync
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise _Refused(StoreStatus.CANNOT_UNDERSTAND, f"dataset could not be decoded: {exc}") from exc
+
+
+def _identify(ds: Dataset) -> tuple[str, str, str]:
+    """(SOP instance, series, study) UIDs, each checked before it names a file."""
     try:
         if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
-            return _reject(StoreStatus.CANNOT_UNDERSTAND, "not a DICOM data set (no SOP Class/Instance UID)", event)
+            raise _Refused(StoreStatus.CANNOT_UNDERSTAND, "not a DICOM data set (no SOP Class/Instance UID)")
         sop_uid = check_uid(str(ds.get("SOPInstanceUID", "")), "SOPInstanceUID")
         series_uid = check_uid(str(ds.get("SeriesInstanceUID", "")), "SeriesInstanceUID")
         study_uid = check_uid(str(ds.get("StudyInstanceUID", "")), "StudyInstanceUID")
     except InvalidUID as exc:
-        return _reject(StoreStatus.CANNOT_UNDERSTAND, str(exc), event)
+        raise _Refused(StoreStatus.CANNOT_UNDERSTAND, str(exc)) from exc
+    except _Refused:
+        raise
     except Exception as exc:
-        return _reject(StoreStatus.CANNOT_UNDERSTAND, f"dataset could not be decoded: {exc}", event)
+        raise _Refused(StoreStatus.CANNOT_UNDERSTAND, f"dataset could not be decoded: {exc}") from exc
+    return sop_uid, series_uid, study_uid
 
-    gate = admission.new_series_gate(series_uid) if admission is not None else contextlib.nullcontext(None)
-    with gate as refusal:  # the first instance of a new series is admitted under a lock: the limit is exact
-        if refusal:
-            return _reject(StoreStatus.OUT_OF_RESOURCES, refusal, event)
-        context_class = event.context.abstract_syntax
-        if str(ds.get("SOPClassUID", "")) != context_class:
-            return _reject(
-                StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                f"SOPClassUID {ds.get('SOPClassUID')} does not match the presentation context {context_class}",
-                event,
+
+def _check_content(ds: Dataset, event: Event, admission: Admission | None) -> None:
+    """The data set matches its presentation context and has pixels this node can decode."""
+    context_class = event.context.abstract_syntax
+    if str(ds.get("SOPClassUID", "")) != context_class:
+        raise _Refused(
+            StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            f"SOPClassUID {ds.get('SOPClassUID')} does not match the presentation context {context_class}",
+        )
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise _Refused(StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "no PixelData in a CT image")
+    try:
+        limit = admission.settings.max_image_pixels if admission is not None else NodeSettings().max_image_pixels
+        problem = pixel_data_problem(ds, dcm_uid.UID(str(event.context.transfer_syntax)), limit)
+    except Exception as exc:  # a value pydicom cannot even parse
+        problem = f"dataset could not be decoded: {exc}"
+    if problem:
+        raise _Refused(StoreStatus.CANNOT_UNDERSTAND, problem)
+
+
+def _place(received: ReceivedFile, spool: Spool, uids: tuple[str, str, str]) -> tuple[Path, Path | None]:
+    """The spool path, and for a resend the new copy staged beside it until its row is committed."""
+    study_uid, series_uid, sop_uid = uids
+    try:
+        path = spool.incoming_path(study_uid, series_uid, sop_uid)
+        # The data set exactly as received (never re-encoded), behind pynetdicom's preamble and file meta.
+        received.finish()
+        if path.exists():  # a resend: the copy acknowledged earlier stays until the new row is committed
+            return path, received.path
+        place_durably(received.path, path)
+        return path, None
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _Refused(StoreStatus.OUT_OF_RESOURCES, f"disk full writing {sop_uid}: {exc}") from exc
+        raise _Refused(StoreStatus.OUT_OF_RESOURCES, f"could not write {sop_uid} to the spool: {exc}") from exc
+
+
+def _record(
+    catalog: Catalog,
+    ds: Dataset,
+    event: Event,
+    received: ReceivedFile,
+    placed: tuple[Path, Path | None],
+    uids: tuple[str, str, str],
+) -> None:
+    """The catalog row; on failure no new row and no new file (a resend's acknowledged copy and row are kept)."""
+    (path, staged), (study_uid, series_uid, sop_uid) = placed, uids
+    try:
+        catalog.intake.record_instance(
+            InstanceMeta(
+                patient_id=str(ds.get("PatientID", "") or "")[:64],
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_uid=sop_uid,
+                sop_class_uid=event.context.abstract_syntax,
+                transfer_syntax=str(event.context.transfer_syntax),
+                modality=str(ds.get("Modality", "") or ""),
+                series_description=str(ds.get("SeriesDescription", "") or ""),
+                instance_number=_instance_number(ds),
+                path=str(path),
+                size=received.received,
+                calling_aet=event.assoc.requestor.ae_title,
             )
-        if "PixelData" not in ds and "FloatPixelData" not in ds:
-            return _reject(StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "no PixelData in a CT image", event)
-        try:
-            limit = admission.settings.max_image_pixels if admission is not None else NodeSettings().max_image_pixels
-            problem = pixel_data_problem(ds, dcm_uid.UID(str(event.context.transfer_syntax)), limit)
-        except Exception as exc:  # a value pydicom cannot even parse
-            problem = f"dataset could not be decoded: {exc}"
-        if problem:
-            return _reject(StoreStatus.CANNOT_UNDERSTAND, problem, event)
-
-        staged: Path | None = None  # a resend's new copy, published only once its row is committed
-        try:
-            path = spool.incoming_path(study_uid, series_uid, sop_uid)
-            # The data set exactly as received (never re-encoded), behind pynetdicom's preamble and file meta.
-            received.finish()
-            if path.exists():  # a resend: the copy acknowledged earlier stays until the new row is committed
-                staged = received.path
-            else:
-                place_durably(received.path, path)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                return _reject(StoreStatus.OUT_OF_RESOURCES, f"disk full writing {sop_uid}: {exc}", event)
-            return _reject(StoreStatus.OUT_OF_RESOURCES, f"could not write {sop_uid} to the spool: {exc}", event)
-
-        try:
-            catalog.intake.record_instance(
-                InstanceMeta(
-                    patient_id=str(ds.get("PatientID", "") or "")[:64],
-                    study_uid=study_uid,
-                    series_uid=series_uid,
-                    sop_uid=sop_uid,
-                    sop_class_uid=context_class,
-                    transfer_syntax=str(event.context.transfer_syntax),
-                    modality=str(ds.get("Modality", "") or ""),
-                    series_description=str(ds.get("SeriesDescription", "") or ""),
-                    instance_number=_instance_number(ds),
-                    path=str(path),
-                    size=received.received,
-                    calling_aet=event.assoc.requestor.ae_title,
-                )
-            )
-        except SeriesBeingPurged as exc:  # nothing kept: the purge would delete it next; the SCU sends it later
-            (staged or path).unlink(missing_ok=True)
-            return _reject(StoreStatus.OUT_OF_RESOURCES, str(exc), event)
-        except Exception as exc:
-            # No new row, no new file: the SCU got a failure and will resend; the spool stays consistent, and a
-            # resend's earlier, acknowledged copy (and its row) is kept.
-            (staged or path).unlink(missing_ok=True)
-            log.exception("catalog write failed for %s", sop_uid)
-            return _reject(StoreStatus.PROCESSING_FAILURE, f"catalog write failed: {exc}", event)
-        if staged is not None:
-            try:
-                publish(staged, path)
-            except OSError as exc:  # the earlier copy stays in place; the SCU resends this one
-                return _reject(StoreStatus.OUT_OF_RESOURCES, f"could not replace {sop_uid} in the spool: {exc}", event)
-
-        log.debug("stored %s (series %s) from %s", sop_uid, series_uid, event.assoc.requestor.ae_title)
-        return StoreStatus.SUCCESS.value
+        )
+    except SeriesBeingPurged as exc:  # nothing kept: the purge would delete it next; the SCU sends it later
+        (staged or path).unlink(missing_ok=True)
+        raise _Refused(StoreStatus.OUT_OF_RESOURCES, str(exc)) from exc
+    except Exception as exc:
+        # The SCU got a failure and will resend; the spool stays consistent.
+        (staged or path).unlink(missing_ok=True)
+        log.exception("catalog write failed for %s", sop_uid)
+        raise _Refused(StoreStatus.PROCESSING_FAILURE, f"catalog write failed: {exc}") from exc
 
 
 def handle_echo(event: Event) -> int:
