@@ -192,7 +192,7 @@ def test_a_missing_gpu_is_a_config_error_naming_the_device():
 
 def test_a_catalog_password_is_never_shown(tmp_path):
     """The PostgreSQL URL carries a password: the start-up line, `status` and exported training metadata hide it."""
-    from denoise_trainer.train.loop import checkpoint_header
+    from denoise_trainer.train.checkpoint import checkpoint_header
     from denoise_trainer.train.recipe import build_config
     from dicom_denoise_node.config import describe, redact_url
 
