@@ -80,7 +80,7 @@ class TrainConfig(BaseModel):
     ema_decay: float = Field(
         0.0, ge=0, lt=1, description="> 0: validate, keep and export an EMA of the generator's weights (the method: 0)"
     )
-    # Paired mode (beyond the method: `train --pairing paired`, trainer/paired.py)
+    # Paired mode (beyond the method: `train --pairing paired`, train/paired_step.py)
     pairing: Literal["unpaired", "paired"] = "unpaired"
     lambda_pair_l1: float = Field(1.0, ge=0, description="paired: L1 between G(LD) and HD")
     lambda_pair_msssim: float = Field(1.0, ge=0, description="paired: 1 − MS-SSIM(G(LD), HD), soft-tissue window")

@@ -4,7 +4,7 @@ Why against REF and not HD: HD carries its own quantum noise, so a denoiser that
 scores worse against HD while being closer to the truth; a CycleGAN's objective is HD-like output, which against
 REF means an error close to HD's own. Why soft tissue: that is where low-dose noise hides low-contrast lesions, and
 where the −160…240 HU window a radiologist reads in shows it. Full slices, through the generator directly (the
-node's tiler gives the same result for this translation-equivariant network up to blending, trainer/evaluate.py
+node's tiler gives the same result for this translation-equivariant network up to blending, evaluate/comparison.py
 scores through the tiler).
 """
 
