@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from denoise_trainer.archive import kernels
+
 log = logging.getLogger(__name__)
 
 MU_WATER_PER_MM = 0.0192  # linear attenuation of water at an effective ~70 keV
@@ -132,7 +134,8 @@ def counts_to_line_integrals(counts: np.ndarray, i0: float) -> np.ndarray:
 
 def ramp_filter(bins: int, window: str = "shepp-logan", device: Device = "cpu") -> torch.Tensor:
     """rfft response of the band-limited ramp (Ram-Lak from its spatial kernel, avoiding the DC error),
-    optionally apodised by a Shepp-Logan (sinc) or Hann window; zero-padded to a power of two ≥ 2·bins."""
+    optionally apodised by a Shepp-Logan (sinc) or Hann window or a named kernel (archive/kernels.py);
+    zero-padded to a power of two ≥ 2·bins."""
     pad = 1 << int(math.ceil(math.log2(2 * bins)))
     n = np.concatenate([np.arange(0, pad // 2 + 1), np.arange(-pad // 2 + 1, 0)])
     h = np.zeros(pad)
@@ -145,8 +148,10 @@ def ramp_filter(bins: int, window: str = "shepp-logan", device: Device = "cpu") 
         response *= np.sinc(freq)
     elif window == "hann":
         response *= 0.5 * (1.0 + np.cos(2.0 * math.pi * freq))
+    elif window in kernels.KERNELS:  # the named kernels of the training span and the OOD archive
+        response *= kernels.KERNELS[window].response(freq)
     elif window != "ram-lak":
-        raise ValueError(f"unknown FBP window {window!r} (ram-lak, shepp-logan, hann)")
+        raise ValueError(f"unknown FBP window {window!r} (ram-lak, shepp-logan, hann, {', '.join(kernels.KERNELS)})")
     return torch.as_tensor(response, dtype=torch.float32, device=torch.device(device))
 
 
@@ -219,13 +224,24 @@ def simulate_doses(
         raise ValueError('"REF" is reserved for the noise-free reconstruction')
     rng = rng if rng is not None else np.random.default_rng()
     n = hu_slice.shape[-1]
-    sino = forward_project(hu_to_mu(hu_slice) * pixel_spacing, views, device=device)
-    if len(aperture) > 1:
-        kernel = np.asarray(aperture, dtype=np.float64)
-        sino = ndimage.convolve1d(sino, kernel / kernel.sum(), axis=1, mode="constant").astype(np.float32)
+    sino = blur_aperture(forward_project(hu_to_mu(hu_slice) * pixel_spacing, views, device=device), aperture)
     stack = [sino]
     for i0 in doses.values():
         stack.append(counts_to_line_integrals(simulate_counts(sino, i0, electronic_noise, rng), i0))
-    recon = fbp(np.stack(stack), n, window=window, device=device) / pixel_spacing
-    names = ["REF", *doses]
+    return reconstruct_hu(np.stack(stack), ["REF", *doses], n, pixel_spacing, window, device)
+
+
+def blur_aperture(sino: np.ndarray, aperture: tuple[float, ...]) -> np.ndarray:
+    """The expected signal blurred across detector bins (focal spot and detector width), before any noise."""
+    if len(aperture) <= 1:
+        return sino
+    kernel = np.asarray(aperture, dtype=np.float64)
+    return ndimage.convolve1d(sino, kernel / kernel.sum(), axis=1, mode="constant").astype(np.float32)
+
+
+def reconstruct_hu(
+    stack: np.ndarray, names: list[str], size: int, pixel_spacing: float, window: str, device: Device
+) -> dict[str, np.ndarray]:
+    """FBP of a batch of parallel sinograms (line integrals, dimensionless) → name → HU image."""
+    recon = fbp(stack, size, window=window, device=device) / pixel_spacing
     return {name: mu_to_hu(img).astype(np.float32) for name, img in zip(names, recon, strict=True)}
