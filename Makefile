@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml trainer/pyproject.toml harness/pyproject.toml $(CONSTRA
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[dev,postgresql,jpeg-gpl]' -e ./trainer -e './harness[bench]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[dev,postgresql,jpeg-gpl]' -e './trainer[fanbeam]' -e './harness[bench]'
 	touch $@
 
 venv: $(STAMP)
