@@ -18,6 +18,7 @@ from denoise_trainer.archive.phantom.abdomen import draw_abdomen
 from denoise_trainer.archive.phantom.anatomy import draw_texture
 from denoise_trainer.archive.phantom.chest import draw_chest
 from denoise_trainer.archive.phantom.lesion_placement import draw_lesion_specs, place_lesions
+from denoise_trainer.archive.phantom.rich import draw_rich, scale_patient, side_generator
 from denoise_trainer.archive.phantom.shapes import (
     AIR_HU,
     BODY_PARTS,
@@ -74,8 +75,10 @@ def make_patient(
         raise ValueError(f"detail must be one of {DETAILS}, not {detail!r}")
     if not 0.3 <= size_scale <= 2.0:
         raise ValueError(f"size_scale must be within 0.3-2.0, not {size_scale!r}")
+    side = side_generator(rng, "rich") if detail == "rich" else None  # reads rng's state, draws nothing from it
     z0 = 0.5 * (z_extent_mm[0] + z_extent_mm[1])
     structures, trunk = (draw_chest if body_part == "chest" else draw_abdomen)(rng, z0)
+    structures, trunk = scale_patient(structures, trunk, float(size_scale))
     anatomy = PatientAnatomy(
         body_part=body_part,
         structures=tuple(structures),
@@ -85,6 +88,16 @@ def make_patient(
         body_axes_mm=(trunk.a, trunk.b),
     )
     organ_hu = {s.label: s.hu for s in reversed(structures)}
-    lesions = place_lesions(rng, anatomy, draw_lesion_specs(rng, body_part, organ_hu))
-    log.debug("patient %s: %d structures, %d lesions", body_part, len(structures), len(lesions))
+    specs = draw_lesion_specs(rng, body_part, organ_hu)
+    if side is not None:
+        rich = draw_rich(side, body_part, structures, trunk, z0)
+        specs += rich.lesion_specs
+        anatomy = replace(
+            anatomy,
+            structures=(*structures, *rich.structures),
+            organ_textures=rich.textures,
+            local_contrast=True,
+        )
+    lesions = place_lesions(rng, anatomy, specs)
+    log.debug("patient %s: %d structures, %d lesions", body_part, len(anatomy.structures), len(lesions))
     return replace(anatomy, lesions=lesions)

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from denoise_trainer.archive.phantom.local_contrast import background_offset
+from denoise_trainer.archive.phantom.organ_texture import OrganTexture, add_organ_textures
+
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +40,7 @@ LABELS: tuple[str, ...] = (
     "disc",
     "canal",
     "lesion",
+    "metal",  # rich detail only (clips, wires, screws); appended so that the plain labels keep their ids
 )
 LABEL_IDS: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
 PLACEMENT_SPACING_MM = 1.0
@@ -146,6 +150,8 @@ class PatientAnatomy:
     texture: Texture
     z_extent_mm: tuple[float, float]
     body_axes_mm: tuple[float, float]
+    organ_textures: tuple[OrganTexture, ...] = ()  # rich detail: correlated fine texture per organ
+    local_contrast: bool = False  # rich detail: lesions painted relative to their local background
 
     def summary(self) -> dict[str, object]:
         """JSON-ready description (why: truth files must say what was simulated)."""
@@ -255,44 +261,75 @@ def render_slice_with_labels(
             continue
         inside = None if st.inside is None else LABEL_IDS[st.inside]
         _paint(hu, labels, coords, pixel_spacing, section, st.hu, LABEL_IDS[st.label], inside, tex, st.texture)
-    on_slice: list[LesionOnSlice] = []
-    if with_lesions:
-        for les in anatomy.lesions:
-            dz = z_mm - les.center_mm[2]
-            if abs(dz) >= les.radius_mm:
-                continue
-            r = math.sqrt(les.radius_mm**2 - dz**2)
-            x, y = les.center_mm[0], les.center_mm[1]
-            tex_amp = 0.0 if les.organ == "lung" else organ_texture.get(les.organ, 0.0)
-            _paint(
-                hu,
-                labels,
-                coords,
-                pixel_spacing,
-                (x, y, r, r, 0.0),
-                les.hu,
-                LABEL_IDS["lesion"],
-                LABEL_IDS[les.organ],
-                tex,
-                tex_amp,
-            )
-            half = (size - 1) / 2.0
-            on_slice.append(
-                LesionOnSlice(
-                    lesion_index=les.index,
-                    organ=les.organ,
-                    kind=les.kind,
-                    z_mm=float(z_mm),
-                    center_mm=(x, y),
-                    center_px=(x / pixel_spacing + half, y / pixel_spacing + half),
-                    radius_mm=r,
-                    radius_px=r / pixel_spacing,
-                    sphere_radius_mm=les.radius_mm,
-                    contrast_hu=les.contrast_hu,
-                )
-            )
+    if hu is not None and anatomy.organ_textures:
+        add_organ_textures(hu, labels, coords, z_mm, anatomy.organ_textures, LABEL_IDS)
+    on_slice = _lesions_on_slice(anatomy, z_mm, size, pixel_spacing) if with_lesions else []
+    offsets = [0.0] * len(on_slice)
+    if hu is not None and anatomy.local_contrast:
+        offsets = _local_offsets(anatomy, on_slice, hu, tex, organ_texture)
+    for cut, offset in zip(on_slice, offsets, strict=True):
+        les = anatomy.lesions[cut.lesion_index]
+        tex_amp = 0.0 if les.organ == "lung" else organ_texture.get(les.organ, 0.0)
+        _paint(
+            hu,
+            labels,
+            coords,
+            pixel_spacing,
+            (*cut.center_mm, cut.radius_mm, cut.radius_mm, 0.0),
+            les.hu + offset if offset else les.hu,
+            LABEL_IDS["lesion"],
+            LABEL_IDS[les.organ],
+            tex,
+            tex_amp,
+        )
     out = hu.astype(np.float32) if hu is not None else np.zeros((0, 0), dtype=np.float32)
     return SliceRender(hu=out, labels=labels, lesions=on_slice)
+
+
+def _lesions_on_slice(anatomy: PatientAnatomy, z_mm: float, size: int, pixel_spacing: float) -> list[LesionOnSlice]:
+    """Where each lesion cuts the plane z_mm."""
+    half = (size - 1) / 2.0
+    out = []
+    for les in anatomy.lesions:
+        dz = z_mm - les.center_mm[2]
+        if abs(dz) >= les.radius_mm:
+            continue
+        r = math.sqrt(les.radius_mm**2 - dz**2)
+        x, y = les.center_mm[0], les.center_mm[1]
+        out.append(
+            LesionOnSlice(
+                lesion_index=les.index,
+                organ=les.organ,
+                kind=les.kind,
+                z_mm=float(z_mm),
+                center_mm=(x, y),
+                center_px=(x / pixel_spacing + half, y / pixel_spacing + half),
+                radius_mm=r,
+                radius_px=r / pixel_spacing,
+                sphere_radius_mm=les.radius_mm,
+                contrast_hu=les.contrast_hu,
+            )
+        )
+    return out
+
+
+def _local_offsets(
+    anatomy: PatientAnatomy,
+    cuts: list[LesionOnSlice],
+    hu: np.ndarray,
+    tex: np.ndarray | None,
+    organ_texture: dict[str, float],
+) -> list[float]:
+    """Each cut lesion's local background − its organ's nominal HU, on the image before any lesion is painted."""
+    nominal = {s.label: s.hu for s in reversed(anatomy.structures)}
+    circles = [(c.center_px[0], c.center_px[1], c.radius_px) for c in cuts]
+    out = []
+    for k, cut in enumerate(cuts):
+        amp = 0.0 if cut.organ == "lung" else organ_texture.get(cut.organ, 0.0)
+        term = amp * tex if (amp and tex is not None) else None
+        others = circles[:k] + circles[k + 1 :]
+        out.append(background_offset(hu, term, circles[k], others, nominal[cut.organ]))
+    return out
 
 
 def render_slice(
