@@ -55,6 +55,7 @@ class DerivationInfo:
     strength: float = 1.0
     self_ensemble: int = 1
     model_kind: str = MODEL_KINDS["unpaired"]  # ModelInfo.kind: CycleGAN or paired, from the model's metadata
+    noise_conditioned: bool = False  # ModelInfo.noise_conditioning: said in the description, never in the UIDs
 
     @property
     def uid_key(self) -> str:
@@ -66,6 +67,8 @@ class DerivationInfo:
     @property
     def description(self) -> str:
         averaged = f", averaged over {self.self_ensemble} flips/turns" if self.self_ensemble > 1 else ""
+        if self.noise_conditioned:
+            averaged += ", given the noise level measured on each source slice"
         text = (
             f"Noise reduction by {self.model_kind} {self.model_name} {self.model_version} "
             f"at strength {self.strength:g} (dicom-denoise-node {__version__}), applied tile by tile{averaged} to "

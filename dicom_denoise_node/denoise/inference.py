@@ -1,11 +1,14 @@
 """③ Tile-by-tile inference over full slices: reflect padding, overlapping tiles, smooth blending, batching.
 
-Generator-agnostic (MONAI's inferers are the model): any module mapping (B, 1, t, t) → (B, 1, t, t) works, and an
+Generator-agnostic (MONAI's inferers are the model): any module mapping (B, C, t, t) → (B, 1, t, t) works, and an
 identity module comes out of the tiler bit-exactly, because the blend is accumulated in float64 and every pixel's
 weights are normalised. Tiles from consecutive slices share batches, and slices stream through with bounded
 memory: only the slices whose tiles are in flight are held.
 
 Images are never resized: a slice smaller than a tile is reflect-padded up to the tile and cropped back.
+
+A slice is a 2-D image or a (C, H, W) stack whose channels are tiled alike (a noise-conditioned generator's image
+and noise-level map, denoise/noise.py); only the network's 1-channel output is blended.
 """
 
 from __future__ import annotations
@@ -65,11 +68,12 @@ def blend_window(tile: int, overlap: int) -> np.ndarray:
 
 
 def _pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    pad_h, pad_w = height - image.shape[0], width - image.shape[1]
+    """(C, H, W) padded on its last two axes."""
+    pad_h, pad_w = height - image.shape[-2], width - image.shape[-1]
     if pad_h == 0 and pad_w == 0:
         return image
-    mode = "reflect" if min(image.shape) > 1 else "edge"
-    return np.pad(image, ((0, pad_h), (0, pad_w)), mode=mode)
+    mode = "reflect" if min(image.shape[-2:]) > 1 else "edge"
+    return np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
 
 
 @dataclass
@@ -84,8 +88,8 @@ class _SliceJob:
     denominator: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.numerator = np.zeros(self.padded.shape, dtype=np.float64)
-        self.denominator = np.zeros(self.padded.shape, dtype=np.float64)
+        self.numerator = np.zeros(self.padded.shape[-2:], dtype=np.float64)
+        self.denominator = np.zeros(self.padded.shape[-2:], dtype=np.float64)
 
     def result(self) -> np.ndarray:
         out = self.numerator / self.denominator
@@ -113,7 +117,7 @@ class TiledInferer:
     """Runs a network over full 2-D slices tile by tile, batching tiles across slices.
 
     With ``compile=True`` every batch has the same shape (the last one is padded with blank tiles), so the
-    compiled graph is built once."""
+    compiled graph is built once. ``channels``: the channels of each slice (2 for a noise-conditioned generator)."""
 
     def __init__(
         self,
@@ -124,6 +128,7 @@ class TiledInferer:
         device: torch.device | str = "cpu",
         half_precision: bool = True,
         compile: bool = False,
+        channels: int = 1,
     ) -> None:
         if tile_size % 4:
             raise ValueError("tile_size must be a multiple of 4")
@@ -137,25 +142,28 @@ class TiledInferer:
         self.autocast = self.device.type == "cuda" and half_precision
         self.window = blend_window(tile_size, overlap)
         self.fixed_batch = compile
+        self.channels = channels
         if compile:
             t0 = time.perf_counter()
             log.info("compiling the generator for batches of %d × %d² tiles", batch_size, tile_size)
             # An inference tensor, like every batch _forward makes: a plain tensor has one more dispatch key
             # (ADInplaceOrView), and that guard failure recompiled the graph on the first series (≈ 20 s).
             with torch.inference_mode():
-                example = torch.zeros(batch_size, 1, tile_size, tile_size, device=self.device)
+                example = torch.zeros(batch_size, channels, tile_size, tile_size, device=self.device)
             self.network = compile_network(network, example)
             log.info("generator ready in %.1f s", time.perf_counter() - t0)
 
     def _job(self, index: int, image: np.ndarray) -> _SliceJob:
-        if image.ndim != 2:
-            raise ValueError(f"slice {index} has shape {image.shape}; expected a 2-D image")
-        h, w = image.shape
-        padded = _pad_to(np.asarray(image, dtype=np.float32), max(h, self.tile), max(w, self.tile))
+        stack = np.asarray(image, dtype=np.float32)
+        stack = stack[None] if stack.ndim == 2 else stack
+        if stack.ndim != 3 or stack.shape[0] != self.channels:
+            raise ValueError(f"slice {index} has shape {image.shape}; expected {self.channels} channel(s) of 2-D image")
+        h, w = stack.shape[-2:]
+        padded = _pad_to(stack, max(h, self.tile), max(w, self.tile))
         tiles = deque(
             (y, x)
-            for y in tile_starts(padded.shape[0], self.tile, self.overlap)
-            for x in tile_starts(padded.shape[1], self.tile, self.overlap)
+            for y in tile_starts(padded.shape[-2], self.tile, self.overlap)
+            for x in tile_starts(padded.shape[-1], self.tile, self.overlap)
         )
         return _SliceJob(index, h, w, padded, tiles, len(tiles))
 
@@ -194,9 +202,9 @@ class TiledInferer:
                 y, x = job.tiles.popleft()
                 batch_refs.append((job, y, x))
             if batch_refs:
-                tiles = np.stack([j.padded[y : y + t, x : x + t] for j, y, x in batch_refs])
-                batch = tiles.reshape(len(tiles), 1, t, t)  # real strides: [:, None] gives the channel stride 0,
-                # which a compiled graph's guards count as another input layout (a recompilation)
+                batch = np.stack([j.padded[:, y : y + t, x : x + t] for j, y, x in batch_refs])  # (n, C, t, t) with
+                # real strides: a [:, None] view has the channel stride 0, which a compiled graph's guards count as
+                # another input layout (a recompilation)
                 outputs = self._forward(batch)
                 for (job, y, x), out in zip(batch_refs, outputs, strict=True):
                     job.numerator[y : y + t, x : x + t] += self.window * out[0]

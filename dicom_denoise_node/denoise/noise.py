@@ -62,6 +62,7 @@ def find_flat_regions(
     smooth: int = FLAT_SMOOTH,
     seed: int = 0,
     fill_with_flattest: bool = False,
+    quiet: bool = False,
 ) -> list[tuple[int, int]]:
     """Top-left corners of up to `max_regions` non-overlapping size×size windows that lie wholly in the body
     (HD > -500 HU) and whose `flatness` is below `tol_hu`.
@@ -69,7 +70,8 @@ def find_flat_regions(
     Windows are drawn in a fixed pseudo-random order among the eligible ones rather than flattest first, so the
     choice neither clusters in one organ nor, without REF, favours windows where HD noise happened to be low.
     ``fill_with_flattest``: when fewer pass the tolerance (a noisy image without REF), the flattest of the other
-    windows in the body fill up to ``max_regions``.
+    windows in the body fill up to ``max_regions``. ``quiet``: no warning when none is found (the caller has a
+    fallback).
     """
     half = size // 2
     # Centres whose whole window is body: a box erosion, as a box mean (exactly 1 only when every pixel is body,
@@ -101,7 +103,7 @@ def find_flat_regions(
                 break
             if not taken[ys[i], xs[i]]:
                 take(int(ys[i]), int(xs[i]))
-    if not corners:
+    if not corners and not quiet:
         log.warning("no flat %d×%d window in the body with flatness < %g HU: noise std is NaN here", size, size, tol_hu)
     return corners
 
@@ -116,3 +118,67 @@ def noise_std(
     if ref is not None:
         x = x - np.asarray(ref, dtype=np.float64)
     return float(np.mean([x[y : y + size, xx : xx + size].std(ddof=1) for y, xx in regions]))
+
+
+# The conditioning level (a noise-conditioned generator's second input, model/generator.py): one figure per slice.
+CONDITIONING_SIZE = 11  # px windows: more fit between organs than the evaluation's 15, and at coarser pixels
+CONDITIONING_SMOOTH = 9  # px box for the flatness test: at high noise a 5-px box leaves the noise to pick windows
+CONDITIONING_TOL_HU = 10.0
+CONDITIONING_REGIONS = 16
+SOFT_TISSUE_GUIDE_HU = (-160.0, 240.0)  # the soft-tissue window; outside it a pixel is no candidate
+NOISE_FLOOR_HU = 2.0
+FALLBACK_NOISE_HU = 20.0  # about the soft-tissue noise of the project's quarter-dose archive
+
+
+def conditioning_noise_hu(hu_slice: np.ndarray, fallback_hu: float = FALLBACK_NOISE_HU) -> float:
+    """The noise level of one slice from the slice alone (no REF): std in flat soft-tissue windows, in HU.
+
+    The project's definition (``find_flat_regions`` + ``noise_std``) with three choices for a figure that must be
+    measurable on every slice a node receives, at any dose:
+
+    * candidate windows lie in soft tissue (the 5-px box mean in −160…240 HU), not merely in the body, so that lung,
+      bone and fat/air edges never enter the figure;
+    * ``fill_with_flattest``: a noisy slice whose smoothed image passes no window still gets its flattest soft-tissue
+      windows (ranked on a 9-px box, so that at high noise the anatomy, not the noise, decides which are flattest:
+      with a 5-px box the choice fell on windows where the noise happened to be low, up to 30 % low);
+    * a slice with no soft-tissue window (air, a thin lung apex, a slice of the table) gets ``fallback_hu`` (the
+      node passes the previous slice's level: one series has one dose), and the figure is floored at
+      ``NOISE_FLOOR_HU``, because a padded or synthetic flat region would read 0, a level no training slice had.
+
+    On the project's simulator (chest and abdomen, 512² at 0.7 mm, soft-tissue error 9–100 HU) it reads within
+    −5…+20 % of the std of image − REF in soft tissue, monotonic in dose (tests/denoise/test_noise_conditioning.py);
+    it reads 20–30 % low at ≈ 180 HU, far beyond what sites send, where no window is flat any more.
+    """
+    hu = np.asarray(hu_slice, dtype=np.float64)
+    smooth = ndimage.uniform_filter(hu, FLAT_SMOOTH, mode="reflect")
+    soft = (smooth >= SOFT_TISSUE_GUIDE_HU[0]) & (smooth <= SOFT_TISSUE_GUIDE_HU[1])
+    guide = np.where(soft, hu, BODY_THRESHOLD_HU - 500.0)  # not body: no window may touch it
+    regions = find_flat_regions(
+        guide,
+        size=CONDITIONING_SIZE,
+        max_regions=CONDITIONING_REGIONS,
+        tol_hu=CONDITIONING_TOL_HU,
+        smooth=CONDITIONING_SMOOTH,
+        fill_with_flattest=True,
+        quiet=True,
+    )
+    if not regions:
+        log.debug("no soft-tissue window on this slice: noise level %.1f HU (fallback)", fallback_hu)
+        return max(float(fallback_hu), NOISE_FLOOR_HU)
+    return max(noise_std(hu, regions, CONDITIONING_SIZE), NOISE_FLOOR_HU)
+
+
+def noise_map_value(sigma_hu: float, hu_min: float, hu_max: float) -> float:
+    """A noise level in the model's units: σ_HU × 2 / (hu_max − hu_min), the scale of ``normalize_hu``.
+
+    The map a conditioned generator gets is this value, constant over the slice. Why constant: CT noise varies across
+    the field (more behind dense structures and at the body's centre), but one level per slice is what a node can
+    estimate robustly from the flat windows of the input alone; a spatial map is a possible next step.
+    """
+    return float(sigma_hu) * 2.0 / (hu_max - hu_min)
+
+
+def with_noise_map(image: np.ndarray, map_value: float) -> np.ndarray:
+    """(2, H, W) float32: a normalised slice and its constant noise-level map, the conditioned generator's input."""
+    x = np.asarray(image, dtype=np.float32)
+    return np.stack([x, np.full_like(x, np.float32(map_value))])

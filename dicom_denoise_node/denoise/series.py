@@ -26,6 +26,7 @@ from dicom_denoise_node.denoise.derive import DerivationInfo, derive_instance, d
 from dicom_denoise_node.denoise.ensemble import with_self_ensemble
 from dicom_denoise_node.denoise.guard import SliceVerdict, check_slice
 from dicom_denoise_node.denoise.inference import TiledInferer
+from dicom_denoise_node.denoise.noise import FALLBACK_NOISE_HU, conditioning_noise_hu, noise_map_value, with_noise_map
 from dicom_denoise_node.denoise.quality_report import ReportInput, build_report, header_only, warm_up
 from dicom_denoise_node.model.registry import ModelInfo
 from dicom_denoise_node.store.catalog import REPORT_SOURCE
@@ -120,11 +121,19 @@ class SeriesDenoiser:
             device=device,
             half_precision=model_settings.half_precision,
             compile=model_settings.compile,
+            channels=2 if info.noise_conditioning else 1,
         )
+        self.noise_levels: list[float] = []  # a conditioned model's measured level of each slice of the last series
         self.decoder = decoder  # None: pixels decoded in this process; else in its child (decode_process.py)
         self.strength = model_settings.strength
         self.derivation = DerivationInfo(
-            info.name, info.version, derive_settings, self.strength, self.self_ensemble, model_kind=info.kind
+            info.name,
+            info.version,
+            derive_settings,
+            self.strength,
+            self.self_ensemble,
+            model_kind=info.kind,
+            noise_conditioned=info.noise_conditioning,
         )
 
     def close(self) -> None:
@@ -133,13 +142,26 @@ class SeriesDenoiser:
             self.decoder.close()
 
     def denoise_hu(self, slices: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-        """HU in, HU out. Pixels outside the model's HU window (padding, metal) pass through unchanged."""
+        """HU in, HU out. Pixels outside the model's HU window (padding, metal) pass through unchanged.
+
+        A noise-conditioned model gets each slice with its noise-level map: the level measured on that input slice
+        (``conditioning_noise_hu``; a slice without soft tissue takes the previous slice's, one series being one
+        dose), kept in ``noise_levels`` and logged at debug."""
         pending: list[np.ndarray] = []
+        self.noise_levels = []
 
         def normalised() -> Iterator[np.ndarray]:
             for hu in slices:
                 pending.append(hu)
-                yield self.info.normalize(hu)
+                if not self.info.noise_conditioning:
+                    yield self.info.normalize(hu)
+                    continue
+                previous = self.noise_levels[-1] if self.noise_levels else FALLBACK_NOISE_HU
+                level = conditioning_noise_hu(hu, previous)
+                self.noise_levels.append(level)
+                log.debug("slice %d: noise level %.1f HU (the generator's conditioning)", len(self.noise_levels), level)
+                value = noise_map_value(level, self.info.hu_min, self.info.hu_max)
+                yield with_noise_map(self.info.normalize(hu), value)
 
         for out in self.inferer.run(normalised()):
             hu = pending.pop(0)

@@ -19,6 +19,13 @@ because transposed convolutions leave checkerboard artifacts that a radiologist 
 predicts a correction that is added to its input and clamped to [−1, 1], and the last convolution starts at zero, so
 an untrained generator is the identity. A few CPU-hours of training then refine the input instead of having to
 rebuild the whole image and its mean HU from scratch, which is where short CycleGAN runs shift HU.
+
+``noise_conditioning`` (every architecture, off by default): the network takes one more input channel, a map of the
+input's measured noise level (``denoise/noise.py``, ``conditioning_noise_hu``), and still outputs the image's
+channels (a residual network adds its correction to the image channel only). Why: a correction that must grow with
+the noise is easier to learn when the network is told how noisy its input is than when it has to infer it from a
+patch. The key is written into the metadata only when True, so existing models' metadata and derived UIDs stay
+as they were.
 """
 
 from __future__ import annotations
@@ -45,9 +52,15 @@ class GeneratorConfig:
     blocks: int = 6
     upsample: Literal["resize_conv", "transpose"] = "resize_conv"
     residual: bool = False
+    noise_conditioning: bool = False
+
+    @property
+    def input_channels(self) -> int:
+        """The image's channels, and one more for the noise-level map when conditioned."""
+        return self.in_channels + int(self.noise_conditioning)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "resnet_generator", **asdict(self)}
+        return arch_dict("resnet_generator", self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GeneratorConfig:
@@ -114,7 +127,7 @@ class ResnetGenerator(nn.Module):
         f = self.config.filters
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
-            nn.Conv2d(self.config.in_channels, f, 7),
+            nn.Conv2d(self.config.input_channels, f, 7),
             nn.InstanceNorm2d(f),
             nn.ReLU(inplace=True),
             nn.Conv2d(f, 2 * f, 3, stride=2, padding=1),
@@ -152,7 +165,7 @@ class ResnetGenerator(nn.Module):
             raise ValueError(f"input {tuple(x.shape[-2:])} must be padded to a multiple of {DOWNSAMPLE_FACTOR}")
         y = self.model(x) if self.training else self._inference_body(x)
         if self.config.residual:
-            return (x + y).clamp(-1.0, 1.0)
+            return (image_channels(x, self.config) + y).clamp(-1.0, 1.0)
         return y
 
     def _inference_body(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,6 +198,12 @@ class ResidualCNNConfig:
     dilations: tuple[int, ...] = (1, 2, 3, 4, 3, 2, 1, 1)
     head_init_std: float = 1e-3
     norm: Literal["none", "instance"] = "none"
+    noise_conditioning: bool = False
+
+    @property
+    def input_channels(self) -> int:
+        """The image's channels, and one more for the noise-level map when conditioned."""
+        return self.in_channels + int(self.noise_conditioning)
 
     def __post_init__(self) -> None:
         if self.layers < 2:
@@ -195,7 +214,7 @@ class ResidualCNNConfig:
             raise ValueError(f"unknown norm {self.norm!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "residual_cnn", **asdict(self), "dilations": list(self.dilations)}
+        return {**arch_dict("residual_cnn", self), "dilations": list(self.dilations)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResidualCNNConfig:
@@ -223,9 +242,8 @@ class ResidualCNN(nn.Module):
         layers: list[nn.Module] = []
         for i, d in enumerate(self.config.dilations):
             last = i == self.config.layers - 1
-            layers.append(
-                nn.Conv2d(c if i == 0 else f, c if last else f, 3, padding=d, dilation=d, padding_mode="reflect")
-            )
+            c_in = self.config.input_channels if i == 0 else f
+            layers.append(nn.Conv2d(c_in, c if last else f, 3, padding=d, dilation=d, padding_mode="reflect"))
             if not last:
                 if self.config.norm == "instance":
                     layers.append(nn.InstanceNorm2d(f))
@@ -243,7 +261,7 @@ class ResidualCNN(nn.Module):
         nn.init.zeros_(convs[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x + self.body(x)).clamp(-1.0, 1.0)
+        return (image_channels(x, self.config) + self.body(x)).clamp(-1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -254,17 +272,37 @@ class ResidualUNetConfig:
     filters: int = 32
     bottleneck_layers: int = 4
     head_init_std: float = 1e-3
+    noise_conditioning: bool = False
 
     def __post_init__(self) -> None:
         if self.bottleneck_layers < 0:
             raise ValueError("bottleneck_layers must be >= 0")
 
+    @property
+    def input_channels(self) -> int:
+        """The image's channels, and one more for the noise-level map when conditioned."""
+        return self.in_channels + int(self.noise_conditioning)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "residual_unet", **asdict(self)}
+        return arch_dict("residual_unet", self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResidualUNetConfig:
         return cls(**{k: v for k, v in data.items() if k != "type"})
+
+
+def arch_dict(kind: str, config: Any) -> dict[str, Any]:
+    """A config as metadata: ``noise_conditioning`` only when True, so that models without it keep their metadata
+    (and the derived UIDs and digests computed from it) exactly as before the option existed."""
+    data = {"type": kind, **asdict(config)}
+    if not data.get("noise_conditioning"):
+        data.pop("noise_conditioning", None)
+    return data
+
+
+def image_channels(x: torch.Tensor, config: Any) -> torch.Tensor:
+    """The input's image channels, to which a residual network adds its correction (``x`` itself unconditioned)."""
+    return x[:, : config.in_channels] if config.noise_conditioning else x
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -286,7 +324,7 @@ class ResidualUNet(nn.Module):
         self.config = config or ResidualUNetConfig()
         c, f = self.config.in_channels, self.config.filters
         relu = nn.ReLU
-        self.enc0 = nn.Sequential(_conv(c, f), relu(), _conv(f, f), relu())
+        self.enc0 = nn.Sequential(_conv(self.config.input_channels, f), relu(), _conv(f, f), relu())
         self.enc1 = nn.Sequential(_conv(f, 2 * f, stride=2), relu(), _conv(2 * f, 2 * f), relu())
         bottleneck: list[nn.Module] = [_conv(2 * f, 4 * f, stride=2), relu()]
         for _ in range(self.config.bottleneck_layers):
@@ -315,7 +353,7 @@ class ResidualUNet(nn.Module):
         half = self.enc1(full)
         half = self.dec1(torch.cat([self.up1(self.enc2(half)), half], 1))
         full = self.dec0(torch.cat([self.up0(half), full], 1))
-        return (x + self.head(full)).clamp(-1.0, 1.0)
+        return (image_channels(x, self.config) + self.head(full)).clamp(-1.0, 1.0)
 
 
 Generator = ResnetGenerator | ResidualCNN | ResidualUNet

@@ -63,6 +63,11 @@ class ModelInfo:
         return int(self.inference.get("self_ensemble", 1))
 
     @property
+    def noise_conditioning(self) -> bool:
+        """Whether the generator takes a second input channel, the input's noise-level map (model/generator.py)."""
+        return bool(self.architecture.get("noise_conditioning", False))
+
+    @property
     def pairing(self) -> str:
         """How it was trained, from its training configuration: "paired" (LD/HD pairs of one patient) or "unpaired"
         (CycleGAN); "unpaired" when the metadata does not say (models exported before the paired trainer)."""
