@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +173,40 @@ def test_the_same_seed_draws_the_same_patients_as_before_the_phantom_was_split()
         h.update(np.ascontiguousarray(r.hu, dtype=np.float32).tobytes())
         h.update(r.labels.tobytes())
     assert h.hexdigest() == "291c7d175676e4b38fb018a68fad787818ef24b44cbd2368c64b6c4096825801"
+
+
+@pytest.mark.parametrize("span", ["span", "ood"])
+def test_span_and_ood_archives_write_each_patients_protocol_down(tmp_path: Path, span: str) -> None:
+    """--span/--ood: kernel, geometry, dose, spacing and size per patient in the manifest and consistent headers;
+    the OOD archive draws only what the span never does, with other patients and UIDs; catalog scan sees LD/HD."""
+    from denoise_trainer.archive import kernels
+    from denoise_trainer.archive import span as spans
+    from denoise_trainer.archive.domain import DomainRules
+
+    if importlib.util.find_spec("astra") is None and os.environ.get("CI", "").lower() != "true":
+        pytest.skip("astra-toolbox (trainer extra `fanbeam`) is not installed")
+    out = tmp_path / span
+    records = synthesize_archive(out, patients=4, slices=1, size=64, seed=5, views=48, span=span)
+    manifest = json.loads((out / "archive.json").read_text())
+    assert manifest["span"] == span
+    ranges = spans.PROTOCOL_RANGES[span]
+    for record, entry in zip(records, manifest["patients_list"], strict=True):
+        acq = entry["acquisition"]
+        assert {"window", "geometry", "i0_hd", "ld_fraction", "pixel_spacing_mm", "size_scale"} <= acq.keys()
+        assert acq["window"] in ranges.kernels and acq["geometry"] in ranges.geometries
+        assert ranges.ld_fraction[0] <= acq["ld_fraction"] <= ranges.ld_fraction[1]
+        hd, ld = (pydicom.dcmread(record.directory / k / "0001.dcm") for k in ("HD", "LD"))
+        assert hd.ConvolutionKernel == kernels.KERNELS[acq["window"]].dicom_name
+        assert float(hd.PixelSpacing[0]) == pytest.approx(acq["pixel_spacing_mm"], rel=1e-5)
+        assert float(ld.CTDIvol) / float(hd.CTDIvol) == pytest.approx(acq["ld_fraction"], rel=0.02)
+        assert ("DistanceSourceToPatient" in hd) == (acq["geometry"] != "parallel")
+        assert DomainRules().classify(ld.SeriesDescription, None)[0] == "LD"
+        assert DomainRules().classify(hd.SeriesDescription, None)[0] == "HD"
+    span_kernels = {k.name for k in kernels.TRAINING_KERNELS}
+    if span == "ood":
+        assert not set(spans.OOD.kernels) & span_kernels and not set(spans.OOD.geometries) & set(spans.SPAN.geometries)
+        assert spans.OOD.ld_fraction[1] < spans.SPAN.ld_fraction[0]
+        assert all(not spans.SPAN.spacing_mm[0] <= s <= spans.SPAN.spacing_mm[1] for s in spans.OOD.spacing_choices)
+        assert records[0].patient_id.startswith("SYNTHOOD")
+        twin = synthesize_archive(tmp_path / "twin", patients=1, slices=1, size=64, seed=5, views=48, span="span")
+        assert twin[0].study_instance_uid != records[0].study_instance_uid

@@ -20,13 +20,16 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from denoise_trainer.archive import physics
+from denoise_trainer.archive import fanbeam, physics
 from denoise_trainer.archive.phantom import PatientAnatomy, make_patient, render_slice
 from denoise_trainer.archive.protocol import FOV_MM, Acquisition, draw_acquisition, series_specs
+from denoise_trainer.archive.span import PROTOCOL_RANGES, ScanProtocol, draw_protocol
 from denoise_trainer.archive.synthetic_dicom import patient_header, slice_dataset, synthetic_uid
 from dicom_denoise_node.denoise.decode import file_hu
 
 log = logging.getLogger(__name__)
+
+OOD_SALT = 28  # the out-of-distribution archive's patients come from other seed streams than any other archive's
 
 
 @dataclass
@@ -62,16 +65,28 @@ def _body_parts(rng: np.random.Generator, patients: int, body_parts: Sequence[st
     return [body_parts[(start + i) % len(body_parts)] for i in range(patients)]
 
 
-def _patient_seeds(seed: int, index: int) -> list[np.random.SeedSequence]:
+def _patient_seeds(seed: int, index: int, span: str | None = None) -> list[np.random.SeedSequence]:
     """Independent streams for anatomy, noise, header and acquisition of one patient (changing one leaves the
-    others; the fourth is used only by ``vary``, so archives made without it are unchanged)."""
-    return np.random.SeedSequence([seed, index]).spawn(4)
+    others; the fourth is used only by ``vary`` and ``span``, so archives made without them are unchanged).
+    The out-of-distribution archive salts them: other patients than any archive made with the same seed."""
+    return np.random.SeedSequence([seed, index, OOD_SALT] if span == "ood" else [seed, index]).spawn(4)
 
 
-def patient_anatomy(seed: int, index: int, body_part: str, z_positions_mm: Sequence[float]) -> PatientAnatomy:
-    """The anatomy synthesize_archive used for patient `index` (0-based), e.g. for organ masks in scoring."""
-    anatomy_seq = _patient_seeds(seed, index)[0]
-    return make_patient(np.random.default_rng(anatomy_seq), body_part, (min(z_positions_mm), max(z_positions_mm)))
+def patient_anatomy(
+    seed: int,
+    index: int,
+    body_part: str,
+    z_positions_mm: Sequence[float],
+    protocol: Acquisition | None = None,
+    span: str | None = None,
+) -> PatientAnatomy:
+    """The anatomy synthesize_archive used for patient `index` (0-based), e.g. for organ masks in scoring; pass
+    the patient's protocol and the archive's span ("span", "ood") for archives made with them."""
+    rng = np.random.default_rng(_patient_seeds(seed, index, span)[0])
+    extent = (min(z_positions_mm), max(z_positions_mm))
+    if not isinstance(protocol, ScanProtocol):
+        return make_patient(rng, body_part, extent)
+    return make_patient(rng, body_part, z_extent_mm=extent, detail=protocol.detail, size_scale=protocol.size_scale)
 
 
 def synthesize_archive(
@@ -92,13 +107,18 @@ def synthesize_archive(
     window: str = "shepp-logan",
     device: physics.Device = "cpu",
     vary: bool = False,
+    span: str | None = None,
 ) -> list[PatientRecord]:
     """Write a reproducible archive of `patients` studies × `slices` axial slices (HD, LD, REF series each).
 
     pixel_spacing_mm defaults to a ~358 mm field of view at any size (0.7 mm at 512). progress(done, total)
     is called after each slice position. ``vary`` draws each patient's dose, LD fraction, kernel, field of view
-    and detector noise (``draw_acquisition``) instead of using the arguments.
+    and detector noise (``draw_acquisition``) instead of using the arguments. ``span`` ("span" or "ood", see
+    archive/span.py) draws each patient's kernel, geometry, pixel size, size, dose and noise level from the
+    training span or from outside it (other patients, UIDs and IDs too).
     """
+    if span is not None and (vary or span not in PROTOCOL_RANGES):
+        raise ValueError(f"span must be one of {sorted(PROTOCOL_RANGES)}, and not combined with vary; got {span!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     default = Acquisition(i0_hd, ld_fraction, window, pixel_spacing_mm or FOV_MM / size, electronic_noise)
@@ -106,11 +126,11 @@ def synthesize_archive(
     parts = _body_parts(np.random.default_rng(root.spawn(1)[0]), patients, list(body_parts))
     half = (slices - 1) / 2.0
     z_positions = [round((half - i) * slice_thickness_mm, 4) for i in range(slices)]  # superior first
-    run = _Run(out_dir, seed, size, slice_thickness_mm, views, device, z_positions, patients * slices, progress)
+    run = _Run(out_dir, seed, size, slice_thickness_mm, views, device, z_positions, patients * slices, progress, span)
     records: list[PatientRecord] = []
     acquisitions: list[Acquisition] = []
     for index, body_part in enumerate(parts):
-        acq = draw_acquisition(_patient_seeds(seed, index)[3], size) if vary else default
+        acq = _acquisition(run, index, body_part, default, vary)
         acquisitions.append(acq)
         records.append(_write_patient(run, index, body_part, acq))
     manifest = _manifest(run, default, vary, records, acquisitions)
@@ -138,22 +158,53 @@ class _Run:
     z_positions: list[float]
     total: int
     progress: Callable[[int, int], None] | None
+    span: str | None = None
     done: int = 0
     sim_seconds: float = 0.0
+
+    @property
+    def uid_seed(self) -> str:
+        """What UIDs derive from: the seed, and for span archives their kind (never another archive's UIDs)."""
+        return str(self.seed) if self.span is None else f"{self.span}-{self.seed}"
+
+
+def _acquisition(run: _Run, index: int, body_part: str, default: Acquisition, vary: bool) -> Acquisition:
+    """Patient `index`'s acquisition: the arguments', drawn by ``vary``, or drawn from the span's ranges."""
+    seq = _patient_seeds(run.seed, index, run.span)[3]
+    if run.span is not None:
+        return draw_protocol(seq, run.size, run.views, PROTOCOL_RANGES[run.span], body_part)
+    return draw_acquisition(seq, run.size) if vary else default
+
+
+def _scan(run: _Run, acq: Acquisition, hu: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """REF, HD and LD images of one slice in the acquisition's geometry (parallel, or a fan rebinned)."""
+    doses = {"HD": acq.i0_hd, "LD": acq.i0_hd * acq.ld_fraction}
+    options = dict(pixel_spacing=acq.pixel_spacing_mm, views=run.views, electronic_noise=acq.electronic_noise)
+    geometry = getattr(acq, "geometry", "parallel")
+    t0 = time.perf_counter()
+    if geometry == "parallel":
+        images = physics.simulate_doses(hu, doses, rng, window=acq.window, device=run.device, **options)
+    else:
+        fan = fanbeam.FAN_GEOMETRIES[geometry]
+        images = fanbeam.simulate_doses_fan(
+            hu, doses, rng, geometry=fan, window=acq.window, device=run.device, **options
+        )
+    run.sim_seconds += time.perf_counter() - t0
+    return images
 
 
 def _write_patient(run: _Run, index: int, body_part: str, acq: Acquisition) -> PatientRecord:
     """One patient's study: HD, LD and REF series over every slice position, and its truth.json."""
-    _, noise_seq, header_seq, _ = _patient_seeds(run.seed, index)
+    _, noise_seq, header_seq, _ = _patient_seeds(run.seed, index, run.span)
     spacing, window = acq.pixel_spacing_mm, acq.window
     specs = series_specs(acq.ld_fraction, acq.hd_mas)
-    doses = {"HD": acq.i0_hd, "LD": acq.i0_hd * acq.ld_fraction}
-    anatomy = patient_anatomy(run.seed, index, body_part, run.z_positions)
+    anatomy = patient_anatomy(run.seed, index, body_part, run.z_positions, acq, run.span)
     noise_rng = np.random.default_rng(noise_seq)
-    header = patient_header(np.random.default_rng(header_seq), index, body_part)
-    pid = header.PatientID
-    study_uid, frame_uid = synthetic_uid(run.seed, pid, "study"), synthetic_uid(run.seed, pid, "frame")
-    series_uids = {kind: synthetic_uid(run.seed, pid, "series", kind) for kind in specs}
+    header = patient_header(np.random.default_rng(header_seq), index, body_part, ood=run.span == "ood")
+    pid, useed = header.PatientID, run.uid_seed
+    study_uid, frame_uid = synthetic_uid(useed, pid, "study"), synthetic_uid(useed, pid, "frame")
+    series_uids = {kind: synthetic_uid(useed, pid, "series", kind) for kind in specs}
+    fan = fanbeam.FAN_GEOMETRIES.get(getattr(acq, "geometry", "parallel"))
     patient_dir = run.out_dir / pid
     for kind in specs:
         (patient_dir / kind).mkdir(parents=True, exist_ok=True)
@@ -161,24 +212,13 @@ def _write_patient(run: _Run, index: int, body_part: str, acq: Acquisition) -> P
     sop_uids: dict[str, list[str]] = {kind: [] for kind in specs}
     for i, z in enumerate(run.z_positions):
         hu, lesions = render_slice(anatomy, z, run.size, spacing)
-        t0 = time.perf_counter()
-        images = physics.simulate_doses(
-            hu,
-            doses,
-            noise_rng,
-            pixel_spacing=spacing,
-            views=run.views,
-            electronic_noise=acq.electronic_noise,
-            window=window,
-            device=run.device,
-        )
-        run.sim_seconds += time.perf_counter() - t0
+        images = _scan(run, acq, hu, noise_rng)
         for kind, spec in specs.items():
             ds = slice_dataset(
                 header,
                 spec,
                 images[kind],
-                seed=run.seed,
+                seed=useed,
                 instance=i + 1,
                 z_mm=z,
                 pixel_spacing=spacing,
@@ -188,6 +228,7 @@ def _write_patient(run: _Run, index: int, body_part: str, acq: Acquisition) -> P
                 frame_uid=frame_uid,
                 body_part=body_part,
                 window=window,
+                fan=fan,
             )
             ds.save_as(patient_dir / kind / f"{i + 1:04d}.dcm", enforce_file_format=True)
             sop_uids[kind].append(ds.SOPInstanceUID)
@@ -218,7 +259,7 @@ def _manifest(
     run: _Run, default: Acquisition, vary: bool, records: list[PatientRecord], acquisitions: list[Acquisition]
 ) -> dict[str, object]:
     """archive.json: how the archive was made (the default acquisition, and each patient's own)."""
-    return {
+    manifest: dict[str, object] = {
         "generator": "trainer.synth",
         "seed": run.seed,
         "patients": len(records),
@@ -241,6 +282,11 @@ def _manifest(
             for r, a in zip(records, acquisitions, strict=True)
         ],
     }
+    if run.span is not None:  # only span archives carry these keys: older manifests stay as they were
+        manifest["span"] = run.span
+        manifest["uid_namespace"] = run.uid_seed
+        manifest["anatomy_seed_salt"] = OOD_SALT if run.span == "ood" else None
+    return manifest
 
 
 def _write_truth(

@@ -13,6 +13,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from denoise_trainer.archive.fanbeam import FanGeometry
+from denoise_trainer.archive.kernels import KERNELS
 from denoise_trainer.archive.protocol import CTDI_PER_MAS, EXPOSURE_TIME_MS, SeriesSpec
 
 log = logging.getLogger(__name__)
@@ -28,16 +30,16 @@ def synthetic_uid(*parts: object) -> str:
     return generate_uid(entropy_srcs=[_UID_ROOT, *(str(p) for p in parts)])
 
 
-def patient_header(rng: np.random.Generator, index: int, body_part: str) -> Dataset:
-    """Patient and study level attributes, shared by the three series."""
+def patient_header(rng: np.random.Generator, index: int, body_part: str, *, ood: bool = False) -> Dataset:
+    """Patient and study level attributes, shared by the three series (``ood``: SYNTHOOD… IDs, other patients)."""
     ds = Dataset()
     number = index + 1
     study_date = dt.date(2020, 1, 1) + dt.timedelta(days=int(rng.integers(0, 5 * 365)))
     age = int(rng.integers(35, 85))
     birth = study_date - dt.timedelta(days=age * 365 + int(rng.integers(0, 365)))
     seconds = int(rng.integers(7 * 3600, 18 * 3600))
-    ds.PatientName = f"SYNTH^P{number:04d}"
-    ds.PatientID = f"SYNTH{number:04d}"
+    ds.PatientName = f"SYNTH^{'OOD' if ood else 'P'}{number:04d}"
+    ds.PatientID = f"SYNTH{'OOD' if ood else ''}{number:04d}"
     ds.PatientBirthDate = birth.strftime("%Y%m%d")
     ds.PatientSex = str(rng.choice(["F", "M"]))
     ds.PatientAge = f"{age:03d}Y"
@@ -56,7 +58,7 @@ def slice_dataset(
     spec: SeriesSpec,
     pixels_hu: np.ndarray,
     *,
-    seed: int,
+    seed: int | str,
     instance: int,
     z_mm: float,
     pixel_spacing: float,
@@ -66,8 +68,10 @@ def slice_dataset(
     frame_uid: str,
     body_part: str,
     window: str,
+    fan: FanGeometry | None = None,
 ) -> Dataset:
-    """One CT Image Storage instance (Explicit VR Little Endian) with consistent dose and geometry tags."""
+    """One CT Image Storage instance (Explicit VR Little Endian) with consistent dose and geometry tags; a fan-beam
+    acquisition names its distances (the default is the parallel-beam simulator's)."""
     sop_uid = synthetic_uid(seed, header.PatientID, spec.kind, instance)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -87,6 +91,10 @@ def slice_dataset(
     ds.Manufacturer = MANUFACTURER
     ds.InstitutionName = "Synthetic"
     ds.ManufacturerModelName = "parallel-beam FBP simulator"
+    if fan is not None:
+        ds.ManufacturerModelName = f"fan-beam FBP simulator ({fan.name}, rebinned)"
+        ds.DistanceSourceToDetector = f"{fan.source_detector_mm:g}"
+        ds.DistanceSourceToPatient = f"{fan.source_isocentre_mm:g}"
     ds.SoftwareVersions = "trainer.synth 1"
     ds.SeriesDescription = spec.description
     ds.StudyInstanceUID = study_uid
@@ -118,7 +126,7 @@ def _acquisition_tags(
     ds.ReconstructionDiameter = f"{n * pixel_spacing:.2f}"
     ds.GantryDetectorTilt = 0
     ds.RotationDirection = "CW"
-    ds.ConvolutionKernel = window.upper()
+    ds.ConvolutionKernel = KERNELS[window].dicom_name if window in KERNELS else window.upper()
     if spec.mas is not None:
         ds.ExposureTime = EXPOSURE_TIME_MS
         ds.XRayTubeCurrent = int(round(spec.mas / (EXPOSURE_TIME_MS / 1000.0)))

@@ -26,12 +26,24 @@ def synth(
     vary: Annotated[
         bool, typer.Option(help="Draw each patient's dose, LD fraction, kernel, field of view and detector noise.")
     ] = False,
+    span: Annotated[
+        bool, typer.Option(help="Draw each patient's protocol across what sites send: kernels, fan/parallel, dose.")
+    ] = False,
+    ood: Annotated[
+        bool,
+        typer.Option(help="Out-of-distribution test archive: a kernel, geometry, pixel size and dose never trained."),
+    ] = False,
 ) -> None:
     """Synthesise a CT archive: LD (quarter dose), HD and noise-free series per patient, Poisson noise on projections.
 
     Example: `denoise-node synth data/archive --patients 20 --slices 32 --seed 0`
+    (`--span` for the training span, `--ood` for the out-of-distribution test archive: docs/training.md)
     """
     from denoise_trainer.archive.synth import synthesize_archive
+
+    if sum((vary, span, ood)) > 1:
+        console.print("[red]--vary, --span and --ood are different archives: choose one[/]")
+        raise typer.Exit(2)
 
     with progress_bar() as bar:
         task = bar.add_task("simulating slices", total=patients * slices, info="")
@@ -45,6 +57,7 @@ def synth(
             views=views,
             device=device,
             vary=vary,
+            span="span" if span else "ood" if ood else None,
             progress=lambda k, n: bar.update(task, completed=k, total=n),
         )
     seconds = time.perf_counter() - start
