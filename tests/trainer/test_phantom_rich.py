@@ -140,15 +140,14 @@ def test_liver_texture_is_a_few_hu_and_spatially_correlated() -> None:
 
 
 def test_rich_slices_1_mm_apart_agree() -> None:
-    for part in ("chest", "abdomen"):
+    for part, organ in (("chest", "muscle"), ("abdomen", "liver")):
         anatomy = patient(part, 4)
         a, b, c = (render_slice_with_labels(anatomy, z, 256, 1.4) for z in (5.0, 6.0, 25.0))
         body = ndimage.binary_erosion(_body(a.labels) & _body(b.labels), iterations=3)
-        near = np.abs(a.hu - b.hu)[body]
-        far = np.abs(a.hu - c.hu)[body]
-        soft = body & (np.abs(a.hu) < 150) & (np.abs(b.hu) < 150)
-        assert np.median(np.abs(a.hu - b.hu)[soft]) < 3.0
-        assert near.mean() < 0.5 * far.mean()
+        assert np.abs(a.hu - b.hu)[body].mean() < 0.5 * np.abs(a.hu - c.hu)[body].mean()
+        tissue = ndimage.binary_erosion((a.labels == LABEL_IDS[organ]) & (b.labels == LABEL_IDS[organ]), iterations=2)
+        fine_a, fine_b = _fine(a.hu.astype(float), tissue), _fine(b.hu.astype(float), tissue)
+        assert np.corrcoef(fine_a[tissue], fine_b[tissue])[0, 1] > 0.7  # the texture is anatomy: it continues
 
 
 @pytest.mark.parametrize("part", ["chest", "abdomen"])
@@ -179,3 +178,5 @@ def test_rich_lesion_truth_is_what_the_scorer_measures_on_the_noise_free_image()
     kept_arr = np.array(kept)
     assert len(kept_arr) >= 15
     assert np.mean((kept_arr > 0.8) & (kept_arr < 1.2)) >= 0.85, np.round(kept_arr, 2)
+    # lesions are painted relative to their local background (texture, vessels), so the scorer's contrast is exact
+    assert np.mean(np.abs(kept_arr - 1.0) < 0.03) >= 0.9, np.round(kept_arr, 2)
