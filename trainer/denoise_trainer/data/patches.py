@@ -23,7 +23,9 @@ class PatchSampler:
     """Random body-containing patches from a set of slices of one domain.
 
     A slice may also be a (C, H, W) stack of aligned images (paired LD/HD): every channel is cut at the same place
-    and augmented alike; the body is found in channel 0.
+    and augmented alike; the body is found in channel 0. ``maps`` (one tuple per slice, model units) appends that
+    many constant channels to each of its patches: a noise-conditioned generator's noise-level maps, constant over
+    the slice, so unchanged by the crop, the turns and the flips, and no extra draw from the generator.
     """
 
     def __init__(
@@ -34,9 +36,13 @@ class PatchSampler:
         body_hu: float = -500.0,
         body_fraction: float = 0.5,
         augment: bool = True,
+        maps: Sequence[Sequence[float]] | None = None,
     ) -> None:
         if not slices_hu:
             raise ValueError("no slices to sample patches from")
+        if maps is not None and len(maps) != len(slices_hu):
+            raise ValueError(f"{len(maps)} noise maps for {len(slices_hu)} slices")
+        self.maps = None if maps is None else torch.tensor(maps, dtype=torch.float32).reshape(len(maps), -1)
         self.patch = patch_size
         self.augment = augment
         self.body_fraction = body_fraction
@@ -62,7 +68,9 @@ class PatchSampler:
 
     def sample(self, batch: int, rng: torch.Generator, tries: int = 20) -> torch.Tensor:
         """A (batch, C, p, p) float32 tensor in [−1, 1] (C = 1 for plain slices)."""
-        out = torch.empty(batch, self.images[0].shape[0], self.patch, self.patch)
+        channels = self.images[0].shape[0]
+        extra = 0 if self.maps is None else self.maps.shape[1]
+        out = torch.empty(batch, channels + extra, self.patch, self.patch)
         for b in range(batch):
             k = int(torch.randint(0, len(self.images), (), generator=rng))
             image = self.images[k]
@@ -82,7 +90,11 @@ class PatchSampler:
                 patch = torch.rot90(patch, int(torch.randint(0, 4, (), generator=rng)), dims=(1, 2))
                 if bool(torch.randint(0, 2, (), generator=rng)):
                     patch = torch.flip(patch, dims=(2,))
-            out[b] = patch
+            if self.maps is None:
+                out[b] = patch
+            else:
+                out[b, :channels] = patch
+                out[b, channels:] = self.maps[k].view(extra, 1, 1)
         return out
 
 
@@ -93,8 +105,10 @@ def paired_patches(
     patch: int,
     hu_window: tuple[float, float],
     seed: int,
+    ld_maps: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same body-containing locations in paired LD/HD slices (validation montages); deterministic by seed."""
+    """The same body-containing locations in paired LD/HD slices (validation montages); deterministic by seed.
+    ``ld_maps``: each LD slice's noise-level map value, appended to its patches (a noise-conditioned generator)."""
     sampler = PatchSampler(ld, patch, hu_window, augment=False)
     rng = torch.Generator().manual_seed(seed)
     ld_out, hd_out = [], []
@@ -111,4 +125,8 @@ def paired_patches(
         y, x, _ = best
         ld_out.append(normalize_hu(ld[k][y : y + patch, x : x + patch], *hu_window))
         hd_out.append(normalize_hu(hd[k][y : y + patch, x : x + patch], *hu_window))
-    return torch.from_numpy(np.stack(ld_out))[:, None], torch.from_numpy(np.stack(hd_out))[:, None]
+    ld_batch = torch.from_numpy(np.stack(ld_out))[:, None]
+    if ld_maps is not None:
+        values = torch.tensor([ld_maps[i % len(ld)] for i in range(count)], dtype=torch.float32)
+        ld_batch = torch.cat([ld_batch, values.view(-1, 1, 1, 1).expand_as(ld_batch)], 1)
+    return ld_batch, torch.from_numpy(np.stack(hd_out))[:, None]

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from dicom_denoise_node.denoise.decode import SliceRef, read_hu
+from dicom_denoise_node.denoise.noise import conditioning_noise_hu, noise_map_value
 
 log = logging.getLogger(__name__)
 
@@ -35,3 +36,13 @@ def load_slices(paths: Sequence[Path], progress: Callable[[int, int], None] | No
         if progress:
             progress(k, len(paths))
     return out
+
+
+def noise_maps(slices_hu: Sequence[np.ndarray], window: tuple[float, float]) -> list[float]:
+    """Each slice's noise-level map value (model units), measured once on the slice itself with the node's
+    ``conditioning_noise_hu``: what a noise-conditioned generator is given with every patch of that slice (an LD
+    patch gets its LD slice's level, an HD patch its HD slice's), as the node gives it with every tile."""
+    levels = [conditioning_noise_hu(hu) for hu in slices_hu]
+    if levels:
+        log.info("noise levels of %d slices: %.1f…%.1f HU", len(levels), min(levels), max(levels))
+    return [noise_map_value(level, *window) for level in levels]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from pytorch_msssim import ssim
 from torch import nn
 
+from denoise_trainer.train.conditioning import as_input
 from dicom_denoise_node.model.generator import ArchConfig, ResidualCNN, ResidualUNet, ResnetGenerator, make_generator
 
 
@@ -79,7 +80,11 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
 
 
 class CycleGenerators(nn.Module):
-    """G: LD→HD (the one the node ships) and F: HD→LD."""
+    """G: LD→HD (the one the node ships) and F: HD→LD.
+
+    Noise-conditioned (``ld`` and ``hd`` then carry their noise-level maps, train/conditioning.py): G(LD, σ_LD) and
+    F(HD, σ_HD), the identities G(HD, σ_HD) and F(LD, σ_LD), and for the cycle each fake takes the map of the real
+    batch of the domain it imitates (``as_input``)."""
 
     def __init__(self, config: ArchConfig) -> None:
         super().__init__()
@@ -96,8 +101,8 @@ class CycleGenerators(nn.Module):
         return {
             "fake_hd": fake_hd,
             "fake_ld": fake_ld,
-            "rec_ld": self.hd2ld(fake_hd),
-            "rec_hd": self.ld2hd(fake_ld),
+            "rec_ld": self.hd2ld(as_input(fake_hd, hd)),
+            "rec_hd": self.ld2hd(as_input(fake_ld, ld)),
             "idt_hd": idt_hd,
             "idt_ld": idt_ld,
         }

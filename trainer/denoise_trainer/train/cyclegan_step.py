@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
 from denoise_trainer.train.checkpoint import linear_decay, restore_schedule
+from denoise_trainer.train.conditioning import image_part
 from denoise_trainer.train.cyclegan import CycleGenerators, Discriminators, WindowView, generator_losses, init_weights
 from denoise_trainer.train.feeds import Feed
 from denoise_trainer.train.lesion_term import with_lesion_term
@@ -76,10 +77,11 @@ class CycleGANStep:
         self, ld: torch.Tensor, hd: torch.Tensor, train_generator: bool, tools: StepTools
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         cfg, scaler, lesion_rng = self.cfg, tools.scaler, tools.lesion_rng
+        ld_image, hd_image = image_part(ld), image_part(hd)  # the batches themselves unless noise-conditioned
         set_requires_grad(self.discs, False)
         with tools.autocast(), torch.set_grad_enabled(train_generator):
             images = self.g_model(ld, hd)
-            g_losses = configured_losses(cfg, images, ld, hd, self.discs)
+            g_losses = configured_losses(cfg, images, ld_image, hd_image, self.discs)
             if train_generator:
                 g_losses = with_lesion_term(
                     g_losses, cfg.lambda_lesion, self.generator, ld, images["fake_hd"], self.window, lesion_rng
@@ -92,7 +94,7 @@ class CycleGANStep:
         fake_ld = self.pool_ld.query(images["fake_ld"].float())
         fake_hd = self.pool_hd.query(images["fake_hd"].float())
         with tools.autocast():
-            d_losses = self.d_model(ld, fake_ld, hd, fake_hd)
+            d_losses = self.d_model(ld_image, fake_ld, hd_image, fake_hd)
         self.opt_d.zero_grad(set_to_none=True)
         scaler.scale(d_losses["d_ld"] + d_losses["d_hd"]).backward()
         scaler.step(self.opt_d)

@@ -7,7 +7,9 @@
   back every ``log_every`` steps instead of every step (no host synchronisation per step).
 
 A feed gives a batch of LD and HD patches in [−1, 1]: unpaired (two samplers, one per domain) or paired (the same
-location of one slice at both doses, 2-channel stacks split after the crop).
+location of one slice at both doses, 2-channel stacks split after the crop). With ``noise_conditioning`` each patch
+carries a second channel, its slice's noise-level map (data/slices.py ``noise_maps``, measured once per slice at
+construction: LD patches their LD slice's level, HD patches their HD slice's), the generator's second input.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from denoise_trainer.data.patches import PatchSampler
+from denoise_trainer.data.slices import noise_maps
 from denoise_trainer.train.cyclegan import ImagePool
 from denoise_trainer.train.recipe import CannotTrain, TrainConfig
 from dicom_denoise_node.model.registry import normalize_hu
@@ -52,6 +55,27 @@ def _stacks(ld: Sequence[np.ndarray], hd: Sequence[np.ndarray]) -> list[np.ndarr
     return [np.stack([a, b]) for a, b in zip(ld, hd, strict=True)]
 
 
+def slice_maps(
+    cfg: TrainConfig, ld: Sequence[np.ndarray], hd: Sequence[np.ndarray]
+) -> tuple[list[tuple[float, ...]] | None, ...]:
+    """Per-slice map values for the samplers: (paired stacks') or (LD's, HD's); Nones without conditioning."""
+    paired = cfg.pairing == "paired"
+    if not cfg.noise_conditioning:
+        return (None,) if paired else (None, None)
+    window = (cfg.hu_min, cfg.hu_max)
+    ld_maps, hd_maps = noise_maps(ld, window), noise_maps(hd, window)
+    if paired:  # channels [LD, HD, LD's map, HD's map]: split_pair takes [0::2] and [1::2]
+        return (list(zip(ld_maps, hd_maps, strict=True)),)
+    return [(m,) for m in ld_maps], [(m,) for m in hd_maps]
+
+
+def split_pair(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A paired batch → (LD, HD): channels [LD, HD], or [LD, HD, LD's map, HD's map] when noise-conditioned."""
+    if batch.shape[1] == 2:
+        return batch[:, :1], batch[:, 1:]
+    return batch[:, 0::2], batch[:, 1::2]
+
+
 class HostFeed:
     """Patches cut on the host (the standard path; any slice sizes; DDP ranks draw their own patches)."""
 
@@ -63,17 +87,18 @@ class HostFeed:
         self.cfg, self.device, self.rank = cfg, device, rank
         self.paired = cfg.pairing == "paired"
         args = (cfg.patch_size, window, cfg.body_hu, cfg.body_fraction)
+        maps = slice_maps(cfg, ld, hd)
         if self.paired:
-            self.samplers = [PatchSampler(_stacks(ld, hd), *args)]
+            self.samplers = [PatchSampler(_stacks(ld, hd), *args, maps=maps[0])]
         else:
-            self.samplers = [PatchSampler(ld, *args), PatchSampler(hd, *args)]
+            self.samplers = [PatchSampler(ld, *args, maps=maps[0]), PatchSampler(hd, *args, maps=maps[1])]
         self.rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.cfg.batch_size
         if self.paired:
             batch = self.samplers[0].sample(n, self.rng).to(self.device, non_blocking=True)
-            return batch[:, :1], batch[:, 1:]
+            return split_pair(batch)
         ld = self.samplers[0].sample(n, self.rng).to(self.device, non_blocking=True)
         hd = self.samplers[1].sample(n, self.rng).to(self.device, non_blocking=True)
         return ld, hd
@@ -98,7 +123,13 @@ class HostFeed:
 class DeviceSampler:
     """Random body-containing patches of (C-channel) slices, cut on the device without leaving it."""
 
-    def __init__(self, slices_hu: list[np.ndarray], cfg: TrainConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        slices_hu: list[np.ndarray],
+        cfg: TrainConfig,
+        device: torch.device,
+        maps: list[tuple[float, ...]] | None = None,
+    ) -> None:
         stacks = [s if s.ndim == 3 else s[None] for s in slices_hu]
         shapes = {s.shape for s in stacks}
         if len(shapes) != 1:
@@ -112,6 +143,7 @@ class DeviceSampler:
         body = torch.from_numpy(np.stack([s[0] > cfg.body_hu for s in stacks])).to(torch.float64)
         self.integral = F.pad(body.cumsum(1).cumsum(2), (1, 0, 1, 0)).to(torch.float32).to(device)
         self.offsets = torch.arange(patch, device=device)
+        self.maps = None if maps is None else torch.tensor(maps, dtype=torch.float32, device=device)  # (slices, E)
 
     def sample(self, batch: int, gen: torch.Generator) -> torch.Tensor:
         """(batch, C, p, p) float32 in [−1, 1], channels_last."""
@@ -132,6 +164,9 @@ class DeviceSampler:
         patches = rotated[turns, torch.arange(batch, device=dev)]
         flip = torch.randint(0, 2, (batch, 1, 1, 1), device=dev, generator=gen).bool()
         patches = torch.where(flip, patches.flip(-1), patches)
+        if self.maps is not None:  # constant per slice: appended after the turns and flips, which leave it unchanged
+            extra = self.maps[k].view(batch, -1, 1, 1).expand(-1, -1, p, p)
+            patches = torch.cat([patches, extra], 1)
         return patches.contiguous(memory_format=torch.channels_last)
 
 
@@ -175,17 +210,17 @@ class DeviceFeed:
     def __init__(self, cfg: TrainConfig, ld: list[np.ndarray], hd: list[np.ndarray], device: torch.device, rank: int):
         self.cfg, self.device = cfg, device
         self.paired = cfg.pairing == "paired"
+        maps = slice_maps(cfg, ld, hd)
         if self.paired:
-            self.samplers = [DeviceSampler(_stacks(ld, hd), cfg, device)]
+            self.samplers = [DeviceSampler(_stacks(ld, hd), cfg, device, maps[0])]
         else:
-            self.samplers = [DeviceSampler(ld, cfg, device), DeviceSampler(hd, cfg, device)]
+            self.samplers = [DeviceSampler(ld, cfg, device, maps[0]), DeviceSampler(hd, cfg, device, maps[1])]
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed)  # one device: the GPU recipe's own seed
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.cfg.batch_size
         if self.paired:
-            batch = self.samplers[0].sample(n, self.gen)
-            return batch[:, :1], batch[:, 1:]
+            return split_pair(self.samplers[0].sample(n, self.gen))
         return self.samplers[0].sample(n, self.gen), self.samplers[1].sample(n, self.gen)
 
     def make_pool(self, size: int, stream: int) -> Pool:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from denoise_trainer.train.conditioning import add_to_image
+
 CONTRAST_HU = (5.0, 60.0)  # |contrast| drawn uniformly, sign ±: the low-contrast lesions that denoisers lose
 RADIUS_PX = (1.5, 6.0)  # ≈ 1–4.5 mm at 0.75 mm pixels
 MARGIN_PX = 2.0  # the ring starts this far outside the rim
@@ -84,7 +86,7 @@ def lesion_transfer_loss(
 ) -> torch.Tensor:
     """mean |1 − contrast kept| of lesions inserted into ``x``: 0 when each keeps its contrast, 0.5 when halved."""
     d, core, ring, amplitude = inserted_lesions(x.shape, units_per_hu, gen, x.device)
-    change = generator(x + d).float() - g_x.float()
+    change = generator(add_to_image(x, d)).float() - g_x.float()
     return (1.0 - contrast_kept(change, core, ring, amplitude)).abs().mean()
 
 

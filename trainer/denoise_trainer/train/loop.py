@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from denoise_trainer.data.patches import paired_patches
-from denoise_trainer.data.slices import TrainingData
+from denoise_trainer.data.slices import TrainingData, noise_maps
 from denoise_trainer.train.averaging import GeneratorAverage
 from denoise_trainer.train.checkpoint import checkpoint_header, load_for_resume, write_checkpoint
 from denoise_trainer.train.cyclegan_step import CycleGANStep
@@ -161,10 +161,15 @@ class TrainingRun:
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.samples = None
         if self.main and data.val_ld and data.val_hd:
-            self.samples = paired_patches(data.val_ld, data.val_hd, cfg.val_patches, cfg.patch_size, window, cfg.seed)
+            maps = noise_maps(data.val_ld, window) if cfg.noise_conditioning else None
+            self.samples = paired_patches(
+                data.val_ld, data.val_hd, cfg.val_patches, cfg.patch_size, window, cfg.seed, maps
+            )
         val_set = None
         if self.main and data.val_ref:
-            val_set = ValidationSet.build(data.val_ld, data.val_hd, data.val_ref, window, cfg.val_slices)
+            val_set = ValidationSet.build(
+                data.val_ld, data.val_hd, data.val_ref, window, cfg.val_slices, cfg.noise_conditioning
+            )
         self.validator = Validator(val_set, window, self.device, cfg.val_every, self.writer, cfg.val_min_lesion_kept)
         if self._state is not None:
             self.validator.load_state_dict(self._state)

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
 from denoise_trainer.train.checkpoint import linear_decay, restore_schedule
+from denoise_trainer.train.conditioning import image_part
 from denoise_trainer.train.cyclegan import PatchDiscriminator, WindowView, init_weights, lsgan
 from denoise_trainer.train.feeds import Feed
 from denoise_trainer.train.lesion_term import with_lesion_term
@@ -123,6 +124,7 @@ class PairedStep:
         self, ld: torch.Tensor, hd: torch.Tensor, train_generator: bool, tools: StepTools
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         cfg, scaler, lesion_rng = self.cfg, tools.scaler, tools.lesion_rng
+        hd = image_part(hd)  # G(LD, σ_LD) against HD's image when noise-conditioned; else HD itself
         if self.discriminator is not None:
             set_requires_grad(self.discriminator, False)
         with tools.autocast():

@@ -43,6 +43,9 @@ class TrainConfig(BaseModel):
     blocks: int = Field(6, ge=1)
     upsample: Literal["resize_conv", "transpose"] = "resize_conv"
     residual: bool = Field(False, description="global skip: generators predict a correction to their input")
+    noise_conditioning: bool = Field(
+        False, description="generators also get the input's measured noise level as a constant map (no preset)"
+    )
     disc_filters: int = Field(64, ge=4)
     disc_layers: int = Field(3, ge=1, le=5, description="3 = the method's 70×70 PatchGAN; 2 = 34×34")
     disc_norm: Literal["instance", "none"] = "instance"
@@ -131,12 +134,22 @@ class TrainConfig(BaseModel):
                 dilations=tuple(self.dilations),
                 head_init_std=self.head_init_std,
                 norm=self.residual_norm,
+                noise_conditioning=self.noise_conditioning,
             )
         if self.generator == "residual_unet":
             return ResidualUNetConfig(
-                filters=self.filters, bottleneck_layers=self.bottleneck_layers, head_init_std=self.head_init_std
+                filters=self.filters,
+                bottleneck_layers=self.bottleneck_layers,
+                head_init_std=self.head_init_std,
+                noise_conditioning=self.noise_conditioning,
             )
-        return GeneratorConfig(filters=self.filters, blocks=self.blocks, upsample=self.upsample, residual=self.residual)
+        return GeneratorConfig(
+            filters=self.filters,
+            blocks=self.blocks,
+            upsample=self.upsample,
+            residual=self.residual,
+            noise_conditioning=self.noise_conditioning,
+        )
 
     @property
     def decay_start(self) -> int:

@@ -5,7 +5,8 @@ scores worse against HD while being closer to the truth; a CycleGAN's objective 
 REF means an error close to HD's own. Why soft tissue: that is where low-dose noise hides low-contrast lesions, and
 where the −160…240 HU window a radiologist reads in shows it. Full slices, through the generator directly (the
 node's tiler gives the same result for this translation-equivariant network up to blending, evaluate/comparison.py
-scores through the tiler).
+scores through the tiler). A noise-conditioned generator gets each validation slice with its map, measured on the
+LD slice as the node measures it (data/slices.py ``noise_maps``), so the curve scores what the node will run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from denoise_trainer.data.slices import noise_maps
+from denoise_trainer.train.conditioning import add_to_image
 from dicom_denoise_node.model.registry import normalize_hu
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ class InsertedLesions:
     def build(
         cls, lds: list[torch.Tensor], masks: list[np.ndarray], window: tuple[float, float], per_slice: int = 8
     ) -> InsertedLesions | None:
-        """``per_slice`` 64² patches centred on soft tissue of each slice; the same every time (seed 0)."""
+        """``per_slice`` 64² patches centred on soft tissue of each (C, H, W) slice; the same every time (seed 0)."""
         from denoise_trainer.train.lesion_term import inserted_lesions
 
         rng = np.random.default_rng(0)
@@ -70,10 +73,10 @@ class InsertedLesions:
                 continue
             for k in rng.choice(ys.size, size=min(per_slice, ys.size), replace=False):
                 y, x = int(ys[k]), int(xs[k])
-                patches.append(ld[y - half : y + half, x - half : x + half])
+                patches.append(ld[:, y - half : y + half, x - half : x + half])
         if not patches:
             return None
-        x = torch.stack(patches)[:, None].float()
+        x = torch.stack(patches).float()
         gen = torch.Generator().manual_seed(0)
         d, core, ring, amplitude = inserted_lesions(x.shape, 2.0 / (window[1] - window[0]), gen, x.device)
         return cls(x, d, core, ring, amplitude)
@@ -83,7 +86,7 @@ class InsertedLesions:
         from denoise_trainer.train.lesion_term import contrast_kept
 
         x = self.x.to(device)
-        change = generator(x + self.d.to(device)).float() - generator(x).float()
+        change = generator(add_to_image(x, self.d.to(device))).float() - generator(x).float()
         args = (t.to(device) for t in (self.core, self.ring, self.amplitude))
         return contrast_kept(change, *args).cpu().numpy()
 
@@ -107,8 +110,10 @@ class ValidationSet:
         ref_hu: list[np.ndarray],
         window: tuple[float, float],
         count: int,
+        noise_conditioning: bool = False,
     ) -> ValidationSet:
-        """``count`` slices evenly spread over the validation slices (every validation patient is represented)."""
+        """``count`` slices evenly spread over the validation slices (every validation patient is represented);
+        ``noise_conditioning``: each LD slice with its noise-level map as a second channel."""
         if not ref_hu or len(ref_hu) != len(ld_hu):
             raise ValueError("validation needs a REF slice for every LD slice")
         pick = np.unique(np.linspace(0, len(ld_hu) - 1, min(count, len(ld_hu))).round().astype(int))
@@ -117,7 +122,10 @@ class ValidationSet:
         hd_err = np.mean([error_figures(hd_hu[i], r, m)[0] for i, r, m in zip(pick, refs, masks, strict=True)])
         ld_err = np.mean([error_figures(ld_hu[i], r, m)[0] for i, r, m in zip(pick, refs, masks, strict=True)])
         lds = [torch.from_numpy(normalize_hu(ld_hu[i], *window))[None, None] for i in pick]
-        lesions = InsertedLesions.build([lds[k][0, 0] for k in range(len(pick))], masks, window)
+        if noise_conditioning:
+            maps = noise_maps([ld_hu[i] for i in pick], window)
+            lds = [torch.cat([x, torch.full_like(x, m)], 1) for x, m in zip(lds, maps, strict=True)]
+        lesions = InsertedLesions.build([lds[k][0] for k in range(len(pick))], masks, window)
         return cls(lds, refs, masks, float(hd_err), float(ld_err), lesions)
 
 
