@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 # I0 = 8·10⁵, 806 views (512²); calibrated by measuring a span archive (docs/training.md). The chest attenuates
 # less (lungs): half the abdomen's noise at the same dose.
 REFERENCE_NOISE_HU = {"abdomen": 17.0, "chest": 9.0}
-# Fewest HD photons per ray: below it electronic noise and photon starvation, not Poisson noise, set the noise
-# (a smooth-kernel chest aimed at 35 HU came out at 70 HU with 1.7·10³); such draws are quieter than aimed.
-MIN_I0 = 2.0e4
+# Fewest photons per ray (HD and LD): below it electronic noise and photon starvation, not Poisson noise, set the
+# noise (a smooth-kernel chest aimed at 35 HU came out at 70 HU with 1.7·10³ photons, an OOD abdomen's LD at 176 HU
+# with 5.5·10³); such draws come out quieter than aimed.
+MIN_I0 = 5.0e3
 _REFERENCE_VIEWS = physics.default_views(512)
 _REFERENCE_SPACING_MM = 0.7
 
@@ -57,6 +58,7 @@ class ProtocolRanges:
     size_scale: tuple[float, float]
     detail: str
     electronic_noise: tuple[float, float] = (5.0, 12.0)
+    min_ld_photons: float = MIN_I0  # floor of LD photons per ray
 
 
 SPAN = ProtocolRanges(
@@ -84,6 +86,7 @@ OOD = ProtocolRanges(
     hd_noise_hu=(8.0, 35.0),
     size_scale=(0.85, 1.15),
     detail="rich",
+    min_ld_photons=4 * MIN_I0,  # at 5 % dose and 1 mm pixels, 5·10³ photons starved an abdomen's LD to 176 HU
 )
 PROTOCOL_RANGES = {r.name: r for r in (SPAN, OOD)}
 
@@ -98,11 +101,19 @@ def kernel_noise_gain(name: str) -> float:
     return math.sqrt(float(((response * interpolation) ** 2).sum() / ((reference * interpolation) ** 2).sum()))
 
 
-def i0_for_noise(hd_noise_hu: float, kernel: str, spacing_mm: float, views: int, body_part: str) -> float:
+def i0_for_noise(
+    hd_noise_hu: float,
+    kernel: str,
+    spacing_mm: float,
+    views: int,
+    body_part: str,
+    ld_fraction: float = 1.0,
+    min_ld_photons: float = MIN_I0,
+) -> float:
     """HD photons per ray that give about ``hd_noise_hu`` soft-tissue noise: noise ∝ gain / (spacing · √(I0·views))."""
     scale = REFERENCE_NOISE_HU[body_part] * kernel_noise_gain(kernel) / hd_noise_hu
     geometry = (_REFERENCE_SPACING_MM / spacing_mm) ** 2 * (_REFERENCE_VIEWS / views)
-    return max(MIN_I0, physics.DEFAULT_I0_HD * scale**2 * geometry)
+    return max(min_ld_photons / ld_fraction, physics.DEFAULT_I0_HD * scale**2 * geometry)
 
 
 def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
@@ -126,7 +137,15 @@ def draw_protocol(
     high = min(ranges.ld_noise_hu[1], ranges.hd_noise_hu[1] / root)
     ld_noise = _log_uniform(rng, low, max(low, high))
     size_scale = float(rng.uniform(*ranges.size_scale))
-    i0 = i0_for_noise(ld_noise * root, kernel, spacing, views or physics.default_views(size), body_part)
+    i0 = i0_for_noise(
+        ld_noise * root,
+        kernel,
+        spacing,
+        views or physics.default_views(size),
+        body_part,
+        fraction,
+        ranges.min_ld_photons,
+    )
     return ScanProtocol(
         i0_hd=i0,
         ld_fraction=fraction,
