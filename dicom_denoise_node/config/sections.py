@@ -117,7 +117,7 @@ class ModelSettings(Section):
     tile_size: int = Field(272, ge=32)
     tile_overlap: int = Field(32, ge=0)
     batch_size: int = Field(4, ge=1)
-    half_precision: bool = True
+    half_precision: bool = Field(False, description="float16 on CUDA; off: fp32/TF32 until a GPU run shows it equal")
     compile: bool = False
     strength: float = Field(
         1.0, ge=0.0, le=1.0, description="output = input + strength · (model(input) − input), like vendor levels"

@@ -217,3 +217,17 @@ def test_the_send_lease_is_a_setting_and_a_bad_one_is_refused_naming_the_key(tmp
     with pytest.raises(ConfigError, match=r"send\.lease_s") as err:
         load_settings(cfg)
     assert str(cfg) in str(err.value)
+
+
+def test_the_gpu_path_is_fp32_by_default():
+    """Issue 28: CUDA inference and training run fp32 (TF32 matrix units) unless a site or recipe asks for half
+    precision; the example config says so too (a bf16 training run collapsed, docs/model-card.md)."""
+    import tomllib
+
+    from denoise_trainer.train.recipe import PRESETS, build_config
+    from dicom_denoise_node.config import ModelSettings
+
+    assert ModelSettings().half_precision is False
+    example = tomllib.loads((Path(__file__).parents[2] / "etc" / "denoise-node.toml").read_text())
+    assert example["model"]["half_precision"] is False
+    assert all(build_config(name).amp is False for name in PRESETS)

@@ -98,7 +98,9 @@ class TrainConfig(BaseModel):
         "host", description="host = patches cut on the host; device = slices held and cut on the device (GPU recipe)"
     )
     compile: bool = Field(False, description="torch.compile the networks' forward passes (GPU recipe)")
-    amp: bool = True
+    amp: bool = Field(
+        False, description="mixed precision on CUDA; off: fp32/TF32 (bf16 saturated tanh and collapsed a GPU run)"
+    )
     log_every: int = Field(10, ge=1)
     sample_every: int = Field(200, ge=1)
     val_patches: int = Field(4, ge=1)
