@@ -13,7 +13,10 @@ from denoise_trainer.cli.terminal import CatalogOption, console, out
 
 
 def evaluate(
-    model: Annotated[str, typer.Option(help="Model .json/.safetensors or registry directory; '' = bundled.")] = "",
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Model .json/.safetensors or registry directory; none = bundled. Repeat for --dose-sweep."),
+    ] = None,
     catalog: CatalogOption = "sqlite:///archive.sqlite",
     role: Annotated[str, typer.Option(help="Split role to evaluate on: test or val.")] = "test",
     out_dir: Annotated[Path, typer.Option(help="JSON, CSV and montages go here.")] = Path("eval-out"),
@@ -28,6 +31,20 @@ def evaluate(
     self_ensemble: Annotated[
         int, typer.Option(help="The node's [model] self_ensemble: 0 = the model's own, 1 = off, 2, 4 or 8.")
     ] = 0,
+    dose_sweep: Annotated[
+        bool, typer.Option(help="Instead: the dose sweep (no catalog): output noise / HD noise at LD 15-70 HU.")
+    ] = False,
+    sweep_levels: Annotated[
+        str, typer.Option(help="Dose sweep: LD noise levels, HU, comma-separated ('' = 15,24,33,44,56,70).")
+    ] = "",
+    sweep_patients: Annotated[int, typer.Option(min=1, help="Dose sweep: phantom patients (abdomen, chest, ...).")] = 2,
+    sweep_slices: Annotated[int, typer.Option(min=1, help="Dose sweep: slices per patient.")] = 2,
+    sweep_size: Annotated[int, typer.Option(min=32, help="Dose sweep: image size, px (358 mm field of view).")] = 512,
+    sweep_seed: Annotated[int | None, typer.Option(help="Dose sweep: anatomy and noise seed (default 2828).")] = None,
+    sweep_views: Annotated[int, typer.Option(help="Dose sweep: projection views (0 = the simulator's default).")] = 0,
+    sweep_nlm_h: Annotated[
+        float, typer.Option(help="Dose sweep: also non-local means at h = this x sigma (0 = off; tuned value: 5).")
+    ] = 0.0,
 ) -> None:
     """Evaluate a model on the paired test split: PSNR, SSIM, MS-SSIM, HU bias, noise; vs LD and classical baselines.
 
@@ -36,15 +53,23 @@ def evaluate(
     flags, per patient with bootstrap 95 % intervals. Baselines are tuned on the validation patients of
     --val-catalog (a fresh test archive has none of its own), against REF in the soft-tissue window when there is one.
 
+    --dose-sweep instead: fixed phantom slices at HD and at LD calibrated to each level, each --model's noise / HD's.
+
     Example: `denoise-node evaluate --model models/cyclegan.json --catalog sqlite:///data/archive.sqlite`
     """
+    if dose_sweep:
+        scan = {"patients": sweep_patients, "slices": sweep_slices, "size": sweep_size, "views": sweep_views or None}
+        scan.update(levels=sweep_levels, seed=sweep_seed)
+        return _dose_sweep(scan, model or [], out_dir, device, strength, self_ensemble, sweep_nlm_h)
+    if model and len(model) > 1:
+        raise typer.BadParameter("one model at a time (several only with --dose-sweep)", param_hint="--model")
     from denoise_trainer.evaluate.comparison import render_table
     from denoise_trainer.evaluate.scorecard import markdown as scorecard_markdown
     from denoise_trainer.evaluate.workflow import EvaluationError, EvaluationOptions, evaluate_model
 
     options = EvaluationOptions(
         catalog_url=catalog,
-        model=model,
+        model=model[0] if model else "",
         role=role,
         reference=reference,
         max_slices=max_slices,
@@ -80,3 +105,46 @@ def safety_table(data: dict[str, Any]) -> Table:
             f"{r['cnr_gain']:.2f}", str(r["lost"]),
         )  # fmt: skip
     return table
+
+
+def _levels(text: str) -> tuple[float, ...]:
+    try:
+        levels = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(f"not a list of numbers: {text!r}", param_hint="--sweep-levels") from exc
+    if not levels or min(levels) <= 0:
+        raise typer.BadParameter("give one or more positive noise levels in HU", param_hint="--sweep-levels")
+    return levels
+
+
+def _dose_sweep(
+    scan: dict[str, Any],
+    models: list[str],
+    out_dir: Path,
+    device: str,
+    strength: float,
+    self_ensemble: int,
+    nlm_h: float,
+) -> None:
+    """Run the sweep (denoise_trainer.evaluate.dose_sweep) and print its table."""
+    from denoise_trainer.evaluate.dose_sweep import SweepOptions, markdown, run_dose_sweep
+    from denoise_trainer.evaluate.workflow import EvaluationError
+
+    levels, seed = scan.pop("levels"), scan.pop("seed")  # '' and None: the sweep's defaults
+    scan |= {"levels_hu": _levels(levels)} if levels else {}
+    scan |= {} if seed is None else {"seed": seed}
+    try:
+        result, written = run_dose_sweep(
+            SweepOptions(**scan),
+            models,
+            out_dir,
+            device=device,
+            strength=strength,
+            self_ensemble=self_ensemble,
+            nlm_h=nlm_h,
+        )
+    except EvaluationError as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(exc.exit_code) from exc
+    out.print(markdown(result), markup=False)
+    out.print("written: " + ", ".join(str(p) for p in written), markup=False)

@@ -129,6 +129,20 @@ def _load(model: str, device: str) -> tuple[torch.nn.Module, ModelInfo, torch.de
     return network, info, dev
 
 
+def node_denoiser(
+    model: str, device: str = "auto", strength: float = 1.0, self_ensemble: int = 0
+) -> tuple[Denoiser, ModelInfo, SeriesDenoiser]:
+    """The model as the node runs it (its tiler, HU handling, strength and self-ensemble), so that what is scored is
+    what the PACS gets; `evaluate` and its dose sweep share it."""
+    network, info, dev = _load(model, device)
+    try:
+        settings = ModelSettings(strength=strength, self_ensemble=self_ensemble)
+    except ValueError as exc:
+        raise EvaluationError(str(exc), param_hint="--self-ensemble") from exc
+    denoiser = SeriesDenoiser(network, info, settings, DeriveSettings(), device=str(dev))
+    return (lambda xs: list(denoiser.denoise_hu(iter(xs)))), info, denoiser
+
+
 def _baselines(val_pairs: list[SlicePair], with_ref: bool) -> dict[str, Denoiser]:
     """Gaussian and non-local means, tuned where they are scored: vs REF in soft tissue when there is one."""
     if not val_pairs:
@@ -146,19 +160,14 @@ def _baselines(val_pairs: list[SlicePair], with_ref: bool) -> dict[str, Denoiser
 
 def evaluate_model(opts: EvaluationOptions, out_dir: Path) -> EvaluationOutcome:
     """Score the model and the baselines on the split role and write the reports into ``out_dir``."""
-    network, info, dev = _load(opts.model, opts.device)
+    model, info, denoiser = node_denoiser(opts.model, opts.device, opts.strength, opts.self_ensemble)
     pairs = split_pairs(opts.catalog_url, opts.role)
     val_pairs = split_pairs(opts.val_catalog_url or opts.catalog_url, "val") if opts.baselines else []
     pairs = evenly_spaced(pairs, opts.max_slices)
     if not pairs:
         raise EvaluationError(f"no paired {opts.role} slices in the catalog")
     slices = eval_slices(pairs)
-    try:
-        settings = ModelSettings(strength=opts.strength, self_ensemble=opts.self_ensemble)
-    except ValueError as exc:
-        raise EvaluationError(str(exc), param_hint="--self-ensemble") from exc
-    denoiser = SeriesDenoiser(network, info, settings, DeriveSettings(), device=str(dev))
-    methods: dict[str, Denoiser] = {"model": lambda xs: list(denoiser.denoise_hu(iter(xs)))}
+    methods: dict[str, Denoiser] = {"model": model}
     with_ref = all(s.ref is not None for s in slices)
     if opts.baselines:
         methods.update(_baselines(val_pairs, with_ref))
