@@ -63,7 +63,7 @@ def test_the_command_writes_json_table_and_plot_one_line_per_model(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((out / "dose_sweep.json").read_text())
     names = list(data["methods"])
-    assert names[0] == "LD" and names[-1] == "nlm" and len(names) == 4
+    assert names[0] == "LD" and names[-1] == "nlm (h = 5 x sigma)" and len(names) == 4
     assert names[1].startswith("cyclegan-ld2hd-synthetic") and names[2].startswith("paired-ld2hd-synthetic")
     assert data["methods"][names[2]]["self_ensemble"] == 8  # the paired model's own setting, as the node runs it
     for method in data["methods"].values():

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-WIDTH, HEIGHT = 760, 480
-LEFT, RIGHT, TOP, BOTTOM = 70, 200, 40, 56  # margins around the plotting area, px (legend on the right)
+WIDTH, HEIGHT = 820, 480
+LEFT, RIGHT, TOP, BOTTOM = 70, 260, 40, 56  # margins around the plotting area, px (legend on the right)
 COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207))
 BAND_FILL = (222, 242, 222)
 GRID = (225, 225, 225)

@@ -228,8 +228,9 @@ def sweep_methods(
             "self_ensemble": denoiser.self_ensemble,
         }
     if nlm_h > 0:
-        methods["nlm"] = nlm_denoiser(nlm_h)
-        about["nlm"] = {"description": f"non-local means, h = {nlm_h:g} · sigma estimated per slice (not re-tuned)"}
+        nlm = f"nlm (h = {nlm_h:g} x sigma)"
+        methods[nlm] = nlm_denoiser(nlm_h)
+        about[nlm] = {"description": f"non-local means, h = {nlm_h:g} · sigma estimated per slice (not re-tuned)"}
     return methods, about
 
 
