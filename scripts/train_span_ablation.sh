@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Issue 28: the noise-level conditioning ablation on the training span, and both test archives.
+#   1. archives: the training span (train + validation patients), a fresh in-distribution span test archive and
+#      the out-of-distribution archive (synth --ood: a kernel, geometry, pixel size and dose never trained);
+#   2. arm A (paired-span.toml) and arm B (paired-span-cond.toml, noise_conditioning) trained alike, side by side;
+#   3. the choice between them on the validation patients only (validation.json of each run);
+#   4. the chosen arm exported and scored once on the in-distribution test archive and once on the OOD archive.
+#      Nothing is ever chosen on either test archive.
+#   scripts/train_span_ablation.sh work/m28            # 2-core CPU: ≈ 25 min of synthesis, then ≈ 45 min of training (both arms side by side)
+# Sizes and steps come from the environment (MAX_STEPS, PATIENTS, SLICES), so a smoke run is seconds long.
+set -euo pipefail
+WORK=${1:-work/m28}
+HERE=$(cd "$(dirname "$0")" && pwd)
+DN=${DENOISE_NODE:-denoise-node}
+W=$(realpath -m "$WORK")
+PATIENTS=${PATIENTS:-24}
+SLICES=${SLICES:-6}
+TEST_PATIENTS=${TEST_PATIENTS:-6}
+SIZE=${SIZE:-512}
+MAX_STEPS=${MAX_STEPS:-1200}
+THREADS=${THREADS:-1}                 # per training arm: the two arms run side by side
+step() { printf '\n== %s: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+mkdir -p "$W"
+
+synth() {  # name, then synth options
+  local name=$1; shift
+  [ -f "$W/$name/archive.json" ] || $DN synth "$W/$name" --size "$SIZE" "$@"
+}
+step "archives"
+synth span-archive --patients "$PATIENTS" --slices "$SLICES" --seed 202 --span
+synth span-test --patients "$TEST_PATIENTS" --slices "$SLICES" --seed 9001 --span
+synth ood-archive --patients "$TEST_PATIENTS" --slices "$SLICES" --seed 9201 --ood
+
+step "catalogs: training span (train + val), span test and OOD (test only)"
+for pair in "span-archive train 0 0.15" "span-test span-test 1 0" "ood-archive ood 1 0"; do
+  set -- $pair
+  [ -f "$W/$2.sqlite" ] && continue
+  $DN catalog scan "$W/$1" --catalog "sqlite:///$W/$2.sqlite" > /dev/null
+  $DN catalog split --catalog "sqlite:///$W/$2.sqlite" --seed 0 --test "$3" --val "$4"
+done
+
+step "train arms A (no conditioning) and B (noise_conditioning), $MAX_STEPS steps each, side by side"
+for arm in paired-span paired-span-cond; do
+  OMP_NUM_THREADS=$THREADS $DN train --preset cpu --config "$HERE/model-2.0.0/$arm.toml" --device cpu --seed 1 \
+    --catalog "sqlite:///$W/train.sqlite" --run-dir "$W/$arm" --max-steps "$MAX_STEPS" > "$W/$arm.log" 2>&1 &
+done
+wait
+
+step "the choice, on the validation patients only (lowest validation error vs REF of each arm)"
+python3 - "$W" <<'PY'
+import json, sys, pathlib
+w = pathlib.Path(sys.argv[1])
+best = {}
+for arm in ("paired-span", "paired-span-cond"):
+    curve = json.loads((w / arm / "validation.json").read_text())["curve"]
+    row = min(curve, key=lambda r: r["val_error_hu"])
+    best[arm] = row["val_error_hu"]
+    print(f"{arm}: best validation error {row['val_error_hu']:.2f} HU at step {row['step']} "
+          f"(× HD's {row['val_error_vs_hd']:.3f}, bias {row['val_bias_hu']:+.2f} HU)")
+chosen = min(best, key=best.get)
+(w / "chosen").write_text(chosen + "\n")
+print("chosen:", chosen)
+PY
+ARM=$(cat "$W/chosen")
+
+step "export $ARM, then score it once on each test archive (never used for a choice)"
+$DN model export "$W/$ARM/checkpoints/best.pt" --name paired-span --version 2.0.0-rc --out-dir "$W/models"
+for test in span-test ood; do
+  $DN evaluate --model "$W/models/paired-span.json" --catalog "sqlite:///$W/$test.sqlite" \
+    --val-catalog "sqlite:///$W/train.sqlite" --reference REF --out-dir "$W/eval-$test" --device cpu
+done
+step "done"
