@@ -17,7 +17,7 @@ PATIENTS=${PATIENTS:-24}
 SLICES=${SLICES:-6}
 TEST_PATIENTS=${TEST_PATIENTS:-6}
 SIZE=${SIZE:-512}
-MAX_STEPS=${MAX_STEPS:-1200}
+MAX_STEPS=${MAX_STEPS:-600}
 THREADS=${THREADS:-1}                 # per training arm: the two arms run side by side
 step() { printf '\n== %s: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 mkdir -p "$W"
