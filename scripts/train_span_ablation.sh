@@ -24,22 +24,8 @@ THREADS=${THREADS:-1}                 # per training arm: the two arms run side 
 step() { printf '\n== %s: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 mkdir -p "$W"
 
-synth() {  # name, then synth options
-  local name=$1; shift
-  [ -f "$W/$name/archive.json" ] || $DN synth "$W/$name" --size "$SIZE" "$@"
-}
-step "archives"
-synth span-archive --patients "$PATIENTS" --slices "$SLICES" --seed 202 --span
-synth span-test --patients "$TEST_PATIENTS" --slices "$SLICES" --seed 9001 --span
-synth ood-archive --patients "$TEST_PATIENTS" --slices "$SLICES" --seed 9201 --ood
-
-step "catalogs: training span (train + val), span test and OOD (test only)"
-for pair in "span-archive train 0 0.15" "span-test span-test 1 0" "ood-archive ood 1 0"; do
-  set -- $pair
-  [ -f "$W/$2.sqlite" ] && continue
-  $DN catalog scan "$W/$1" --catalog "sqlite:///$W/$2.sqlite" > /dev/null
-  $DN catalog split --catalog "sqlite:///$W/$2.sqlite" --seed 0 --test "$3" --val "$4"
-done
+# shellcheck source=scripts/span_archives.sh
+source "$HERE/span_archives.sh"
 
 step "train arms A (no conditioning) and B (noise_conditioning), $MAX_STEPS steps each, side by side"
 for arm in paired-span paired-span-cond; do

@@ -127,9 +127,20 @@ class ModelSettings(Section):
         description="flips/turns of each tile averaged: 0 = the model's own setting (its metadata), 1 = off, 2, 4, 8 "
         "(N × the compute)",
     )
+    target_noise_hu: float | None = Field(
+        None,
+        ge=0.0,
+        description="leave about this much noise (HU, soft tissue) whatever the input's dose (denoise/noise_target.py);"
+        " unset = the model's own, 0 = none (full strength)",
+    )
 
     @model_validator(mode="after")
     def _tiles(self) -> ModelSettings:
+        if self.target_noise_hu and self.strength != 1.0:
+            raise ValueError(
+                f"strength={self.strength:g} and target_noise_hu={self.target_noise_hu:g} both set the blend of output"
+                " and input: set one of them"
+            )
         if self.self_ensemble not in (0, 1, 2, 4, 8):
             raise ValueError(f"self_ensemble={self.self_ensemble} must be 0 (the model's own), 1, 2, 4 or 8")
         if self.tile_size % 4:

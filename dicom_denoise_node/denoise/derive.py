@@ -56,23 +56,28 @@ class DerivationInfo:
     self_ensemble: int = 1
     model_kind: str = MODEL_KINDS["unpaired"]  # ModelInfo.kind: CycleGAN or paired, from the model's metadata
     noise_conditioned: bool = False  # ModelInfo.noise_conditioning: said in the description, never in the UIDs
+    target_noise_hu: float = 0.0  # denoise/noise_target.py; 0 = none (the strength alone)
 
     @property
     def uid_key(self) -> str:
         """What the deterministic UIDs depend on besides the source: the model version, and the strength and
         self-ensemble when they are not 1 (full strength, one pass keeps the UIDs of earlier releases; another
         setting is another series)."""
-        return derivation_key(self.model_version, self.strength, self.self_ensemble)
+        return derivation_key(self.model_version, self.strength, self.self_ensemble, self.target_noise_hu)
 
     @property
     def description(self) -> str:
         averaged = f", averaged over {self.self_ensemble} flips/turns" if self.self_ensemble > 1 else ""
         if self.noise_conditioned:
             averaged += ", given the noise level measured on each source slice"
+        level = (
+            f"blended to leave about {self.target_noise_hu:g} HU of noise"
+            if self.target_noise_hu
+            else f"at strength {self.strength:g}"
+        )
         text = (
             f"Noise reduction by {self.model_kind} {self.model_name} {self.model_version} "
-            f"at strength {self.strength:g} (dicom-denoise-node {__version__}), applied tile by tile{averaged} to "
-            "the source slice"
+            f"{level} (dicom-denoise-node {__version__}), applied tile by tile{averaged} to the source slice"
         )
         if self.settings.notice:
             text += f". {self.settings.notice}"
@@ -87,10 +92,14 @@ def deterministic_uid(*parts: str) -> str:
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0).join(parts)).int}"
 
 
-def derivation_key(model_version: str, strength: float = 1.0, self_ensemble: int = 1) -> str:
-    """The model version, plus the strength and self-ensemble when not 1: the key of every deterministic derived UID."""
+def derivation_key(
+    model_version: str, strength: float = 1.0, self_ensemble: int = 1, target_noise_hu: float = 0.0
+) -> str:
+    """The model version, plus the strength and self-ensemble when not 1 and the noise target when set: the key of
+    every deterministic derived UID."""
     key = model_version if strength == 1.0 else f"{model_version}@strength={strength:g}"
-    return key if self_ensemble == 1 else f"{key}@ensemble={self_ensemble}"
+    key = key if self_ensemble == 1 else f"{key}@ensemble={self_ensemble}"
+    return key if not target_noise_hu else f"{key}@noise={target_noise_hu:g}"
 
 
 def derived_series_uid(source_series_uid: str, key: str) -> str:

@@ -30,6 +30,7 @@ NOTICE = Code("NOTICE", SCHEME, "Notice")
 MODEL = Code("MODEL", SCHEME, "Denoising model")
 STRENGTH = Code("STRENGTH", SCHEME, "Denoising strength (0 = source, 1 = model output)")
 SELF_ENSEMBLE = Code("SELFENS", SCHEME, "Flips/turns averaged per tile (self-ensemble)")
+NOISE_TARGET = Code("NOISETGT", SCHEME, "Noise level the blend aims to leave")
 SOURCE_SERIES = Code("SRCSER", SCHEME, "Source series")
 DERIVED_SERIES = Code("DERSER", SCHEME, "Derived series")
 SERIES_UID = Code("112002", "DCM", "Series Instance UID")
@@ -61,10 +62,11 @@ class ReportInput:
     slices: Sequence[tuple[Dataset, Dataset, SliceVerdict]]  # (source header, derived header, verdict)
     strength: float = 1.0
     self_ensemble: int = 1
+    target_noise_hu: float = 0.0
 
     @property
     def uid_key(self) -> str:
-        return derivation_key(self.model_version, self.strength, self.self_ensemble)
+        return derivation_key(self.model_version, self.strength, self.self_ensemble, self.target_noise_hu)
 
 
 def report_series_uid(source_series_uid: str, key: str) -> str:
@@ -105,6 +107,8 @@ def build_report(data: ReportInput, manufacturer: str, institution: str = "") ->
     )
     items.append(_num(STRENGTH, data.strength, UNIT_NONE))
     items.append(_num(SELF_ENSEMBLE, data.self_ensemble, UNIT_NONE))
+    if data.target_noise_hu:
+        items.append(_num(NOISE_TARGET, data.target_noise_hu, HU))
     for concept, uid in ((SOURCE_SERIES, data.source_series_uid), (DERIVED_SERIES, data.derived_series_uid)):
         group = hd.sr.ContainerContentItem(concept, relationship_type=CONTAINS)
         group.ContentSequence = hd.sr.ContentSequence(

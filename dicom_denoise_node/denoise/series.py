@@ -27,6 +27,7 @@ from dicom_denoise_node.denoise.ensemble import with_self_ensemble
 from dicom_denoise_node.denoise.guard import SliceVerdict, check_slice
 from dicom_denoise_node.denoise.inference import TiledInferer
 from dicom_denoise_node.denoise.noise import FALLBACK_NOISE_HU, conditioning_noise_hu, noise_map_value, with_noise_map
+from dicom_denoise_node.denoise.noise_target import resolve_target, target_strength
 from dicom_denoise_node.denoise.quality_report import ReportInput, build_report, header_only, warm_up
 from dicom_denoise_node.model.registry import ModelInfo
 from dicom_denoise_node.store.catalog import REPORT_SOURCE
@@ -123,9 +124,10 @@ class SeriesDenoiser:
             compile=model_settings.compile,
             channels=2 if info.noise_conditioning else 1,
         )
-        self.noise_levels: list[float] = []  # a conditioned model's measured level of each slice of the last series
+        self.noise_levels: list[float] = []  # each slice's measured level (conditioning or noise target), last series
         self.decoder = decoder  # None: pixels decoded in this process; else in its child (decode_process.py)
         self.strength = model_settings.strength
+        self.target_noise_hu = resolve_target(model_settings.target_noise_hu, self.strength, info.target_noise_hu)
         self.derivation = DerivationInfo(
             info.name,
             info.version,
@@ -134,6 +136,7 @@ class SeriesDenoiser:
             self.self_ensemble,
             model_kind=info.kind,
             noise_conditioned=info.noise_conditioning,
+            target_noise_hu=self.target_noise_hu,
         )
 
     def close(self) -> None:
@@ -144,30 +147,37 @@ class SeriesDenoiser:
     def denoise_hu(self, slices: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         """HU in, HU out. Pixels outside the model's HU window (padding, metal) pass through unchanged.
 
-        A noise-conditioned model gets each slice with its noise-level map: the level measured on that input slice
-        (``conditioning_noise_hu``; a slice without soft tissue takes the previous slice's, one series being one
-        dose), kept in ``noise_levels`` and logged at debug."""
-        pending: list[np.ndarray] = []
+        A noise-conditioned model gets each slice with its noise-level map, and a noise target sets each slice's
+        blend (denoise/noise_target.py), from the level measured on that input slice (``conditioning_noise_hu``; a
+        slice without soft tissue takes the previous slice's, one series being one dose), kept in ``noise_levels``
+        and logged at debug."""
+        pending: list[tuple[np.ndarray, float]] = []
         self.noise_levels = []
+        measure = self.info.noise_conditioning or self.target_noise_hu > 0
 
         def normalised() -> Iterator[np.ndarray]:
             for hu in slices:
-                pending.append(hu)
-                if not self.info.noise_conditioning:
+                if not measure:
+                    pending.append((hu, self.strength))
                     yield self.info.normalize(hu)
                     continue
                 previous = self.noise_levels[-1] if self.noise_levels else FALLBACK_NOISE_HU
                 level = conditioning_noise_hu(hu, previous)
                 self.noise_levels.append(level)
-                log.debug("slice %d: noise level %.1f HU (the generator's conditioning)", len(self.noise_levels), level)
+                strength = target_strength(level, self.target_noise_hu) if self.target_noise_hu else self.strength
+                pending.append((hu, strength))
+                log.debug("slice %d: noise level %.1f HU, strength %.3f", len(self.noise_levels), level, strength)
+                if not self.info.noise_conditioning:
+                    yield self.info.normalize(hu)
+                    continue
                 value = noise_map_value(level, self.info.hu_min, self.info.hu_max)
                 yield with_noise_map(self.info.normalize(hu), value)
 
         for out in self.inferer.run(normalised()):
-            hu = pending.pop(0)
+            hu, strength = pending.pop(0)
             result = self.info.denormalize(out)
-            if self.strength != 1.0:  # a blend in HU, like a vendor's strength levels
-                result = hu + np.float32(self.strength) * (result - hu)
+            if strength != 1.0:  # a blend in HU, like a vendor's strength levels
+                result = hu + np.float32(strength) * (result - hu)
             outside = (hu < self.info.hu_min) | (hu > self.info.hu_max)
             result[outside] = hu[outside]
             yield result
@@ -267,6 +277,7 @@ class SeriesDenoiser:
                 report_slices,
                 self.strength,
                 self.self_ensemble,
+                self.target_noise_hu,
             ),
             manufacturer=self.derive_settings.manufacturer,
             institution=self.derive_settings.institution_name,

@@ -63,6 +63,11 @@ class ModelInfo:
         return int(self.inference.get("self_ensemble", 1))
 
     @property
+    def target_noise_hu(self) -> float:
+        """The noise level (HU) the model is meant to leave (denoise/noise_target.py); 0 = none (full strength)."""
+        return float(self.inference.get("target_noise_hu", 0.0))
+
+    @property
     def noise_conditioning(self) -> bool:
         """Whether the generator takes a second input channel, the input's noise-level map (model/generator.py)."""
         return bool(self.architecture.get("noise_conditioning", False))

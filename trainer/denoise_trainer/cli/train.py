@@ -75,6 +75,10 @@ def train(
     engine: Annotated[
         str, typer.Option(help="standard, or fast: feed = device, compile, no autocast (the GPU recipe; one device).")
     ] = "standard",
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="Warm start: the generator begins from this exported model (.json), e.g. a bundled one."),
+    ] = None,
 ) -> None:
     """Train the CycleGAN of the method on the catalog's training split (torchrun for several GPUs or nodes).
 
@@ -92,6 +96,7 @@ def train(
         max_steps=max_steps,
         seed=seed,
         pairing=pairing,
+        init_from=init_from,
     )
     if engine not in ENGINES:
         console.print(f"[bold red]error:[/] --engine {escape(engine)}: choose one of {', '.join(ENGINES)}")

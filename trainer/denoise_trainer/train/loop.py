@@ -32,6 +32,7 @@ from denoise_trainer.train.paired_step import PairedStep
 from denoise_trainer.train.recipe import CannotTrain, TrainConfig
 from denoise_trainer.train.step import Step, StepTools
 from denoise_trainer.train.validation import ValidationSet, Validator
+from denoise_trainer.train.warm_start import warm_start
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class TrainingRun:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.feed = make_feed(cfg, data.ld, data.hd, device, self.rank)
         self.step_fn: Step = OBJECTIVES[cfg.pairing](cfg, device, self.feed)
+        warm_start(self.step_fn.generator, cfg)  # a resumed run's checkpoint then replaces these weights
         self.lesion_rng = torch.Generator().manual_seed(cfg.seed * 1000 + 900 + self.rank)
         self.per_epoch = iterations_per_epoch(cfg, len(data.ld), self.world)
         use_amp = cfg.amp and device.type == "cuda"

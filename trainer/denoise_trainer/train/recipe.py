@@ -110,6 +110,9 @@ class TrainConfig(BaseModel):
         0.0, ge=0, le=1, description="best.pt only among steps whose inserted validation lesions keep this contrast"
     )
     max_steps: int = Field(0, ge=0, description="stop after this many steps in total (0 = no limit)")
+    init_from: Path | None = Field(
+        None, description="warm start: the generator begins from this exported model (.json); train/warm_start.py"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

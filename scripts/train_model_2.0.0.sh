@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Model 2.0.0 (issue 28): one network trained across the training span, bundled twice (docs/model-card.md):
+#   1. archives as in scripts/train_span_ablation.sh (the training span, the in-distribution span test and the
+#      out-of-distribution archive; the last two for scoring only, never for a choice);
+#   2. paired 1.4.0 (taken from git, commit a1889cc, so that this runs after 2.0.0 replaced it) warm-started with a
+#      zero-initialised noise-level channel and trained across the span (model-2.0.0/paired-span-warm.toml);
+#   3. best.pt on the validation patients, exported; the noise targets of both bundled models chosen on the
+#      validation patients (scripts/choose_noise_target.py);
+#   4. each bundled model scored once on each test archive (denoise-node evaluate), and the dose sweep.
+#   scripts/train_model_2.0.0.sh work/m28        # 2-core CPU: ≈ 25 min of synthesis, then ≈ 45 min of training
+# MAX_STEPS bounds the training (a smoke run is seconds long with PATIENTS=3 SLICES=2 SIZE=128 MAX_STEPS=2).
+set -euo pipefail
+WORK=${1:-work/m28}
+HERE=$(cd "$(dirname "$0")" && pwd)
+DN=${DENOISE_NODE:-denoise-node}
+W=$(realpath -m "$WORK")
+PATIENTS=${PATIENTS:-24}
+SLICES=${SLICES:-6}
+TEST_PATIENTS=${TEST_PATIENTS:-6}
+SIZE=${SIZE:-512}
+MAX_STEPS=${MAX_STEPS:-3500}
+step() { printf '\n== %s: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+mkdir -p "$W/init"
+
+# shellcheck source=scripts/span_archives.sh
+source "$HERE/span_archives.sh"
+
+step "paired 1.4.0, the warm start, from git"
+for ext in json safetensors; do
+  git -C "$HERE/.." show "a1889cc:dicom_denoise_node/model/bundled/paired-ld2hd-synthetic.$ext" \
+    > "$W/init/paired-ld2hd-synthetic.$ext"
+done
+
+step "train across the span from 1.4.0 ($MAX_STEPS steps at most)"
+RESUME=()
+[ -f "$W/paired-span-warm/checkpoints/last.pt" ] && RESUME=(--resume "$W/paired-span-warm/checkpoints/last.pt")
+$DN train --preset cpu --config "$HERE/model-2.0.0/paired-span-warm.toml" --device cpu --seed 1 \
+  --catalog "sqlite:///$W/train.sqlite" --run-dir "$W/paired-span-warm" --max-steps "$MAX_STEPS" \
+  --init-from "$W/init/paired-ld2hd-synthetic.json" "${RESUME[@]}"
