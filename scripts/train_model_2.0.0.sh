@@ -10,20 +10,13 @@
 #   scripts/train_model_2.0.0.sh work/m28        # 2-core CPU: ≈ 25 min of synthesis, then ≈ 45 min of training
 # MAX_STEPS bounds the training (a smoke run is seconds long with PATIENTS=3 SLICES=2 SIZE=128 MAX_STEPS=2).
 set -euo pipefail
-WORK=${1:-work/m28}
 HERE=$(cd "$(dirname "$0")" && pwd)
-DN=${DENOISE_NODE:-denoise-node}
-W=$(realpath -m "$WORK")
-PATIENTS=${PATIENTS:-24}
-SLICES=${SLICES:-6}
-TEST_PATIENTS=${TEST_PATIENTS:-6}
-SIZE=${SIZE:-512}
+# shellcheck source=scripts/span_archives.sh
+source "$HERE/span_archives.sh" "${1:-work/m28}"
 MAX_STEPS=${MAX_STEPS:-3500}
-step() { printf '\n== %s: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 mkdir -p "$W/init"
 
-# shellcheck source=scripts/span_archives.sh
-source "$HERE/span_archives.sh"
+archives
 
 step "paired 1.4.0, the warm start, from git"
 for ext in json safetensors; do

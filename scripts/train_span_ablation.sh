@@ -10,22 +10,14 @@
 #   scripts/train_span_ablation.sh work/m28            # 2-core CPU: ≈ 25 min of synthesis, then ≈ 45 min of training (both arms side by side)
 # Sizes and steps come from the environment (MAX_STEPS, PATIENTS, SLICES), so a smoke run is seconds long.
 set -euo pipefail
-WORK=${1:-work/m28}
 HERE=$(cd "$(dirname "$0")" && pwd)
-DN=${DENOISE_NODE:-denoise-node}
-W=$(realpath -m "$WORK")
-PATIENTS=${PATIENTS:-24}
-SLICES=${SLICES:-6}
-TEST_PATIENTS=${TEST_PATIENTS:-6}
-SIZE=${SIZE:-512}
+# shellcheck source=scripts/span_archives.sh
+source "$HERE/span_archives.sh" "${1:-work/m28}"
 MAX_STEPS=${MAX_STEPS:-600}
 MAX_STEPS2=${MAX_STEPS2:-1800}        # stage 2 (the -cont recipes' 12 epochs of 150 steps)
 THREADS=${THREADS:-1}                 # per training arm: the two arms run side by side
-step() { printf '\n== %s: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
-mkdir -p "$W"
 
-# shellcheck source=scripts/span_archives.sh
-source "$HERE/span_archives.sh"
+archives
 
 step "train arms A (no conditioning) and B (noise_conditioning), $MAX_STEPS steps each, side by side"
 for arm in paired-span paired-span-cond; do
