@@ -28,13 +28,18 @@ def export_checkpoint(
     activate: bool = False,
     command: str = "",
     self_ensemble: int = 1,
+    target_noise_hu: float = 0.0,
 ) -> ModelInfo:
     """Write NAME.safetensors + NAME.json from a training checkpoint; returns the registry entry.
 
     ``self_ensemble`` > 1 records that the model is meant to run averaged over that many flips/turns of each tile
-    (the setting its evaluation used; the node's ``[model] self_ensemble = 0`` takes it)."""
+    (the setting its evaluation used; the node's ``[model] self_ensemble = 0`` takes it). ``target_noise_hu`` > 0
+    records the noise level the model is meant to leave (denoise/noise_target.py; unset ``[model] target_noise_hu``
+    takes it)."""
     if self_ensemble not in (1, 2, 4, 8):
         raise ValueError(f"self_ensemble={self_ensemble} must be 1, 2, 4 or 8")
+    if target_noise_hu < 0:
+        raise ValueError(f"target_noise_hu={target_noise_hu:g} must be 0 (none) or a level in HU")
     state = load_checkpoint(checkpoint)
     cfg = state["config"]
     generator = build_generator(state["generator_config"])
@@ -55,7 +60,9 @@ def export_checkpoint(
         "trained_at": state.get("created_at", ""),
         "command": command,
     }
-    inference = {"self_ensemble": self_ensemble} if self_ensemble > 1 else None
+    inference = {"self_ensemble": self_ensemble} if self_ensemble > 1 else {}
+    if target_noise_hu > 0:
+        inference["target_noise_hu"] = float(target_noise_hu)
     info = save_model(
         generator,
         out_dir,

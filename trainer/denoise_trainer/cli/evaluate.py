@@ -31,6 +31,10 @@ def evaluate(
     self_ensemble: Annotated[
         int, typer.Option(help="The node's [model] self_ensemble: 0 = the model's own, 1 = off, 2, 4 or 8.")
     ] = 0,
+    target_noise_hu: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="The node's [model] target_noise_hu: unset = the model's own, 0 = none."),
+    ] = None,
     dose_sweep: Annotated[
         bool, typer.Option(help="Instead: the dose sweep (no catalog): output noise / HD noise at LD 15-70 HU.")
     ] = False,
@@ -60,7 +64,8 @@ def evaluate(
     if dose_sweep:
         scan = {"patients": sweep_patients, "slices": sweep_slices, "size": sweep_size, "views": sweep_views or None}
         scan.update(levels=sweep_levels, seed=sweep_seed)
-        return _dose_sweep(scan, model or [], out_dir, device, strength, self_ensemble, sweep_nlm_h)
+        node = {"strength": strength, "self_ensemble": self_ensemble, "target_noise_hu": target_noise_hu}
+        return _dose_sweep(scan, model or [], out_dir, device, node, sweep_nlm_h)
     if model and len(model) > 1:
         raise typer.BadParameter("one model at a time (several only with --dose-sweep)", param_hint="--model")
     from denoise_trainer.evaluate.comparison import render_table
@@ -78,6 +83,7 @@ def evaluate(
         val_catalog_url=val_catalog,
         strength=strength,
         self_ensemble=self_ensemble,
+        target_noise_hu=target_noise_hu,
     )
     try:
         outcome = evaluate_model(options, out_dir)
@@ -122,8 +128,7 @@ def _dose_sweep(
     models: list[str],
     out_dir: Path,
     device: str,
-    strength: float,
-    self_ensemble: int,
+    node: dict[str, Any],
     nlm_h: float,
 ) -> None:
     """Run the sweep (denoise_trainer.evaluate.dose_sweep) and print its table."""
@@ -139,9 +144,8 @@ def _dose_sweep(
             models,
             out_dir,
             device=device,
-            strength=strength,
-            self_ensemble=self_ensemble,
             nlm_h=nlm_h,
+            **node,
         )
     except EvaluationError as exc:
         console.print(f"[red]{escape(str(exc))}[/]")

@@ -27,6 +27,9 @@ def model_export(
     self_ensemble: Annotated[
         int, typer.Option(help="Flips/turns per tile the model is meant to be averaged over (1, 2, 4, 8).")
     ] = 1,
+    target_noise_hu: Annotated[
+        float, typer.Option(help="Noise (HU) the model is meant to leave at any dose; 0 = none (full strength).")
+    ] = 0.0,
 ) -> None:
     """Export the LD→HD generator of a checkpoint as the node's model (safetensors + metadata).
 
@@ -44,10 +47,10 @@ def model_export(
         }
     try:
         info = export_checkpoint(
-            checkpoint, out_dir, name, version, figures, activate, shlex.join(sys.argv), self_ensemble
+            checkpoint, out_dir, name, version, figures, activate, shlex.join(sys.argv), self_ensemble, target_noise_hu
         )
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--self-ensemble") from exc
+        raise typer.BadParameter(str(exc), param_hint="--self-ensemble/--target-noise-hu") from exc
     out.print(f"exported {info.label} → {info.weights_path} (sha256 {info.sha256[:16]}…)")
 
 
@@ -72,7 +75,8 @@ def model_list(
     directory = directory or BUNDLED_DIR
     active = (directory / ACTIVE_FILE).read_text().strip() if (directory / ACTIVE_FILE).exists() else ""
     table = Table(title=f"models in {directory}")
-    columns = ("name", "version", "architecture", "training", "HU window", "steps", "self-ensemble", "sha256", "active")
+    columns = ("name", "version", "architecture", "training", "HU window", "steps", "self-ensemble", "noise target")
+    columns += ("sha256", "active")
     for col in columns:
         table.add_column(col)
     for m in list_models(directory):
@@ -85,6 +89,7 @@ def model_list(
             f"{m.hu_min:g}…{m.hu_max:g}",
             str(m.training.get("steps", "")),
             f"× {m.self_ensemble}" if m.self_ensemble > 1 else "off",
+            f"{m.target_noise_hu:g} HU" if m.target_noise_hu else "none",
             m.sha256[:12],
             "yes" if m.name == active else "",
         )

@@ -210,14 +210,20 @@ def _unique(name: str, taken: dict[str, Any]) -> str:
 
 
 def sweep_methods(
-    models: Sequence[str], *, device: str = "auto", strength: float = 1.0, self_ensemble: int = 0, nlm_h: float = 0.0
+    models: Sequence[str],
+    *,
+    device: str = "auto",
+    strength: float = 1.0,
+    self_ensemble: int = 0,
+    nlm_h: float = 0.0,
+    target_noise_hu: float | None = None,
 ) -> tuple[dict[str, Denoiser], dict[str, dict[str, Any]]]:
     """LD (no denoising), each model through the node's path, and NLM at a fixed h factor when ``nlm_h`` > 0;
     with each method's description for the report."""
     methods: dict[str, Denoiser] = {"LD": identity}
     about: dict[str, dict[str, Any]] = {"LD": {"description": "the LD input, no denoising"}}
     for model in models or [""]:
-        run, info, denoiser = node_denoiser(model, device, strength, self_ensemble)
+        run, info, denoiser = node_denoiser(model, device, strength, self_ensemble, target_noise_hu)
         name = _unique(f"{info.name} {info.version}", methods)
         methods[name] = run
         about[name] = {
@@ -226,6 +232,7 @@ def sweep_methods(
             "sha256": info.sha256,
             "strength": strength,
             "self_ensemble": denoiser.self_ensemble,
+            "target_noise_hu": denoiser.target_noise_hu,
         }
     if nlm_h > 0:
         nlm = f"nlm (h = {nlm_h:g} x sigma)"
@@ -308,9 +315,11 @@ def run_dose_sweep(
     strength: float = 1.0,
     self_ensemble: int = 0,
     nlm_h: float = 0.0,
+    target_noise_hu: float | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
     """The command's work: load the models, sweep, write the JSON, the markdown table and the plot."""
-    methods, about = sweep_methods(models, device=device, strength=strength, self_ensemble=self_ensemble, nlm_h=nlm_h)
+    node = {"strength": strength, "self_ensemble": self_ensemble, "target_noise_hu": target_noise_hu}
+    methods, about = sweep_methods(models, device=device, nlm_h=nlm_h, **node)
     try:
         result = dose_sweep(opts, methods, about)
     except ValueError as exc:

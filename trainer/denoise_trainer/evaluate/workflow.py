@@ -63,6 +63,7 @@ class EvaluationOptions:
     val_catalog_url: str | None = None  # whose val patients tune the baselines (default: catalog_url)
     strength: float = 1.0
     self_ensemble: int = 0
+    target_noise_hu: float | None = None  # the node's [model] target_noise_hu: None = the model's own, 0 = none
 
 
 @dataclass
@@ -130,15 +131,19 @@ def _load(model: str, device: str) -> tuple[torch.nn.Module, ModelInfo, torch.de
 
 
 def node_denoiser(
-    model: str, device: str = "auto", strength: float = 1.0, self_ensemble: int = 0
+    model: str,
+    device: str = "auto",
+    strength: float = 1.0,
+    self_ensemble: int = 0,
+    target_noise_hu: float | None = None,
 ) -> tuple[Denoiser, ModelInfo, SeriesDenoiser]:
-    """The model as the node runs it (its tiler, HU handling, strength and self-ensemble), so that what is scored is
-    what the PACS gets; `evaluate` and its dose sweep share it."""
+    """The model as the node runs it (its tiler, HU handling, strength, self-ensemble and noise target), so that what
+    is scored is what the PACS gets; `evaluate` and its dose sweep share it."""
     network, info, dev = _load(model, device)
     try:
-        settings = ModelSettings(strength=strength, self_ensemble=self_ensemble)
+        settings = ModelSettings(strength=strength, self_ensemble=self_ensemble, target_noise_hu=target_noise_hu)
     except ValueError as exc:
-        raise EvaluationError(str(exc), param_hint="--self-ensemble") from exc
+        raise EvaluationError(str(exc), param_hint="--self-ensemble/--strength/--target-noise-hu") from exc
     denoiser = SeriesDenoiser(network, info, settings, DeriveSettings(), device=str(dev))
     return (lambda xs: list(denoiser.denoise_hu(iter(xs)))), info, denoiser
 
@@ -160,7 +165,9 @@ def _baselines(val_pairs: list[SlicePair], with_ref: bool) -> dict[str, Denoiser
 
 def evaluate_model(opts: EvaluationOptions, out_dir: Path) -> EvaluationOutcome:
     """Score the model and the baselines on the split role and write the reports into ``out_dir``."""
-    model, info, denoiser = node_denoiser(opts.model, opts.device, opts.strength, opts.self_ensemble)
+    model, info, denoiser = node_denoiser(
+        opts.model, opts.device, opts.strength, opts.self_ensemble, opts.target_noise_hu
+    )
     pairs = split_pairs(opts.catalog_url, opts.role)
     val_pairs = split_pairs(opts.val_catalog_url or opts.catalog_url, "val") if opts.baselines else []
     pairs = evenly_spaced(pairs, opts.max_slices)
@@ -194,10 +201,16 @@ def evaluate_model(opts: EvaluationOptions, out_dir: Path) -> EvaluationOutcome:
     report.settings["model"] = {**model_info, "sha256": info.sha256}
     report.settings["strength"] = opts.strength
     report.settings["self_ensemble"] = denoiser.self_ensemble
+    report.settings["target_noise_hu"] = denoiser.target_noise_hu
     summary = None
     if card is not None:
         summary = card.summary(safety.lesions)
-        summary["model_info"] = {**model_info, "strength": opts.strength, "self_ensemble": denoiser.self_ensemble}
+        summary["model_info"] = {
+            **model_info,
+            "strength": opts.strength,
+            "self_ensemble": denoiser.self_ensemble,
+            "target_noise_hu": denoiser.target_noise_hu,
+        }
     safety_data = None
     if any(t is not None for t in truths):
         for i, s in enumerate(slices):  # the noise-free image against the truth: the scoring's own check
