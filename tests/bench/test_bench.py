@@ -70,3 +70,9 @@ def test_send_bench(tmp_path):
 def test_fast_paths_bench(tmp_path):
     result = _bench("fast_paths", tmp_path, "--filters", "4", "--tile", "32", "--batch", "1", "--rounds", "1")
     assert result["max_difference"] < 1e-4
+
+
+def test_bundled_bench(tmp_path):
+    result = _bench("bundled", tmp_path, "--slices", "1", "--size", "64", "--device", "cpu")
+    assert {r["model"].split()[0] for r in result["rows"]} >= {"cyclegan-ld2hd-synthetic", "paired-ld2hd-synthetic"}
+    assert all(r["seconds_per_slice"] > 0 and r["floor_seconds"] > 0 for r in result["rows"])
