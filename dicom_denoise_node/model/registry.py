@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -115,12 +117,21 @@ def save_model(
     evaluation: dict[str, Any] | None = None,
     activate: bool = False,
     inference: dict[str, Any] | None = None,
+    *,
+    force: bool = False,
 ) -> ModelInfo:
-    """Write NAME.safetensors + NAME.json (owner-readable only) and optionally mark it ACTIVE."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / f"{name}.safetensors"
+    """Write NAME.safetensors + NAME.json (readable by the service user) and optionally mark it ACTIVE.
+
+    A model of the same name and version with other weights is refused unless ``force``: the version is part of the
+    derived series' UIDs, so two sets of weights under one version would give different images one identity. The
+    same weights again (an export repeated to embed its evaluation) keep their file and checksum."""
+    _make_directories(out_dir)
+    weights, meta_path = out_dir / f"{name}.safetensors", out_dir / f"{name}.json"
     state = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
-    save_file(state, str(weights), metadata={"name": name, "version": version})
+    if force or not _same_version_same_weights(meta_path, version, state):
+        staged = out_dir / f".{name}.safetensors.tmp"
+        save_file(state, str(staged), metadata={"name": name, "version": version})
+        os.replace(staged, weights)
     arch = generator.config.to_dict()  # type: ignore[union-attr]
     meta = {
         "format_version": FORMAT_VERSION,
@@ -135,12 +146,49 @@ def save_model(
     }
     if inference:
         meta["inference"] = inference
-    (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    written = [weights, meta_path]
     if activate:
         (out_dir / ACTIVE_FILE).write_text(name + "\n", encoding="utf-8")
-    for written in (weights, out_dir / f"{name}.json"):
-        written.chmod(0o600)  # owner-only, like the spool and the catalog; the service user reads them
-    return read_metadata(out_dir / f"{name}.json")
+        written.append(out_dir / ACTIVE_FILE)
+    for path in written:
+        path.chmod(0o644)  # the service user reads them; a model holds no patient data
+    return read_metadata(meta_path)
+
+
+def _make_directories(directory: Path) -> None:
+    """Create the registry directory; the ones created here are 0755 whatever the umask, for the service user."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    for d in missing:
+        d.chmod(0o755)
+
+
+def _same_version_same_weights(meta_path: Path, version: str, state: dict[str, torch.Tensor]) -> bool:
+    """True when the registry already holds exactly these weights under this version (nothing to rewrite); False
+    when there is nothing there or another version; a ModelError when this version holds other weights."""
+    if not meta_path.exists():
+        return False
+    try:
+        old = read_metadata(meta_path)
+    except ModelError as exc:
+        raise ModelError(f"{meta_path} exists and cannot be read ({exc}); pass --force to replace it") from exc
+    if old.version != version:
+        return False
+    try:
+        held = load_file(str(old.weights_path), device="cpu")
+    except (OSError, SafetensorError) as exc:
+        held = {}
+        log.warning("cannot read %s to compare: %s", old.weights_path, exc)
+    same = held.keys() == state.keys() and all(
+        held[k].dtype == v.dtype and torch.equal(held[k], v) for k, v in state.items()
+    )
+    if not same:
+        raise ModelError(
+            f"{meta_path} already holds {old.label} with other weights: a version names one set of weights (it is "
+            "part of the derived series' UIDs); export under a new version, or pass --force to replace it"
+        )
+    return sha256_file(old.weights_path) == old.sha256
 
 
 def _metadata_path(path: Path) -> Path:

@@ -1,11 +1,20 @@
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
-from dicom_denoise_node.model.registry import ModelError, list_models, load_model, read_metadata, resolve_model_path
-from tests.conftest import export_tiny_model
+from dicom_denoise_node.model.generator import ResnetGenerator
+from dicom_denoise_node.model.registry import (
+    ModelError,
+    list_models,
+    load_model,
+    read_metadata,
+    resolve_model_path,
+    save_model,
+)
+from tests.conftest import TINY, export_tiny_model
 
 
 def test_round_trip_without_pickle(tmp_path):
@@ -24,8 +33,6 @@ def test_round_trip_without_pickle(tmp_path):
     # Same model through the .safetensors path and through the directory.
     assert read_metadata(info.weights_path).sha256 == info.sha256
     assert read_metadata(tmp_path).sha256 == info.sha256
-    for written in (info.weights_path, meta_path):
-        assert written.stat().st_mode & 0o077 == 0  # owner-only
 
 
 def test_corrupt_weights_are_refused(tmp_path):
@@ -100,3 +107,35 @@ def test_model_name_picks_a_model_of_the_registry(tmp_path):
     bundled = {p.stem for p in BUNDLED_DIR.glob("*.json")}
     for name in bundled:
         assert resolve_model_path("", name) == BUNDLED_DIR / f"{name}.json"
+
+
+def test_exported_files_are_readable_by_the_service_user_whatever_the_umask(tmp_path):
+    """Model files 0644 and the directories the export creates 0755: the node runs as another user (was 0600)."""
+    old = os.umask(0o077)
+    try:
+        meta_path = export_tiny_model(tmp_path / "registry" / "site")
+        save_model(ResnetGenerator(TINY), meta_path.parent, "second", "0.0.1", (-1024.0, 3071.0), activate=True)
+    finally:
+        os.umask(old)
+    for written in (meta_path, meta_path.with_suffix(".safetensors"), meta_path.parent / "ACTIVE"):
+        assert written.stat().st_mode & 0o777 == 0o644, written
+    for directory in (tmp_path / "registry", tmp_path / "registry" / "site"):
+        assert directory.stat().st_mode & 0o777 == 0o755, directory
+
+
+def test_a_version_is_not_overwritten_with_other_weights(tmp_path):
+    """Same name and version, other weights: refused (the version is in the derived UIDs) and nothing changes;
+    ``force`` replaces; the same weights again keep their file and checksum; a new version replaces freely."""
+    first = read_metadata(export_tiny_model(tmp_path, version="1.0.0", seed=0))
+    weights, inode = first.weights_path.read_bytes(), first.weights_path.stat().st_ino
+    assert read_metadata(export_tiny_model(tmp_path, version="1.0.0", seed=0)).sha256 == first.sha256
+    assert first.weights_path.read_bytes() == weights and first.weights_path.stat().st_ino == inode  # not rewritten
+    with pytest.raises(ModelError, match="other weights.*--force"):
+        export_tiny_model(tmp_path, version="1.0.0", seed=1)
+    assert first.weights_path.read_bytes() == weights and read_metadata(tmp_path).sha256 == first.sha256
+    assert not list(tmp_path.glob(".*.tmp"))
+    torch.manual_seed(1)
+    forced = save_model(ResnetGenerator(TINY), tmp_path, "tiny-random", "1.0.0", (-1024.0, 3071.0), force=True)
+    assert forced.sha256 != first.sha256 and load_model(tmp_path)[1].sha256 == forced.sha256
+    newer = read_metadata(export_tiny_model(tmp_path, version="1.1.0", seed=2))
+    assert newer.version == "1.1.0" and newer.sha256 not in (first.sha256, forced.sha256)

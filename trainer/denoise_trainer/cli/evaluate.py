@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -11,15 +11,22 @@ from rich.table import Table
 
 from denoise_trainer.cli.terminal import CatalogOption, console, out
 
+if TYPE_CHECKING:
+    from denoise_trainer.evaluate.workflow import EvaluationOptions
+
 
 def evaluate(
     model: Annotated[
         list[str] | None,
-        typer.Option(help="Model .json/.safetensors or registry directory; none = bundled. Repeat for --dose-sweep."),
+        typer.Option(help="Checkpoint (.pt) or model (.json/.safetensors/registry dir); none = bundled."),
     ] = None,
     catalog: CatalogOption = "sqlite:///archive.sqlite",
     role: Annotated[str, typer.Option(help="Split role to evaluate on: test or val.")] = "test",
     out_dir: Annotated[Path, typer.Option(help="JSON, CSV and montages go here.")] = Path("eval-out"),
+    lesions: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Lesion manifest, CSV (docs); default: truth.json, if any."),
+    ] = None,
     reference: Annotated[str, typer.Option(help="HD (as in the method) or REF (noise-free, synthetic only).")] = "HD",
     max_slices: Annotated[int, typer.Option(help="Evaluate at most this many slices (0 = all).")] = 0,
     baselines: Annotated[bool, typer.Option(help="Also run Gaussian and non-local means (tuned on val).")] = True,
@@ -57,9 +64,14 @@ def evaluate(
     flags, per patient with bootstrap 95 % intervals. Baselines are tuned on the validation patients of
     --val-catalog (a fresh test archive has none of its own), against REF in the soft-tissue window when there is one.
 
+    --model takes a training checkpoint as well (its generator, as `model export` would write it), so that a model is
+    evaluated first and exported once, with `model export --evaluation OUT/evaluation.json`. Lesion figures need
+    lesion truth: --lesions FILE (docs/training.md), or the synthetic archive's truth.json; without either they say
+    "no lesion truth: not computed".
+
     --dose-sweep instead: fixed phantom slices at HD and at LD calibrated to each level, each --model's noise / HD's.
 
-    Example: `denoise-node evaluate --model models/cyclegan.json --catalog sqlite:///data/archive.sqlite`
+    Example: `denoise-node evaluate --model run/checkpoints/best.pt --catalog sqlite:///data/archive.sqlite`
     """
     if dose_sweep:
         scan = {"patients": sweep_patients, "slices": sweep_slices, "size": sweep_size, "views": sweep_views or None}
@@ -68,9 +80,7 @@ def evaluate(
         return _dose_sweep(scan, model or [], out_dir, device, node, sweep_nlm_h)
     if model and len(model) > 1:
         raise typer.BadParameter("one model at a time (several only with --dose-sweep)", param_hint="--model")
-    from denoise_trainer.evaluate.comparison import render_table
-    from denoise_trainer.evaluate.scorecard import markdown as scorecard_markdown
-    from denoise_trainer.evaluate.workflow import EvaluationError, EvaluationOptions, evaluate_model
+    from denoise_trainer.evaluate.workflow import EvaluationOptions
 
     options = EvaluationOptions(
         catalog_url=catalog,
@@ -84,7 +94,18 @@ def evaluate(
         strength=strength,
         self_ensemble=self_ensemble,
         target_noise_hu=target_noise_hu,
+        lesions=lesions,
     )
+    _run(options, out_dir)
+
+
+def _run(options: EvaluationOptions, out_dir: Path) -> None:
+    """Evaluate, then show the reports, what was not computed, and only the files that were written."""
+    from denoise_trainer.evaluate.comparison import render_table
+    from denoise_trainer.evaluate.scorecard import NO_LESION_TRUTH
+    from denoise_trainer.evaluate.scorecard import markdown as scorecard_markdown
+    from denoise_trainer.evaluate.workflow import EvaluationError, evaluate_model
+
     try:
         outcome = evaluate_model(options, out_dir)
     except EvaluationError as exc:
@@ -97,7 +118,9 @@ def evaluate(
     if outcome.safety is not None:
         out.print(safety_table(outcome.safety))
     out.print(render_table(outcome.report))
-    out.print(f"written: {out_dir}/evaluation.json, evaluation.csv, evaluation.md, montage.png (+ safety.json/md)")
+    if outcome.lesion_truth is None and outcome.scorecard is None:  # the scorecard says it itself
+        out.print(f"lesions: {NO_LESION_TRUTH} (give --lesions FILE, a lesion manifest)", markup=False)
+    out.print(f"written: {out_dir}/" + ", ".join(p.name for p in outcome.written), markup=False)
 
 
 def safety_table(data: dict[str, Any]) -> Table:

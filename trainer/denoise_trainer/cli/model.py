@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from denoise_trainer.cli.terminal import out
+from denoise_trainer.cli.terminal import console, out
 
 model_app = typer.Typer(help="Export and list models (safetensors + JSON metadata).", no_args_is_help=True)
 
@@ -30,12 +31,20 @@ def model_export(
     target_noise_hu: Annotated[
         float, typer.Option(help="Noise (HU) the model is meant to leave at any dose; 0 = none (full strength).")
     ] = 0.0,
+    force: Annotated[
+        bool, typer.Option(help="Replace NAME of this --version even when its weights differ (refused otherwise).")
+    ] = False,
 ) -> None:
     """Export the LD→HD generator of a checkpoint as the node's model (safetensors + metadata).
+
+    Files are 0644 (directories it creates 0755), for the service user. Exporting again with the same weights (to
+    embed --evaluation) is fine; the same --version with other weights is refused unless --force: the version is
+    part of the derived series' UIDs.
 
     Example: `denoise-node model export runs/cpu/checkpoints/last.pt --name cyclegan-ld2hd --version 1.0.0`
     """
     from denoise_trainer.export import export_checkpoint
+    from dicom_denoise_node.model.registry import ModelError
 
     figures = None
     if evaluation is not None:
@@ -47,10 +56,22 @@ def model_export(
         }
     try:
         info = export_checkpoint(
-            checkpoint, out_dir, name, version, figures, activate, shlex.join(sys.argv), self_ensemble, target_noise_hu
+            checkpoint,
+            out_dir,
+            name,
+            version,
+            figures,
+            activate,
+            shlex.join(sys.argv),
+            self_ensemble,
+            target_noise_hu,
+            force,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--self-ensemble/--target-noise-hu") from exc
+    except ModelError as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(1) from exc
     out.print(f"exported {info.label} → {info.weights_path} (sha256 {info.sha256[:16]}…)")
 
 

@@ -33,6 +33,7 @@ TAMPER_MIN_CONTRAST_HU = 20.0  # painted-out lesions: |inserted contrast| at lea
 TAMPER_MIN_RADIUS_PX = 4.0  # … and at least this radius
 NODULE_RADIUS_PX = 6.0  # an added nodule: a disk of this radius …
 NODULE_HU = 60.0  # … this much brighter than its surroundings, in soft tissue away from every lesion
+NO_LESION_TRUTH = "no lesion truth: not computed"
 
 
 def radial_frequency(n: int) -> np.ndarray:
@@ -237,15 +238,18 @@ def markdown(summary: dict[str, Any]) -> str:
         "| guard flags |"
     )
     lines = [head, "|---" * 12 + "|"]
+    truth = lesion_truth_known(summary)
     for method, f in summary.items():
         if not isinstance(f, dict) or "error_ref_hu" not in f:
             continue
         flagged = f.get("guard_flagged")
+        kept, lost = f.get("median_contrast_kept", math.nan), f"{f.get('lesions_lost', 0)}/{f.get('lesions', 0)}"
         lines.append(
             f"| {method} | {ci(f['error_ref_hu'])} | {ci(f['error_vs_hd'], 2)} | {ci(f['psnr_ref_soft'], 2)} "
             f"| {ci(f['ssim_ref_soft'], 3)} | {ci(f['bias_soft_hu'], 1, True)} | {ci(f['bias_fat_hu'], 1, True)} "
             f"| {ci(f['texture_vs_hd'], 2)} | {ci(f['psnr_hd_soft'], 2)} "
-            f"| {f.get('median_contrast_kept', math.nan):.2f} | {f.get('lesions_lost', '—')}/{f.get('lesions', '—')} "
+            f"| {f'{kept:.2f}' if truth and math.isfinite(kept) else '—'} "
+            f"| {lost if truth else '—'} "
             f"| {f'{flagged[0]}/{flagged[1]}' if flagged else '—'} |"
         )
     against = [(m, f["lesions_vs_ld"]) for m, f in summary.items() if isinstance(f, dict) and "lesions_vs_ld" in f]
@@ -256,8 +260,23 @@ def markdown(summary: dict[str, Any]) -> str:
             f"kept here but lost by LD {a['lost_only_by_ld']} (McNemar's exact p = {a['mcnemar_p']:.2f})"
             for m, a in against
         ]
+    if not truth:
+        lines += ["", f"Lesions: {NO_LESION_TRUTH} (give `evaluate --lesions FILE`, a lesion manifest)"]
     catches = summary.get("guard_catches", {})
     if any(n for _, n in catches.values()):
         lines.append("")
-        lines += [f"Guard catches ({k.replace('_', ' ')}): {c}/{n}" for k, (c, n) in catches.items()]
+        for kind, (caught, tried) in catches.items():
+            name = kind.replace("_", " ")
+            if tried:
+                lines.append(f"Guard catches ({name}): {caught}/{tried}")
+            elif kind == "painted_out_lesion":
+                why = "none large and strong enough" if truth else NO_LESION_TRUTH
+                lines.append(f"Guard catches ({name}): {why}")
     return "\n".join(lines) + "\n"
+
+
+def lesion_truth_known(summary: dict[str, Any]) -> bool:
+    """Whether the scorecard had lesion truth: its ``lesion_truth`` source, or (older scorecards) lesion figures."""
+    if "lesion_truth" in summary:
+        return bool(summary["lesion_truth"])
+    return any(isinstance(f, dict) and "lesions" in f for f in summary.values())

@@ -2,9 +2,11 @@
 
 Why a workflow of its own: the command, probes and benchmarks need the same slices, the same model path (the
 node's own tiler and HU handling, so what is scored is what the PACS gets) and the same outputs. It loads the model
-and the paired slices of a split role, runs the model and the classical baselines (tuned on validation patients),
-scores them (comparison, and with a noise-free REF the scorecard and the lesion safety scores), and writes
-evaluation.json/csv/md, scorecard.json/md, safety.json/md and montage.png.
+(an exported one, or a training checkpoint's generator built in memory, so that a model is evaluated before its one
+export) and the paired slices of a split role, runs the model and the classical baselines (tuned on validation
+patients), scores them (comparison, and with a noise-free REF the scorecard; with lesion truth, from a site's
+manifest or the synthetic truth.json, the lesion safety scores), and writes evaluation.json/csv/md, and where
+computed scorecard.json/md and safety.json/md, and montage.png.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from denoise_trainer.data.slices import load_slices
 from denoise_trainer.evaluate.baselines import Denoiser, classical_baselines
 from denoise_trainer.evaluate.comparison import EvalReport, evaluate, markdown_table
 from denoise_trainer.evaluate.image_metrics import EvalSlice
+from denoise_trainer.evaluate.lesion_manifest import LesionManifestError, manifest_truths
 from denoise_trainer.evaluate.lesions import LesionTruth, SafetyScores, load_truth
 from denoise_trainer.evaluate.lesions import markdown_tables as lesion_markdown
 from denoise_trainer.evaluate.montage import save_montage
 from denoise_trainer.evaluate.scorecard import Scorecard
 from denoise_trainer.evaluate.scorecard import markdown as scorecard_markdown
+from denoise_trainer.export import checkpoint_model
 from dicom_denoise_node.config import DeriveSettings, ModelSettings
 from dicom_denoise_node.denoise.inference import select_device
 from dicom_denoise_node.denoise.series import SeriesDenoiser
@@ -38,6 +42,7 @@ from dicom_denoise_node.store.catalog import Catalog
 log = logging.getLogger(__name__)
 
 BASELINE_TUNING_SLICES = 8  # validation slices the classical baselines are tuned on
+OPTIONAL_REPORTS = ("scorecard.json", "scorecard.md", "safety.json", "safety.md")  # written only where computed
 
 
 class EvaluationError(Exception):
@@ -64,6 +69,7 @@ class EvaluationOptions:
     strength: float = 1.0
     self_ensemble: int = 0
     target_noise_hu: float | None = None  # the node's [model] target_noise_hu: None = the model's own, 0 = none
+    lesions: Path | None = None  # a site's lesion manifest (evaluate/lesion_manifest.py); None = truth.json if any
 
 
 @dataclass
@@ -72,8 +78,9 @@ class EvaluationOutcome:
 
     report: EvalReport
     scorecard: dict[str, Any] | None = None  # with a noise-free REF only
-    safety: dict[str, Any] | None = None  # with lesion truths (synthetic archives) only
+    safety: dict[str, Any] | None = None  # with lesion truth (a manifest, or truth.json of synthetic archives) only
     written: list[Path] = field(default_factory=list)
+    lesion_truth: str | None = None  # where the lesion truth came from; None: lesion figures not computed
 
 
 def eval_slices(pairs: Sequence[SlicePair]) -> list[EvalSlice]:
@@ -121,10 +128,28 @@ def lesion_truths(pairs: Sequence[SlicePair]) -> list[list[LesionTruth] | None]:
     return out
 
 
+def truth_for(pairs: Sequence[SlicePair], manifest: Path | None) -> tuple[list[list[LesionTruth] | None], str | None]:
+    """Each slice's lesions, and where they came from: the site's manifest when given, else the synthetic
+    archive's truth.json; (all None, None) without either, and the lesion figures are then not computed."""
+    if manifest is not None:
+        try:
+            return list(manifest_truths(manifest, pairs)), str(manifest)
+        except LesionManifestError as exc:
+            raise EvaluationError(f"--lesions: {exc}") from exc  # one line per error: not in a wrapped box
+    truths = lesion_truths(pairs)
+    return truths, "truth.json (synthetic archive)" if any(t is not None for t in truths) else None
+
+
 def _load(model: str, device: str) -> tuple[torch.nn.Module, ModelInfo, torch.device]:
+    """An exported model (.json/.safetensors/registry directory), or the generator a training checkpoint (.pt)
+    would export, built in memory and placed as the node places a loaded model."""
     try:
         dev = select_device(device)
-        network, info = load_model(resolve_model_path(model), dev)
+        if Path(model).suffix == ".pt":
+            network, info = checkpoint_model(Path(model))
+            network.to(dev).eval().requires_grad_(False)
+        else:
+            network, info = load_model(resolve_model_path(model), dev)
     except (ModelError, RuntimeError) as exc:
         raise EvaluationError(f"cannot load model: {exc}", exit_code=3) from exc
     return network, info, dev
@@ -173,12 +198,12 @@ def evaluate_model(opts: EvaluationOptions, out_dir: Path) -> EvaluationOutcome:
     pairs = evenly_spaced(pairs, opts.max_slices)
     if not pairs:
         raise EvaluationError(f"no paired {opts.role} slices in the catalog")
+    truths, truth_source = truth_for(pairs, opts.lesions)
     slices = eval_slices(pairs)
     methods: dict[str, Denoiser] = {"model": model}
     with_ref = all(s.ref is not None for s in slices)
     if opts.baselines:
         methods.update(_baselines(val_pairs, with_ref))
-    truths = lesion_truths(pairs)
     safety = SafetyScores()
     card = Scorecard(slices, lesions=truths) if with_ref else None
 
@@ -202,9 +227,11 @@ def evaluate_model(opts: EvaluationOptions, out_dir: Path) -> EvaluationOutcome:
     report.settings["strength"] = opts.strength
     report.settings["self_ensemble"] = denoiser.self_ensemble
     report.settings["target_noise_hu"] = denoiser.target_noise_hu
+    report.settings["lesion_truth"] = truth_source or "none: lesion figures not computed"
     summary = None
     if card is not None:
         summary = card.summary(safety.lesions)
+        summary["lesion_truth"] = truth_source
         summary["model_info"] = {
             **model_info,
             "strength": opts.strength,
@@ -217,7 +244,7 @@ def evaluate_model(opts: EvaluationOptions, out_dir: Path) -> EvaluationOutcome:
             if s.ref is not None:
                 score_safety("REF", i, s.ref)
         safety_data = safety.to_json()
-    outcome = EvaluationOutcome(report, summary, safety_data)
+    outcome = EvaluationOutcome(report, summary, safety_data, lesion_truth=truth_source)
     _write(outcome, out_dir, slices[len(slices) // 2], methods["model"])
     return outcome
 
@@ -237,6 +264,10 @@ def _write(outcome: EvaluationOutcome, out_dir: Path, middle: EvalSlice, model: 
         files["safety.md"] = lesion_markdown(outcome.safety)
     for name, text in files.items():
         (out_dir / name).write_text(text)
+    for name in sorted(set(OPTIONAL_REPORTS) - set(files)):  # a past run's: not this evaluation's figures
+        if (out_dir / name).exists():
+            (out_dir / name).unlink()
+            log.info("removed %s of an earlier evaluation: not computed this time", out_dir / name)
     columns = {"LD": middle.ld, "model": model([middle.ld])[0], "HD": middle.hd}
     if middle.ref is not None:
         columns["noise-free"] = middle.ref
