@@ -10,12 +10,11 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from denoise_trainer.archive.domain import DomainRules, exposure_mas
+from denoise_trainer.archive.assign import Patients, apportion, assign_roles
+from denoise_trainer.archive.domain import DESCRIPTION, DomainRules, exposure_mas
 from denoise_trainer.archive.scan import archive_overview, scan_archive
 from denoise_trainer.archive.split import (
     ROLES,
-    _apportion,
-    _assign,
     make_split,
     paired_slices,
     split_summary,
@@ -83,6 +82,8 @@ def test_scan_indexes_every_series_with_its_domain(catalog: Catalog, archive) ->
     report = scan_archive(catalog, root, progress=lambda done, total: seen.append((done, total)))
     assert report.instances_added == PATIENTS * SLICES * 3 and report.instances_updated == 0
     assert report.series_by_domain == {"LD": PATIENTS, "HD": PATIENTS, "REF": PATIENTS}
+    # the synthetic archive's names decide, as they did before dose-relative recognition
+    assert report.recognised == {d: {DESCRIPTION: PATIENTS} for d in ("LD", "HD", "REF")}
     assert not report.unknown_series
     assert seen[-1] == (report.files_seen, report.files_seen)
     # truth.json per patient and archive.json are not DICOM
@@ -152,9 +153,11 @@ def test_non_dicom_files_are_skipped_with_a_reason(catalog: Catalog, archive, tm
     assert report.skipped[root.resolve() / "looks_like_a_dataset"].startswith("not DICOM")
 
 
-def _retitle(src: Path, dst: Path, description: str, drop: tuple[str, ...] = ()) -> None:
+def _retitle(src: Path, dst: Path, description: str, drop: tuple[str, ...] = (), patient: str | None = None) -> None:
     ds = pydicom.dcmread(src)
     ds.SeriesDescription = description
+    if patient is not None:
+        ds.PatientID = patient
     for keyword in drop:
         delattr(ds, keyword)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -164,9 +167,11 @@ def _retitle(src: Path, dst: Path, description: str, drop: tuple[str, ...] = ())
 def test_exposure_thresholds_decide_when_the_description_says_nothing(archive, tmp_path: Path) -> None:
     patient = archive[1][0].directory
     root = tmp_path / "anon"
-    _retitle(patient / "LD" / "0001.dcm", root / "a" / "1.dcm", "Axial 3mm B30f")
+    # two patients, one series each: nothing relative to compare, only thresholds can decide
+    _retitle(patient / "LD" / "0001.dcm", root / "a" / "1.dcm", "Axial 3mm B30f", drop=("CTDIvol",), patient="A")
     # without Exposure the mAs come from XRayTubeCurrent × ExposureTime: 400 mA × 500 ms = 200 mAs
-    _retitle(patient / "HD" / "0001.dcm", root / "b" / "1.dcm", "Axial 3mm B30f", drop=("Exposure",))
+    drop = ("Exposure", "CTDIvol")
+    _retitle(patient / "HD" / "0001.dcm", root / "b" / "1.dcm", "Axial 3mm B30f", drop=drop, patient="B")
     assert exposure_mas(pydicom.dcmread(root / "b" / "1.dcm")) == pytest.approx(200.0)
 
     plain = _catalog(tmp_path / "plain.sqlite")
@@ -299,7 +304,9 @@ def test_split_is_stable_for_a_seed(scanned: Catalog, archive, tmp_path: Path) -
     assert make_split(scanned, seed=6) == replaced
 
 
-def test_only_patients_with_ld_and_hd_are_eligible(catalog: Catalog, archive, tmp_path: Path) -> None:
+def test_a_patient_without_hd_trains_the_ld_side_and_a_rescan_that_breaks_a_role_asks_to_resplit(
+    catalog: Catalog, archive, tmp_path: Path
+) -> None:
     root = tmp_path / "three"
     for rec in archive[1][:3]:
         _copy(rec.directory, root / rec.patient_id)
@@ -307,33 +314,42 @@ def test_only_patients_with_ld_and_hd_are_eligible(catalog: Catalog, archive, tm
     shutil.move(root / lost_hd.patient_id / "HD", tmp_path / "HD")
     scan_archive(catalog, root)
     split = make_split(catalog)
-    assert lost_hd.patient_id not in {p for ids in split.values() for p in ids}
-    assert (len(split["train_ld"]), len(split["train_hd"]), len(split["test"])) == (1, 1, 0)
+    assert lost_hd.patient_id in split["train_ld"]  # LD only: the LD side of unpaired training, never test
+    assert [len(split[r]) for r in ROLES] == [1, 1, 1, 0]  # the two pairs: one test, one evens out train_hd
 
     shutil.move(tmp_path / "HD", root / lost_hd.patient_id / "HD")
     scan_archive(catalog, root)
-    with pytest.raises(ValueError, match="eligible patients changed"):
+    assert make_split(catalog) == split  # now paired: train_ld is still a role it can take
+    tested = split["test"][0]
+    shutil.move(root / tested / "HD", tmp_path / "HD")
+    scan_archive(catalog, root)
+    with pytest.raises(ValueError, match=f"patients \\['{tested}'\\] no longer hold"):
         make_split(catalog)
     split = make_split(catalog, force=True)
-    assert [len(split[r]) for r in ROLES] == [1, 1, 1, 0]  # from 3 patients on, test gets one
+    assert tested in split["train_ld"] and split["test"] and tested not in split["test"]
+
+
+def _paired(strata: dict[str, list[str]]) -> Patients:
+    return Patients({pid: part for part, ids in strata.items() for pid in ids}, {}, {}, {})
 
 
 def test_apportion_keeps_test_and_both_training_halves() -> None:
     fractions = (0.80, 0.15, 0.05)
-    assert _apportion(2, fractions) == (2, 0, 0)
-    assert _apportion(3, fractions) == (2, 1, 0)
-    assert _apportion(20, fractions) == (16, 3, 1)
+    assert apportion(2, fractions) == (2, 0, 0)
+    assert apportion(3, fractions) == (2, 1, 0)
+    assert apportion(20, fractions) == (16, 3, 1)
     with pytest.raises(ValueError):
-        _apportion(1, fractions)
-    roles = _assign({"CHEST": ["a", "b"], "ABDOMEN": ["c"]}, seed=0, fractions=fractions)
+        apportion(1, fractions)
+    roles = assign_roles(_paired({"CHEST": ["a", "b"], "ABDOMEN": ["c"]}), seed=0, fractions=fractions)
     assert sorted(roles.values()) == ["test", "train_hd", "train_ld"]
 
 
 def test_a_zero_train_fraction_makes_a_held_out_archive() -> None:
     """A fresh test archive (`catalog split --test 1 --val 0`) and a training archive without test patients."""
-    assert _apportion(8, (0.0, 1.0, 0.0)) == (0, 8, 0)
-    assert _apportion(36, (0.88, 0.0, 0.12)) == (32, 0, 4)
-    roles = _assign({"chest": [f"c{i}" for i in range(4)], "abdomen": [f"a{i}" for i in range(4)]}, 0, (0.0, 1.0, 0.0))
+    assert apportion(8, (0.0, 1.0, 0.0)) == (0, 8, 0)
+    assert apportion(36, (0.88, 0.0, 0.12)) == (32, 0, 4)
+    strata = {"chest": [f"c{i}" for i in range(4)], "abdomen": [f"a{i}" for i in range(4)]}
+    roles = assign_roles(_paired(strata), 0, (0.0, 1.0, 0.0))
     assert set(roles.values()) == {"test"}
 
 
@@ -351,3 +367,32 @@ def test_pairs_need_the_same_frame_of_reference_and_position(scanned: Catalog, a
     finally:
         ds.FrameOfReferenceUID = pydicom.dcmread(archive[0] / pid / "LD" / "0001.dcm").FrameOfReferenceUID
         ds.save_as(hd_path)
+
+
+# The split of this all-paired archive as it was before unpaired patients took part (commit 501c029): pairs-only
+# archives, the project's synthetic ones among them, must split exactly as before.
+BEFORE_UNPAIRED = {
+    (11, (0.8, 0.15, 0.05)): {
+        "train_ld": ["SYNTH0003", "SYNTH0005", "SYNTH0006", "SYNTH0010"],
+        "train_hd": ["SYNTH0002", "SYNTH0007", "SYNTH0008", "SYNTH0009"],
+        "test": ["SYNTH0001", "SYNTH0004"],
+        "val": [],
+    },
+    (0, (0.6, 0.2, 0.2)): {
+        "train_ld": ["SYNTH0005", "SYNTH0006", "SYNTH0007"],
+        "train_hd": ["SYNTH0002", "SYNTH0008", "SYNTH0009"],
+        "test": ["SYNTH0001", "SYNTH0004"],
+        "val": ["SYNTH0003", "SYNTH0010"],
+    },
+    (5, (0.88, 0.0, 0.12)): {
+        "train_ld": ["SYNTH0001", "SYNTH0003", "SYNTH0004", "SYNTH0008", "SYNTH0009"],
+        "train_hd": ["SYNTH0002", "SYNTH0005", "SYNTH0006", "SYNTH0007"],
+        "test": [],
+        "val": ["SYNTH0010"],
+    },
+}
+
+
+@pytest.mark.parametrize(("seed", "fractions"), list(BEFORE_UNPAIRED))
+def test_an_all_paired_archive_splits_as_before(scanned: Catalog, seed: int, fractions) -> None:
+    assert make_split(scanned, seed=seed, fractions=fractions, force=True) == BEFORE_UNPAIRED[(seed, fractions)]

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from denoise_trainer.archive.domain import exposure_mas
+from denoise_trainer.archive.domain import ctdivol_mgy, exposure_mas
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,14 @@ _TAGS = [
     "SOPClassUID",
     "Modality",
     "SeriesDescription",
+    "ProtocolName",
     "InstanceNumber",
     "BodyPartExamined",
     "Exposure",
     "ExposureInuAs",
     "XRayTubeCurrent",
     "ExposureTime",
+    "CTDIvol",
     "ImageType",
     "Rows",
 ]
@@ -60,6 +62,8 @@ class InstanceHeader:
     instance_number: int | None
     body_part: str | None
     exposure_mas: float | None
+    protocol_name: str = ""
+    ctdivol: float | None = None
 
 
 @dataclass
@@ -82,6 +86,16 @@ class SeriesGroup:
         """Median over slices: tube current modulation varies the exposure along the series."""
         values = [h.exposure_mas for h in self.headers if h.exposure_mas is not None]
         return round(float(statistics.median(values)), 3) if values else None
+
+    def ctdivol(self) -> float | None:
+        """Median CTDIvol (mGy) over slices, for the same reason as the exposure."""
+        values = [h.ctdivol for h in self.headers if h.ctdivol is not None]
+        return round(float(statistics.median(values)), 4) if values else None
+
+    def protocol_name(self) -> str:
+        """The most common ProtocolName of its slices ("" without one)."""
+        names = Counter(h.protocol_name for h in self.headers if h.protocol_name)
+        return names.most_common(1)[0][0] if names else ""
 
 
 class NotIndexed(Exception):
@@ -152,6 +166,8 @@ def read_header(path: Path, modalities: tuple[str, ...]) -> InstanceHeader:
         instance_number=number,
         body_part=body_part,
         exposure_mas=exposure_mas(ds),
+        protocol_name=str(ds.get("ProtocolName") or ""),
+        ctdivol=ctdivol_mgy(ds),
     )
 
 

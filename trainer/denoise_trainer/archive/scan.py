@@ -5,10 +5,11 @@ must know, per series, its patient, body part and dose domain without opening pi
 headers only and writes them into the same catalog the node uses, as series with origin "archive" and state
 ARCHIVED, a state that no pipeline transition selects (the node never processes or sends an archive series).
 
-Domain of a series (``archive/domain.py``), first rule that decides wins: the explicit ``domain`` argument, then
-the SeriesDescription patterns of :class:`DomainRules`, then its exposure thresholds; otherwise the series is
-indexed with domain None (logged) so ``denoise-node catalog list`` shows what to fix. The domain is re-derived on
-every scan. Which files are read and how is ``archive/headers.py``; this module writes them into the catalog.
+Domain of a series: the explicit ``domain`` argument, else its names, thresholds and dose relative to the
+patient's other series (``archive/domain.py``, ``archive/recognise.py``, decided over the whole scan before anything
+is written); otherwise the series is indexed with domain None (logged, listed in the report) so the CLI can say
+what to fix. The domain is re-derived on every scan, so scan whole patients at once. Which files are read and how
+is ``archive/headers.py``; this module writes them into the catalog.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from typing import TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from denoise_trainer.archive.domain import DOMAINS, DomainRules
+from denoise_trainer.archive.domain import DOMAINS, UNKNOWN, DomainRules
 from denoise_trainer.archive.headers import InstanceHeader, SeriesGroup, archive_files, group_series
+from denoise_trainer.archive.recognise import Decision, SeriesFacts, recognise
 from dicom_denoise_node.store.catalog import Catalog, Instance, Patient, Series, SeriesState, Split, Study
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ class ScanReport:
     instances_removed: int = 0  # rows under root whose file is gone
     series_by_domain: dict[str, int] = field(default_factory=dict)  # "LD", "HD", "REF", "unknown"
     unknown_series: list[str] = field(default_factory=list)
+    unknown_detail: dict[str, str] = field(default_factory=dict)  # series UID → patient, names and dose
+    recognised: dict[str, dict[str, int]] = field(default_factory=dict)  # domain → rule that decided → series
     skipped: dict[Path, str] = field(default_factory=dict)  # file → why it was not indexed
 
     @property
@@ -101,10 +105,11 @@ def scan_archive(
     files = archive_files(root)
     report.files_seen = len(files)
     groups, seen = group_series(files, rules.modalities, report.skipped, progress)
+    decisions = recognise((_facts(g) for g in groups.values()), rules, domain)
 
     for batch in _batches(groups[uid] for uid in sorted(groups)):
         with catalog.db.transaction() as s:
-            _upsert(s, batch, rules, domain, report)
+            _upsert(s, batch, decisions, report)
     report.instances_removed = _remove_vanished(catalog, root, seen)
 
     for reason, n in Counter(_reason_kind(r) for r in report.skipped.values()).most_common():
@@ -127,7 +132,28 @@ def _reason_kind(reason: str) -> str:
     return reason.split(" (", 1)[0].split(" of ", 1)[0]
 
 
-def _upsert(s: Session, batch: list[SeriesGroup], rules: DomainRules, domain: str | None, report: ScanReport) -> None:
+def _facts(g: SeriesGroup) -> SeriesFacts:
+    return SeriesFacts(
+        g.uid, g.patient_id, g.body_part(), g.description, g.protocol_name(), g.exposure_mas(), g.ctdivol()
+    )
+
+
+def _record(report: ScanReport, g: SeriesGroup, decision: Decision) -> None:
+    """Count the decision in the report; an unknown series is logged with what the rules saw."""
+    dom = decision.domain or UNKNOWN
+    report.series_by_domain[dom] = report.series_by_domain.get(dom, 0) + 1
+    by_rule = report.recognised.setdefault(dom, {})
+    by_rule[decision.rule] = by_rule.get(decision.rule, 0) + 1
+    if decision.domain is None:
+        detail = _facts(g).describe()
+        log.warning("scan: series %s (%s) has no dose domain", g.uid, detail)
+        report.unknown_series.append(g.uid)
+        report.unknown_detail[g.uid] = detail
+    else:
+        log.debug("scan: series %s (%r) is %s by %s", g.uid, g.description, decision.domain, decision.rule)
+
+
+def _upsert(s: Session, batch: list[SeriesGroup], decisions: dict[str, Decision], report: ScanReport) -> None:
     patients = _load(s, Patient, Patient.patient_id, {g.patient_id for g in batch})
     studies = _load(s, Study, Study.study_uid, {g.study_uid for g in batch})
     series = _load(s, Series, Series.series_uid, {g.uid for g in batch})
@@ -152,18 +178,8 @@ def _upsert(s: Session, batch: list[SeriesGroup], rules: DomainRules, domain: st
         elif study.patient_fk != patient.id:
             log.warning("scan: study %s is filed under another patient than %s; kept as is", g.study_uid, g.patient_id)
         mas = g.exposure_mas()
-        dom, rule = rules.classify(g.description, mas, domain)
-        if dom is None:
-            log.warning(
-                "scan: series %s (%r, %s mAs) has no dose domain; set DomainRules or pass domain=",
-                g.uid,
-                g.description,
-                mas,
-            )
-            report.unknown_series.append(g.uid)
-        else:
-            log.debug("scan: series %s (%r) is %s by %s", g.uid, g.description, dom, rule)
-        report.series_by_domain[dom or "unknown"] = report.series_by_domain.get(dom or "unknown", 0) + 1
+        dom = decisions[g.uid].domain
+        _record(report, g, decisions[g.uid])
         body_part = g.body_part()
         values = dict(
             study_fk=study.id,

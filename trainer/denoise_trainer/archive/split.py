@@ -7,8 +7,9 @@ their LD/HD pairs for full-reference metrics. The split is stratified by body pa
 of the seed and the eligible patients, and stored in the ``splits`` table so every later step (training,
 evaluation, `catalog list`) reads the same assignment.
 
-Eligible patients have a study holding both an LD and an HD archive series (any of them may land in test,
-where the pair is needed).
+Every patient with an LD or HD series takes part: one with a study holding both (a pair) may land in any role;
+one with only LD (only HD) trains the LD (HD) half; test and val need pairs (``archive/assign.py`` says how).
+Paired training (``training_pairs``) uses the pairs of the training patients and refuses an archive without any.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pydicom
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from denoise_trainer.archive.assign import Patients, assign_roles
 from denoise_trainer.archive.scan import ORIGIN
 from dicom_denoise_node.store.catalog import Catalog, Instance, Patient, Series, Split, Study
 
@@ -46,70 +47,6 @@ class SlicePair:
     instance_number: int
 
 
-def _apportion(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
-    """Train/test/val counts by largest remainder; test ≥ 1 from 3 patients on, train ≥ 2 (both halves non-empty).
-
-    A train fraction of 0 makes a held-out archive (all test and val), e.g. a fresh test archive.
-    """
-    if fractions[0] == 0:
-        val = round(n * fractions[2])
-        return 0, n - val, val
-    if n < 2:
-        raise ValueError(f"{n} eligible patient(s): a split needs at least 2 (one for train_ld, one for train_hd)")
-    quotas = [n * f for f in fractions]
-    counts = [int(q) for q in quotas]
-    by_remainder = sorted(range(3), key=lambda i: (-(quotas[i] - counts[i]), i))
-    for i in by_remainder[: n - sum(counts)]:
-        counts[i] += 1
-    train, test, val = counts
-    if n >= 3 and fractions[1] > 0 and test == 0:
-        test = 1
-        if val > 0:
-            val -= 1
-        else:
-            train -= 1
-    while train < 2:
-        if val > 0:
-            val -= 1
-        elif test > (1 if n >= 3 and fractions[1] > 0 else 0):
-            test -= 1
-        else:
-            break
-        train += 1
-    return train, test, val
-
-
-def _assign(strata: dict[str, list[str]], seed: int, fractions: tuple[float, float, float]) -> dict[str, str]:
-    """patient_id → role, the same for the same seed and patients.
-
-    Each body part's patients are shuffled and spread evenly over [0, 1); cutting the merged order into
-    train | test | val gives every role about its fraction of every body part, with exact global counts.
-    """
-    rng = np.random.default_rng(seed)
-    order: list[tuple[float, float, str, str]] = []
-    shuffled: dict[str, list[str]] = {}
-    for part in sorted(strata):
-        ids = sorted(strata[part])
-        shuffled[part] = [ids[i] for i in rng.permutation(len(ids))]
-        ties = rng.random(len(ids))
-        order += [((i + 0.5) / len(ids), ties[i], part, pid) for i, pid in enumerate(shuffled[part])]
-    order.sort()
-    n_train, n_test, _ = _apportion(len(order), fractions)
-    roles: dict[str, str] = {}
-    for rank, (_, _, _, pid) in enumerate(order):
-        roles[pid] = "train" if rank < n_train else "test" if rank < n_train + n_test else "val"
-    # Training halves alternate within each body part, the odd one out going to the smaller half so far.
-    sizes = {"train_ld": 0, "train_hd": 0}
-    for part in sorted(shuffled):
-        train = [pid for pid in shuffled[part] if roles[pid] == "train"]
-        first = "train_ld" if sizes["train_ld"] <= sizes["train_hd"] else "train_hd"
-        second = "train_hd" if first == "train_ld" else "train_ld"
-        for i, pid in enumerate(train):
-            roles[pid] = first if i % 2 == 0 else second
-            sizes[roles[pid]] += 1
-    return roles
-
-
 def _patient_body_parts(s: Session) -> dict[str, str]:
     """Body part of each archive patient: the most common one of its LD/HD series."""
     rows = s.execute(
@@ -124,23 +61,29 @@ def _patient_body_parts(s: Session) -> dict[str, str]:
     return {pid: min(c, key=lambda p: (-c[p], p)) for pid, c in parts.items()}
 
 
-def _eligible(s: Session) -> dict[str, str]:
-    """patient_id → body part, for patients with a study that holds both an LD and an HD archive series."""
+def _patients(s: Session) -> Patients:
+    """The archive's patients with an LD or HD series, by what their studies hold (``archive/assign.py``); a series
+    whose files are all gone (a re-scan removed its instances) holds nothing."""
+    has_files = select(Instance.id).where(Instance.series_fk == Series.id).exists()
     rows = s.execute(
         select(Patient.patient_id, Study.study_uid, Series.domain)
         .join(Study, Study.patient_fk == Patient.id)
         .join(Series, Series.study_fk == Study.id)
-        .where(Series.origin == ORIGIN, Series.domain.in_(("LD", "HD")))
+        .where(Series.origin == ORIGIN, Series.domain.in_(("LD", "HD")), has_files)
     ).all()
-    domains: dict[tuple[str, str], set[str]] = defaultdict(set)
+    studies: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for pid, study, domain in rows:
-        domains[(pid, study)].add(domain)
-    paired = {pid for (pid, _), d in domains.items() if d == {"LD", "HD"}}
-    unpaired = {pid for pid, _ in domains} - paired
-    if unpaired:
-        log.info("split: %d patients without an LD/HD study are not eligible: %s", len(unpaired), sorted(unpaired))
+        studies[pid][study].add(domain)
     parts = _patient_body_parts(s)
-    return {pid: parts[pid] for pid in sorted(paired)}
+    groups: dict[str, dict[str, str]] = {"paired": {}, "ld_only": {}, "hd_only": {}, "separate": {}}
+    for pid in sorted(studies):
+        held = set().union(*studies[pid].values())
+        if any(d == {"LD", "HD"} for d in studies[pid].values()):
+            kind = "paired"
+        else:
+            kind = "separate" if held == {"LD", "HD"} else "ld_only" if held == {"LD"} else "hd_only"
+        groups[kind][pid] = parts[pid]
+    return Patients(**groups)
 
 
 def _stored(s: Session) -> dict[str, tuple[str, int]]:
@@ -167,37 +110,55 @@ def make_split(
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"fractions (train, test, val) must be three non-negative numbers summing to 1: {fractions}")
     with catalog.db.transaction() as s:
-        eligible = _eligible(s)
-        strata: dict[str, list[str]] = defaultdict(list)
-        for pid, part in eligible.items():
-            strata[part].append(pid)
-        roles = _assign(strata, seed, fractions)
+        patients = _patients(s)
+        roles = assign_roles(patients, seed, fractions)
         stored = _stored(s)
         if stored and not force:
-            seeds = sorted({sd for _, sd in stored.values()})
-            if seeds != [seed]:
-                raise ValueError(
-                    f"the catalog holds a split with seed {seeds}, not {seed}; pass force=True to replace it"
-                )
-            if set(stored) != set(eligible):
-                added, gone = sorted(set(eligible) - set(stored)), sorted(set(stored) - set(eligible))
-                raise ValueError(
-                    f"eligible patients changed since the split (new {added}, no longer eligible {gone}); "
-                    "pass force=True to re-split"
-                )
-            kept = {pid: role for pid, (role, _) in stored.items()}
-            if kept != roles:
-                log.warning("split: the stored split (seed %d) differs from these fractions %s; kept", seed, fractions)
-            log.info("split: kept the existing split, seed %d", seed)
-            return _by_role(kept)
+            return _by_role(_kept(stored, roles, patients, seed, fractions))
         if stored:
             log.warning("split: replacing the existing split (%d patients) with seed %d", len(stored), seed)
             s.execute(delete(Split))
         pks = dict(s.execute(select(Patient.patient_id, Patient.id).where(Patient.patient_id.in_(list(roles)))).all())
         s.add_all(Split(patient_fk=pks[pid], role=role, seed=seed) for pid, role in sorted(roles.items()))
     result = _by_role(roles)
-    log.info("split seed %d: %s", seed, {role: len(ids) for role, ids in result.items()})
+    unpaired = patients.unpaired
+    log.info(
+        "split seed %d: %s; unpaired patients (no study with LD and HD) %s",
+        seed,
+        {role: len(ids) for role, ids in result.items()},
+        {role: sum(pid in unpaired for pid in ids) for role, ids in result.items() if role in TRAIN_ROLE.values()},
+    )
     return result
+
+
+def _kept(
+    stored: dict[str, tuple[str, int]],
+    roles: dict[str, str],
+    patients: Patients,
+    seed: int,
+    fractions: tuple[float, float, float],
+) -> dict[str, str]:
+    """The stored split, when it has this seed, these patients and a role each can still take; else ValueError."""
+    seeds = sorted({sd for _, sd in stored.values()})
+    if seeds != [seed]:
+        raise ValueError(f"the catalog holds a split with seed {seeds}, not {seed}; pass force=True to replace it")
+    if set(stored) != set(roles):
+        added, gone = sorted(set(roles) - set(stored)), sorted(set(stored) - set(roles))
+        raise ValueError(
+            f"eligible patients changed since the split (new {added}, no longer eligible {gone}); "
+            "pass force=True to re-split"
+        )
+    kept = {pid: role for pid, (role, _) in stored.items()}
+    misplaced = sorted(pid for pid, role in kept.items() if role not in patients.allowed(pid))
+    if misplaced:
+        raise ValueError(
+            f"patients {misplaced} no longer hold the series their split role needs (a re-scan changed their "
+            "domains); pass force=True to re-split"
+        )
+    if kept != roles:
+        log.warning("split: the stored split (seed %d) differs from these fractions %s; kept", seed, fractions)
+    log.info("split: kept the existing split, seed %d", seed)
+    return kept
 
 
 def _require_split(s: Session) -> None:
@@ -325,23 +286,40 @@ def paired_slices(catalog: Catalog, role: str, check_positions: bool = True) -> 
     return pairs
 
 
+class NoTrainingPairs(ValueError):
+    """Paired training on a split whose training patients hold no LD/HD pairs."""
+
+
 def training_pairs(catalog: Catalog, check_positions: bool = True) -> list[SlicePair]:
     """LD/HD pairs of the training patients (both halves): same patient and study, same frame of reference, same
-    slice position. For `train --pairing paired`; test and val patients are never among them."""
-    return [p for role in TRAIN_ROLE.values() for p in paired_slices(catalog, role, check_positions)]
+    slice position. For `train --pairing paired`; test and val patients are never among them. NoTrainingPairs
+    when there are none: paired training needs pairs, unpaired training does not."""
+    pairs = [p for role in TRAIN_ROLE.values() for p in paired_slices(catalog, role, check_positions)]
+    if not pairs:
+        raise NoTrainingPairs(
+            "no LD/HD pairs among the training patients: paired training needs patients with an LD and an HD series "
+            "of the same slices in one study; train unpaired (`--pairing unpaired`) on this archive"
+        )
+    with catalog.db.session() as s:
+        unpaired = _patients(s).unpaired
+        left_out = sum(1 for pid, (role, _) in _stored(s).items() if pid in unpaired and role in TRAIN_ROLE.values())
+    if left_out:
+        log.info("paired training: %d unpaired training patients are left out (no LD/HD study)", left_out)
+    return pairs
 
 
 def split_summary(catalog: Catalog) -> dict[str, dict[str, int]]:
-    """role → {"patients", "slices", "patients_<BODY PART>", "slices_<BODY PART>"}; {} without a split.
+    """role → {"patients", "unpaired", "slices", "patients_<BODY PART>", "slices_<BODY PART>"}; {} without a split.
 
     Slices count the images a role contributes: LD for train_ld, HD for train_hd, and the LD side of the
-    pairs (before matching) for test and val.
+    pairs (before matching) for test and val. "unpaired" counts the patients without an LD/HD study.
     """
     with catalog.db.session() as s:
         stored = _stored(s)
         if not stored:
             return {}
         body_parts = _patient_body_parts(s)
+        unpaired = _patients(s).unpaired
         rows = s.execute(
             select(Patient.patient_id, Series.domain, func.count(Instance.id))
             .join(Study, Study.patient_fk == Patient.id)
@@ -351,11 +329,12 @@ def split_summary(catalog: Catalog) -> dict[str, dict[str, int]]:
             .group_by(Patient.patient_id, Series.domain)
         ).all()
     slices = {(pid, domain): n for pid, domain, n in rows}
-    summary: dict[str, dict[str, int]] = {role: {"patients": 0, "slices": 0} for role in ROLES}
+    summary: dict[str, dict[str, int]] = {role: {"patients": 0, "unpaired": 0, "slices": 0} for role in ROLES}
     for pid, (role, _) in sorted(stored.items()):
         part = body_parts.get(pid, UNKNOWN_BODY_PART)
         n = slices.get((pid, "HD" if role == "train_hd" else "LD"), 0)
-        row = summary.setdefault(role, {"patients": 0, "slices": 0})
-        for key, value in (("patients", 1), ("slices", n), (f"patients_{part}", 1), (f"slices_{part}", n)):
+        row = summary.setdefault(role, {"patients": 0, "unpaired": 0, "slices": 0})
+        counts = (("patients", 1), ("unpaired", int(pid in unpaired)), ("slices", n))
+        for key, value in (*counts, (f"patients_{part}", 1), (f"slices_{part}", n)):
             row[key] = row.get(key, 0) + value
     return summary

@@ -67,35 +67,79 @@ def synth(
     )
 
 
+EXIT_UNKNOWN_SERIES = 3  # the scan indexed series whose dose domain no rule decided
+
+
 @catalog_app.command("scan")
 def catalog_scan(
     root: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Archive folder to index.")],
     catalog: CatalogOption = "sqlite:///archive.sqlite",
+    rules: Annotated[
+        Path | None,
+        typer.Option(help="The site's own rules (TOML): name patterns per domain, dose thresholds, ratios."),
+    ] = None,
     domain: Annotated[str | None, typer.Option(help="Force the dose domain of every series: LD, HD or REF.")] = None,
     ld_max_mas: Annotated[float | None, typer.Option(help="Exposure (mAs) at or below which a series is LD.")] = None,
     hd_min_mas: Annotated[float | None, typer.Option(help="Exposure (mAs) at or above which a series is HD.")] = None,
 ) -> None:
-    """Index DICOM folders into the catalog (idempotent); each series gets a dose domain from the rules.
+    """Index DICOM folders into the catalog (idempotent); each series gets a dose domain (LD, HD, REF).
+
+    The domain comes from the names (QD/FD, quarter/full dose, low/standard dose, LD/HD/ND, ...) and, where they
+    say nothing, from the dose (CTDIvol, mAs) relative to the patient's other series. Exit 3: some series have
+    no domain (a summary says which and what to pass).
 
     Example: `denoise-node catalog scan data/archive --catalog sqlite:///data/archive.sqlite`
     """
     from denoise_trainer.archive.domain import DomainRules
     from denoise_trainer.archive.scan import scan_archive
+    from denoise_trainer.archive.site_rules import load_rules
     from dicom_denoise_node.store.catalog import Catalog
 
-    rules = DomainRules(ld_max_mas=ld_max_mas, hd_min_mas=hd_min_mas)
+    try:
+        thresholds = {"ld_max_mas": ld_max_mas, "hd_min_mas": hd_min_mas}
+        chosen = load_rules(rules, **thresholds) if rules is not None else DomainRules(**thresholds)
+    except ValueError as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(2) from exc
     cat = Catalog(catalog)
-    with progress_bar() as bar:
-        task = bar.add_task("scanning", total=None, info="")
-        report = scan_archive(cat, root, rules, domain, progress=lambda k, n: bar.update(task, completed=k, total=n))
-    cat.close()
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task("scanning", total=None, info="")
+            report = scan_archive(cat, root, chosen, domain, lambda k, n: bar.update(task, completed=k, total=n))
+    except ValueError as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(2) from exc
+    finally:
+        cat.close()
     out.print(
         f"{report.files_seen} files: {report.instances_added} added, {report.instances_updated} updated, "
-        f"{report.instances_unchanged} unchanged, {report.instances_removed} removed; series per domain: "
-        f"{dict(report.series_by_domain)}; {len(report.skipped)} skipped"
+        f"{report.instances_unchanged} unchanged, {report.instances_removed} removed; {len(report.skipped)} skipped"
     )
     for path, reason in list(report.skipped.items())[:10]:
         out.print(f"  skipped {escape(str(path))}: {escape(reason)}")
+    _print_recognised(report.recognised)
+    if report.unknown_series:
+        for uid in report.unknown_series[:10]:
+            console.print(f"  no dose domain: {escape(report.unknown_detail.get(uid, uid))}")
+        console.print(
+            f"[red]{len(report.unknown_series)} series have no dose domain[/] (indexed, but neither trained on nor "
+            "evaluated). State the site's names or dose levels in a rules file (`--rules rules.toml`, see "
+            "docs/training.md), or pass exposure thresholds (`--ld-max-mas` / `--hd-min-mas`), then scan again."
+        )
+        raise typer.Exit(EXIT_UNKNOWN_SERIES)
+
+
+def _print_recognised(recognised: dict[str, dict[str, int]]) -> None:
+    """The closing summary: series per domain and the rules that decided them."""
+    table = Table(title="series per dose domain")
+    for col in ("domain", "series", "recognised by"):
+        table.add_column(col)
+    for dom in sorted(recognised, key=lambda d: ("LD", "HD", "REF", "unknown").index(d)):
+        by_rule = recognised[dom]
+        how = ", ".join(f"{rule}: {n}" for rule, n in sorted(by_rule.items(), key=lambda kv: (-kv[1], kv[0])))
+        how = "no rule decided" if dom == "unknown" else how
+        table.add_row(dom, str(sum(by_rule.values())), escape(how))
+    out.print(table)
 
 
 @catalog_app.command("list")
@@ -105,13 +149,15 @@ def catalog_list(catalog: CatalogOption = "sqlite:///archive.sqlite") -> None:
     Example: `denoise-node catalog list --catalog sqlite:///data/archive.sqlite`
     """
     from denoise_trainer.archive.scan import archive_overview
-    from denoise_trainer.archive.split import training_pairs
+    from denoise_trainer.archive.split import NoTrainingPairs, training_pairs
     from dicom_denoise_node.store.catalog import Catalog
 
     cat = Catalog(catalog)
     rows = archive_overview(cat)
     try:
         pairs = training_pairs(cat)
+    except NoTrainingPairs:  # an unpaired archive: fine for unpaired training
+        pairs = []
     except ValueError:  # no split yet: pairs are counted among training patients only
         pairs = None
     cat.close()
@@ -159,8 +205,20 @@ def catalog_split(
     summary = split_summary(cat)
     cat.close()
     table = Table(title=f"split (seed {seed})")
-    for col in ("role", "patients", "slices"):
+    for col in ("role", "patients", "of them unpaired", "slices"):
         table.add_column(col)
     for role, ids in roles.items():
-        table.add_row(role, str(len(ids)), str(summary.get(role, {}).get("slices", 0)))
+        row = summary.get(role, {})
+        table.add_row(role, str(len(ids)), str(row.get("unpaired", 0)), str(row.get("slices", 0)))
     out.print(table)
+    unpaired = {role: summary.get(role, {}).get("unpaired", 0) for role in ("train_ld", "train_hd")}
+    if any(unpaired.values()):
+        out.print(
+            f"unpaired patients (no study with both LD and HD): {unpaired['train_ld']} train the LD side, "
+            f"{unpaired['train_hd']} the HD side; they serve unpaired training (the default), not `--pairing paired`"
+        )
+    if roles["train_ld"] and not (roles["test"] or roles["val"]) and (test or val):
+        out.print(
+            "no test or validation patients: they need an LD and an HD series in one study (pairs); "
+            "score on a separate archive that has pairs"
+        )
