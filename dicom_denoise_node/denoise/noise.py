@@ -150,22 +150,34 @@ def conditioning_noise_hu(hu_slice: np.ndarray, fallback_hu: float = FALLBACK_NO
     it reads 20–30 % low at ≈ 180 HU, far beyond what sites send, where no window is flat any more.
     """
     hu = np.asarray(hu_slice, dtype=np.float64)
+    regions = soft_tissue_regions(hu)
+    if not regions:
+        log.debug("no soft-tissue window on this slice: noise level %.1f HU (fallback)", fallback_hu)
+        return max(float(fallback_hu), NOISE_FLOOR_HU)
+    return max(noise_std(hu, regions, CONDITIONING_SIZE), NOISE_FLOOR_HU)
+
+
+def soft_tissue_regions(
+    hu_slice: np.ndarray, size: int = CONDITIONING_SIZE, max_regions: int = CONDITIONING_REGIONS
+) -> list[tuple[int, int]]:
+    """The flat soft-tissue windows ``conditioning_noise_hu`` measures in (top-left corners; see its docstring).
+
+    Public so that a figure measured on another image of the same slice (a denoiser's output, trainer/no_reference)
+    is taken in the windows found on the input: the same pixels for every output compared.
+    """
+    hu = np.asarray(hu_slice, dtype=np.float64)
     smooth = ndimage.uniform_filter(hu, FLAT_SMOOTH, mode="reflect")
     soft = (smooth >= SOFT_TISSUE_GUIDE_HU[0]) & (smooth <= SOFT_TISSUE_GUIDE_HU[1])
     guide = np.where(soft, hu, BODY_THRESHOLD_HU - 500.0)  # not body: no window may touch it
-    regions = find_flat_regions(
+    return find_flat_regions(
         guide,
-        size=CONDITIONING_SIZE,
-        max_regions=CONDITIONING_REGIONS,
+        size=size,
+        max_regions=max_regions,
         tol_hu=CONDITIONING_TOL_HU,
         smooth=CONDITIONING_SMOOTH,
         fill_with_flattest=True,
         quiet=True,
     )
-    if not regions:
-        log.debug("no soft-tissue window on this slice: noise level %.1f HU (fallback)", fallback_hu)
-        return max(float(fallback_hu), NOISE_FLOOR_HU)
-    return max(noise_std(hu, regions, CONDITIONING_SIZE), NOISE_FLOOR_HU)
 
 
 def noise_map_value(sigma_hu: float, hu_min: float, hu_max: float) -> float:

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-HEADER_KEYS = {"format", "created_at", "torch", "config", "generator_config", "data", "world_size"}
+# "selection" says how best.pt is chosen (train/selection.py): a description like the header, not a value of the run.
+HEADER_KEYS = {"format", "created_at", "torch", "config", "generator_config", "data", "world_size", "selection"}
 TIMINGS = {"samples_per_s"}  # measured, so never the same twice
 
 

@@ -56,6 +56,7 @@ def export_checkpoint(
         "world_size": state.get("world_size", 1),
         "data": state.get("data", {}),
         "last_losses": state.get("last_losses", {}),
+        "selection": state.get("selection", {}),  # how the checkpoint was chosen: ref, hd or no-reference
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha256_file(checkpoint),
         "torch": state.get("torch", ""),

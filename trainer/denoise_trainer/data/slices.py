@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainingData:
-    """Training slices (HU) per domain (aligned pairs in paired mode), and paired validation slices with REF."""
+    """Training slices (HU) per domain (aligned pairs in paired mode); validation slices: LD/HD pairs with their REF
+    where the archive has one, and the slices of validation patients with one dose only (``*_unpaired``), which
+    choose the checkpoint when there is no pair (train/selection.py)."""
 
     ld: list[np.ndarray]
     hd: list[np.ndarray]
@@ -26,6 +28,8 @@ class TrainingData:
     val_hd: list[np.ndarray] = field(default_factory=list)
     val_ref: list[np.ndarray] = field(default_factory=list)
     description: dict[str, Any] = field(default_factory=dict)
+    val_ld_unpaired: list[np.ndarray] = field(default_factory=list)
+    val_hd_unpaired: list[np.ndarray] = field(default_factory=list)
 
 
 def load_slices(paths: Sequence[Path], progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:

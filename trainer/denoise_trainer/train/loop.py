@@ -3,9 +3,9 @@
 One loop for every objective (a ``Step``: the CycleGAN of the method, or the paired model) and every data path (a
 ``Feed``: patches cut on the host, or on the device). What is written once here: the device and DistributedDataParallel
 (several GPUs or nodes under ``torchrun``: NCCL on CUDA, gloo on CPU), mixed precision, the discriminators' warm-up,
-the weight average (EMA), validation against the noise-free REF and the best checkpoint, the collapse check, logs
-and TensorBoard, sample montages, checkpoints and exact resume (models, optimisers, schedules, pools and every RNG,
-so a resumed run takes exactly the steps the uninterrupted run would have taken).
+the weight average (EMA), validation (against REF, HD or no reference: train/selection.py) and the best checkpoint,
+the collapse check, logs and TensorBoard, sample montages, checkpoints and exact resume (models, optimisers,
+schedules, pools and every RNG, so a resumed run takes exactly the steps the uninterrupted run would have taken).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from denoise_trainer.train.cyclegan_step import CycleGANStep
 from denoise_trainer.train.feeds import make_feed
 from denoise_trainer.train.paired_step import PairedStep
 from denoise_trainer.train.recipe import CannotTrain, TrainConfig
+from denoise_trainer.train.selection import validation_set
 from denoise_trainer.train.step import Step, StepTools
-from denoise_trainer.train.validation import ValidationSet, Validator
+from denoise_trainer.train.validation import Validator
 from denoise_trainer.train.warm_start import warm_start
 
 log = logging.getLogger(__name__)
@@ -167,11 +168,7 @@ class TrainingRun:
             self.samples = paired_patches(
                 data.val_ld, data.val_hd, cfg.val_patches, cfg.patch_size, window, cfg.seed, maps
             )
-        val_set = None
-        if self.main and data.val_ref:
-            val_set = ValidationSet.build(
-                data.val_ld, data.val_hd, data.val_ref, window, cfg.val_slices, cfg.noise_conditioning
-            )
+        val_set = validation_set(data, cfg) if self.main else None  # REF, HD pairs or no reference
         self.validator = Validator(val_set, window, self.device, cfg.val_every, self.writer, cfg.val_min_lesion_kept)
         if self._state is not None:
             self.validator.load_state_dict(self._state)

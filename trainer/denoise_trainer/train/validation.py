@@ -7,15 +7,21 @@ where the −160…240 HU window a radiologist reads in shows it. Full slices, t
 node's tiler gives the same result for this translation-equivariant network up to blending, evaluate/comparison.py
 scores through the tiler). A noise-conditioned generator gets each validation slice with its map, measured on the
 LD slice as the node measures it (data/slices.py ``noise_maps``), so the curve scores what the node will run.
+
+The ``Validator`` is the same for every criterion: this REF set, the error against HD where validation pairs lack
+REF (train/hd_validation.py), no-reference figures where there are no pairs (train/no_reference.py);
+train/selection.py chooses among them from the data.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -91,6 +97,63 @@ class InsertedLesions:
         return contrast_kept(change, *args).cpu().numpy()
 
 
+def evenly(n: int, count: int) -> np.ndarray:
+    """Indices of ``count`` items evenly spread over ``n`` (all when there are fewer): every patient represented."""
+    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
+
+
+def model_inputs(
+    slices_hu: list[np.ndarray], window: tuple[float, float], noise_conditioning: bool
+) -> list[torch.Tensor]:
+    """(1, C, H, W) inputs in the model's window; with ``noise_conditioning`` each with its noise-level map."""
+    xs = [torch.from_numpy(normalize_hu(hu, *window))[None, None] for hu in slices_hu]
+    if noise_conditioning:
+        maps = noise_maps(slices_hu, window)
+        xs = [torch.cat([x, torch.full_like(x, m)], 1) for x, m in zip(xs, maps, strict=True)]
+    return xs
+
+
+class ValidationCriterion(Protocol):
+    """What the Validator needs of a validation set: its scores, which of them best.pt minimises, and its words."""
+
+    criterion: str  # "ref", "hd" or "no-reference": stored in checkpoints and exported models
+    key: str  # the score best.pt is kept by (lower is better)
+
+    def score(self, generator: nn.Module, window: tuple[float, float], device: torch.device) -> dict[str, float]: ...
+
+    def summary(self) -> str: ...
+
+    def line(self, step: int, scores: dict[str, float]) -> str: ...
+
+    def header(self) -> dict[str, Any]: ...
+
+
+@contextmanager
+def evaluating(generator: nn.Module) -> Iterator[nn.Module]:
+    """The generator in eval mode for the block, then back in the mode it was in."""
+    was_training = generator.training
+    generator.eval()
+    try:
+        yield generator
+    finally:
+        generator.train(was_training)
+
+
+def output_hu(generator: nn.Module, x: torch.Tensor, window: tuple[float, float], device: torch.device) -> np.ndarray:
+    """The generator's output for one (1, C, H, W) input, in HU (float32, H × W)."""
+    lo, hi = window
+    y = generator(x.to(device)).float().cpu().numpy()[0, 0]
+    return (y + 1.0) * 0.5 * (hi - lo) + lo
+
+
+def lesion_figures(lesions: InsertedLesions | None, generator: nn.Module, device: torch.device) -> dict[str, float]:
+    """Median contrast kept of the inserted lesions, and the share of them that lost more than half."""
+    if lesions is None:
+        return {}
+    kept = lesions.kept(generator, device)
+    return {"val_lesion_kept": float(np.median(kept)), "val_lesion_lost": float(np.mean(kept < 0.5))}
+
+
 @dataclass
 class ValidationSet:
     """Validation slices in the model's window, their REF, and HD's own error (the ceiling a CycleGAN aims at)."""
@@ -116,17 +179,36 @@ class ValidationSet:
         ``noise_conditioning``: each LD slice with its noise-level map as a second channel."""
         if not ref_hu or len(ref_hu) != len(ld_hu):
             raise ValueError("validation needs a REF slice for every LD slice")
-        pick = np.unique(np.linspace(0, len(ld_hu) - 1, min(count, len(ld_hu))).round().astype(int))
+        pick = evenly(len(ld_hu), count)
         masks = [soft_tissue_mask(ref_hu[i]) for i in pick]
         refs = [ref_hu[i] for i in pick]
         hd_err = np.mean([error_figures(hd_hu[i], r, m)[0] for i, r, m in zip(pick, refs, masks, strict=True)])
         ld_err = np.mean([error_figures(ld_hu[i], r, m)[0] for i, r, m in zip(pick, refs, masks, strict=True)])
-        lds = [torch.from_numpy(normalize_hu(ld_hu[i], *window))[None, None] for i in pick]
-        if noise_conditioning:
-            maps = noise_maps([ld_hu[i] for i in pick], window)
-            lds = [torch.cat([x, torch.full_like(x, m)], 1) for x, m in zip(lds, maps, strict=True)]
+        lds = model_inputs([ld_hu[i] for i in pick], window, noise_conditioning)
         lesions = InsertedLesions.build([lds[k][0] for k in range(len(pick))], masks, window)
         return cls(lds, refs, masks, float(hd_err), float(ld_err), lesions)
+
+    criterion = "ref"
+    key = "val_error_hu"
+
+    def score(self, generator: nn.Module, window: tuple[float, float], device: torch.device) -> dict[str, float]:
+        return score(generator, self, window, device)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.ld)} slices; criterion ref: error vs the noise-free REF in soft tissue: "
+            f"LD {self.ld_error:.1f} HU, HD {self.hd_error:.1f} HU"
+        )
+
+    def line(self, step: int, scores: dict[str, float]) -> str:
+        return (
+            f"step {step}: validation error vs REF {scores['val_error_hu']:.2f} HU "
+            f"({scores['val_error_vs_hd']:.3f} × HD's {self.hd_error:.2f}), bias {scores['val_bias_hu']:+.2f} HU, "
+            f"inserted lesions kept {scores.get('val_lesion_kept', float('nan')):.2f}"
+        )
+
+    def header(self) -> dict[str, Any]:
+        return {"hd_error_hu": self.hd_error, "ld_error_hu": self.ld_error}
 
 
 @torch.inference_mode()
@@ -137,21 +219,13 @@ def score(
 
     Pixels of the output outside the model window are replaced by the input, as the node does (denoise/series.py).
     """
-    lo, hi = window
-    was_training = generator.training
-    generator.eval()
     errors, biases = [], []
-    for x, ref, mask in zip(val.ld, val.ref_hu, val.masks, strict=True):
-        y = generator(x.to(device)).float().cpu().numpy()[0, 0]
-        out = (y + 1.0) * 0.5 * (hi - lo) + lo
-        err, bias = error_figures(out, ref, mask)
-        errors.append(err)
-        biases.append(bias)
-    lesion: dict[str, float] = {}
-    if val.lesions is not None:
-        kept = val.lesions.kept(generator, device)
-        lesion = {"val_lesion_kept": float(np.median(kept)), "val_lesion_lost": float(np.mean(kept < 0.5))}
-    generator.train(was_training)
+    with evaluating(generator):
+        for x, ref, mask in zip(val.ld, val.ref_hu, val.masks, strict=True):
+            err, bias = error_figures(output_hu(generator, x, window, device), ref, mask)
+            errors.append(err)
+            biases.append(bias)
+        lesion = lesion_figures(val.lesions, generator, device)
     err = float(np.mean(errors))
     return {
         **lesion,
@@ -164,15 +238,15 @@ def score(
 class Validator:
     """Scores a generator every ``every`` steps (and at step 1), keeps the curve and says when a score is the best.
 
-    Shared by the unpaired and the paired trainer; its state (curve, best error) goes into their checkpoints so a
-    resumed run keeps choosing against the same best. With ``min_lesion_kept`` > 0, a score is eligible only when
-    the median contrast kept of the inserted validation lesions reaches it: the lowest error among the checkpoints
-    that keep lesions, not the lowest error.
+    Shared by the unpaired and the paired trainer and by every criterion (``val.criterion``); its state (curve, best
+    score, the criterion) goes into their checkpoints so a resumed run keeps choosing against the same best. With
+    ``min_lesion_kept`` > 0, a score is eligible only when the median contrast kept of the inserted validation
+    lesions reaches it: the lowest score among the checkpoints that keep lesions, not the lowest score.
     """
 
     def __init__(
         self,
-        val: ValidationSet | None,
+        val: ValidationCriterion | None,
         window: tuple[float, float],
         device: torch.device,
         every: int,
@@ -183,51 +257,65 @@ class Validator:
         self.min_lesion_kept = min_lesion_kept
         self.curve: list[dict[str, float]] = []
         self.best_error = float("inf")
+        self.best_step = 0
         if val is not None:
-            log.info(
-                "validation: %d slices; error vs REF in soft tissue: LD %.1f HU, HD %.1f HU",
-                len(val.ld),
-                val.ld_error,
-                val.hd_error,
-            )
+            log.info("validation: %s; best.pt is the lowest %s", val.summary(), val.key)
+
+    @property
+    def criterion(self) -> str:
+        return self.val.criterion if self.val is not None else "none"
+
+    def selection(self) -> dict[str, Any]:
+        """How best.pt is chosen, for the checkpoint and the exported model: the criterion, the score it minimises,
+        and the best so far (a checkpoint whose step is ``best_step`` is the one chosen)."""
+        if self.val is None:
+            return {"criterion": "none", "why": "no validation slices: best.pt is not written"}
+        best = self.best_error if np.isfinite(self.best_error) else None
+        return {"criterion": self.val.criterion, "score": self.val.key, "best_step": self.best_step, "best": best}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"validation": self.curve, "best_val_error": self.best_error}
+        return {"validation": self.curve, "best_val_error": self.best_error, "selection": self.selection()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A checkpoint's curve and best; one written before criteria had names was chosen against REF. A best of
+        another criterion is no yardstick for this one: it is dropped, with a warning, and the curve kept."""
         self.curve = list(state.get("validation", []))
         self.best_error = float(state.get("best_val_error", float("inf")))
+        selection = state.get("selection", {})
+        self.best_step = int(selection.get("best_step") or 0)
+        before = selection.get("criterion", "ref")
+        if np.isfinite(self.best_error) and before != self.criterion:
+            log.warning(
+                "resume: the checkpoint's best (%.3f) was chosen by criterion %s, this run validates by %s: "
+                "best.pt is chosen afresh",
+                self.best_error,
+                before,
+                self.criterion,
+            )
+            self.best_error, self.best_step = float("inf"), 0
 
     def __call__(self, step: int, generator: nn.Module, losses: dict[str, float]) -> bool:
         """Score when due; adds the scores to ``losses``; True when this is the best score so far."""
         if self.val is None or not (step % self.every == 0 or step == 1):
             return False
-        scores = {"step": step, **score(generator, self.val, self.window, self.device)}
+        scores = {"step": step, **self.val.score(generator, self.window, self.device)}
         self.curve.append(scores)
         losses.update({k: v for k, v in scores.items() if k != "step"})
         if self.writer is not None:
             for k, v in scores.items():
                 if k != "step":
                     self.writer.add_scalar(f"val/{k}", v, step)
-        log.info(
-            "step %d: validation error vs REF %.2f HU (%.3f × HD's %.2f), bias %+.2f HU, inserted lesions kept %.2f",
-            step,
-            scores["val_error_hu"],
-            scores["val_error_vs_hd"],
-            self.val.hd_error,
-            scores["val_bias_hu"],
-            scores.get("val_lesion_kept", float("nan")),
-        )
+        log.info("%s", self.val.line(step, scores))
         if scores.get("val_lesion_kept", 1.0) < self.min_lesion_kept:
             return False
-        if scores["val_error_hu"] < self.best_error:
-            self.best_error = scores["val_error_hu"]
+        if scores[self.val.key] < self.best_error:
+            self.best_error, self.best_step = scores[self.val.key], step
             return True
         return False
 
     def write(self, path: Path) -> None:
-        """validation.json: the curve and the LD/HD ceilings (the model card plots it)."""
+        """validation.json: the criterion, the curve and the LD/HD ceilings (the model card plots it)."""
         if not self.curve or self.val is None:
             return
-        doc = {"hd_error_hu": self.val.hd_error, "ld_error_hu": self.val.ld_error, "curve": self.curve}
+        doc = {**self.val.header(), "selection": self.selection(), "curve": self.curve}
         path.write_text(json.dumps(doc, indent=1))
