@@ -52,7 +52,8 @@ def _noise(image: np.ndarray, ref: np.ndarray) -> float:
 
 def _denoiser(tmp_path, settings: ModelSettings, ref: np.ndarray | None = None) -> SeriesDenoiser:
     oracle = _Oracle(np.zeros((SIZE, SIZE)) if ref is None else ref / 1024.0)
-    info = save_model(oracle.body, tmp_path, "oracle", "0.0.1", (-1024.0, 1024.0))
+    folder = tmp_path / f"model{len(list(tmp_path.iterdir()))}"  # each its own: one version, one set of weights
+    info = save_model(oracle.body, folder, "oracle", "0.0.1", (-1024.0, 1024.0))
     return SeriesDenoiser(oracle, info, settings, DeriveSettings())
 
 
