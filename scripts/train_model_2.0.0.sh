@@ -29,4 +29,4 @@ RESUME=()
 [ -f "$W/paired-span-warm/checkpoints/last.pt" ] && RESUME=(--resume "$W/paired-span-warm/checkpoints/last.pt")
 $DN train --preset cpu --config "$HERE/model-2.0.0/paired-span-warm.toml" --device cpu --seed 1 \
   --catalog "sqlite:///$W/train.sqlite" --run-dir "$W/paired-span-warm" --max-steps "$MAX_STEPS" \
-  --init-from "$W/init/paired-ld2hd-synthetic.json" "${RESUME[@]}"
+  --init "$W/init/paired-ld2hd-synthetic.json" "${RESUME[@]}"

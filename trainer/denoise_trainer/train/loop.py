@@ -32,6 +32,7 @@ from denoise_trainer.train.paired_step import PairedStep
 from denoise_trainer.train.recipe import CannotTrain, TrainConfig
 from denoise_trainer.train.selection import validation_set
 from denoise_trainer.train.step import Step, StepTools
+from denoise_trainer.train.stopping import MAX_MINUTES, StopRequests, agreed_reason
 from denoise_trainer.train.validation import Validator
 from denoise_trainer.train.warm_start import warm_start
 
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 COLLAPSE_STD = 1e-3  # [-1, 1] units: ~2 HU over a whole batch of body patches
 COLLAPSE_STEPS = 50
+LESION_KEPT_WARNING = 0.9  # median contrast kept of the inserted validation lesions below which a run warns
+LAST = "last.pt"
 
 
 class TrainingCollapsed(RuntimeError):
@@ -54,6 +57,7 @@ class TrainResult:
     validation: list[dict[str, float]] = field(default_factory=list)
     best_checkpoint: Path | None = None
     generator: dict[str, torch.Tensor] = field(default_factory=dict)  # final LD→HD weights of this rank
+    stopped: str = ""  # why it stopped before its last epoch: max_steps, max_minutes, SIGTERM or SIGINT
 
 
 StepCallback = Callable[[int, int, dict[str, float]], None]
@@ -191,28 +195,45 @@ class TrainingRun:
             "scaler": self.scaler.state_dict(),
         }
         if self.main:
-            write_checkpoint(state, path, also_last=path != self.best_path)
+            write_checkpoint(state, path, also_last=name not in (self.best_path.name, LAST))
         return path
 
     def run(self, on_step: StepCallback | None = None) -> TrainResult:
-        """Steps until the last epoch or ``max_steps``; a checkpoint at each epoch's end and at the stop."""
+        """Steps until the last epoch, ``max_steps``, ``max_minutes`` or SIGTERM/SIGINT (train/stopping.py); a
+        checkpoint at each epoch's end, last.pt every ``checkpoint_every`` steps, and a checkpoint at the stop."""
         self._prepare()
-        cfg, checkpoint = self.cfg, None
+        with StopRequests(self.cfg.max_minutes) as stops:
+            checkpoint, stopped = self._steps(stops, on_step)
+        if self.writer is not None:
+            self.writer.close()
+        self.validator.write(self.run_dir / "validation.json")
+        best = self.best_path if self.best_path.exists() else None
+        model = self.average.model
+        return TrainResult(
+            self.step, self.epoch, checkpoint, self.history, self.validator.curve, best, model.state_dict(), stopped
+        )
+
+    def _steps(self, stops: StopRequests, on_step: StepCallback | None) -> tuple[Path | None, str]:
+        """The steps themselves; returns the last checkpoint written and why the run stopped ("" = its end)."""
+        cfg, checkpoint, stopped = self.cfg, None, ""
         self._clock, self._samples_seen, self._collapsed = time.perf_counter(), 0, 0
         pending: list[tuple[int, int, dict[str, torch.Tensor]]] = []
-        stop = False
-        while self.epoch < cfg.epochs and not stop:
+        stops.start_clock()
+        while self.epoch < cfg.epochs and not stopped:
             while self.iteration < self.per_epoch:
                 pending.append((self.step + 1, self.epoch, self._one_step()))
                 self.iteration += 1
                 self.step += 1
-                stop = bool(cfg.max_steps and self.step >= cfg.max_steps)
-                last = stop or self.iteration >= self.per_epoch
-                if not self.feed.defer_sync or last or self._due(self.step):
+                stopped = self._stop_reason(stops)
+                last = bool(stopped) or self.iteration >= self.per_epoch
+                periodic = not last and bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0
+                if not self.feed.defer_sync or last or periodic or self._due(self.step):
                     for step, epoch, losses in pending:
                         self._record(step, epoch, losses, on_step)
                     pending = []
-                if stop:
+                if periodic:
+                    self.save(LAST)  # what a hard kill loses: at most checkpoint_every steps
+                if stopped:
                     break
             if self.iteration >= self.per_epoch:
                 self.epoch, self.iteration = self.epoch + 1, 0
@@ -220,14 +241,27 @@ class TrainingRun:
                 checkpoint = self.save(f"epoch-{self.epoch:03d}.pt")
             else:
                 checkpoint = self.save(f"step-{self.step:07d}.pt")
-        if self.writer is not None:
-            self.writer.close()
-        self.validator.write(self.run_dir / "validation.json")
-        best = self.best_path if self.best_path.exists() else None
-        model = self.average.model
-        return TrainResult(
-            self.step, self.epoch, checkpoint, self.history, self.validator.curve, best, model.state_dict()
-        )
+        return checkpoint, stopped
+
+    def _stop_reason(self, stops: StopRequests) -> str:
+        """Why to stop after this step ("" = go on); the same on every rank. A signal or the time cap is logged."""
+        if self.cfg.max_steps and self.step >= self.cfg.max_steps:
+            return "max_steps"
+        reason = agreed_reason(stops.reason(), self.world, self.device)
+        if reason and self.main:
+            what = f"{self.cfg.max_minutes:g} minutes reached" if reason == MAX_MINUTES else f"{reason} received"
+            abort = "" if reason == MAX_MINUTES else " (a second signal aborts at once)"
+            log.warning("%s: stopping after step %d with a checkpoint%s", what, self.step, abort)
+        return reason
+
+    def _on_every_rank(self, flag: bool) -> bool:
+        """Rank 0's flag on every rank. Why: only rank 0 validates, but a checkpoint gathers every rank's RNG, so
+        every rank must take part in saving best.pt (else rank 0 waits in that gather for ever)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
 
     def _one_step(self) -> dict[str, torch.Tensor]:
         """One batch through the objective; the losses stay on the device until recorded."""
@@ -265,8 +299,17 @@ class TrainingRun:
             if self.writer is not None:
                 for k, v in losses.items():
                     self.writer.add_scalar(f"train/{k}", v, step)
-        if self.validator(step, self.average.model, losses):
+        if self._on_every_rank(self.validator(step, self.average.model, losses)):
             self.save(self.best_path.name)
+        kept = losses.get("val_lesion_kept")
+        if self.main and kept is not None and kept < LESION_KEPT_WARNING:
+            log.warning(
+                "step %d: the validation lesions keep %.2f of their contrast (< %.1f): the model is flattening faint "
+                "lesions; consider lambda_lesion or val_min_lesion_kept in the recipe",
+                step,
+                kept,
+                LESION_KEPT_WARNING,
+            )
         if self.samples is not None and step % cfg.sample_every == 0:
             save_samples(self.run_dir, step, self.average.model, *self.samples, self.device)
         if on_step is not None and self.main:

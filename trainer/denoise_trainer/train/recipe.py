@@ -110,8 +110,16 @@ class TrainConfig(BaseModel):
         0.0, ge=0, le=1, description="best.pt only among steps whose inserted validation lesions keep this contrast"
     )
     max_steps: int = Field(0, ge=0, description="stop after this many steps in total (0 = no limit)")
+    max_minutes: float = Field(
+        0.0, ge=0, description="stop, with a checkpoint, this many minutes after this process's first step (0 = none)"
+    )
+    checkpoint_every: int = Field(
+        200, ge=0, description="steps between refreshes of last.pt, besides each epoch's end and the stop (0 = none)"
+    )
     init_from: Path | None = Field(
-        None, description="warm start: the generator begins from this exported model (.json); train/warm_start.py"
+        None,
+        description="warm start from an exported model: a .json, a bundled model's name, or 'bundled' (the pairing's "
+        "bundled model); its architecture fills the keys the config leaves out (train/init_source.py, warm_start.py)",
     )
 
     @model_validator(mode="after")
@@ -250,11 +258,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def build_config(preset: str = "cpu", path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """preset < TOML file ([train] table or top level) < explicit overrides; errors name the key and the file."""
+    """preset < the warm start's model (its architecture) < TOML file ([train] table or top level) < explicit
+    overrides; errors name the key and the file."""
     values: dict[str, Any] = dict(PRESETS.get(preset, {}))
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     values["preset"] = preset
+    given: dict[str, Any] = {}  # what the user wrote: it wins over the preset and the model
     where = "command line"
     if path is not None:
         where = str(path)
@@ -265,8 +275,14 @@ def build_config(preset: str = "cpu", path: Path | None = None, overrides: dict[
         data = data.get("train", data)
         if "preset" in data and data["preset"] != preset:
             values.update(PRESETS.get(data["preset"], {}))
-        values.update(data)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        given.update(data)
+    given.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if given.get("init_from") is not None:
+        from denoise_trainer.train.init_source import recipe_from_model, resolve_init  # it raises CannotTrain
+
+        given["init_from"] = resolve_init(given["init_from"], given.get("pairing", values.get("pairing")))
+        values.update(recipe_from_model(given["init_from"]))
+    values.update(given)
     try:
         return TrainConfig(**values)
     except ValidationError as exc:

@@ -1,4 +1,4 @@
-"""Warm start: a new run's generator begins from an exported model's weights (``init_from`` in the recipe).
+"""Warm start: a new run's generator begins from an exported model's weights (``train --init``, recipe ``init_from``).
 
 Why: a 2-core CPU cannot train a generator across the whole training span from scratch in one session (issue 28:
 600 steps closed a third of the gap to regular dose), while a model already trained on one dose has learnt most of
