@@ -7,6 +7,7 @@ The archive is the project's simulator at a tiny size with the headers a site wr
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from denoise_trainer.archive.site_rules import RulesError, load_rules
 from denoise_trainer.archive.split import NoTrainingPairs, make_split, split_summary, training_files, training_pairs
 from denoise_trainer.archive.synth import PatientRecord, synthesize_archive
 from denoise_trainer.data.assembly import training_selection
+from denoise_trainer.train.checkpoint import load_checkpoint
 from dicom_denoise_node.cli import app
 from dicom_denoise_node.config import ConfigError
 from dicom_denoise_node.store.catalog import Catalog
@@ -300,17 +302,21 @@ def test_unpaired_patients_train_their_own_side_and_pairs_test(synth, tmp_path: 
 def test_an_archive_without_pairs_splits_for_unpaired_training_and_paired_training_says_why_not(
     synth, tmp_path: Path
 ) -> None:
-    kinds = _unpaired_layout(synth, paired=0)
+    kinds = _unpaired_layout(synth, paired=0)  # 4 LD-only, 4 HD-only
     url, output = _scan_and_split(synth, tmp_path, kinds)
-    assert "no test or validation patients" in output
+    assert "no test patients: test needs an LD and an HD series in one study" in output
+    assert "val: 1 LD-only patient (no pairs: checkpoints chosen without a reference)" in output
     cat = Catalog(url)
-    split = make_split(cat)
-    assert (len(split["train_ld"]), len(split["train_hd"]), split["test"], split["val"]) == (4, 4, [], [])
+    split = make_split(cat)  # read back: a one-dose val patient is a role its patient can hold
+    assert (len(split["train_ld"]), len(split["train_hd"]), split["test"]) == (3, 4, [])
+    assert len(split["val"]) == 1 and kinds[split["val"][0]] == ("LD",)
+    assert (split_summary(cat)["val"]["ld_only"], split_summary(cat)["val"]["slices"]) == (1, 2)
     with pytest.raises(NoTrainingPairs, match="paired training needs patients with an LD and an HD series"):
         training_pairs(cat)
     cat.close()
     files = training_selection(url, "unpaired")
-    assert len(files.ld) == len(files.hd) == 8 and files.val == []
+    assert (len(files.ld), len(files.hd), files.val) == (6, 8, [])
+    assert {p.parent.parent.name for p in files.val_ld_unpaired} == set(split["val"]) and files.val_hd_unpaired == []
     with pytest.raises(ConfigError, match="--pairing unpaired"):
         training_selection(url, "paired")
     listing = CliRunner().invoke(app, ["catalog", "list", "--catalog", url])
@@ -355,3 +361,97 @@ def test_pairs_are_kept_for_test_and_the_rest_even_out_the_training_halves() -> 
 def test_a_held_out_archive_leaves_unpaired_patients_out() -> None:
     patients = Patients({"p0": "CHEST", "p1": "ABDOMEN"}, {"l0": "CHEST"}, {"h0": "CHEST"}, {})
     assert assign_roles(patients, 0, (0.0, 1.0, 0.0)) == {"p0": "test", "p1": "test"}
+
+
+def _roles_of(roles: dict[str, str], role: str) -> list[str]:
+    return sorted(pid for pid, r in roles.items() if r == role)
+
+
+def test_without_pairs_val_takes_its_fraction_ld_only_first_then_hd_only_across_body_parts() -> None:
+    parts = ("CHEST", "ABDOMEN")
+    patients = Patients(
+        paired={},
+        ld_only={f"l{i}": parts[i % 2] for i in range(20)},
+        hd_only={f"h{i}": parts[i % 2] for i in range(20)},
+        separate={},
+    )
+    roles = assign_roles(patients, 4, (0.7, 0.1, 0.2))  # 40 patients: 8 val; test would need pairs
+    val = _roles_of(roles, "val")
+    assert len(val) == 8 and not _roles_of(roles, "test")
+    assert sum(pid.startswith("l") for pid in val) == 4  # LD-only first, HD-only in turn
+    assert {patients.ld_only[pid] for pid in val if pid.startswith("l")} == set(parts)
+    assert (len(_roles_of(roles, "train_ld")), len(_roles_of(roles, "train_hd"))) == (16, 16)
+    assert assign_roles(patients, 4, (0.7, 0.1, 0.2)) == roles  # a function of the seed
+    # one val patient: LD-only, the criterion's slices; an odd count ends on LD
+    assert [pid[0] for pid in _roles_of(assign_roles(patients, 0, (0.975, 0.0, 0.025)), "val")] == ["l"]
+    three = _roles_of(assign_roles(patients, 0, (0.8, 0.125, 0.075)), "val")
+    assert sorted(pid[0] for pid in three) == ["h", "l", "l"]
+
+
+def test_one_dose_validation_keeps_both_training_halves_and_needs_an_ld_patient() -> None:
+    lone = Patients({}, {"l0": "CHEST"}, {"h0": "CHEST", "h1": "CHEST"}, {})
+    roles = assign_roles(lone, 0, (0.5, 0.0, 0.5))  # l0 is train_ld's only patient; HD-only alone scores nothing
+    assert roles == {"l0": "train_ld", "h0": "train_hd", "h1": "train_hd"}
+    # LD and HD in separate studies: either half or val, after the LD-only ones, while the halves keep one each
+    separate = Patients({}, {"l0": "CHEST"}, {"h0": "CHEST"}, {"s0": "CHEST", "s1": "CHEST", "s2": "CHEST"})
+    roles = assign_roles(separate, 0, (0.6, 0.0, 0.4))
+    assert _roles_of(roles, "val") == ["h0", "l0"]
+    assert len(_roles_of(roles, "train_ld")) == 2 and len(_roles_of(roles, "train_hd")) == 1
+    no_ld_only = Patients({}, {}, {"h0": "CHEST"}, {"s0": "CHEST", "s1": "CHEST"})
+    roles = assign_roles(no_ld_only, 0, (0.34, 0.0, 0.66))  # 3 patients: 1 val (both halves keep one)
+    assert roles["h0"] == "train_hd" and sorted(roles[s] for s in ("s0", "s1")) == ["train_ld", "val"]
+
+
+def test_val_takes_one_dose_patients_only_when_no_pair_is_left_for_it() -> None:
+    # one pair, needed by train_hd: val (2 of 10) takes LD-only patients; test stays empty
+    scarce = Patients({"p0": "CHEST"}, {f"l{i}": "CHEST" for i in range(9)}, {}, {})
+    roles = assign_roles(scarce, 0, (0.6, 0.2, 0.2))
+    assert roles["p0"] == "train_hd" and not _roles_of(roles, "test")
+    assert len(_roles_of(roles, "val")) == 2 and all(pid.startswith("l") for pid in _roles_of(roles, "val"))
+    # pairs enough for one val patient: val is that pair alone (the trainer ignores one-dose val beside a pair)
+    mixed = Patients(
+        {"p0": "CHEST", "p1": "CHEST"}, {f"l{i}": "CHEST" for i in range(6)}, {"h0": "CHEST", "h1": "CHEST"}, {}
+    )
+    roles = assign_roles(mixed, 0, (0.6, 0.1, 0.3))  # 10 patients: 1 test and 3 val asked, 2 pairs
+    assert len(_roles_of(roles, "test")) == 1 and len(_roles_of(roles, "val")) == 1
+    assert set(_roles_of(roles, "test") + _roles_of(roles, "val")) == {"p0", "p1"}
+
+
+@pytest.fixture(scope="module")
+def site_128(tmp_path_factory: pytest.TempPathFactory) -> list[PatientRecord]:
+    """128 px: the no-reference criterion needs flat soft-tissue windows, which 64 px slices lack."""
+    return synthesize_archive(tmp_path_factory.mktemp("s128"), patients=4, slices=2, size=128, seed=3, views=96)
+
+
+def test_an_unpaired_archive_trains_to_a_best_pt_chosen_without_a_reference_and_exports_it(
+    site_128, tmp_path: Path
+) -> None:
+    """The issue's contract on an archive without a single pair: scan, split, train, export best.pt."""
+    kinds = _unpaired_layout(site_128, paired=0)  # 2 LD-only, 2 HD-only
+    root = site_archive(site_128, tmp_path / "site", kinds=kinds)
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    runner = CliRunner()
+    assert runner.invoke(app, ["catalog", "scan", str(root), "--catalog", url]).exit_code == 0
+    split = runner.invoke(app, ["catalog", "split", "--catalog", url, "--val", "0.25"])
+    assert "val: 1 LD-only patient (no pairs" in split.output, split.output
+    run = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--catalog", url, "--run-dir", str(run), "--max-steps", "4", "--device", "cpu"]
+    trained = runner.invoke(app, args)
+    assert trained.exit_code == 0, trained.output
+    best = run / "checkpoints" / "best.pt"
+    assert best.is_file(), trained.output
+    assert load_checkpoint(best)["selection"]["criterion"] == "no-reference"
+    export = ["model", "export", str(best), "--name", "site", "--version", "1.0.0", "--out-dir", str(tmp_path / "m")]
+    exported = runner.invoke(app, export)
+    assert exported.exit_code == 0, exported.output
+    meta = json.loads(next((tmp_path / "m").glob("site*.json")).read_text())
+    assert meta["training"]["selection"]["criterion"] == "no-reference"
+
+
+def test_split_says_when_val_is_empty_so_no_best_pt_will_be_chosen(synth, tmp_path: Path) -> None:
+    root = site_archive(synth[:4], tmp_path / "site")  # 4 paired patients: --val 0.01 rounds to none
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    assert _scan_cli(root, tmp_path / "c.sqlite").exit_code == 0
+    result = CliRunner().invoke(app, ["catalog", "split", "--catalog", url, "--test", "0.25", "--val", "0.01"])
+    assert result.exit_code == 0 and "no validation patients" in result.output and "best.pt" in result.output
+    assert "no test patients" not in result.output and "without a reference" not in result.output

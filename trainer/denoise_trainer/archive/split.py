@@ -8,7 +8,9 @@ of the seed and the eligible patients, and stored in the ``splits`` table so eve
 evaluation, `catalog list`) reads the same assignment.
 
 Every patient with an LD or HD series takes part: one with a study holding both (a pair) may land in any role;
-one with only LD (only HD) trains the LD (HD) half; test and val need pairs (``archive/assign.py`` says how).
+one with only LD (only HD) trains the LD (HD) half; test needs pairs, and so does val while there are pairs to
+give it; without, val takes one-dose patients and checkpoints are chosen without a reference
+(``archive/assign.py`` says how).
 Paired training (``training_pairs``) uses the pairs of the training patients and refuses an archive without any.
 """
 
@@ -126,7 +128,7 @@ def make_split(
         "split seed %d: %s; unpaired patients (no study with LD and HD) %s",
         seed,
         {role: len(ids) for role, ids in result.items()},
-        {role: sum(pid in unpaired for pid in ids) for role, ids in result.items() if role in TRAIN_ROLE.values()},
+        {role: sum(pid in unpaired for pid in ids) for role, ids in result.items() if role != "test"},
     )
     return result
 
@@ -156,7 +158,12 @@ def _kept(
             "domains); pass force=True to re-split"
         )
     if kept != roles:
-        log.warning("split: the stored split (seed %d) differs from these fractions %s; kept", seed, fractions)
+        log.warning(
+            "split: the stored split (seed %d) differs from the one these fractions %s give now; kept (--force "
+            "re-splits)",
+            seed,
+            fractions,
+        )
     log.info("split: kept the existing split, seed %d", seed)
     return kept
 
@@ -309,17 +316,21 @@ def training_pairs(catalog: Catalog, check_positions: bool = True) -> list[Slice
 
 
 def split_summary(catalog: Catalog) -> dict[str, dict[str, int]]:
-    """role → {"patients", "unpaired", "slices", "patients_<BODY PART>", "slices_<BODY PART>"}; {} without a split.
+    """role → {"patients", "unpaired", "ld_only", "hd_only", "separate", "slices", "patients_<BODY PART>",
+    "slices_<BODY PART>"}; {} without a split.
 
     Slices count the images a role contributes: LD for train_ld, HD for train_hd, and the LD side of the
-    pairs (before matching) for test and val. "unpaired" counts the patients without an LD/HD study.
+    pairs (before matching) for test and val (val's LD slices where it holds one-dose patients). "unpaired"
+    counts the patients without an LD/HD study, "ld_only", "hd_only" and "separate" them by what they hold: a val
+    of one-dose patients means checkpoints chosen without a reference, which `catalog split` says.
     """
     with catalog.db.session() as s:
         stored = _stored(s)
         if not stored:
             return {}
         body_parts = _patient_body_parts(s)
-        unpaired = _patients(s).unpaired
+        patients = _patients(s)
+        unpaired = patients.unpaired
         rows = s.execute(
             select(Patient.patient_id, Series.domain, func.count(Instance.id))
             .join(Study, Study.patient_fk == Patient.id)
@@ -329,12 +340,15 @@ def split_summary(catalog: Catalog) -> dict[str, dict[str, int]]:
             .group_by(Patient.patient_id, Series.domain)
         ).all()
     slices = {(pid, domain): n for pid, domain, n in rows}
-    summary: dict[str, dict[str, int]] = {role: {"patients": 0, "unpaired": 0, "slices": 0} for role in ROLES}
+    kinds = ("ld_only", "hd_only", "separate")
+    empty = dict.fromkeys(("patients", "unpaired", *kinds, "slices"), 0)
+    summary: dict[str, dict[str, int]] = {role: dict(empty) for role in ROLES}
     for pid, (role, _) in sorted(stored.items()):
         part = body_parts.get(pid, UNKNOWN_BODY_PART)
         n = slices.get((pid, "HD" if role == "train_hd" else "LD"), 0)
-        row = summary.setdefault(role, {"patients": 0, "unpaired": 0, "slices": 0})
-        counts = (("patients", 1), ("unpaired", int(pid in unpaired)), ("slices", n))
+        row = summary.setdefault(role, dict(empty))
+        held = tuple((kind, int(pid in getattr(patients, kind))) for kind in kinds)
+        counts = (("patients", 1), ("unpaired", int(pid in unpaired)), *held, ("slices", n))
         for key, value in (*counts, (f"patients_{part}", 1), (f"slices_{part}", n)):
             row[key] = row.get(key, 0) + value
     return summary

@@ -217,8 +217,29 @@ def catalog_split(
             f"unpaired patients (no study with both LD and HD): {unpaired['train_ld']} train the LD side, "
             f"{unpaired['train_hd']} the HD side; they serve unpaired training (the default), not `--pairing paired`"
         )
-    if roles["train_ld"] and not (roles["test"] or roles["val"]) and (test or val):
+    _print_held_out(roles, summary.get("val", {}), test, val)
+
+
+def _print_held_out(roles: dict[str, list[str]], val_row: dict[str, int], test: float, val: float) -> None:
+    """What test and val hold when it is not pairs: a user reads here why best.pt is chosen without a reference,
+    or not at all, before a training run says so."""
+    if not roles["train_ld"]:  # a held-out archive: test and val are pairs, or the split refused
+        return
+    if val_row.get("unpaired"):
+        held = [
+            f"{val_row[kind]} {name}"
+            for kind, name in (("ld_only", "LD-only"), ("hd_only", "HD-only"), ("separate", "LD and HD in two studies"))
+            if val_row.get(kind)
+        ]
+        noun = "patient" if val_row["unpaired"] == 1 else "patients"
+        out.print(f"val: {' and '.join(held)} {noun} (no pairs: checkpoints chosen without a reference)")
+    elif not roles["val"] and val:
         out.print(
-            "no test or validation patients: they need an LD and an HD series in one study (pairs); "
+            "no validation patients (too few patients for --val): training chooses no checkpoint and writes no "
+            "best.pt; raise --val"
+        )
+    if not roles["test"] and test:
+        out.print(
+            "no test patients: test needs an LD and an HD series in one study (pairs); "
             "score on a separate archive that has pairs"
         )
