@@ -138,3 +138,13 @@ os._exit(0)  # as test_train.py's DDP test: leave without gloo's teardown
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "out.json").read_text()) == [[1, "SIGTERM"], [1, "SIGTERM"]]
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["step"] == 1
+
+
+def test_the_last_step_is_validated_and_competes_for_best_pt(tmp_path):
+    # val_every 100 never falls due in 3 steps: only step 1 and the stop (max_steps) are scored.
+    overrides = {"run_dir": tmp_path, "device": "cpu", "val_every": 100, "max_steps": 3, "epochs": 2}
+    result = train(build_config("tiny", overrides=overrides), tiny_data(size=64))
+    assert [row["step"] for row in result.validation] == [1, 3]
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    steps = {row["step"]: row["val_error_hu"] for row in result.validation}
+    assert best["step"] == min(steps, key=steps.get)

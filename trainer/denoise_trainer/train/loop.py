@@ -133,6 +133,7 @@ class TrainingRun:
         autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if use_amp else nullcontext
         self.tools = StepTools(autocast, self.scaler, self.lesion_rng)
         self.epoch, self.iteration, self.step = 0, 0, 0
+        self._final_step = 0  # the run's last step, validated whatever val_every says (set by _steps)
         self.history: list[dict[str, float]] = []
         self._state: dict[str, Any] | None = None  # the checkpoint being resumed, until the average is built
 
@@ -218,6 +219,7 @@ class TrainingRun:
         cfg, checkpoint, stopped = self.cfg, None, ""
         self._clock, self._samples_seen, self._collapsed = time.perf_counter(), 0, 0
         pending: list[tuple[int, int, dict[str, torch.Tensor]]] = []
+        self._final_step = 0
         stops.start_clock()
         while self.epoch < cfg.epochs and not stopped:
             while self.iteration < self.per_epoch:
@@ -226,6 +228,8 @@ class TrainingRun:
                 self.step += 1
                 stopped = self._stop_reason(stops)
                 last = bool(stopped) or self.iteration >= self.per_epoch
+                if stopped or (self.iteration >= self.per_epoch and self.epoch == cfg.epochs - 1):
+                    self._final_step = self.step  # the run's last step is validated too: it may be the best
                 periodic = not last and bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0
                 if not self.feed.defer_sync or last or periodic or self._due(self.step):
                     for step, epoch, losses in pending:
@@ -299,7 +303,7 @@ class TrainingRun:
             if self.writer is not None:
                 for k, v in losses.items():
                     self.writer.add_scalar(f"train/{k}", v, step)
-        if self._on_every_rank(self.validator(step, self.average.model, losses)):
+        if self._on_every_rank(self.validator(step, self.average.model, losses, force=step == self._final_step)):
             self.save(self.best_path.name)
         kept = losses.get("val_lesion_kept")
         if self.main and kept is not None and kept < LESION_KEPT_WARNING:

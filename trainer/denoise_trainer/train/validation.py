@@ -294,9 +294,10 @@ class Validator:
             )
             self.best_error, self.best_step = float("inf"), 0
 
-    def __call__(self, step: int, generator: nn.Module, losses: dict[str, float]) -> bool:
-        """Score when due; adds the scores to ``losses``; True when this is the best score so far."""
-        if self.val is None or not (step % self.every == 0 or step == 1):
+    def __call__(self, step: int, generator: nn.Module, losses: dict[str, float], force: bool = False) -> bool:
+        """Score when due (or ``force``: the run's last step, so that a run stopped between validations still lets
+        its last weights compete for best.pt); adds the scores to ``losses``; True when this is the best so far."""
+        if self.val is None or not (force or step % self.every == 0 or step == 1):
             return False
         scores = {"step": step, **self.val.score(generator, self.window, self.device)}
         self.curve.append(scores)
