@@ -52,13 +52,12 @@ step "train (preset $PRESET, $PAIRING, engine $ENGINE, device $DEVICE)"
 $DN train --preset "$PRESET" --pairing "$PAIRING" --engine "$ENGINE" --catalog "$CAT" --run-dir "$WORK/run" \
   --device "$DEVICE" --seed "$TRAIN_SEED" ${MAX_STEPS:+--max-steps "$MAX_STEPS"}
 CKPT="$WORK/run/checkpoints/best.pt"            # chosen on the validation patients (error vs REF)
-[ -f "$CKPT" ] || CKPT="$WORK/run/checkpoints/last.pt"
-step "export $(basename "$CKPT") so that evaluate can load it"
-$DN model export "$CKPT" --name "$NAME" --version "$VERSION" --out-dir "$WORK/model"
-step "evaluate on the fresh test archive (scorecard vs REF; baselines tuned on the training archive's val patients)"
-$DN evaluate --model "$WORK/model/$NAME.json" --catalog "$TEST_CAT" --val-catalog "$CAT" --out-dir "$WORK/eval" \
+# Never ship an unchosen last.pt (issue 29): without best.pt, validation chose nothing, and that needs a look.
+[ -f "$CKPT" ] || { echo "no best.pt: validation chose no checkpoint; see $WORK/run/train.log" >&2; exit 1; }
+step "evaluate $(basename "$CKPT") on the fresh test archive (scorecard vs REF; baselines tuned on the training archive's val patients)"
+$DN evaluate --model "$CKPT" --catalog "$TEST_CAT" --val-catalog "$CAT" --out-dir "$WORK/eval" \
   --device "$DEVICE" --max-slices "$EVAL_SLICES" --reference REF
-step "export again with the evaluation figures embedded"
+step "export it once, with the evaluation figures embedded"
 $DN model export "$CKPT" --name "$NAME" --version "$VERSION" --out-dir "$WORK/model" \
   --evaluation "$WORK/eval/evaluation.json" --activate
 step "done: $WORK/model"

@@ -467,3 +467,16 @@ def test_paired_squared_error_term_is_taken_in_the_soft_tissue_window():
     assert paired_losses(lung + 20.0 / 1024.0, lung, view, cfg, 3, None)["g_l2"].item() == 0.0
     off = build_config("cpu", overrides={"pairing": "paired"})
     assert "g_l2" not in paired_losses(fake, hd, view, off, 3, None)
+
+
+def test_every_paired_recipe_gets_the_lesion_term_unless_it_says_otherwise(tmp_path):
+    """Issue 29: a paired run without the inserted-lesion term lost lesion contrast unnoticed; it is on by default."""
+    from denoise_trainer.train.recipe import PAIRED_DEFAULTS, build_config
+
+    for preset in ("cpu", "tiny", "method"):
+        assert build_config(preset, overrides={"pairing": "paired"}).lambda_lesion == PAIRED_DEFAULTS["lambda_lesion"]
+        assert build_config(preset).lambda_lesion == 0.0  # the unpaired method has no such term by default
+    assert build_config("cpu", overrides={"pairing": "paired", "lambda_lesion": 0.0}).lambda_lesion == 0.0
+    toml = tmp_path / "r.toml"
+    toml.write_text('[train]\npairing = "paired"\nlambda_lesion = 0.0\n')
+    assert build_config("cpu", toml).lambda_lesion == 0.0
