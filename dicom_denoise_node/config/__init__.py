@@ -29,6 +29,7 @@ from dicom_denoise_node.config.sections import (
     HttpSettings,
     ModelSettings,
     NodeSettings,
+    NotifySettings,
     ReportSettings,
     RetentionSettings,
     Rule,
@@ -51,6 +52,7 @@ __all__ = [
     "HttpSettings",
     "ModelSettings",
     "NodeSettings",
+    "NotifySettings",
     "ReportSettings",
     "RetentionSettings",
     "Rule",
@@ -90,6 +92,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     rules: list[Rule] = Field(default_factory=list)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
 
     @model_validator(mode="after")
     def _rule_names(self) -> Settings:

@@ -6,11 +6,13 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     field_validator,
     model_validator,
 )
@@ -233,12 +235,86 @@ class Rule(Section):
 DEFAULT_RULE = Rule(name="default")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (127.0.0.0/8, ::1, localhost): a name or address that could be any
+    other interface is not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class HttpSettings(Section):
-    """Health, Prometheus metrics and the series list over HTTP; loopback unless an admin opens it."""
+    """Health, Prometheus metrics, the series list and the status page over HTTP (ops/http_status.py); loopback
+    unless an admin opens it, and then only with a token or a password."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535, description="0 = any free port (tests)")
+    token: SecretStr = Field(
+        SecretStr(""), description="when set, every path but /healthz wants 'Authorization: Bearer <token>'"
+    )
+    basic_auth: SecretStr = Field(
+        SecretStr(""), description='"user:password": when set, every path but /healthz accepts basic auth'
+    )
+    show_patient_data: bool = Field(False, description="the status page shows patient names and IDs")
+
+    @field_validator("basic_auth")
+    @classmethod
+    def _user_password(cls, value: SecretStr) -> SecretStr:
+        user, _, password = value.get_secret_value().partition(":")
+        if value.get_secret_value() and not (user and password):
+            raise ValueError('basic_auth must be "user:password", both non-empty')
+        return value
+
+    @model_validator(mode="after")
+    def _exposed(self) -> HttpSettings:
+        secret = self.token.get_secret_value() or self.basic_auth.get_secret_value()
+        if self.enabled and not is_loopback(self.host) and not secret:
+            raise ValueError(
+                f"http.host = {self.host!r} is not a loopback address: set http.token or http.basic_auth, so that "
+                "the status page and the series list are not open to the network"
+            )
+        return self
+
+
+NotifyEvent = Literal["series_failed", "guard_flagged", "disk_low"]
+
+
+class NotifySettings(Section):
+    """Webhook notifications (ops/notify.py): a series FAILED, slices flagged by the guard, the disk below
+    ``[node] min_free_mb`` (and back above it). Off while ``webhook_url`` is empty."""
+
+    webhook_url: list[str] = Field(default_factory=list, description="one URL or a list; each gets every event")
+    events: list[NotifyEvent] = Field(default_factory=lambda: ["series_failed", "guard_flagged", "disk_low"])
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every POST (e.g. Authorization)")
+    timeout_s: float = Field(10.0, gt=0)
+    max_attempts: int = Field(8, ge=1, description="POSTs of one notification before it is given up")
+    backoff_s: float = Field(30.0, gt=0, description="first wait after a failed POST; doubles up to backoff_max_s")
+    backoff_max_s: float = Field(3600.0, gt=0)
+    poll_interval_s: float = Field(5.0, gt=0, description="how often the catalog and the disk are looked at")
+    max_age_h: float = Field(
+        24.0, gt=0, description="events older than this are not announced (notifications just turned on, a long stop)"
+    )
+
+    _one_url = field_validator("webhook_url", mode="before")(
+        classmethod(lambda cls, v: [v] if isinstance(v, str) else v)
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _urls(cls, values: list[str]) -> list[str]:
+        for url in values:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return values
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_url)
 
 
 class RetentionSettings(Section):
