@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from dicom_denoise_node.config import CONFIG_ENV, ConfigError, Settings, load_settings
-from dicom_denoise_node.ops.logs import LogFormat, service_formatter
+from dicom_denoise_node.ops.logs import LogFormat, quiet_chatty_libraries, service_formatter
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(width=None if sys.stdout.isatty() else 200)  # pipes and logs get whole rows
@@ -48,6 +48,7 @@ def setup_logging(level: str, log_format: LogFormat = "text") -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    quiet_chatty_libraries(level)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     # max_instances=1 makes a busy job skip a tick by design; that is not worth a warning.
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)

@@ -7,6 +7,9 @@ names the device and inode of that stream, and they must match stderr's: a node 
 systemd user session inherits the variable with a different stderr). The journal keeps its own timestamp, so the
 prefixed text format leaves the time out. ``[node] log_format = "json"`` writes one JSON object per line
 (python-json-logger) for log shippers, with the same prefix under the journal.
+
+Libraries that narrate every object at INFO (highdicom: "copy attributes of module …", several lines per derived
+instance and report) are kept out of an INFO log: their INFO shows only when the node logs at DEBUG.
 """
 
 from __future__ import annotations
@@ -20,8 +23,18 @@ from pythonjsonlogger.json import JsonFormatter
 
 LogFormat = Literal["text", "json"]
 
+# Loggers whose INFO records are per-instance chatter, not events an admin acts on.
+CHATTY_LIBRARIES = ("highdicom",)
+
 # logging level → syslog priority (sd-daemon(3)): 7 debug, 6 info, 4 warning, 3 err, 2 crit
 _PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+
+def quiet_chatty_libraries(level: str) -> None:
+    """Let the chatty libraries' INFO through only when the node logs at ``level`` DEBUG; their warnings always."""
+    threshold = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(threshold)
 
 
 def syslog_priority(levelno: int) -> int:

@@ -77,3 +77,28 @@ def test_log_format_is_checked_in_the_config():
     assert NodeSettings(log_format="json").log_format == "json"
     with pytest.raises(ValidationError, match="log_format"):
         NodeSettings(log_format="xml")
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_highdicom_per_instance_info_reaches_the_log_only_at_debug(level, caplog):
+    """The node's logging set-up, then a quality report built the way the worker builds one (highdicom logs "copy
+    attributes of module …" at INFO for each module of each instance): at INFO none of it reaches the root handler;
+    at DEBUG it does (so the INFO case is not passing for want of records)."""
+    from dicom_denoise_node.cli.options import setup_logging
+    from dicom_denoise_node.denoise.quality_report import warm_up
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers), logging.getLogger("highdicom").level)
+    try:
+        setup_logging(level)
+        root.addHandler(caplog.handler)  # setup_logging replaced the root's handlers
+        warm_up()
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        logging.getLogger("highdicom").setLevel(saved[2])
+    chatter = [r for r in caplog.records if r.name.startswith("highdicom") and r.levelno == logging.INFO]
+    if level == "INFO":
+        assert chatter == [], [r.getMessage() for r in chatter[:3]]
+    else:
+        assert any("copy attributes of module" in r.getMessage() for r in chatter)
