@@ -59,19 +59,25 @@ def _number(ds: Dataset, keyword: str) -> float | None:
         return None
 
 
+def image_type_matches(image_type: Sequence[str], wanted: Sequence[str]) -> bool:
+    """Whether ``wanted`` leads ``image_type``, value by value; a wanted value may name alternatives separated by
+    ``|`` (``AXIAL|VOLUME``: a classic CT's flavour, or an Enhanced CT's)."""
+    if len(image_type) < len(wanted):
+        return False
+    return all(have in want.split("|") for have, want in zip(image_type, wanted, strict=False))
+
+
 def rule_failures(rule: Rule, ds: Dataset, calling_aet: str = "") -> list[str]:
     """Every condition of ``rule`` that the header does not meet (empty: the rule matches)."""
     why: list[str] = []
     sop_class = str(ds.get("SOPClassUID", ""))
-    # Enhanced CT is routed too: the worker then fails it with "multi-frame not denoised yet" (an admin must see
-    # that, rather than a routing skip).
     if sop_class not in (CTImageStorage, EnhancedCTImageStorage):
         why.append(f"SOP class {sop_class or 'missing'} is not CT Image Storage")
     modality = str(ds.get("Modality", "") or "")
     if modality != "CT":
         why.append(f"Modality {modality or 'missing'} is not CT")
     image_type = [str(v).strip().upper() for v in (ds.get("ImageType") or [])]
-    if image_type[: len(rule.image_type)] != rule.image_type:
+    if not image_type_matches(image_type, rule.image_type):
         have, want = "\\".join(image_type) or "missing", "\\".join(rule.image_type)
         why.append(f"ImageType {have} does not start with {want}")
     for keyword, pattern in (("SeriesDescription", rule.series_description), ("ProtocolName", rule.protocol_name)):

@@ -202,13 +202,14 @@ class Rule(Section):
     """A routing rule: which received series are denoised, where the result goes, and how long to wait.
 
     A series is denoised when one of its instances meets every condition of a rule (first rule wins). CT (and
-    Enhanced CT) Image Storage with Modality CT only, and ``image_type`` must lead the instance's ImageType, so
-    localizers and derived images never match. Patterns are case-insensitive regular expressions searched in the
-    attribute; thresholds accept an instance whose value is at or below them (and reject one without it).
+    Enhanced CT) Image Storage with Modality CT only, and ``image_type`` must lead the instance's ImageType (a value
+    may name alternatives, ``AXIAL|VOLUME``), so localizers and derived images never match. Patterns are
+    case-insensitive regular expressions searched in the attribute; thresholds accept an instance whose value is at
+    or below them (and reject one without it).
     """
 
     name: str = Field(min_length=1, max_length=64)
-    image_type: list[str] = Field(default_factory=lambda: ["ORIGINAL", "PRIMARY", "AXIAL"])
+    image_type: list[str] = Field(default_factory=lambda: ["ORIGINAL", "PRIMARY", "AXIAL|VOLUME"])
     series_description: str = ""
     protocol_name: str = ""
     calling_aets: list[str] = Field(default_factory=list)

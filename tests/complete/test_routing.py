@@ -10,6 +10,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import MRImageStorage
 
+from denoise_harness.enhanced_ct import write_enhanced_ct
 from dicom_denoise_node.complete.routing import classify_series, match_dataset, rule_failures
 from dicom_denoise_node.config import DEFAULT_RULE, Rule, load_settings
 from tests.peers import write_ct_series
@@ -127,3 +128,17 @@ def test_rules_test_without_files_fails(tmp_path):
 def test_example_config_rule_path_is_documented():
     text = (Path(__file__).parents[2] / "etc" / "denoise-node.toml").read_text()
     assert "denoise-node rules test" in text
+
+
+def test_default_and_example_rules_take_an_enhanced_ct_volume(tmp_path):
+    """A real Enhanced CT says ORIGINAL\\PRIMARY\\VOLUME\\NONE, not AXIAL: the default rule (and the example
+    config's, which is the same) must route it; its localizer must still be skipped."""
+    ds = dcmread(write_enhanced_ct(tmp_path / "enh.dcm", 2, rows=16, columns=16), stop_before_pixels=True)
+    assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    example = load_settings(Path(__file__).parents[2] / "etc" / "denoise-node.toml").rules
+    for rule in (DEFAULT_RULE, *example):
+        assert rule_failures(rule, ds) == [], rule.name
+    axial_only = Rule(name="axial", image_type=["ORIGINAL", "PRIMARY", "AXIAL"])
+    assert any("VOLUME\\NONE does not start with ORIGINAL\\PRIMARY\\AXIAL" in w for w in rule_failures(axial_only, ds))
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER", "NONE"]
+    assert any("LOCALIZER\\NONE does not start with" in w for w in rule_failures(DEFAULT_RULE, ds))
