@@ -328,3 +328,73 @@ def test_receivers_on_one_catalog_record_the_first_instances_of_a_new_series_tog
     finally:
         for cat in receivers:
             cat.close()
+
+
+def _sent_series(catalog, series: str = "1.2.3.4") -> None:
+    """One series received, derived (one instance) and acknowledged by the destination "pacs"."""
+    catalog.intake.record_instance(meta(1, series))
+    catalog.completion.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+    claim = catalog.queue.claim_for_processing()
+    catalog.queue.finish_processing(claim, "9", "v1", [DerivedRecord(f"9.{series}", f"{series}.1", f"/d/{series}")])
+    send = catalog.deliveries.claim_for_sending(600)
+    catalog.deliveries.record_delivery(send, "pacs")
+    assert catalog.deliveries.send_succeeded(send)
+
+
+def test_retry_failed_requeues_every_failed_series_and_nothing_else(catalog):
+    for series in ("1.2.3.4", "1.2.3.5", "1.2.3.6"):
+        catalog.intake.record_instance(meta(1, series))
+    catalog.completion.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+    processing = catalog.queue.claim_for_processing()
+    assert catalog.queue.fail(processing.series_id, "process", "boom", SeriesState.PROCESSING)
+    derived = catalog.queue.claim_for_processing()
+    catalog.queue.finish_processing(derived, "9", "v1", [DerivedRecord("9.1", f"{derived.series_uid}.1", "/d/1")])
+    send = catalog.deliveries.claim_for_sending(600)
+    assert catalog.deliveries.send_failed(send, "PACS down", 1, 1, 1) is SeriesState.FAILED
+    untouched = catalog.queue.claim_for_processing()  # the third: PROCESSING, not FAILED
+
+    assert sorted(catalog.recovery.retry_failed()) == sorted(
+        [(processing.series_uid, SeriesState.COMPLETE), (derived.series_uid, SeriesState.DERIVED)]
+    )
+    assert catalog.views.series_state(untouched.series_uid) is SeriesState.PROCESSING
+    assert catalog.recovery.retry_failed() == []
+
+
+def test_reprocess_takes_a_sent_series_back_at_its_strength_and_resends_it(catalog):
+    _sent_series(catalog)
+    assert catalog.recovery.reprocess("1.2.3.4", 0.5) is SeriesState.SENT
+    assert catalog.views.series_state("1.2.3.4") is SeriesState.COMPLETE
+    claim = catalog.queue.claim_for_processing()
+    assert claim is not None and claim.strength == 0.5 and claim.attempts == 1
+    # The earlier derived rows stay until the new result replaces them (a failed run keeps what it had).
+    assert [d.sop_uid for d in catalog.deliveries.derived_instances(claim.series_id)] == ["9.1.2.3.4"]
+    assert catalog.queue.finish_processing(claim, "8", "v1@strength=0.5", [DerivedRecord("8.1", "1.2.3.4.1", "/e/1")])
+    assert [d.sop_uid for d in catalog.deliveries.derived_instances(claim.series_id)] == ["8.1"]
+    send = catalog.deliveries.claim_for_sending(600)
+    assert send is not None and catalog.deliveries.delivered_to(send) == set()  # a new generation: sent again
+    # Without --strength the override is dropped: the rule's (or [model]) strength decides again.
+    catalog.deliveries.record_delivery(send, "pacs")
+    assert catalog.deliveries.send_succeeded(send)
+    catalog.recovery.reprocess("1.2.3.4", None)
+    assert catalog.queue.claim_for_processing().strength is None
+
+
+def test_reprocess_refuses_what_it_must_not_take_with_the_reason(catalog):
+    catalog.intake.record_instance(meta(1))
+    with pytest.raises(ValueError, match="RECEIVING: wait until it is COMPLETE"):
+        catalog.recovery.reprocess("1.2.3.4", 0.5)
+    catalog.completion.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+    claim = catalog.queue.claim_for_processing()
+    with pytest.raises(ValueError, match="PROCESSING: a worker is denoising it"):
+        catalog.recovery.reprocess("1.2.3.4", 0.5)
+    catalog.queue.finish_processing(claim, "9", "v1", [DerivedRecord("9.1", "1.2.3.4.1", "/d/1")])
+    send = catalog.deliveries.claim_for_sending(600)
+    with pytest.raises(ValueError, match="is being sent"):  # its sender would record SENT for the old series
+        catalog.recovery.reprocess("1.2.3.4", 0.5)
+    assert catalog.views.series_state("1.2.3.4") is SeriesState.DERIVED
+    assert catalog.deliveries.send_succeeded(send)
+    with pytest.raises(KeyError, match="no series 9.9"):
+        catalog.recovery.reprocess("9.9", 0.5)
+    with pytest.raises(ValueError, match="expected 0"):
+        catalog.recovery.reprocess("1.2.3.4", 1.5)
+    assert catalog.views.series_state("1.2.3.4") is SeriesState.SENT

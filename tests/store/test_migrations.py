@@ -1,17 +1,27 @@
-"""Catalog schema versions: migrations equal the models, and a catalog of the previous schema is upgraded in place
-with its data kept."""
+"""Catalog schema versions: migrations equal the models, a catalog of the previous schema is upgraded in place
+with its data kept, and only `serve` and `migrate` create or migrate (every other command refuses a missing, older
+or newer catalog; an older node refuses a newer one)."""
 
 from __future__ import annotations
 
 import sqlite3
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from dicom_denoise_node.receive.audit import association_rows, record_association
-from dicom_denoise_node.store.catalog import Base, Catalog, SeriesState
-from dicom_denoise_node.store.migrations import BASELINE, current_revision, head_revision, upgrade_catalog
+from dicom_denoise_node.store.catalog import Base, Catalog, SeriesState, open_readonly
+from dicom_denoise_node.store.migrations import (
+    BASELINE,
+    CatalogMissing,
+    CatalogOutdated,
+    CatalogTooNew,
+    current_revision,
+    head_revision,
+    upgrade_catalog,
+)
 
 NOW = "2026-01-01 10:00:00.000000"
 
@@ -139,3 +149,57 @@ def test_the_derivation_key_column_keeps_what_model_version_held(catalog_url):
         assert "derivation_key" in columns and "model_version" not in columns
     finally:
         catalog.close()
+
+
+def test_a_command_never_creates_a_missing_catalog_nor_its_folder(tmp_path):
+    url = f"sqlite:///{tmp_path / 'data' / 'catalog.sqlite'}"
+    with pytest.raises(CatalogMissing, match="no catalog at .*nothing was created"):
+        Catalog(url, migrate=False)
+    with pytest.raises(CatalogMissing):
+        open_readonly(url, require_schema=True)
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_command_refuses_an_empty_an_older_or_a_newer_catalog_and_changes_nothing(tmp_path):
+    path = tmp_path / "catalog.sqlite"
+    path.touch()  # an empty database: no schema
+    with pytest.raises(CatalogMissing, match="is empty"):
+        Catalog(f"sqlite:///{path}", migrate=False)
+    engine = create_engine(f"sqlite:///{path}")
+    upgrade_catalog(engine, "0004")
+    for opener in (lambda u: Catalog(u, migrate=False), lambda u: open_readonly(u, require_schema=True)):
+        with pytest.raises(CatalogOutdated, match=f"revision 0004, .* needs {head_revision()}: run `denoise-node migr"):
+            opener(f"sqlite:///{path}")
+    assert current_revision(engine) == "0004"  # nothing was migrated
+    upgrade_catalog(engine)
+    Catalog(f"sqlite:///{path}", migrate=False).close()  # at this code's revision: opened
+    open_readonly(f"sqlite:///{path}", require_schema=True).close()
+    _stamp(engine, "9999_from_the_future")
+    with pytest.raises(CatalogTooNew, match=f"revision 9999_from_the_future, newer .* newest is {head_revision()}"):
+        Catalog(f"sqlite:///{path}", migrate=False)
+    engine.dispose()
+
+
+def _stamp(engine, revision: str) -> None:
+    """What a newer denoise-node leaves: its own revision id in alembic_version."""
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+
+
+def test_an_older_node_refuses_to_migrate_a_newer_catalog_naming_both_revisions(catalog_url):
+    """Even `serve` (which migrates) must not run on, nor try to downgrade, a schema it does not know."""
+    Catalog(catalog_url).close()
+    engine = create_engine(catalog_url)
+    _stamp(engine, "9999_from_the_future")
+    with pytest.raises(CatalogTooNew, match=f"9999_from_the_future.*newest is {head_revision()}.*nothing was changed"):
+        Catalog(catalog_url)
+    assert current_revision(engine) == "9999_from_the_future"
+    engine.dispose()
+
+
+def test_upgrade_reports_where_it_started(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    assert upgrade_catalog(engine, "0003") == (None, "0003")
+    assert upgrade_catalog(engine) == ("0003", head_revision())
+    assert upgrade_catalog(engine) == (head_revision(), head_revision())
+    engine.dispose()

@@ -6,6 +6,7 @@ object per concern, so that a call says where its method lives (``catalog.queue.
 
 - schema.py: the tables and the series states; archive.py: the training archive's table;
 - engine.py: engine, sessions, ``transaction()``, and the read-only opener (``open_readonly``) that never migrates;
+  only ``Catalog(url)`` (`serve`, `migrate`) creates or migrates, ``Catalog(url, migrate=False)`` never does;
 - intake.py (``catalog.intake``): record a received instance (①);
 - completion.py (``catalog.completion``): routing decisions and RECEIVING → COMPLETE (②);
 - queue.py (``catalog.queue``): the processing claims (owner and lease) and their transitions (③);
@@ -71,11 +72,13 @@ __all__ = [
 
 
 class Catalog:
-    """The writable catalog the node and the trainer open: ``Catalog(url)`` migrates the database; its concerns are
-    components that share the one engine (``catalog.db``) and nothing else."""
+    """The writable catalog the node and the trainer open: ``Catalog(url)`` creates and migrates the database (`serve`,
+    `migrate`, the trainer's archive); ``Catalog(url, migrate=False)`` opens an existing one at this code's schema or
+    raises a ``SchemaMismatch`` (every other command). Its concerns are components that share the one engine
+    (``catalog.db``) and nothing else."""
 
-    def __init__(self, url: str, node_id: str | None = None) -> None:
-        self.db = CatalogEngine(url, node_id)
+    def __init__(self, url: str, node_id: str | None = None, migrate: bool = True) -> None:
+        self.db = CatalogEngine(url, node_id, migrate)
         self.intake = Intake(self.db)
         self.completion = Completion(self.db)
         self.queue = Queue(self.db)
@@ -92,8 +95,8 @@ class Catalog:
 class ReadOnlyCatalog:
     """The views of a catalog another process writes (``reader.views``; ``reader.db`` for sessions)."""
 
-    def __init__(self, url: str) -> None:
-        self.db = ReadOnlyEngine(url)
+    def __init__(self, url: str, require_schema: bool = False) -> None:
+        self.db = ReadOnlyEngine(url, require_schema)
         self.views = Views(self.db)
 
     def close(self) -> None:
@@ -101,6 +104,7 @@ class ReadOnlyCatalog:
         self.db.close()
 
 
-def open_readonly(url: str) -> ReadOnlyCatalog:
-    """Open a catalog for reading only: no file is created, nothing is migrated, nothing can be written."""
-    return ReadOnlyCatalog(url)
+def open_readonly(url: str, require_schema: bool = False) -> ReadOnlyCatalog:
+    """Open a catalog for reading only: no file is created, nothing is migrated, nothing can be written. With
+    ``require_schema``, a missing catalog or one at another schema revision raises a ``SchemaMismatch``."""
+    return ReadOnlyCatalog(url, require_schema)

@@ -1,5 +1,9 @@
 """Engine, sessions and transactions of the catalog, and a read-only opener that never migrates.
 
+Only `serve` and `denoise-node migrate` create or migrate a catalog (``migrate=True``); every other command opens an
+existing one at this code's schema revision or refuses (store/migrations: a missing file is never created, an older
+or newer schema is never touched).
+
 SQLite (the embedded default) gets WAL, synchronous=FULL (a commit is on disk before the C-STORE answers Success),
 foreign keys and a busy timeout; writers in one process are serialised by a lock, since SQLite has one writer.
 PostgreSQL (``postgresql+psycopg://…``, shared by several nodes) gets pre-pinged pooled connections and no
@@ -19,8 +23,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_denoise_node.store.migrations import CatalogMissing, require_current, upgrade_catalog
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +55,44 @@ class SessionSource:
         self.engine.dispose()
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None: another backend, or an in-memory database)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _existing(url: str) -> None:
+    """Refuse a SQLite catalog whose file does not exist, before anything could create it (or its folder)."""
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():
+        raise CatalogMissing(
+            f"no catalog at {path}: start the node (`denoise-node serve`) or run `denoise-node migrate` to create "
+            "it, or give the node's config with -c; nothing was created"
+        )
+
+
+def shown_url(url: str) -> str:
+    """The catalog for messages: a SQLite file's path, else the URL with its password hidden."""
+    path = sqlite_file(url)
+    return str(path) if path is not None else make_url(url).render_as_string(hide_password=True)
+
+
 def process_node_id() -> str:
     """A node id for a process that did not get one: its host and pid (a command, a test)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class CatalogEngine(SessionSource):
-    """The writable catalog database: created owner-only, migrated to the newest schema, one writer at a time.
+    """The writable catalog database, one writer at a time: with ``migrate``, created owner-only and migrated to the
+    newest schema (`serve`, `migrate`); without, it must exist at this code's revision (the other commands).
 
     ``node_id`` names this node in the claims it takes (queue.py): stable across restarts for a node
     (pipeline.py gives host and data directory), so that a restarted node recognises its own interrupted claims.
     """
 
-    def __init__(self, url: str, node_id: str | None = None) -> None:
+    def __init__(self, url: str, node_id: str | None = None, migrate: bool = True) -> None:
         self.url = url
         self.node_id = (node_id or process_node_id())[:200]
         kwargs: dict[str, object] = {}
@@ -69,19 +100,26 @@ class CatalogEngine(SessionSource):
         if not sqlite:
             kwargs["pool_pre_ping"] = True  # a server restart or a dropped connection costs a reconnect, not an error
         if sqlite:
-            path = url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = sqlite_file(url)
+            if path is not None and migrate:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 # Owner-only from the first byte (it holds patient IDs); SQLite gives -wal/-shm the same mode.
                 os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        if not migrate:
+            _existing(url)
         # hide_parameters: a failed statement's message (logged, or shown by `status`) must not carry a PatientID.
         self.engine = create_engine(url, hide_parameters=True, **kwargs)
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        from dicom_denoise_node.store.migrations import upgrade_catalog  # its env imports the schema
-
-        upgrade_catalog(self.engine)
+        try:
+            if migrate:
+                upgrade_catalog(self.engine, where=shown_url(url))
+            else:
+                require_current(self.engine, shown_url(url))
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer; serialising writers in-process avoids busy retries under C-STORE load.
         self._write_lock: contextlib.AbstractContextManager[object] = (
@@ -113,15 +151,25 @@ class CatalogEngine(SessionSource):
 class ReadOnlyEngine(SessionSource):
     """A catalog opened for reading only: no file is created, no migration runs, no write can succeed.
 
-    For readers beside a running node (the demo's progress display): SQLite opens the file with ``mode=ro``.
+    For readers beside a running node (the demo's progress display, `status`): SQLite opens the file with
+    ``mode=ro``. With ``require_schema`` it refuses a missing catalog or one at another revision than this code's
+    (store/migrations: ``require_current``), as `status` must.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, require_schema: bool = False) -> None:
         self.url = url
         kwargs: dict[str, object] = {}
+        if require_schema:
+            _existing(url)
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             url = f"sqlite:///file:{path}?mode=ro&uri=true"
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 5}
         self.engine = create_engine(url, hide_parameters=True, **kwargs)
+        if require_schema:
+            try:
+                require_current(self.engine, shown_url(self.url))
+            except BaseException:
+                self.engine.dispose()
+                raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -11,6 +11,7 @@ later write of the dead claim (progress, finish, requeue, fail) matches no row, 
     RECEIVING ─complete_quiet_series (completion.py)─► COMPLETE ─claim_for_processing─► PROCESSING
     PROCESSING ─finish_processing─► DERIVED ─► SENT or FAILED: deliveries.py; retry and restarts: recovery.py
     COMPLETE ─skip─► SKIPPED;  FAILED ─retry─► COMPLETE or DERIVED;  PROCESSING at start-up ─► COMPLETE
+    SENT, DERIVED, FAILED or COMPLETE ─reprocess (recovery.py)─► COMPLETE, at the strength asked for
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ DEFAULT_LEASE_S = 120.0
 
 @dataclass(frozen=True)
 class Claim:
-    """A series a worker now owns, and the generation it must finish; ``owner`` is the catalog's claimed_by value."""
+    """A series a worker now owns, and the generation it must finish; ``owner`` is the catalog's claimed_by value;
+    ``strength`` the one `denoise-node reprocess --strength` asked for (None: the rule's, or [model] strength)."""
 
     series_id: int
     series_uid: str
@@ -46,6 +48,7 @@ class Claim:
     generation: int
     attempts: int
     owner: str = ""
+    strength: float | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class Queue:
                 row = s.execute(
                     select(
                         Series.id, Series.series_uid, Study.study_uid, Series.generation, Series.attempts,
-                        Series.state, Series.claimed_by,
+                        Series.state, Series.claimed_by, Series.strength,
                     )
                     .join(Study, Series.study_fk == Study.id)
                     .where(claimable)
@@ -128,7 +131,7 @@ class Queue:
                     continue
                 if res.rowcount != 1:  # type: ignore[attr-defined]
                     return None
-                return Claim(row[0], row[1], row[2], row[3], row[4] + 1, owner)
+                return Claim(row[0], row[1], row[2], row[3], row[4] + 1, owner, row[7])
 
     def _holds(self, claim: Claim) -> object:
         """The WHERE clause of a write that only the claim's owner may make."""

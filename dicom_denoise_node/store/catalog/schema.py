@@ -104,6 +104,9 @@ class Series(Base):
     # What the derived UIDs were made from: the model version, plus strength / self-ensemble when not 1
     # (denoise/derive.py derivation_key, e.g. "1.4.0@ensemble=8"), cut to 64 characters.
     derivation_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The strength `denoise-node reprocess --strength` asked for: it wins over the rule's and [model] strength for
+    # this series' next processing runs (NULL: those decide).
+    strength: Mapped[float | None] = mapped_column(nullable=True)
     # Denoising progress of the current (or last) processing run: for `status` and the demo's progress bar.
     slices_done: Mapped[int] = mapped_column(Integer, default=0)
     slices_total: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,4 +1,12 @@
-"""Catalog schema versions (Alembic). Every Catalog() brings its database to the newest revision.
+"""Catalog schema versions (Alembic). Only `serve` (at start) and `denoise-node migrate` change a catalog's schema:
+
+- :func:`upgrade_catalog` brings a database to the newest revision; it refuses a catalog of a revision this code
+  does not know (a newer denoise-node made it), naming both revisions, rather than fail half-way;
+- :func:`require_current` is what every other command does: it changes nothing and refuses a catalog that is
+  missing, empty, older (run `denoise-node migrate`) or newer (upgrade denoise-node) than this code, because a
+  newer command-line tool must not upgrade a shared PostgreSQL catalog under older nodes that still run on it.
+
+Upgrading:
 
 - an empty database is built by running every revision from the first (so migrations are the schema's only
   definition, and a test checks they equal the models);
@@ -28,6 +36,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
+from dicom_denoise_node import __version__
+
 log = logging.getLogger(__name__)
 
 BASELINE = "0001"  # schema 1: the catalog as it was before migrations
@@ -51,6 +61,58 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def known_revisions() -> set[str]:
+    """Every revision of this code's history (a catalog at another one was made by a newer denoise-node)."""
+    return {r.revision for r in ScriptDirectory.from_config(_config()).walk_revisions()}
+
+
+class SchemaMismatch(RuntimeError):
+    """The catalog's schema is not the one this code reads and writes; the message says what to do."""
+
+
+class CatalogMissing(SchemaMismatch):
+    """No catalog there yet (no file, or an empty database): `serve` or `denoise-node migrate` creates it."""
+
+
+class CatalogOutdated(SchemaMismatch):
+    """An older schema: `denoise-node migrate` (or the next `serve`) upgrades it."""
+
+
+class CatalogTooNew(SchemaMismatch):
+    """A schema newer than this code: upgrade denoise-node; this one must neither read nor migrate it."""
+
+
+def _too_new(where: str, current: str) -> CatalogTooNew:
+    return CatalogTooNew(
+        f"catalog {where} is at schema revision {current}, newer than this denoise-node {__version__} knows "
+        f"(its newest is {head_revision()}): upgrade denoise-node on this host; nothing was changed"
+    )
+
+
+def require_current(engine: Engine, where: str) -> None:
+    """Refuse (a :class:`SchemaMismatch`) unless the catalog is at this code's newest revision; reads only.
+
+    ``where`` names the catalog in the message (a path or a URL without its password)."""
+    with engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+        current = MigrationContext.configure(conn).get_current_revision()
+    head = head_revision()
+    if current == head:
+        return
+    if current is None and "series" not in tables:
+        raise CatalogMissing(
+            f"catalog {where} is empty (no schema): start the node (`denoise-node serve`) or run "
+            "`denoise-node migrate` to create it"
+        )
+    if current is not None and current not in known_revisions():
+        raise _too_new(where, current)
+    raise CatalogOutdated(
+        f"catalog {where} is at schema revision {current or 'from before schema versions'}, this denoise-node "
+        f"{__version__} needs {head}: run `denoise-node migrate` (stop the nodes that use it first); "
+        "nothing was changed"
+    )
+
+
 @contextlib.contextmanager
 def _migration_lock(engine: Engine) -> Iterator[None]:
     database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
@@ -65,11 +127,15 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def upgrade_catalog(engine: Engine, revision: str = "head") -> None:
-    """Bring the catalog to ``revision`` (normally the newest)."""
+def upgrade_catalog(engine: Engine, revision: str = "head", where: str | None = None) -> tuple[str | None, str]:
+    """Bring the catalog to ``revision`` (normally the newest): returns (the revision it was at, None when empty, and
+    the one it is at now). Raises :class:`CatalogTooNew` for a revision this code does not know."""
     target = head_revision() if revision == "head" else revision
-    if current_revision(engine) == target:
-        return
+    before = current_revision(engine)
+    if before == target:
+        return before, target
+    if before is not None and before not in known_revisions():
+        raise _too_new(where or str(engine.url), before)
     cfg = _config()
     with _migration_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -81,6 +147,9 @@ def upgrade_catalog(engine: Engine, revision: str = "head") -> None:
             log.info("catalog %s predates schema versions: stamping it as revision %s", engine.url, BASELINE)
             command.stamp(cfg, BASELINE)
             current = BASELINE
+        if current is not None and current not in known_revisions():  # a newer node migrated it while we waited
+            raise _too_new(where or str(engine.url), current)
         if current != target:
             log.info("upgrading catalog %s from revision %s to %s", engine.url, current or "empty", target)
             command.upgrade(cfg, target)
+        return current, target
