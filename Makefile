@@ -6,7 +6,8 @@ PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed
 # orthanc-dicomweb: Orthanc's DICOMweb plugin (STOW-RS destinations); g++: torch.compile's CPU code generation
 # postgresql: the tests start their own throw-away server (harness/postgres.py)
-DEBIAN_PEERS = dcmtk orthanc orthanc-dicomweb dicom3tools postgresql g++
+# chromium, chromium-driver: the status page's browser test (Selenium drives Debian's browser; nothing is downloaded)
+DEBIAN_PEERS = dcmtk orthanc orthanc-dicomweb dicom3tools postgresql g++ chromium chromium-driver
 # `dpkg -L orthanc-dicomweb` lists this link to the versioned plugin library
 DICOMWEB_PLUGIN = /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 # constraints.txt is a full lock of the dev/CI venv (torch = the CPU wheel); pyproject.toml keeps honest ranges.
@@ -44,6 +45,8 @@ peers:
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v g++ >/dev/null || missing="$$missing g++"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
