@@ -5,8 +5,12 @@ accept; one that proposes only an undecodable one gets its presentation context 
 at start-up). The worker refuses an undecodable file with the same reason. The codecs and their licences:
 
 - pylibjpeg-openjpeg (JPEG 2000), pylibjpeg-rle (RLE), pyjpegls (JPEG-LS): MIT, always installed;
-- pylibjpeg-libjpeg (JPEG Lossless, Process 14 and SV1: what many CT scanners send): **GPL-3.0**, so it is the
-  optional extra ``jpeg-gpl`` (``pip install 'dicom-denoise-node[jpeg-gpl]'``), installed only by choice.
+- python-gdcm (GDCM, BSD; its Python wheel Apache-2.0): always installed, so JPEG Lossless (Process 14 and SV1: what
+  most CT scanners compress with) is decoded by a plain ``pip install``, through pydicom's GDCM plugin (tried
+  first);
+- pylibjpeg-libjpeg (JPEG Lossless too): **GPL-3.0**, so it stays the optional extra ``jpeg-gpl``
+  (``pip install 'dicom-denoise-node[jpeg-gpl]'``), installed only by choice; pydicom falls back to it when GDCM
+  cannot decode a file.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from pydicom.pixels import get_decoder
 log = logging.getLogger(__name__)
 
 GPL_EXTRA = "jpeg-gpl"
-# Transfer syntaxes whose only decoder here is the GPL plugin (lossless: the ones the node would denoise).
-GPL_CODEC_SYNTAXES = {str(dcm_uid.JPEGLossless), str(dcm_uid.JPEGLosslessSV1)}
+# The lossless JPEG syntaxes CT scanners send: decoded by GDCM (a dependency), or by the GPL extra.
+JPEG_LOSSLESS_SYNTAXES = {str(dcm_uid.JPEGLossless), str(dcm_uid.JPEGLosslessSV1)}
 
 
 def decodable(syntax: str) -> bool:
@@ -46,17 +50,21 @@ def missing_codec(syntax: str) -> str | None:
     if decodable(syntax):
         return None
     name = dcm_uid.UID(syntax).name
-    if syntax in GPL_CODEC_SYNTAXES:
+    if syntax in JPEG_LOSSLESS_SYNTAXES:
         return (
-            f"{name} ({syntax}) needs the optional codec pylibjpeg-libjpeg (GPL-3.0), which is not installed: "
-            f"pip install 'dicom-denoise-node[{GPL_EXTRA}]'"
+            f"{name} ({syntax}) needs a JPEG Lossless decoder: python-gdcm (a dependency of the node, BSD) is not "
+            f"installed or does not load (pip install python-gdcm), and the optional pylibjpeg-libjpeg (GPL-3.0) "
+            f"is not installed either (pip install 'dicom-denoise-node[{GPL_EXTRA}]')"
         )
     return f"no decoder for {name} ({syntax}) is installed"
 
 
 def log_refused_syntaxes() -> None:
-    """Say once, at start-up, which lossless syntaxes a scanner cannot use with this installation, and why."""
-    for syntax in sorted(GPL_CODEC_SYNTAXES):
+    """Say once, at start-up, which plugin decodes JPEG Lossless here, or why a scanner cannot use it."""
+    for syntax in sorted(JPEG_LOSSLESS_SYNTAXES):
         reason = missing_codec(syntax)
         if reason:
             log.warning("not accepted by the SCP: %s", reason)
+        else:
+            plugins = get_decoder(dcm_uid.UID(syntax)).available_plugins  # pydicom tries gdcm first
+            log.info("%s accepted, decoded by the plugins %s", dcm_uid.UID(syntax).name, ", ".join(plugins))
