@@ -14,6 +14,7 @@ from tests.peers import (  # noqa: F401  (fixtures)
     dcmtk_pacs,
     orthanc_factory,
     orthanc_pacs,
+    pki,
     postgres_server,
     postgres_url,
     storescp_factory,

@@ -77,7 +77,32 @@ def dciodvfy(path: StrPath) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
+def make_pki(directory: Path, server_ip: str = LOOPBACK) -> Path:
+    """A throwaway CA (``ca.pem``), a server certificate for ``server_ip`` (``server.pem``/``.key``) and a client
+    certificate (``client.pem``/``.key``) it signed, made with openssl in ``directory``."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run([require("openssl"), *args], cwd=directory, check=True, capture_output=True, timeout=60)
+
+    directory.mkdir(parents=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", f"/CN=test CA {directory.name}")  # fmt: skip
+    for name, ext in (("server", f"subjectAltName=IP:{server_ip}"), ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")  # fmt: skip
+        (directory / f"{name}.ext").write_text(ext + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")  # fmt: skip
+    return directory
+
+
 # ----------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate (:func:`make_pki`)."""
+    return make_pki(tmp_path / "pki")
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -10,6 +11,7 @@ from pydantic import (
     SecretStr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from dicom_denoise_node.config.sections import AETitle, Section, check_ae
@@ -18,6 +20,41 @@ DestinationKind = Literal["dimse", "stow-rs"]
 
 _DIMSE_KEYS = ("ae_title", "host", "port")
 _STOW_KEYS = ("url", "username", "password", "token")
+
+
+class DestinationTLS(Section):
+    """DICOM TLS to a DIMSE destination (PS3.15 B.1, TLS 1.2 or newer), written ``[destinations.tls]`` under its
+    ``[[destinations]]`` like the SCP's ``[node.tls]``: the peer's certificate is verified against ``ca_file`` (else
+    the system's trusted CAs) and, with ``verify_hostname``, must name ``host``; ``cert_file``/``key_file`` are this
+    node's client certificate, for peers that require one."""
+
+    enabled: bool = False
+    ca_file: str = Field("", description="PEM file of the CAs trusted for this peer; empty = the system's CAs")
+    cert_file: str = Field("", description="this node's client certificate (PEM), with key_file")
+    key_file: str = ""
+    verify_hostname: bool = Field(True, description="the peer's certificate must name host (DNS name or IP address)")
+
+    @model_validator(mode="after")
+    def _files(self) -> DestinationTLS:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together (the client certificate and its private key)")
+        if self.enabled:
+            self.ssl_context()  # the files are read at start: a missing or broken one is a config error
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The client's SSL context: TLS 1.2+, the peer verified against ``ca_file`` (or the system's CAs) and its
+        host name checked unless ``verify_hostname`` is off. ValueError names the files that could not be loaded."""
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file or None)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.check_hostname = self.verify_hostname
+            if self.cert_file:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            files = " / ".join(f for f in (self.ca_file, self.cert_file, self.key_file) if f)
+            raise ValueError(f"cannot load {files or 'the system CAs'}: {exc}") from exc
+        return ctx
 
 
 class Destination(Section):
@@ -37,6 +74,7 @@ class Destination(Section):
     password: SecretStr = Field(SecretStr(""), validate_default=True)
     token: SecretStr = Field(SecretStr(""), validate_default=True, description="HTTP bearer token")
     timeout_s: float | None = Field(None, gt=0, description="per request or association; default [send] timeout_s")
+    tls: DestinationTLS = Field(default_factory=lambda: DestinationTLS())
 
     @field_validator(*_DIMSE_KEYS)
     @classmethod
@@ -68,6 +106,12 @@ class Destination(Section):
         if info.field_name == "token" and text and info.data.get("username"):
             raise ValueError("choose one authentication: username and password (basic) or token (bearer)")
         return value
+
+    @model_validator(mode="after")
+    def _tls_kind(self) -> Destination:
+        if self.tls.enabled and self.kind != "dimse":
+            raise ValueError(f'tls: DICOM TLS is for kind = "dimse"; a {self.kind} destination uses an https:// url')
+        return self
 
     @property
     def key(self) -> str:

@@ -8,12 +8,18 @@ a DIMSE timeout). When the reactor cannot be held, Nagle stays on, at ≈ 40 ms 
 
 Retries are data, not loops: a failed attempt raises SendError, and the pipeline records attempts,
 next_attempt_at and last_error in the catalog (exponential backoff, FAILED after max_attempts).
+
+A destination with ``[destinations.tls] enabled`` is reached over DICOM TLS (config/destinations.py's context). When its
+association fails, the handshake is tried once more on its own to put the reason (an untrusted certificate, a host
+name it does not name) into the error that ``status`` shows; pynetdicom only logs it.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import socket
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,6 +72,33 @@ def _scu(calling_aet: str, timeout_s: float) -> AE:
     return ae
 
 
+def _associate(ae: AE, dest: Destination, timeout_s: float) -> Association:
+    """An established association with ``dest`` (over TLS when it says so), or SendError with the reason."""
+    tls = dest.tls.ssl_context() if dest.tls.enabled else None
+    tls_args = (tls, dest.host) if tls is not None else None
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
+    if assoc.is_established:
+        return assoc
+    reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
+    if tls is not None and not assoc.is_rejected:
+        reason += f"; {_handshake_failure(dest, tls, timeout_s)}"
+    raise SendError(f"association with {dest.key} failed ({reason})")
+
+
+def _handshake_failure(dest: Destination, tls: ssl.SSLContext, timeout_s: float) -> str:
+    """Why a TLS association could not start: the handshake alone, tried once more (pynetdicom keeps no reason)."""
+    try:
+        with (
+            socket.create_connection((str(dest.host), int(dest.port or 0)), timeout=min(timeout_s, 30)) as raw,
+            tls.wrap_socket(raw, server_hostname=dest.host),
+        ):
+            return "TLS handshake succeeded when tried again"
+    except ssl.SSLCertVerificationError as exc:
+        return f"TLS: the peer's certificate was refused: {exc.verify_message}"
+    except (ssl.SSLError, OSError) as exc:
+        return f"TLS: {exc}"
+
+
 def send_files(
     files: list[Path],
     dest: Destination,
@@ -85,10 +118,7 @@ def send_files(
     ae = _scu(calling_aet, timeout_s)
     for sop_class in sorted(set(classes.values())):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
-    if not assoc.is_established:
-        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
-        raise SendError(f"association with {dest.key} failed ({reason})")
+    assoc = _associate(ae, dest, timeout_s)
     try:
         accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
         refused = sorted(set(classes.values()) - accepted)
@@ -133,9 +163,7 @@ def echo(dest: Destination, calling_aet: str, timeout_s: float = 30.0) -> int:
         raise SendError(f"{dest.key} is a {dest.kind} destination: C-ECHO does not apply")
     ae = _scu(calling_aet, timeout_s)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
-    if not assoc.is_established:
-        raise SendError(f"association with {dest.key} failed")
+    assoc = _associate(ae, dest, timeout_s)
     try:
         status = assoc.send_c_echo()
         if not status or "Status" not in status:

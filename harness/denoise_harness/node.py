@@ -81,6 +81,7 @@ class NodeConfig:
         for d in self.destinations:
             text += f'\n[[destinations]]\nae_title = "{d["ae_title"]}"\nhost = "{d.get("host", LOOPBACK)}"\n'
             text += f"port = {d['port']}\n" + (f'name = "{d["name"]}"\n' if "name" in d else "")
+            text += d.get("extra", "")  # more of its keys or sub-tables, e.g. "[destinations.tls]\nenabled = true\n"
         return text
 
     def write(self, path: Path) -> Path:

@@ -436,26 +436,6 @@ def test_peer_allowlist_limits_and_dataset_size(tmp_path, tiny_model):
         node.stop()
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run([require("openssl"), *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture
-def pki(tmp_path) -> Path:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
-    d = tmp_path / "pki"
-    d.mkdir()
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=test CA", cwd=d)  # fmt: skip
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={name}", cwd=d)  # fmt: skip
-        (d / f"{name}.ext").write_text(ext + "\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)  # fmt: skip
-    return d
-
-
 def test_dicom_tls_with_client_certificates(tmp_path, tiny_model, pki):
     node = NodeProcess(
         tmp_path,
