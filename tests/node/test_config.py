@@ -18,6 +18,13 @@ def test_example_config_is_valid_and_documents_every_key():
             continue
         if section == "destinations":  # both kinds: the DIMSE block and the commented STOW-RS one
             for key in type(model[0]).model_fields:
+                value = getattr(model[0], key)
+                if isinstance(value, BaseModel):  # a sub-table such as [destinations.tls]
+                    assert f"\n[destinations.{key}]\n" in text, f"[destinations.{key}] is not in the example"
+                    block = text.split(f"\n[destinations.{key}]\n", 1)[1].split("\n[", 1)[0]
+                    for sub in type(value).model_fields:
+                        assert f"\n{sub} =" in "\n" + block, f"[destinations.{key}] {sub} is not in the example"
+                    continue
                 assert f"\n{key} =" in text or f"\n# {key} =" in text, f"[[destinations]] {key} is not in the example"
             continue
         for key in type(model).model_fields:
