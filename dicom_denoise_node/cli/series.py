@@ -134,9 +134,10 @@ def rules_test(
 
     Example: `denoise-node rules test /data/incoming/CT_LD -c /etc/denoise-node/denoise-node.toml`
     """
-    from dicom_denoise_node.complete.routing import classify_series, read_header
+    from dicom_denoise_node.complete.routing import classify_series, describe_rule, read_header, series_rules
 
     settings = load_or_exit(config)
+    missing = _missing_rule_models(settings)
     files = [f for p in paths for f in ([p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()))]
     if not files:
         console.print("[red]no files found[/]")
@@ -155,15 +156,38 @@ def rules_test(
         descriptions.setdefault(uid, str(header.get("SeriesDescription", "") or ""))
     rules = settings.active_rules
     table = Table(title=f"{len(rules)} rule(s): {', '.join(r.name for r in rules)}")
-    for col in ("series UID", "description", "files", "decision", "why"):
+    table.add_column("series UID", no_wrap=True)
+    for col in ("description", "files", "decision", "why"):
         table.add_column(col)
     for uid, members in series.items():
-        match = classify_series(rules, [(f, calling_aet) for f in members])
-        decision = f"denoise (rule {match.rule.name})" if match.rule else "[yellow]SKIPPED[/]"
+        instances = [(f, calling_aet) for f in members]
+        match = classify_series(rules, instances)
+        decision = "[yellow]SKIPPED[/]"
+        if match.rule is not None:  # one derived series per rule: the matching one, and those it falls through to
+            made = "; ".join(describe_rule(r, settings) for r in series_rules(settings, match.rule.name, instances))
+            decision = escape(f"denoise ({made})")
         table.add_row(uid, escape(descriptions[uid]), str(len(members)), decision, escape(match.explain()))
     out.print(table)
     if unreadable:
         out.print(f"{unreadable} file(s) are not DICOM and were ignored")
+    for name, why in missing.items():
+        console.print(f"[red]rule {escape(name)!r}: {escape(why)}[/] (`denoise-node serve` refuses to start)")
+    if missing:
+        raise typer.Exit(3)
+
+
+def _missing_rule_models(settings: Settings) -> dict[str, str]:
+    """Rules whose ``model`` is not in the registry → why (the node would refuse to start)."""
+    from dicom_denoise_node.model.registry import ModelError, resolve_model_path
+
+    missing = {}
+    for rule in settings.active_rules:
+        if rule.model:
+            try:
+                resolve_model_path(settings.model.path, rule.model)
+            except ModelError as exc:
+                missing[rule.name] = str(exc)
+    return missing
 
 
 def retry(series_uid: str, config: ConfigOption = None) -> None:

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage
 
-from dicom_denoise_node.config import Destination, Rule, Settings
+from dicom_denoise_node.config import DEFAULT_RULE, Destination, Rule, Settings
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,36 @@ def classify_series(rules: Sequence[Rule], instances: Iterable[tuple[Path, str]]
 def rule_named(settings: Settings, name: str | None) -> Rule | None:
     """The active rule called ``name`` (the one recorded for a series), or None."""
     return next((r for r in settings.active_rules if r.name == name), None)
+
+
+def series_rules(settings: Settings, rule_name: str | None, instances: Sequence[tuple[Path, str]]) -> list[Rule]:
+    """The rules a routed series is denoised for, each making its own derived series: the one routing recorded,
+    then, while the last one taken has ``fall_through``, every later rule that the series matches too. A recorded
+    rule no longer in the config denoises with the [model] settings, under its name."""
+    rules = settings.active_rules
+    first = rule_named(settings, rule_name)
+    if first is None:
+        return [Rule(name=rule_name or DEFAULT_RULE.name)]
+    chain = [first]
+    for rule in rules[rules.index(first) + 1 :]:
+        if not chain[-1].fall_through:
+            break
+        if classify_series([rule], instances).rule is not None:
+            chain.append(rule)
+    return chain
+
+
+def describe_rule(rule: Rule, settings: Settings) -> str:
+    """A rule and what its derived series is made with, for `rules test`: ``rule chest: s0.5, model NAME`` (the
+    strength, or the [model] noise target as ``n12HU``; ``default model``: the [model] one)."""
+    if rule.strength is not None:
+        level = f"s{rule.strength:g}"
+    elif settings.model.target_noise_hu:
+        level = f"n{settings.model.target_noise_hu:g}HU"
+    else:
+        level = f"s{settings.model.strength:g}"
+    model = f"model {rule.model}" if rule.model else "default model"
+    return f"rule {rule.name}: {level}, {model}"
 
 
 def destinations_for(settings: Settings, rule_name: str | None) -> list[Destination]:

@@ -108,6 +108,11 @@ class Settings(BaseSettings):
                     f"rules[{i}].destinations: {', '.join(unknown)} not among the [[destinations]] "
                     f'({", ".join(sorted(names)) or "none configured"}); name a destination with name = "…"'
                 )
+            if rule.strength is not None and self.model.target_noise_hu:
+                raise ValueError(
+                    f"rules[{i}].strength: rule {rule.name!r} sets strength={rule.strength:g} and [model] "
+                    f"target_noise_hu={self.model.target_noise_hu:g} sets the blend too: set one of them"
+                )
         return self
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -152,12 +153,63 @@ class ModelSettings(Section):
         return self
 
 
+# The placeholders of ``[derive] series_description`` (denoise/naming.py fills them in).
+DESCRIPTION_FIELDS = ("source", "model", "version", "kind", "strength", "noise", "level", "ensemble")
+
+
+def check_description_template(value: str) -> str:
+    """A SeriesDescription template: text with placeholders of DESCRIPTION_FIELDS, no format specs (all are text)."""
+    known = ", ".join("{" + f + "}" for f in DESCRIPTION_FIELDS)
+    try:
+        parsed = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid template ({exc}); placeholders: {known}") from exc
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if field not in DESCRIPTION_FIELDS:
+            raise ValueError(f"unknown placeholder {{{field}}} in {value!r}; placeholders: {known}")
+        if spec or conversion:
+            raise ValueError(f"{{{field}}} in {value!r} has a format spec or conversion: placeholders are text")
+    if not value.strip():
+        raise ValueError("an empty SeriesDescription template")
+    return value
+
+
 class DeriveSettings(Section):
-    series_number_offset: int = Field(1000, ge=0)
-    description_suffix: str = " [denoised]"
-    notice: str = ""
+    """What the derived series says about itself (denoise/derive.py, denoise/naming.py)."""
+
+    series_description: str = Field(
+        "{source} DN {model} {version} {level}",
+        description="template, 64 characters at most once filled: the {source} part is cut first, never the rest",
+    )
+    series_number_offset: int = Field(
+        1000, description="a power of ten: derived SeriesNumbers start there (denoise/naming.py: never collide)"
+    )
+    notice: str | None = Field(
+        None, description="ImageComments, DerivationDescription and the report; unset = the model's own, '' = none"
+    )
     manufacturer: str = "dicom-denoise-node"
     institution_name: str = ""
+
+    _template = field_validator("series_description")(classmethod(lambda cls, v: check_description_template(v)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced(cls, data: object) -> object:
+        if isinstance(data, dict) and "description_suffix" in data:
+            raise ValueError(
+                "description_suffix was replaced by series_description, a template such as "
+                '"{source} DN {model} {version} {level}" (docs/install.md)'
+            )
+        return data
+
+    @field_validator("series_number_offset")
+    @classmethod
+    def _power_of_ten(cls, value: int) -> int:
+        if value < 10 or 10 ** (len(str(value)) - 1) != value:
+            raise ValueError(f"{value} is not a power of ten of 10 or more (10, 100, 1000, 10000, …)")
+        return value
 
 
 class GuardSettings(Section):
@@ -217,6 +269,11 @@ class Rule(Section):
     max_ctdivol: float | None = Field(None, gt=0, description="CTDIvol (0018,9345) in mGy, at or below")
     destinations: list[str] = Field(default_factory=list, description="destination names; empty = all")
     quiet_period_s: float | None = Field(None, gt=0, description="overrides [series] quiet_period_s")
+    strength: float | None = Field(None, ge=0.0, le=1.0, description="overrides [model] strength for this rule")
+    model: str = Field("", description="a model of the registry by name ([model] path); empty = the [model] one")
+    fall_through: bool = Field(
+        False, description="the rules after this one are tried too: each that matches makes its own derived series"
+    )
 
     @field_validator("series_description", "protocol_name")
     @classmethod

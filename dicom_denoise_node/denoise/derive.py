@@ -23,6 +23,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from dicom_denoise_node import __version__
 from dicom_denoise_node.config import DeriveSettings
+from dicom_denoise_node.denoise.naming import series_description, series_number, source_series_number
 from dicom_denoise_node.model.registry import MODEL_KINDS
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,51 @@ class DerivationInfo:
     model_kind: str = MODEL_KINDS["unpaired"]  # ModelInfo.kind: CycleGAN or paired, from the model's metadata
     noise_conditioned: bool = False  # ModelInfo.noise_conditioning: said in the description, never in the UIDs
     target_noise_hu: float = 0.0  # denoise/noise_target.py; 0 = none (the strength alone)
+    model_notice: str = ""  # ModelInfo.default_notice: the notice unless [derive] notice is set
+    short_kind: str = "CycleGAN"  # ModelInfo.short_kind, for the SeriesDescription's {kind}
+    named_model: bool = False  # a routing rule chose the model by name: the name joins the UIDs' key
+    rule: str = ""  # the routing rule this derivation is for ("" = none: `denoise-node denoise`)
+    variant: int = 0  # which derivation of its source series (store/catalog/derivations.py): its SeriesNumber
 
     @property
     def uid_key(self) -> str:
         """What the deterministic UIDs depend on besides the source: the model version, and the strength and
         self-ensemble when they are not 1 (full strength, one pass keeps the UIDs of earlier releases; another
-        setting is another series)."""
-        return derivation_key(self.model_version, self.strength, self.self_ensemble, self.target_noise_hu)
+        setting is another series), and the model's name when a rule chose it."""
+        model = self.model_name if self.named_model else ""
+        return derivation_key(self.model_version, self.strength, self.self_ensemble, self.target_noise_hu, model)
+
+    @property
+    def notice(self) -> str:
+        """``[derive] notice`` when set (even to ""), else the model's own (a simulated-data model's warning)."""
+        return self.model_notice if self.settings.notice is None else self.settings.notice
+
+    @property
+    def level(self) -> str:
+        """The blend, short: ``s0.5`` (a strength) or ``n12HU`` (a noise target)."""
+        return f"n{self.target_noise_hu:g}HU" if self.target_noise_hu else f"s{self.strength:g}"
+
+    def description_values(self) -> dict[str, str]:
+        """The SeriesDescription template's placeholders but {source} (config/sections.py DESCRIPTION_FIELDS)."""
+        return {
+            "model": self.model_name,
+            "version": self.model_version,
+            "kind": self.short_kind,
+            "strength": f"{self.strength:g}",
+            "noise": f"{self.target_noise_hu:g}" if self.target_noise_hu else "",
+            "level": self.level,
+            "ensemble": str(self.self_ensemble),
+        }
+
+    def series_description(self, source: Dataset, suffix: str = "") -> str:
+        """The derived (with ``suffix``: the report's) SeriesDescription, 64 characters at most."""
+        text = str(source.get("SeriesDescription", "") or "CT")
+        return series_description(self.settings.series_description, self.description_values(), text, suffix)
+
+    def series_number(self, source: Dataset, report: bool = False) -> int:
+        """The derived (with ``report``: the report's) SeriesNumber: never the same as another derivation's."""
+        number = source_series_number(source.get("SeriesNumber"))
+        return series_number(number, self.settings.series_number_offset, self.variant, report)
 
     @property
     def description(self) -> str:
@@ -75,12 +114,13 @@ class DerivationInfo:
             if self.target_noise_hu
             else f"at strength {self.strength:g}"
         )
+        rule = f" for routing rule {self.rule}" if self.rule else ""
         text = (
             f"Noise reduction by {self.model_kind} {self.model_name} {self.model_version} "
-            f"{level} (dicom-denoise-node {__version__}), applied tile by tile{averaged} to the source slice"
+            f"{level}{rule} (dicom-denoise-node {__version__}), applied tile by tile{averaged} to the source slice"
         )
-        if self.settings.notice:
-            text += f". {self.settings.notice}"
+        if self.notice:
+            text += f". {self.notice}"
         return text[:1024]
 
 
@@ -93,13 +133,18 @@ def deterministic_uid(*parts: str) -> str:
 
 
 def derivation_key(
-    model_version: str, strength: float = 1.0, self_ensemble: int = 1, target_noise_hu: float = 0.0
+    model_version: str,
+    strength: float = 1.0,
+    self_ensemble: int = 1,
+    target_noise_hu: float = 0.0,
+    model_name: str = "",
 ) -> str:
-    """The model version, plus the strength and self-ensemble when not 1 and the noise target when set: the key of
-    every deterministic derived UID."""
+    """The model version, plus the strength and self-ensemble when not 1, the noise target when set and the model's
+    name when a routing rule chose it: the key of every deterministic derived UID."""
     key = model_version if strength == 1.0 else f"{model_version}@strength={strength:g}"
     key = key if self_ensemble == 1 else f"{key}@ensemble={self_ensemble}"
-    return key if not target_noise_hu else f"{key}@noise={target_noise_hu:g}"
+    key = key if not target_noise_hu else f"{key}@noise={target_noise_hu:g}"
+    return key if not model_name else f"{key}@model={model_name}"
 
 
 def derived_series_uid(source_series_uid: str, key: str) -> str:
@@ -158,11 +203,8 @@ def derive_instance(
     version = info.uid_key
     ds.SOPInstanceUID = derived_sop_uid(str(source.SOPInstanceUID), version)
     ds.SeriesInstanceUID = series_uid
-    try:
-        ds.SeriesNumber = int(source.get("SeriesNumber") or 0) + info.settings.series_number_offset
-    except (TypeError, ValueError):
-        ds.SeriesNumber = info.settings.series_number_offset
-    ds.SeriesDescription = (str(source.get("SeriesDescription", "") or "CT") + info.settings.description_suffix)[:64]
+    ds.SeriesNumber = info.series_number(source)
+    ds.SeriesDescription = info.series_description(source)
     image_type = list(source.get("ImageType", ["ORIGINAL", "PRIMARY", "AXIAL"]))
     ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]] if len(image_type) > 2 else ["DERIVED", "SECONDARY"]
     ds.DerivationDescription = info.description
@@ -184,7 +226,7 @@ def derive_instance(
     equipment.PurposeOfReferenceCodeSequence = [_code(*PROCESSING_EQUIPMENT)]
     ds.ContributingEquipmentSequence.append(equipment)
 
-    comments = [c for c in (info.settings.notice, comment) if c]
+    comments = [c for c in (info.notice, comment) if c]
     if comments:
         ds.ImageComments = " ".join(comments)[:10240]
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")

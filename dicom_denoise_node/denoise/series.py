@@ -137,7 +137,10 @@ class SeriesDenoiser:
             model_kind=info.kind,
             noise_conditioned=info.noise_conditioning,
             target_noise_hu=self.target_noise_hu,
+            model_notice=info.default_notice,
+            short_kind=info.short_kind,
         )
+        self.configured_target = model_settings.target_noise_hu
 
     def close(self) -> None:
         """End the decoding child, if there is one."""
@@ -189,13 +192,16 @@ class SeriesDenoiser:
         out_path: Callable[[str, str], Path],
         progress: Progress | None = None,
         stop: threading.Event | None = None,
+        variant: int = 0,
     ) -> SeriesResult:
-        """Denoise the files of one series and write each derived instance atomically to out_path(series, sop)."""
+        """Denoise the files of one series and write each derived instance atomically to out_path(series, sop);
+        ``variant``: which derivation of the source this is (its SeriesNumber, denoise/naming.py)."""
         refs, skipped = scan_series(paths)
         if not refs:
             reasons = "; ".join(sorted({s.reason for s in skipped})) or "no instances"
             raise NothingToDenoise(f"nothing to denoise in series {source_series_uid}: {reasons}")
-        result = SeriesResult(derived_series_uid(source_series_uid, self.derivation.uid_key), skipped=skipped)
+        derivation = replace(self.derivation, variant=variant)
+        result = SeriesResult(derived_series_uid(source_series_uid, derivation.uid_key), skipped=skipped)
         sources: list[SourceSlice] = []
         timings = result.timings
         started = time.perf_counter()
@@ -242,14 +248,16 @@ class SeriesDenoiser:
                 for hu in self.denoise_hu(hu_stream()):
                     src = sources.pop(0)
                     uid = result.derived_series_uid
-                    in_flight.append(worker.submit(self._finish_slice, src, hu, uid, out_path, source_series_uid))
+                    in_flight.append(
+                        worker.submit(self._finish_slice, src, hu, uid, out_path, source_series_uid, derivation)
+                    )
                     collect(block=len(in_flight) >= MAX_IN_FLIGHT)
                 collect(block=True)
             finally:
                 for future in in_flight:
                     future.cancel()
         if report_slices:
-            self._write_report(source_series_uid, result, report_slices, out_path)
+            self._write_report(source_series_uid, result, report_slices, out_path, derivation)
         # Inference is what remains of the wall time: tiling, the network and the HU conversions. Guard and
         # encode+write ran beside it (their own durations are reported); "waited" is the part that did not overlap,
         # and "report" the quality report built after the last slice.
@@ -263,6 +271,7 @@ class SeriesDenoiser:
         result: SeriesResult,
         report_slices: list[tuple[Dataset, Dataset, SliceVerdict]],
         out_path: Callable[[str, str], Path],
+        derivation: DerivationInfo,
     ) -> None:
         """The quality report (SR) beside the derived series, written like its instances."""
         t0 = time.perf_counter()
@@ -270,14 +279,10 @@ class SeriesDenoiser:
             ReportInput(
                 source_series_uid,
                 result.derived_series_uid,
-                self.info.name,
-                self.info.version,
-                self.report.notice,
+                derivation,
+                [derivation.notice, self.report.notice],
                 self.guard.policy if self.guard.enabled else "off",
                 report_slices,
-                self.strength,
-                self.self_ensemble,
-                self.target_noise_hu,
             ),
             manufacturer=self.derive_settings.manufacturer,
             institution=self.derive_settings.institution_name,
@@ -295,6 +300,7 @@ class SeriesDenoiser:
         derived_series: str,
         out_path: Callable[[str, str], Path],
         source_series_uid: str,
+        derivation: DerivationInfo,
     ) -> _Finished:
         """Guard, derive, encode and durably write one denoised slice (on the worker thread)."""
         t0 = time.perf_counter()
@@ -308,7 +314,7 @@ class SeriesDenoiser:
         if comment:
             log.warning("series %s: slice %s flagged: %s", source_series_uid, src.ref.sop_uid, verdict.summary())
         t1 = time.perf_counter()
-        derived = derive_instance(src.dataset, hu, derived_series, self.derivation, comment=comment)
+        derived = derive_instance(src.dataset, hu, derived_series, derivation, comment=comment)
         path = out_path(derived_series, str(derived.SOPInstanceUID))
         write_atomic(path, encode(derived))
         report_pair = None

@@ -43,6 +43,11 @@ def normalize_hu(hu: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
 
 # The model's kind as the derived series' DerivationDescription names it, by its training's pairing.
 MODEL_KINDS = {"unpaired": "CycleGAN generator", "paired": "paired-trained generator"}
+# Short, for SeriesDescription ({kind}).
+SHORT_KINDS = {"unpaired": "CycleGAN", "paired": "paired"}
+# What every derived image and report of a model trained only on simulated CT says unless the site decides
+# otherwise ([derive] notice): such a model has never seen a real patient.
+SIMULATED_NOTICE = "NOT FOR DIAGNOSIS: denoised by a model trained on simulated CT only"
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,22 @@ class ModelInfo:
     def kind(self) -> str:
         """What the derived series names it: a reader must not take a paired model for a CycleGAN."""
         return MODEL_KINDS[self.pairing]
+
+    @property
+    def short_kind(self) -> str:
+        return SHORT_KINDS[self.pairing]
+
+    @property
+    def simulated_only(self) -> bool:
+        """Trained on simulated CT only: its metadata's ``training.data.simulated`` (the bundled models say so)."""
+        data = self.training.get("data")
+        return isinstance(data, dict) and data.get("simulated") is True
+
+    @property
+    def default_notice(self) -> str:
+        """The notice its output carries unless ``[derive] notice`` is set: SIMULATED_NOTICE for a model trained on
+        simulated CT only, else none."""
+        return SIMULATED_NOTICE if self.simulated_only else ""
 
     @property
     def label(self) -> str:

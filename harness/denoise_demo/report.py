@@ -135,7 +135,8 @@ def summarise_report(datasets: list[Any]) -> str:
     if not datasets:
         return "no quality report received"
     values: dict[str, float] = {}
-    for item in datasets[0].ContentSequence:
+    summary = datasets[0].ContentSequence[0]  # the report's first container: its summary
+    for item in summary.get("ContentSequence", []):
         if item.ValueType == "NUM":
             values[item.ConceptNameCodeSequence[0].CodeValue] = float(item.MeasuredValueSequence[0].NumericValue)
     flagged = int(values.get("FLAGGED", 0))

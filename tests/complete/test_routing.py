@@ -109,7 +109,7 @@ def test_rules_test_command_shows_decision_per_series(tmp_path):
     ld_uid, hd_uid = str(dcmread(ld[0]).SeriesInstanceUID), str(dcmread(hd[0]).SeriesInstanceUID)
     ld_line = next(line for line in lines if ld_uid in line)
     hd_line = next(line for line in lines if hd_uid in line)
-    assert "denoise (rule low-dose)" in ld_line
+    assert "denoise (rule low-dose: s1, default model)" in ld_line
     assert "SKIPPED" in hd_line and "Exposure 200 mAs above 100" in result.stdout
     assert "1 file(s) are not DICOM" in result.stdout
 

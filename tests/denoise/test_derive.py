@@ -16,6 +16,7 @@ from dicom_denoise_node.denoise.derive import (
     encode,
     hu_to_stored,
 )
+from dicom_denoise_node.denoise.rule_denoisers import for_rule
 from dicom_denoise_node.denoise.series import SeriesDenoiser
 from dicom_denoise_node.model.registry import BUNDLED_DIR, load_model, read_metadata
 from tests.peers import dciodvfy, require, write_ct_series
@@ -50,7 +51,7 @@ def test_derived_attributes(source, tmp_path):
     assert ds.SOPInstanceUID == derived_sop_uid(source.SOPInstanceUID, "1.2.3") != source.SOPInstanceUID
     assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"] and ds.ImageType[2] == "AXIAL"
     assert "cyclegan-test 1.2.3" in ds.DerivationDescription and "not for primary diagnosis" in ds.ImageComments
-    assert ds.SeriesDescription.endswith("[denoised]")
+    assert ds.SeriesDescription == f"{source.get('SeriesDescription') or 'CT'} DN cyclegan-test 1.2.3 s1"
     ref = ds.SourceImageSequence[0]
     assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
@@ -125,3 +126,50 @@ def test_hu_to_stored_respects_representation_and_range(source, signed, bits, sl
     assert stored[0, 0] == lo and stored[0, -1] == hi  # clipped, not wrapped
     inside = stored[0, 1:5].astype(np.float64) * slope + intercept
     np.testing.assert_allclose(inside, hu[0, 1:5], atol=slope / 2 + 1e-6)
+
+
+def test_a_long_source_description_is_cut_never_the_model_or_the_strength(source):
+    """SeriesDescription is 64 characters at most: the source's part gives way (it used to be the suffix)."""
+    source.SeriesDescription = "Thorax routine 1.0 B30f low dose follow-up protocol, 54 chars"  # 61 characters
+    info = DerivationInfo("cyclegan-ld2hd-synthetic", "1.1.0", DeriveSettings(), strength=0.5)
+    ds = derive_instance(source, source.pixel_array.astype(np.float32) - 1024, "2.25.1", info)
+    assert len(ds.SeriesDescription) <= 64
+    assert ds.SeriesDescription.endswith(" DN cyclegan-ld2hd-synthetic 1.1.0 s0.5")
+    assert ds.SeriesDescription.startswith("Thorax routine")
+    assert "cyclegan-ld2hd-synthetic 1.1.0 at strength 0.5" in ds.DerivationDescription
+    noise = DerivationInfo("m", "2", DeriveSettings(series_description="{kind}/{noise}/{level}"), target_noise_hu=12)
+    assert noise.series_description(source) == "CycleGAN/12/n12HU"
+
+
+def test_the_notice_is_the_models_own_unless_the_site_sets_one(source):
+    """Both bundled models were trained on simulated CT only: their output says so by default; a site may word it
+    otherwise or turn it off with an explicit empty notice."""
+    network, info = load_model(BUNDLED_DIR / "cyclegan-ld2hd-synthetic.json")
+    assert info.simulated_only and "simulated CT" in info.default_notice
+    hu = source.pixel_array.astype(np.float32) - 1024
+    for settings, expected in (
+        (DeriveSettings(), info.default_notice),
+        (DeriveSettings(notice="Site text"), "Site text"),
+        (DeriveSettings(notice=""), None),
+    ):
+        denoiser = SeriesDenoiser(network, info, ModelSettings(), settings)
+        ds = derive_instance(source, hu, "2.25.1", denoiser.derivation)
+        assert ds.get("ImageComments") == expected
+        assert (expected or "") in ds.DerivationDescription
+    untrained = type(info)(**{**info.__dict__, "training": {"data": {"simulated": False}}})
+    assert untrained.default_notice == ""
+
+
+def test_a_rules_strength_and_model_make_another_derivation(tiny_model):
+    """Per-rule strength: its own key (so its own UIDs), named in the description; a model a rule names by name
+    joins the key, so two models that share a version never share UIDs."""
+    network, info = load_model(tiny_model)
+    base = SeriesDenoiser(network, info, ModelSettings(), DeriveSettings())
+    half = for_rule(base, "chest-soft", 0.5)
+    assert half.inferer is base.inferer and base.strength == 1.0  # shares the network; the base is unchanged
+    assert half.derivation.uid_key == derivation_key(info.version, 0.5, 1) != base.derivation.uid_key
+    assert "at strength 0.5 for routing rule chest-soft" in half.derivation.description
+    named = for_rule(base, "other", None, named_model=True)
+    assert named.derivation.uid_key == f"{info.version}@model={info.name}"
+    target = SeriesDenoiser(network, info, ModelSettings(target_noise_hu=10), DeriveSettings())
+    assert for_rule(target, "r", None).derivation.target_noise_hu == 10

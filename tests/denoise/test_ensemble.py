@@ -96,7 +96,7 @@ def test_the_model_metadata_sets_the_default_and_the_derived_series_records_it(a
         sr = dcmread(result.report_path)
         counts = [
             float(i.MeasuredValueSequence[0].NumericValue)
-            for i in sr.ContentSequence
+            for i in sr.ContentSequence[0].ContentSequence  # the summary
             if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == "SELFENS"
         ]
         runs[label] = (denoiser.self_ensemble, dcmread(image), result.derived_series_uid, counts)

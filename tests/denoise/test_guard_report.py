@@ -88,6 +88,10 @@ class _PaintOut(nn.Module):
         return y
 
 
+def images_written(result) -> list[Path]:  # noqa: ANN001
+    return [Path(p) for _, src, p in result.written if src]
+
+
 def _paint_out_denoiser(model: Path, guard: GuardSettings, report: ReportSettings) -> SeriesDenoiser:
     _, info = load_model(model)
     return SeriesDenoiser(
@@ -107,7 +111,7 @@ def test_worker_marks_flagged_slices_and_writes_a_valid_report(abdomen, tiny_mod
     source_uid = str(dcmread(sources[0]).SeriesInstanceUID)
     result = denoiser.denoise_series(source_uid, sources, lambda s, o: tmp_path / s / f"{o}.dcm")
     assert len(result.verdicts) == 2 and result.flagged == [0, 1]
-    images = [Path(p) for _, src, p in result.written if src]
+    images = images_written(result)
     for path in images:
         assert "Denoising guard flagged this slice" in str(dcmread(path).ImageComments)
 
@@ -133,11 +137,14 @@ def test_worker_marks_flagged_slices_and_writes_a_valid_report(abdomen, tiny_mod
     texts = [str(i.TextValue) for i in content if i.ValueType == "TEXT"]
     uids = {str(i.UID) for i in content if i.ValueType == "UIDREF"}
     assert "Denoised by software; not for primary diagnosis (test site)." in texts
-    assert f"{info.name} {info.version}" in texts and "mark" in texts
+    assert f"{info.name} ({info.kind})" in texts and info.version in texts and "mark" in texts
     assert uids == {source_uid, result.derived_series_uid}
-    assert sum("structure(s) in the residual" in t for t in texts) == 2  # one result per slice
+    (table,) = [t for t in texts if t.startswith("slice")]
+    assert table.count("structure(s) in the residual") == 2  # one row per slice
     flagged = [i for i in content if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == "FLAGGED"]
     assert float(flagged[0].MeasuredValueSequence[0].NumericValue) == 2
+    images = {str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in content if i.ValueType == "IMAGE"}
+    assert images == {str(dcmread(p).SOPInstanceUID) for p in images_written(result)}  # the flagged slices
     require("dciodvfy")
     errors, _ = dciodvfy(result.report_path)
     assert errors == [], errors
@@ -235,9 +242,10 @@ def test_strength_blends_source_and_model_output_and_is_recorded(abdomen, tiny_m
         outputs[s] = (ds, result)
         assert f"at strength {s:g}" in ds.DerivationDescription
         sr = dcmread(result.report_path)
+        summary = sr.ContentSequence[0]  # the summary comes first
         strengths = [
             float(i.MeasuredValueSequence[0].NumericValue)
-            for i in sr.ContentSequence
+            for i in summary.ContentSequence
             if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == "STRENGTH"
         ]
         assert strengths == [s]
