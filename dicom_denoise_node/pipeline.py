@@ -5,6 +5,7 @@
     ③ COMPLETE ──► PROCESSING ──► decode, tiles, derive ──► DERIVED (denoise/worker.py, job "process")
     ④ DERIVED ──► C-STORE to each destination ──► SENT / FAILED    (send/deliver.py, job "send")
        SENT ──► spool files purged after retention                  (store/retention.py, job "retention")
+    FAILED, guard flags, disk pressure ──► webhook notifications    (ops/notify.py, job "notify", own thread)
 
 Every arrow is a catalog transition, so a restart resumes where the node stopped, and several nodes can share one
 catalog (PostgreSQL) and one spool: ``[node] role = "receive"`` runs ① and ②, ``"worker"`` runs ② to ④, ``"all"``
@@ -37,6 +38,8 @@ from dicom_denoise_node.model.registry import load_model, resolve_model_path
 from dicom_denoise_node.ops.health import Health, Heartbeat, node_checks
 from dicom_denoise_node.ops.http_status import StatusServer
 from dicom_denoise_node.ops.metrics import NodeMetrics
+from dicom_denoise_node.ops.notify import NotifyJob
+from dicom_denoise_node.ops.status_page import StatusPage
 from dicom_denoise_node.receive.admission import Admission
 from dicom_denoise_node.receive.audit import AssociationAudit, association_rows
 from dicom_denoise_node.receive.scp import start_scp
@@ -98,6 +101,7 @@ class Node:
         self.server: ThreadedAssociationServer | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.http: StatusServer | None = None
+        self.notify: NotifyJob | None = None
         self._running: set[str] = set()  # jobs inside their claim loop (see _run_now)
 
     # ---- life cycle ----------------------------------------------------------------------------------------
@@ -130,19 +134,21 @@ class Node:
         if http.enabled:
             try:
                 self.http = StatusServer(
-                    http.host,
-                    http.port,
+                    http,
                     self.health,
                     self.metrics.exposition,
                     self.catalog.views.series_overview,
                     lambda limit: association_rows(self.catalog, limit),
+                    StatusPage(self.catalog, self.health, self.settings, self.catalog.db.node_id).render,
                 )
             except OSError as exc:
                 raise ConfigError(f"[http] cannot listen on {http.host}:{http.port}: {exc}") from exc
             self.http.start()
         if self.receives:
             self.server = start_scp(self.settings.node, self.spool, self.catalog, self.admission, self.audit)
-        self.scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(3)}, timezone="UTC")
+        # Notifications have a thread of their own: a slow webhook never holds up the DICOM path's jobs.
+        executors = {"default": ThreadPoolExecutor(3), "notify": ThreadPoolExecutor(1)}
+        self.scheduler = BackgroundScheduler(executors=executors, timezone="UTC")
         every = self.settings.series.poll_interval_s
         common = dict(trigger="interval", seconds=every, max_instances=1, coalesce=True, misfire_grace_time=None)
         # Completion is an atomic catalog transition: every role runs it, so series complete while any node is up.
@@ -157,6 +163,10 @@ class Node:
             self.scheduler.add_job(self._claim_loop, args=("send", sending.run), id="send", **common)
             retention = dict(common, seconds=self.settings.retention.check_interval_s)
             self.scheduler.add_job(self.retention_job, id="retention", next_run_time=datetime.now(UTC), **retention)
+        if self.settings.notify.enabled:
+            self.notify = NotifyJob(self.catalog, self.settings, self.disk, self.catalog.db.node_id, self.stop_event)
+            notify = dict(common, seconds=self.settings.notify.poll_interval_s, next_run_time=datetime.now(UTC))
+            self.scheduler.add_job(self.notify.run, id="notify", executor="notify", **notify)
         self.scheduler.start()
         log.info("node started (role %s, node id %s)", self.settings.node.role, self.catalog.db.node_id)
 
@@ -169,6 +179,8 @@ class Node:
             self.http.stop()
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.notify is not None:
+            self.notify.close()
         if self.denoiser is not None:
             self.denoiser.close()
         self.catalog.close()

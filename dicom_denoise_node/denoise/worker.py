@@ -6,6 +6,8 @@ worker records nothing (:func:`denoise_claim`)."""
 from __future__ import annotations
 
 import logging
+import math
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -13,9 +15,9 @@ from pathlib import Path
 
 from dicom_denoise_node.config import GuardSettings, Settings
 from dicom_denoise_node.denoise.lease import ClaimLease
-from dicom_denoise_node.denoise.series import Interrupted, SeriesDenoiser
+from dicom_denoise_node.denoise.series import Interrupted, SeriesDenoiser, SeriesResult
 from dicom_denoise_node.ops.metrics import NodeMetrics
-from dicom_denoise_node.store.catalog import Catalog, Claim, DerivedRecord, SeriesState
+from dicom_denoise_node.store.catalog import Catalog, Claim, DerivedRecord, QualityRecord, SeriesState
 from dicom_denoise_node.store.disk import DiskSpace
 from dicom_denoise_node.store.spool import Spool
 
@@ -86,11 +88,38 @@ def denoise_claim(
         log.info("series %s: result not recorded (new instances arrived meanwhile, or the claim was lost)",
                  claim.series_uid)  # fmt: skip
         return False
+    record_quality(catalog, claim, result, denoiser.derivation.uid_key, guard)
     if hold:
         log.warning("series %s state=FAILED: %s", claim.series_uid, hold)
         return False
     log.info("series %s state=DERIVED (%d instances)", claim.series_uid, len(records))
     return True
+
+
+def record_quality(catalog: Catalog, claim: Claim, result: SeriesResult, key: str, guard: GuardSettings) -> None:
+    """Keep the run's guard and noise figures in the catalog (the status page, the guard_flagged notification): a
+    summary of the quality report, which goes to the PACS. The series' state is recorded already; a failure here
+    is logged, never fails the series."""
+
+    def median(values: list[float]) -> float | None:
+        finite = [v for v in values if math.isfinite(v)]
+        return float(statistics.median(finite)) if finite else None
+
+    flagged = result.flagged
+    record = QualityRecord(
+        result.derived_series_uid,
+        key,
+        result.images,
+        len(flagged),
+        median([v.noise_before for v in result.verdicts]),
+        median([v.noise_after for v in result.verdicts]),
+        guard.policy if guard.enabled else "off",
+        result.verdicts[flagged[0]].summary() if flagged else None,
+    )
+    try:
+        catalog.quality.record(claim.series_id, record)
+    except Exception:
+        log.exception("series %s: its quality summary was not recorded", claim.series_uid)
 
 
 class ProcessJob:

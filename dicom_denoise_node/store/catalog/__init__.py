@@ -14,7 +14,9 @@ object per concern, so that a call says where its method lives (``catalog.queue.
 - deliveries.py (``catalog.deliveries``): sending (④): the lease, each destination's acknowledgement, SENT or
   backoff and FAILED;
 - housekeeping.py (``catalog.housekeeping``): spool rows and purges (the spool check, retention);
-- views.py (``catalog.views``): status, counts, progress.
+- views.py (``catalog.views``): status, counts, progress;
+- quality.py (``catalog.quality``): each processing run's guard and noise figures;
+- notifications.py (``catalog.notifications``): events to announce and their delivery (ops/notify.py).
 
 The association audit's rows are written and read by receive/audit.py.
 """
@@ -27,6 +29,8 @@ from dicom_denoise_node.store.catalog.deliveries import Deliveries
 from dicom_denoise_node.store.catalog.engine import CatalogEngine, ReadOnlyEngine, SessionSource
 from dicom_denoise_node.store.catalog.housekeeping import Housekeeping
 from dicom_denoise_node.store.catalog.intake import InstanceMeta, Intake, SeriesBeingPurged
+from dicom_denoise_node.store.catalog.notifications import Notification, Notifications
+from dicom_denoise_node.store.catalog.quality import Quality, QualityRecord, QualitySummary
 from dicom_denoise_node.store.catalog.queue import Claim, DerivedRecord, Queue
 from dicom_denoise_node.store.catalog.recovery import Recovery
 from dicom_denoise_node.store.catalog.schema import (
@@ -58,7 +62,10 @@ __all__ = [
     "Instance",
     "InstanceDelivery",
     "InstanceMeta",
+    "Notification",
     "Patient",
+    "QualityRecord",
+    "QualitySummary",
     "ReadOnlyCatalog",
     "Series",
     "SeriesState",
@@ -86,6 +93,8 @@ class Catalog:
         self.deliveries = Deliveries(self.db)
         self.housekeeping = Housekeeping(self.db)
         self.views = Views(self.db)
+        self.quality = Quality(self.db)
+        self.notifications = Notifications(self.db)
 
     def close(self) -> None:
         """Release the database's connections."""

@@ -7,7 +7,15 @@ from datetime import datetime
 from sqlalchemy import ScalarSelect, func, select
 
 from dicom_denoise_node.store.catalog.engine import SessionSource
-from dicom_denoise_node.store.catalog.schema import REPORT_SOURCE, DerivedInstance, Instance, Series, SeriesState, Study
+from dicom_denoise_node.store.catalog.schema import (
+    REPORT_SOURCE,
+    DerivedInstance,
+    Instance,
+    Patient,
+    Series,
+    SeriesState,
+    Study,
+)
 
 
 def _instance_count() -> ScalarSelect[int]:
@@ -107,3 +115,40 @@ class Views:
                 "processing_seconds": series.processing_seconds,
                 "last_error": series.last_error or "",
             }
+
+    def failed_series(self, limit: int = 50) -> list[dict[str, object]]:
+        """FAILED received series, newest first, with the stage and the reason: the status page's failures."""
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(Series)
+                .where(Series.origin == "received", Series.state == SeriesState.FAILED)
+                .order_by(Series.updated_at.desc())
+                .limit(limit)
+            ).all()
+            return [
+                {
+                    "series_uid": r.series_uid,
+                    "rule": r.rule,
+                    "stage": r.failed_stage or "",
+                    "reason": r.last_error or "",
+                    "attempts": r.attempts,
+                    "purged": r.purged_at is not None,
+                    "updated_at": r.updated_at,
+                }
+                for r in rows
+            ]
+
+    def patients_of(self, series_uids: list[str]) -> dict[str, tuple[str, str | None]]:
+        """Series UID → (PatientID, the path of one of its received instances or None): only for a page whose admin
+        turned patient data on (``[http] show_patient_data``)."""
+        if not series_uids:
+            return {}
+        first = select(func.min(Instance.path)).where(Instance.series_fk == Series.id).correlate(Series)
+        with self.db.session() as s:
+            rows = s.execute(
+                select(Series.series_uid, Patient.patient_id, first.scalar_subquery())
+                .join(Study, Series.study_fk == Study.id)
+                .join(Patient, Study.patient_fk == Patient.id)
+                .where(Series.series_uid.in_(series_uids))
+            ).all()
+        return {str(uid): (str(pid), None if path is None else str(path)) for uid, pid, path in rows}
