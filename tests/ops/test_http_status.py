@@ -139,7 +139,7 @@ def test_exposed_beyond_loopback_without_credentials_the_node_does_not_start(tmp
         [sys.executable, "-m", "dicom_denoise_node", "serve", "--config", str(config)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a hang guard: the refusal comes at config load, before anything starts
     )
     assert served.returncode == 2, served.stderr
     assert "http.token or http.basic_auth" in served.stderr and str(config) in served.stderr

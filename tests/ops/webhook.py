@@ -59,7 +59,7 @@ class WebhookReceiver:
         with self._lock:
             return [r for r in self.received if event is None or r.body.get("event") == event]
 
-    def wait_for(self, count: int, event: str | None = None, timeout: float = 60) -> list[Received]:
+    def wait_for(self, count: int, event: str | None = None, timeout: float = 180) -> list[Received]:
         """The POSTs (of ``event``) once there are at least ``count`` of them, or whatever came by ``timeout``."""
         wait_until(lambda: len(self.posts(event)) >= count, timeout=timeout, interval=0.05)
         return self.posts(event)
