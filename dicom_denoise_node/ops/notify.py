@@ -48,7 +48,9 @@ def shown_url(url: str) -> str:
 class NotifyJob:
     """One pass: record new events, then deliver what is due (``run``); ``close`` at the node's stop."""
 
-    def __init__(self, catalog: Catalog, settings: Settings, disk: DiskSpace, node_id: str, stop: threading.Event):
+    def __init__(
+        self, catalog: Catalog, settings: Settings, disk: DiskSpace, node_id: str, stop: threading.Event
+    ) -> None:
         self.catalog, self.settings, self.disk, self.node_id, self.stop = catalog, settings, disk, node_id, stop
         notify = settings.notify
         # httpx logs each request's whole URL at INFO, and a webhook URL's path is often its secret.

@@ -219,7 +219,7 @@ def test_a_failed_series_reaches_the_webhook_from_the_running_node_and_a_restart
         notify += 'events = ["series_failed", "disk_low"]\n'  # the untrained model's slices may be flagged too
         nobody = free_port()  # the destination: nothing listens there
         node = NodeProcess(tmp_path, tiny_model, [{"ae_title": "PACS", "port": nobody}], max_attempts=1, extra=notify)
-        node.start()
+        node.start(timeout=180)
         try:
             files = write_ct_series(tmp_path / "in", 2, rows=32, columns=32)
             assert storescu(files, node.port, "DENOISE").returncode == 0
@@ -237,7 +237,7 @@ def test_a_failed_series_reaches_the_webhook_from_the_running_node_and_a_restart
         finally:
             assert node.stop() == 0
         node.config.write_text(node.config.read_text().replace("min_free_mb = 0\n", "min_free_mb = 1e12\n"))
-        node.start()
+        node.start(timeout=180)
         try:
             (low,) = hook.wait_for(1, "disk_low")
             assert "min_free_mb=1e+12" in low.body["text"], node.log_tail(40)

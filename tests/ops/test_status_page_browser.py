@@ -45,7 +45,7 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[webdriv
 
 def test_the_status_page_shows_a_failed_series_and_its_reason_and_no_patient_data(tmp_path, tiny_model, browser):
     nobody = free_port()  # the PACS: nothing listens there, so the series fails at send ([send] max_attempts = 1)
-    node = NodeProcess(tmp_path, tiny_model, [{"ae_title": "PACS", "port": nobody}], max_attempts=1).start()
+    node = NodeProcess(tmp_path, tiny_model, [{"ae_title": "PACS", "port": nobody}], max_attempts=1).start(timeout=180)
     try:
         files = write_ct_series(tmp_path / "in", 2, rows=32, columns=32)
         for path in files:
