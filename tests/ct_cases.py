@@ -22,6 +22,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from denoise_harness.enhanced_ct import write_enhanced_ct
 from tests.peers import require, write_ct_series
 
 SUCCESS, CANNOT_UNDERSTAND, NOT_MATCH = 0x0000, 0xC000, 0xA900
@@ -118,7 +119,8 @@ def build_cases(root: Path) -> list[Case]:
             ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
 
     add("localizer-in-series", _rewrite(_series(root / "localizer", 3), localizer), SUCCESS, "SENT", 2)
-    add("enhanced-multiframe", [_enhanced_ct(root / "enhanced")], SUCCESS, "FAILED", 0, "multi-frame")
+    reason = "Per-Frame Functional Groups"
+    add("enhanced-without-functional-groups", [_enhanced_ct(root / "enhanced")], SUCCESS, "FAILED", 0, reason)
 
     def frames(ds: Dataset, i: int) -> None:
         ds.NumberOfFrames = 2
@@ -148,6 +150,9 @@ def build_cases(root: Path) -> list[Case]:
     for path in files:
         subprocess.run([require("dcmconv"), "+td", str(path), str(path)], check=True, capture_output=True)
     add("deflate", files, SUCCESS, "SENT", 2)
+    # An Enhanced CT (multi-frame, VOLUME flavour, functional groups): one derived Enhanced CT object.
+    enhanced = write_enhanced_ct(root / "enhanced-ct" / "enh.dcm", 4, rows=32, columns=32)
+    add("enhanced-ct", [enhanced], SUCCESS, "SENT", 1)
 
     # --- rejected -------------------------------------------------------------------------------------------
     def no_pixels(ds: Dataset, i: int) -> None:
@@ -199,7 +204,8 @@ def _meta_end(path: Path) -> int:
 
 
 def _enhanced_ct(directory: Path) -> Path:
-    """A minimal Enhanced CT (multi-frame) instance: accepted by the SCP, not denoised (skipped with a reason)."""
+    """Enhanced CT's SOP class on a single-frame CT's attributes (no functional groups place its 2 frames):
+    accepted by the SCP, not denoised (skipped with the reason)."""
     (src,) = write_ct_series(directory, 1)
     ds = dcmread(src)
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"

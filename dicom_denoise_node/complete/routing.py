@@ -19,7 +19,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import CTImageStorage, EnhancedCTImageStorage
+from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
 
 from dicom_denoise_node.config import DEFAULT_RULE, Destination, Rule, Settings
 
@@ -71,7 +71,7 @@ def rule_failures(rule: Rule, ds: Dataset, calling_aet: str = "") -> list[str]:
     """Every condition of ``rule`` that the header does not meet (empty: the rule matches)."""
     why: list[str] = []
     sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class not in (CTImageStorage, EnhancedCTImageStorage):
+    if sop_class not in (CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage):
         why.append(f"SOP class {sop_class or 'missing'} is not CT Image Storage")
     modality = str(ds.get("Modality", "") or "")
     if modality != "CT":

@@ -71,7 +71,7 @@ class NodeSettings(Section):
     max_associations: int = Field(16, ge=1)
     max_dataset_mb: float = Field(1024.0, gt=0)
     max_image_pixels: int = Field(
-        4096 * 4096, ge=1, description="Rows × Columns × frames an image may declare; checked before any decoding"
+        4096 * 4096, ge=1, description="Rows × Columns one frame may declare; checked before any decoding"
     )
     min_free_mb: float = Field(1024.0, ge=0)
     max_pending_series: int = Field(0, ge=0, description="0 = unlimited")

@@ -1,4 +1,5 @@
-"""Reading a received series back from the spool: which instances are denoisable, in slice order, as HU.
+"""Reading a received series back from the spool: which instances (or Enhanced CT frames) are denoisable, in slice
+order, as HU.
 
 Decoding happens here, in the worker, never in the C-STORE handler. Compressed transfer syntaxes decode through
 pydicom's pixel backends (pylibjpeg, pyjpegls). Instances that cannot be denoised are skipped with a reason that
@@ -20,6 +21,7 @@ from pydicom.pixels import apply_rescale
 from pydicom.uid import HTJ2K, JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless
 
 from dicom_denoise_node.codecs import missing_codec
+from dicom_denoise_node.denoise.frames import frame_count, frame_position, frames_problem, is_multiframe_ct, volume_hu
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,13 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 @dataclass(frozen=True)
 class SliceRef:
-    """A denoisable instance and where it sits along the slice normal."""
+    """A denoisable instance, or one frame of a multi-frame one, and where it sits along the slice normal."""
 
     path: Path
     sop_uid: str
     position: float
     instance_number: int
+    frame: int | None = None  # 0-based frame of an Enhanced CT; None: a single-frame CT image
 
 
 @dataclass(frozen=True)
@@ -68,15 +71,16 @@ def _position(ds: Dataset) -> float | None:
 def _skip_reason(ds: Dataset) -> str | None:
     if str(ds.get("Modality", "")) != "CT":
         return f"modality {ds.get('Modality', '')!r} is not CT"
-    if str(ds.get("SOPClassUID", "")) != CT_IMAGE_STORAGE:
-        return f"SOP class {ds.get('SOPClassUID', '')} is not CT Image Storage (multi-frame not denoised yet)"
+    multiframe = is_multiframe_ct(ds)
+    if str(ds.get("SOPClassUID", "")) != CT_IMAGE_STORAGE and not multiframe:
+        return f"SOP class {ds.get('SOPClassUID', '')} is neither CT Image Storage nor Enhanced CT Image Storage"
     image_type = [str(v).upper() for v in ds.get("ImageType", [])]
     if "LOCALIZER" in image_type:
         return "localizer (scout) image"
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         return f"SamplesPerPixel {ds.get('SamplesPerPixel')} is not 1"
-    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
-        return "multi-frame CT image"
+    if not multiframe and frame_count(ds) != 1:
+        return "multi-frame CT image in the single-frame CT Image Storage class"
     if "Rows" not in ds or "Columns" not in ds:
         return "no Rows/Columns"
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
@@ -88,12 +92,24 @@ def _skip_reason(ds: Dataset) -> str | None:
         return missing
     if int(ds.Rows) * int(ds.Columns) > MAX_DECODE_PIXELS:
         return f"{ds.Rows} × {ds.Columns} pixels: over the worker's limit of {MAX_DECODE_PIXELS}, not decoded"
-    return None
+    return frames_problem(ds) if multiframe else None
+
+
+def _frame_refs(path: Path, ds: Dataset) -> list[SliceRef]:
+    """One ref per frame of a multi-frame CT, in slice order (frame order where positions tie: a 4D volume)."""
+    number = int(ds.get("InstanceNumber") or 0)
+    refs = []
+    for index in range(frame_count(ds)):
+        pos = frame_position(ds, index)
+        refs.append(SliceRef(path, str(ds.SOPInstanceUID), pos if pos is not None else float(index), number, index))
+    return sorted(refs, key=lambda r: (r.position, r.frame))
 
 
 def scan_series(paths: list[Path]) -> tuple[list[SliceRef], list[Skipped]]:
-    """Headers only: pick the denoisable instances and order them along the slice normal."""
+    """Headers only: pick the denoisable instances and order them along the slice normal; a multi-frame
+    instance's frames come together (it is decoded once), after the single-frame ones."""
     refs: list[SliceRef] = []
+    volumes: list[list[SliceRef]] = []
     skipped: list[Skipped] = []
     for path in paths:
         try:
@@ -105,10 +121,15 @@ def scan_series(paths: list[Path]) -> tuple[list[SliceRef], list[Skipped]]:
         if reason:
             skipped.append(Skipped(path, reason))
             continue
+        if is_multiframe_ct(ds):
+            volumes.append(_frame_refs(path, ds))
+            continue
         number = int(ds.get("InstanceNumber") or 0)
         pos = _position(ds)
         refs.append(SliceRef(path, str(ds.SOPInstanceUID), pos if pos is not None else float(number), number))
     refs.sort(key=lambda r: (r.position, r.instance_number))
+    volumes.sort(key=lambda frames: (frames[0].position, frames[0].instance_number))
+    refs += [ref for frames in volumes for ref in frames]
     for s in skipped:
         log.info("skipping %s: %s", s.path.name, s.reason)
     return refs, skipped
@@ -116,7 +137,10 @@ def scan_series(paths: list[Path]) -> tuple[list[SliceRef], list[Skipped]]:
 
 def dataset_hu(ds: Dataset) -> np.ndarray:
     """HU (float32) of a decoded CT data set through its own rescale (slope/intercept, or a Modality LUT): the one
-    HU reader of the project, used by the node, the trainer, the demo, the benchmarks and the tests."""
+    HU reader of the project, used by the node, the trainer, the demo, the benchmarks and the tests. A multi-frame
+    CT gives frames × rows × columns, each frame through its own rescale (frames.py)."""
+    if is_multiframe_ct(ds):
+        return volume_hu(ds)
     return apply_rescale(ds.pixel_array, ds).astype(np.float32)
 
 
@@ -133,5 +157,13 @@ def read_hu(ref: SliceRef, decode: Callable[[Path], np.ndarray] | None = None) -
 
 
 def iter_slices(refs: list[SliceRef], decode: Callable[[Path], np.ndarray] | None = None) -> Iterator[SourceSlice]:
+    """Each ref's slice in HU; a multi-frame instance is decoded once for all its frames (they come together)."""
+    volume: SourceSlice | None = None  # the last multi-frame instance decoded: its data set and all its frames
     for ref in refs:
-        yield read_hu(ref, decode)
+        if ref.frame is None:
+            yield read_hu(ref, decode)
+            continue
+        if volume is None or volume.ref.path != ref.path:
+            volume = None  # the previous instance's frames are released before the next one is decoded
+            volume = read_hu(ref, decode)
+        yield SourceSlice(ref, volume.dataset, volume.hu[ref.frame])

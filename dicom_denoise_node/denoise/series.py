@@ -23,6 +23,7 @@ from dicom_denoise_node.config import DeriveSettings, GuardSettings, ModelSettin
 from dicom_denoise_node.denoise.decode import Skipped, SourceSlice, iter_slices, scan_series
 from dicom_denoise_node.denoise.decode_process import DecoderProcess
 from dicom_denoise_node.denoise.derive import DerivationInfo, derive_instance, derived_series_uid, encode
+from dicom_denoise_node.denoise.derive_enhanced import FrameCollector
 from dicom_denoise_node.denoise.ensemble import with_self_ensemble
 from dicom_denoise_node.denoise.guard import SliceVerdict, check_slice
 from dicom_denoise_node.denoise.inference import TiledInferer
@@ -63,6 +64,7 @@ class SeriesResult:
     )
     verdicts: list[SliceVerdict] = field(default_factory=list)
     report_path: Path | None = None
+    slices: int = 0  # slices denoised: every frame of an Enhanced CT counts, its one derived object is one image
 
     @property
     def images(self) -> int:
@@ -80,11 +82,11 @@ MAX_IN_FLIGHT = 4  # denoised slices waiting for the worker thread: bounds memor
 
 @dataclass(frozen=True)
 class _Finished:
-    """One slice done by the worker thread."""
+    """One slice (or Enhanced CT frame) done by the worker thread."""
 
-    written: tuple[str, str, Path]
+    written: tuple[str, str, Path] | None  # None: a frame whose multi-frame object is not whole yet
     verdict: SliceVerdict | None
-    report_pair: tuple[Dataset, Dataset, SliceVerdict] | None
+    report_pairs: list[tuple[Dataset, Dataset, SliceVerdict]]  # a multi-frame object's all come with its last frame
     guard_s: float
     encode_s: float
 
@@ -231,25 +233,27 @@ class SeriesDenoiser:
                 timings["waited"] += time.perf_counter() - t0
                 timings["guard"] += finished.guard_s
                 timings["encode"] += finished.encode_s
-                result.written.append(finished.written)
+                if finished.written is not None:
+                    result.written.append(finished.written)
                 if finished.verdict is not None:
                     result.verdicts.append(finished.verdict)
-                    if self.report.enabled:
-                        report_slices.append(finished.report_pair)
+                report_slices.extend(finished.report_pairs)
                 done += 1
+                result.slices = done
                 if progress:
                     progress(done, len(refs))
 
         # The guard, derivation, encoding and the durable write of slice k run on one worker thread while the
         # generator computes slice k + 1 (bounded: at most MAX_IN_FLIGHT slices wait there).
         in_flight: deque[Future[_Finished]] = deque()
+        frames = FrameCollector(result.derived_series_uid, derivation)  # Enhanced CT frames until each object is whole
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="derive") as worker:
             try:
                 for hu in self.denoise_hu(hu_stream()):
                     src = sources.pop(0)
                     uid = result.derived_series_uid
                     in_flight.append(
-                        worker.submit(self._finish_slice, src, hu, uid, out_path, source_series_uid, derivation)
+                        worker.submit(self._finish_slice, src, hu, uid, out_path, source_series_uid, derivation, frames)
                     )
                     collect(block=len(in_flight) >= MAX_IN_FLIGHT)
                 collect(block=True)
@@ -301,8 +305,10 @@ class SeriesDenoiser:
         out_path: Callable[[str, str], Path],
         source_series_uid: str,
         derivation: DerivationInfo,
+        frames: FrameCollector,
     ) -> _Finished:
-        """Guard, derive, encode and durably write one denoised slice (on the worker thread)."""
+        """Guard, derive, encode and durably write one denoised slice (on the worker thread); an Enhanced CT frame is
+        kept by ``frames`` until its object's last one, which writes the whole derived object."""
         t0 = time.perf_counter()
         verdict = None
         if self.guard.enabled or self.report.enabled:  # the report needs the guard's noise figures
@@ -314,16 +320,24 @@ class SeriesDenoiser:
         if comment:
             log.warning("series %s: slice %s flagged: %s", source_series_uid, src.ref.sop_uid, verdict.summary())
         t1 = time.perf_counter()
-        derived = derive_instance(src.dataset, hu, derived_series, derivation, comment=comment)
-        path = out_path(derived_series, str(derived.SOPInstanceUID))
-        write_atomic(path, encode(derived))
-        report_pair = None
-        if verdict is not None and self.report.enabled:
-            report_pair = (header_only(src.dataset), header_only(derived), verdict)
+        if src.ref.frame is None:
+            derived = derive_instance(src.dataset, hu, derived_series, derivation, comment=comment)
+            verdicts = [verdict] if verdict is not None else []
+        else:
+            whole = frames.add(src, hu, verdict, comment)
+            derived, verdicts = (whole.derived, whole.verdicts) if whole is not None else (None, [])
+        written = None
+        if derived is not None:
+            path = out_path(derived_series, str(derived.SOPInstanceUID))
+            write_atomic(path, encode(derived))
+            written = (str(derived.SOPInstanceUID), src.ref.sop_uid, path)
+        pairs = []
+        if derived is not None and self.report.enabled:
+            pairs = [(header_only(src.dataset), header_only(derived), v) for v in verdicts]
         return _Finished(
-            written=(str(derived.SOPInstanceUID), src.ref.sop_uid, path),
+            written=written,
             verdict=verdict,
-            report_pair=report_pair,
+            report_pairs=pairs,
             guard_s=t1 - t0,
             encode_s=time.perf_counter() - t1,
         )
@@ -333,10 +347,11 @@ def _log_timings(source_series_uid: str, result: SeriesResult) -> None:
     """One line per series: what was made and where the time went."""
     timings = result.timings
     log.info(
-        "series %s: %d slices denoised into %s (%d skipped, %d flagged by the guard); decode %.2f s, "
+        "series %s: %d slices denoised into %d images of %s (%d skipped, %d flagged by the guard); decode %.2f s, "
         "inference %.2f s, guard %.2f s, encode+write %.2f s (both beside inference), waited %.2f s, "
         "report %.2f s",
         source_series_uid,
+        result.slices,
         result.images,
         result.derived_series_uid,
         len(result.skipped),

@@ -1,4 +1,5 @@
-"""① The C-STORE SCP: C-ECHO, CT and Enhanced CT storage → spool + catalog → a named status.
+"""① The C-STORE SCP: C-ECHO, CT, Enhanced CT and Legacy Converted Enhanced CT storage → spool + catalog → a named
+status.
 
 The handler only records and returns: it writes the received bytes as they came (no re-encoding), makes them
 durable, commits the catalog row, and only then answers Success. It never decodes pixels or runs inference.
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = dcm_uid.CTImageStorage
 ENHANCED_CT_IMAGE_STORAGE = dcm_uid.EnhancedCTImageStorage
-ACCEPTED_SOP_CLASSES = (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE)
+LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE = dcm_uid.LegacyConvertedEnhancedCTImageStorage
+ACCEPTED_SOP_CLASSES = (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE)
 
 
 class StoreStatus(enum.IntEnum):
@@ -64,8 +66,10 @@ def _instance_number(ds: Dataset) -> int | None:
 
 
 def pixel_data_problem(ds: Dataset, transfer_syntax: dcm_uid.UID, max_pixels: int = 4096 * 4096) -> str | None:
-    """Why the pixel data cannot be whole (truncated native data, broken encapsulation) or is too large to decode
-    safely (a few KB of RLE or JPEG may declare 65535² pixels: gigabytes once decoded), or None.
+    """Why the pixel data cannot be whole (truncated native data, broken encapsulation) or a frame is too large to
+    decode safely (a few KB of RLE or JPEG may declare 65535² pixels: gigabytes once decoded), or None. The limit is
+    per frame: an Enhanced CT of hundreds of 512² frames is one normal series (its whole is bounded by
+    :func:`decoded_size_problem`).
 
     Checks the header, lengths and the fragment structure only; pixels are decoded later by the worker, never here.
     """
@@ -76,9 +80,9 @@ def pixel_data_problem(ds: Dataset, transfer_syntax: dcm_uid.UID, max_pixels: in
         bits = int(ds.BitsAllocated)
     except (AttributeError, TypeError, ValueError) as exc:
         return f"image pixel module incomplete: {exc}"
-    if rows * columns * frames > max_pixels:
+    if rows * columns > max_pixels:
         return (
-            f"image of {rows} × {columns} × {frames} = {rows * columns * frames} pixels exceeds "
+            f"frame of {rows} × {columns} = {rows * columns} pixels exceeds "
             f"[node] max_image_pixels = {max_pixels}: not decoded"
         )
     data = ds.PixelData
@@ -92,6 +96,24 @@ def pixel_data_problem(ds: Dataset, transfer_syntax: dcm_uid.UID, max_pixels: in
     if len(data) < expected:
         return f"PixelData truncated: {len(data)} of {expected} bytes"
     return None
+
+
+def decoded_size_problem(ds: Dataset, max_dataset_mb: float) -> str | None:
+    """Why the decoded pixels would exceed ``max_dataset_mb`` (frames × rows × columns × bytes, from the header), or
+    None: a compressed multi-frame object of a few MB may declare gigabytes of frames. Native data sets that large
+    were refused while they arrived."""
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        size = int(ds.Rows) * int(ds.Columns) * frames * int(ds.get("SamplesPerPixel", 1) or 1)
+        size = size * int(ds.BitsAllocated) // 8
+    except (AttributeError, TypeError, ValueError):
+        return None  # pixel_data_problem names what is missing
+    if size <= max_dataset_mb * MIB:
+        return None
+    return (
+        f"{frames} frame(s) of {ds.Rows} × {ds.Columns} decode to {size / MIB:.1f} MiB, over "
+        f"max_dataset_mb={max_dataset_mb:g}: not decoded"
+    )
 
 
 def _reject(status: StoreStatus, reason: str, event: Event) -> int:
@@ -202,13 +224,16 @@ def _check_content(ds: Dataset, event: Event, admission: Admission | None) -> No
         )
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise _Refused(StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "no PixelData in a CT image")
+    settings = admission.settings if admission is not None else NodeSettings()
     try:
-        limit = admission.settings.max_image_pixels if admission is not None else NodeSettings().max_image_pixels
-        problem = pixel_data_problem(ds, dcm_uid.UID(str(event.context.transfer_syntax)), limit)
+        problem = pixel_data_problem(ds, dcm_uid.UID(str(event.context.transfer_syntax)), settings.max_image_pixels)
+        too_large = None if problem else decoded_size_problem(ds, settings.max_dataset_mb)
     except Exception as exc:  # a value pydicom cannot even parse
-        problem = f"dataset could not be decoded: {exc}"
+        problem, too_large = f"dataset could not be decoded: {exc}", None
     if problem:
         raise _Refused(StoreStatus.CANNOT_UNDERSTAND, problem)
+    if too_large:
+        raise _Refused(StoreStatus.OUT_OF_RESOURCES, too_large)
 
 
 def _place(received: ReceivedFile, spool: Spool, uids: tuple[str, str, str]) -> tuple[Path, Path | None]:
