@@ -45,6 +45,16 @@ def test_catalog_is_a_real_wal_file(sqlite_catalog, tmp_path):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
+def test_a_late_instance_reopens_a_finished_series_on_both_backends(catalog):
+    """A series COMPLETE (or SENT, SKIPPED…) that gets another instance is RECEIVING again, with a new generation.
+    On PostgreSQL the "is this series new?" test once read psycopg's rowcount (-1 either way): it stayed COMPLETE."""
+    catalog.intake.record_instance(meta(1))
+    catalog.completion.complete_quiet_series(0, now=utcnow() + timedelta(seconds=1))
+    assert catalog.views.series_state("1.2.3.4") is SeriesState.COMPLETE
+    catalog.intake.record_instance(meta(2))
+    assert catalog.views.series_state("1.2.3.4") is SeriesState.RECEIVING
+
+
 def test_full_life_cycle(catalog):
     for n in range(3):
         catalog.intake.record_instance(meta(n))

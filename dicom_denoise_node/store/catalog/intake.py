@@ -168,8 +168,9 @@ class Intake:
         Two receivers on one catalog may create the same patient, study or series at the same moment: on PostgreSQL
         the second insert waits for the first to commit and then does nothing, instead of failing the C-STORE."""
         insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
-        result = s.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=[key]))
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
+        # RETURNING, not rowcount: psycopg reports -1 for either outcome, so every parent looked new on PostgreSQL.
+        return s.execute(statement.returning(getattr(table, key))).first() is not None
 
     def _record(self, s: Session, meta: InstanceMeta) -> None:
         now = utcnow()
