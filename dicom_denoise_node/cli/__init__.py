@@ -1,8 +1,8 @@
 """`denoise-node`: a thin typer app that parses arguments, then calls the modules that do the work.
 
-Commands live by subject: service.py (serve, echo, check, denoise), series.py (status, rules test, retry, purge);
-options.py holds what they share. Installed packages add theirs (the trainer's) through the
-``denoise_node.commands`` entry point.
+Commands live by subject: service.py (serve, migrate, echo, check, denoise), status.py (status), series.py (rules
+test, retry, reprocess, purge); options.py holds what they share (config, logging, the catalog, exit codes).
+Installed packages add theirs (the trainer's) through the ``denoise_node.commands`` entry point.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from dicom_denoise_node import __version__
-from dicom_denoise_node.cli import series, service
+from dicom_denoise_node.cli import series, service, status
 from dicom_denoise_node.cli.options import console, log, out
 
 app = typer.Typer(
@@ -33,7 +33,17 @@ def main(
         raise typer.Exit()
 
 
-for command in (service.serve, service.echo, series.status, series.retry, series.purge, service.check, service.denoise):
+for command in (
+    service.serve,
+    service.migrate,
+    service.echo,
+    status.status,
+    series.retry,
+    series.reprocess,
+    series.purge,
+    service.check,
+    service.denoise,
+):
     app.command()(command)
 rules_app = typer.Typer(help="Routing rules: which received series are denoised.", no_args_is_help=True)
 rules_app.command("test")(series.rules_test)

@@ -1,18 +1,34 @@
-"""The service's commands: run the node, check its peers and its config, denoise files by hand."""
+"""The service's commands: run the node, migrate its catalog, check its peers and its spool, denoise files by hand.
+
+Only `serve` (at start) and `migrate` create or migrate a catalog; `check` opens an existing one, and with --repair
+takes the data directory's lock first, as `serve` does (store/lock.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dicom_denoise_node.cli.options import ConfigOption, console, load_or_exit, log, out
+from dicom_denoise_node.cli.options import (
+    EXIT_CATALOG,
+    EXIT_IN_USE,
+    ConfigOption,
+    catalog_or_exit,
+    console,
+    load_or_exit,
+    log,
+    out,
+    schema_exit,
+)
 from dicom_denoise_node.config import ConfigError, Destination
 from dicom_denoise_node.model.registry import ModelError
+
+if TYPE_CHECKING:
+    from dicom_denoise_node.store.lock import DataDirLock
 
 
 def serve(
@@ -28,6 +44,7 @@ def serve(
     with `--role worker` (docs/install.md). Example: `denoise-node serve --config /etc/denoise-node/denoise-node.toml`
     """
     from dicom_denoise_node.pipeline import Node
+    from dicom_denoise_node.store.migrations import SchemaMismatch
 
     settings = load_or_exit(config)
     if role is not None:
@@ -44,6 +61,9 @@ def serve(
     except ConfigError as exc:  # a setting that only fails when used, e.g. an unreadable TLS certificate
         log.error("cannot start: %s", exc)
         raise typer.Exit(2) from exc
+    except SchemaMismatch as exc:  # a catalog a newer denoise-node made: never run on it, never downgrade it
+        log.error("cannot start: %s", exc)
+        raise typer.Exit(EXIT_CATALOG) from exc
     except OSError as exc:
         log.error("cannot start: %s", exc)
         raise typer.Exit(4) from exc
@@ -92,24 +112,70 @@ def echo(
     raise typer.Exit(1 if failed else 0)
 
 
+def _lock_or_exit(data_dir: Path, hint: str) -> DataDirLock:
+    """The data directory's lock, as `serve` takes it (store/lock.py), or exit 4 naming the node that holds it."""
+    from dicom_denoise_node.store.lock import DataDirLock, DataDirLocked
+
+    lock = DataDirLock(data_dir)
+    try:
+        lock.acquire()
+    except DataDirLocked as exc:
+        console.print(f"[red]{escape(str(exc))}[/]: {hint}")
+        raise typer.Exit(EXIT_IN_USE) from exc
+    return lock
+
+
+def migrate(config: ConfigOption = None) -> None:
+    """Create the catalog, or bring its schema to this version's (what `serve` does at start); says from and to which
+    revision.
+
+    Stop every node that uses the catalog first (a shared PostgreSQL catalog: all of them): an older node must not
+    run on a newer schema. Refused while a node holds this config's data directory (exit 4).
+    Example: `denoise-node migrate -c /etc/denoise-node/denoise-node.toml`
+    """
+    from dicom_denoise_node.store.catalog import Catalog
+    from dicom_denoise_node.store.migrations import SchemaMismatch
+
+    settings = load_or_exit(config)
+    lock = _lock_or_exit(settings.node.data_dir, "stop it first (`serve` migrates when it starts)")
+    try:
+        catalog = Catalog(settings.catalog_url)
+    except SchemaMismatch as exc:  # a newer denoise-node's schema: never downgraded
+        raise schema_exit(exc) from exc
+    finally:
+        lock.release()
+    before, after = catalog.db.schema_change or (None, "?")
+    catalog.close()
+    where = escape(settings.catalog_url_shown)
+    if before == after:
+        out.print(f"catalog {where} is at revision {after}, this denoise-node's: nothing to do")
+    else:
+        out.print(f"catalog {where} migrated from revision {before or 'none (a new catalog)'} to {after}")
+
+
 def check(
     config: ConfigOption = None,
-    repair: Annotated[bool, typer.Option(help="Repair (only while the node is stopped).")] = False,
+    repair: Annotated[
+        bool, typer.Option(help="Repair: index or remove orphans (takes the data directory's lock, as `serve` does).")
+    ] = False,
 ) -> None:
     """Compare the spool with the catalog (what `serve` does at every start) and report mismatches.
 
-    Example: `denoise-node check -c /etc/denoise-node/denoise-node.toml` (exit 1 when they disagree)
+    Without --repair it only reads (never creates a catalog or a folder). --repair is refused while a node runs on
+    the data directory (exit 4). Example: `denoise-node check -c /etc/denoise-node/denoise-node.toml` (exit 1 when
+    they disagree)
     """
-    from dicom_denoise_node.store.catalog import Catalog
     from dicom_denoise_node.store.spool import Spool
     from dicom_denoise_node.store.spool_check import check_spool
 
     settings = load_or_exit(config)
-    catalog = Catalog(settings.catalog_url)
-    try:
-        report = check_spool(Spool(settings.spool_dir), catalog, repair=repair)
-    finally:
-        catalog.close()
+    with catalog_or_exit(settings) as catalog:
+        lock = _lock_or_exit(settings.node.data_dir, "stop it to repair (it repairs at start)") if repair else None
+        try:
+            report = check_spool(Spool(settings.spool_dir, create=repair), catalog, repair=repair)
+        finally:
+            if lock is not None:
+                lock.release()
     table = Table(title="spool vs catalog")
     table.add_column("finding")
     table.add_column("count", justify="right")

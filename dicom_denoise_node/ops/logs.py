@@ -9,7 +9,9 @@ prefixed text format leaves the time out. ``[node] log_format = "json"`` writes 
 (python-json-logger) for log shippers, with the same prefix under the journal.
 
 Libraries that narrate every object at INFO (highdicom: "copy attributes of module …", several lines per derived
-instance and report) are kept out of an INFO log: their INFO shows only when the node logs at DEBUG.
+instance and report; Alembic: "Context impl SQLiteImpl", "Running upgrade …", about 16 lines whenever a catalog is
+opened or migrated, which store/migrations says in one line) are kept out of an INFO log: their INFO shows only
+when the node logs at DEBUG.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pythonjsonlogger.json import JsonFormatter
 LogFormat = Literal["text", "json"]
 
 # Loggers whose INFO records are per-instance chatter, not events an admin acts on.
-CHATTY_LIBRARIES = ("highdicom",)
+CHATTY_LIBRARIES = ("highdicom", "alembic")
 
 # logging level → syslog priority (sd-daemon(3)): 7 debug, 6 info, 4 warning, 3 err, 2 crit
 _PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))

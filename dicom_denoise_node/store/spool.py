@@ -144,11 +144,12 @@ class Spool:
     """The spool: ``incoming/`` (as received) and ``derived/`` (as sent); the node's data directory unless
     ``[node] spool_dir`` names one that several nodes share."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, create: bool = True) -> None:
+        """``create=False``: for a command that only looks (`check`), which must create no folder."""
         self.root = Path(data_dir)
         self.incoming = self.root / "incoming"
         self.derived = self.root / "derived"
-        for d in (self.root, self.incoming, self.derived):
+        for d in (self.root, self.incoming, self.derived) if create else ():
             d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
 
     def incoming_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:

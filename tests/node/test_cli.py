@@ -16,7 +16,7 @@ from pydicom import dcmread
 from tests.peers import StoreSCP, dciodvfy, require, write_ct_series
 
 ROOT = Path(__file__).parents[2]
-COMMANDS = ["serve", "echo", "status", "retry", "purge", "check", "denoise", "rules test"]
+COMMANDS = ["serve", "migrate", "echo", "status", "retry", "reprocess", "purge", "check", "denoise", "rules test"]
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -86,7 +86,7 @@ def test_systemd_unit_is_hardened_and_verifies(tmp_path):
         "ProtectSystem=strict",
         "ReadWritePaths=/var/lib/denoise-node",
         "PrivateTmp=yes",
-        "RestartPreventExitStatus=2 3",
+        "RestartPreventExitStatus=2 3 6",
         "SystemCallFilter=@system-service",
         "MemoryMax=",
         "OOMPolicy=continue",

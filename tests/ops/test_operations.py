@@ -179,6 +179,7 @@ def test_healthz_goes_unhealthy_when_the_model_file_is_gone(tmp_path, tiny_model
         assert echoscu(node.port, "DENOISE").returncode == 0  # still up: the admin is told, nothing stops
         shown = _cli(node, "status")
         assert "health: unhealthy" in shown.stdout and "NO" in shown.stdout
+        assert shown.returncode == 4  # `status` exits 4 when the node answers unhealthy
     finally:
         node.stop()
 

@@ -112,9 +112,11 @@ class CatalogEngine(SessionSource):
         self.engine = create_engine(url, hide_parameters=True, **kwargs)
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        # With ``migrate``: (the revision it was at, None when new; the one it is at now). Else None: only checked.
+        self.schema_change: tuple[str | None, str] | None = None
         try:
             if migrate:
-                upgrade_catalog(self.engine, where=shown_url(url))
+                self.schema_change = upgrade_catalog(self.engine, where=shown_url(url))
             else:
                 require_current(self.engine, shown_url(url))
         except BaseException:
