@@ -10,11 +10,12 @@ import math
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dicom_denoise_node.config import GuardSettings, Settings
 from dicom_denoise_node.denoise.lease import ClaimLease
+from dicom_denoise_node.denoise.rule_denoisers import RuleDenoisers
 from dicom_denoise_node.denoise.series import Interrupted, SeriesDenoiser, SeriesResult
 from dicom_denoise_node.ops.metrics import NodeMetrics
 from dicom_denoise_node.store.catalog import Catalog, Claim, DerivedRecord, QualityRecord, SeriesState
@@ -24,31 +25,55 @@ from dicom_denoise_node.store.spool import Spool
 log = logging.getLogger(__name__)
 
 
+def _denoise_each(
+    claim: Claim,
+    catalog: Catalog,
+    denoisers: Sequence[SeriesDenoiser],
+    paths: list[Path],
+    spool: Spool,
+    stop: threading.Event,
+) -> list[tuple[SeriesDenoiser, SeriesResult]]:
+    """Each derived series of the claim, one after another; the numbering variant of each derivation comes from
+    the catalog (recorded before its first instance is written, so a retry keeps its SeriesNumber)."""
+
+    def progress(k: int) -> Callable[[int, int], None]:
+        def report(done: int, total: int) -> None:
+            log.debug("series %s: %d/%d slices (derived series %d of %d)", claim.series_uid, done, total, k + 1,
+                      len(denoisers))  # fmt: skip
+            catalog.queue.record_progress(claim, k * total + done, len(denoisers) * total)
+
+        return report
+
+    results = []
+    for k, denoiser in enumerate(denoisers):
+        info = denoiser.derivation
+        variant = catalog.derivations.variant(claim.series_id, info.uid_key, info.rule)
+        result = denoiser.denoise_series(
+            claim.series_uid, paths, spool.derived_path, progress=progress(k), stop=stop, variant=variant
+        )
+        results.append((denoiser, result))
+    return results
+
+
 def denoise_claim(
     claim: Claim,
     catalog: Catalog,
-    denoiser: SeriesDenoiser,
+    denoisers: Sequence[SeriesDenoiser],
     spool: Spool,
     metrics: NodeMetrics,
     guard: GuardSettings,
     stop: threading.Event,
     lease_s: float,
 ) -> bool:
-    """Denoise a claimed series; True when it is DERIVED and ready to send."""
+    """Denoise a claimed series into one derived series per denoiser (its rule's, and those of the rules it falls
+    through to: denoise/rule_denoisers.py); True when it is DERIVED and ready to send."""
     log.info("series %s state=PROCESSING", claim.series_uid)
     paths = [Path(i.path) for i in catalog.queue.instances(claim.series_id)]
     started = time.monotonic()
-
-    def progress(done: int, total: int) -> None:
-        log.debug("series %s: %d/%d slices", claim.series_uid, done, total)
-        catalog.queue.record_progress(claim, done, total)
-
     lease = ClaimLease(catalog, claim, lease_s, stop)
     try:
         with lease:
-            result = denoiser.denoise_series(
-                claim.series_uid, paths, spool.derived_path, progress=progress, stop=lease.abandon
-            )
+            results = _denoise_each(claim, catalog, denoisers, paths, spool, lease.abandon)
     except Interrupted:
         if lease.lost:
             return False  # another worker has the series now; the keeper said so
@@ -62,25 +87,27 @@ def denoise_claim(
         if catalog.queue.fail(claim.series_id, "process", error, SeriesState.PROCESSING, owner=claim.owner):
             log.error("series %s state=FAILED: %s", claim.series_uid, exc)
         return False
-    records = [DerivedRecord(sop, src, str(path)) for sop, src, path in result.written]
+    records = [DerivedRecord(sop, src, str(path)) for _, r in results for sop, src, path in r.written]
     seconds = time.monotonic() - started
-    metrics.series_processed.labels("derived").inc()
-    if result.images:
-        metrics.inference_seconds_per_slice.observe(result.timings["inference"] / result.images)
-    metrics.slices_flagged.inc(len(result.flagged))
     hold = None
-    if result.flagged and guard.policy == "hold":
-        hold = (
-            f"held for review: the consistency guard flagged {len(result.flagged)} of {len(result.verdicts)} "
-            f"slices (first: {result.verdicts[result.flagged[0]].summary()}); "
-            "`denoise-node retry` sends it as it is"
-        )
-    # The derivation key (version, and strength / self-ensemble when not 1): what the derived UIDs were made from,
-    # so `status` says how a series was made and the demo finds its report (the column holds 64 characters).
+    for _, result in results:
+        metrics.series_processed.labels("derived").inc()
+        if result.images:
+            metrics.inference_seconds_per_slice.observe(result.timings["inference"] / result.images)
+        metrics.slices_flagged.inc(len(result.flagged))
+        if result.flagged and guard.policy == "hold" and hold is None:
+            hold = (
+                f"held for review: the consistency guard flagged {len(result.flagged)} of {len(result.verdicts)} "
+                f"slices (first: {result.verdicts[result.flagged[0]].summary()}); "
+                "`denoise-node retry` sends it as it is"
+            )
+    # The derivation key (version, and strength / self-ensemble when not 1) of the first derived series: what its
+    # UIDs were made from, so `status` says how a series was made and the demo finds its report (64 characters).
+    first, result = results[0]
     if not catalog.queue.finish_processing(
         claim,
         result.derived_series_uid,
-        denoiser.derivation.uid_key[:64],
+        first.derivation.uid_key[:64],
         records,
         processing_seconds=seconds,
         hold_reason=hold,
@@ -88,11 +115,13 @@ def denoise_claim(
         log.info("series %s: result not recorded (new instances arrived meanwhile, or the claim was lost)",
                  claim.series_uid)  # fmt: skip
         return False
-    record_quality(catalog, claim, result, denoiser.derivation.uid_key, guard)
+    for denoiser, each in results:
+        record_quality(catalog, claim, each, denoiser.derivation.uid_key, guard)
     if hold:
         log.warning("series %s state=FAILED: %s", claim.series_uid, hold)
         return False
-    log.info("series %s state=DERIVED (%d instances)", claim.series_uid, len(records))
+    log.info("series %s state=DERIVED (%d instances in %d derived series)", claim.series_uid, len(records),
+             len(results))  # fmt: skip
     return True
 
 
@@ -132,7 +161,7 @@ class ProcessJob:
     def __init__(
         self,
         catalog: Catalog,
-        denoiser: SeriesDenoiser,
+        denoisers: RuleDenoisers,
         spool: Spool,
         metrics: NodeMetrics,
         settings: Settings,
@@ -140,7 +169,7 @@ class ProcessJob:
         stop: threading.Event,
         derived: Callable[[], None],
     ) -> None:
-        self.catalog, self.denoiser, self.spool, self.metrics = catalog, denoiser, spool, metrics
+        self.catalog, self.denoisers, self.spool, self.metrics = catalog, denoisers, spool, metrics
         self.settings, self.disk, self.stop, self.derived = settings, disk, stop, derived
         self.disk_low = False  # this job's own memory of its last check, for the two log lines
 
@@ -152,7 +181,10 @@ class ProcessJob:
             claim = self.catalog.queue.claim_for_processing(series.max_attempts, series.claim_lease_s)
             if claim is None:
                 return
-            if denoise_claim(claim, self.catalog, self.denoiser, self.spool, self.metrics, self.settings.guard,
+            instances = [(Path(i.path), i.calling_aet) for i in self.catalog.queue.instances(claim.series_id)]
+            rule = self.catalog.completion.series_rule(claim.series_id)
+            denoisers = self.denoisers.for_series(rule, instances, claim.strength)
+            if denoise_claim(claim, self.catalog, denoisers, self.spool, self.metrics, self.settings.guard,
                              self.stop, series.claim_lease_s):  # fmt: skip
                 self.derived()
 

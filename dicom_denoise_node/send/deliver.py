@@ -133,6 +133,13 @@ class SendJob:
         self.catalog, self.settings, self.metrics = catalog, settings, metrics
         self.destinations_for, self.stop = destinations_for, stop
 
+    def destinations(self, series_id: int) -> list[Destination]:
+        """Where the series goes: its rule's destinations, or, when several rules made derived series of it (a rule
+        with fall_through), those of each of them, every destination once."""
+        rules = self.catalog.derivations.last_rules(series_id) or [self.catalog.completion.series_rule(series_id)]
+        chosen = {d.key: d for rule in rules for d in self.destinations_for(rule)}
+        return list(chosen.values())
+
     def run(self) -> None:
         if not self.settings.destinations:
             return
@@ -140,5 +147,4 @@ class SendJob:
             claim = self.catalog.deliveries.claim_for_sending(self.settings.send.lease_s)
             if claim is None:
                 return
-            destinations = self.destinations_for(self.catalog.completion.series_rule(claim.series_id))
-            deliver_claim(claim, self.catalog, self.settings, self.metrics, destinations)
+            deliver_claim(claim, self.catalog, self.settings, self.metrics, self.destinations(claim.series_id))

@@ -141,7 +141,7 @@ def test_the_worker_records_the_derivation_key_that_names_the_report(abdomen_pat
     assert claim is not None
     spool = Spool(tmp_path / "spool")
     metrics = NodeMetrics(catalog, lambda: 1.0)
-    assert denoise_claim(claim, catalog, denoiser, spool, metrics, GuardSettings(), threading.Event(), 60.0)
+    assert denoise_claim(claim, catalog, [denoiser], spool, metrics, GuardSettings(), threading.Event(), 60.0)
     progress = catalog.views.series_progress(str(ds.SeriesInstanceUID))
     assert progress is not None and progress["state"] == SeriesState.DERIVED
     key = derivation_key(info.version, 1.0, 2)

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from dicom_denoise_node.config import Settings
 from dicom_denoise_node.denoise import worker
+from dicom_denoise_node.denoise.rule_denoisers import RuleDenoisers
 from dicom_denoise_node.ops.metrics import NodeMetrics
 from dicom_denoise_node.store.catalog import Catalog, InstanceMeta, SeriesState, utcnow
 from dicom_denoise_node.store.disk import MIB, DiskSpace
@@ -31,8 +32,9 @@ def test_processing_pauses_on_a_full_disk_and_resumes_when_space_returns(tmp_pat
 
     monkeypatch.setattr(worker, "denoise_claim", fake_denoise)
     derived: list[int] = []
-    job = worker.ProcessJob(catalog, None, Spool(tmp_path / "spool"), NodeMetrics(catalog, lambda: 1.0), Settings(),
-                            disk, threading.Event(), derived=lambda: derived.append(1))  # type: ignore[arg-type]  # fmt: skip
+    denoisers = RuleDenoisers(None, {}, lambda rule, instances: [])  # type: ignore[arg-type]  (never denoises)
+    job = worker.ProcessJob(catalog, denoisers, Spool(tmp_path / "spool"), NodeMetrics(catalog, lambda: 1.0),
+                            Settings(), disk, threading.Event(), derived=lambda: derived.append(1))  # fmt: skip
     try:
         with caplog.at_level(logging.INFO, logger=worker.__name__):
             job.run()
