@@ -32,7 +32,6 @@ from dicom_denoise_node.complete import quiet_period, routing
 from dicom_denoise_node.config import ConfigError, Settings, describe, env_overrides
 from dicom_denoise_node.denoise.decode_process import DecoderProcess
 from dicom_denoise_node.denoise.inference import select_device
-from dicom_denoise_node.denoise.rule_denoisers import RuleDenoisers, load_rule_models
 from dicom_denoise_node.denoise.series import SeriesDenoiser
 from dicom_denoise_node.denoise.worker import ProcessJob
 from dicom_denoise_node.model.registry import load_model, resolve_model_path
@@ -45,6 +44,7 @@ from dicom_denoise_node.receive.admission import Admission
 from dicom_denoise_node.receive.audit import AssociationAudit, association_rows
 from dicom_denoise_node.receive.scp import start_scp
 from dicom_denoise_node.send.deliver import SendJob
+from dicom_denoise_node.send.forward import ForwardJob
 from dicom_denoise_node.store.catalog import Catalog
 from dicom_denoise_node.store.disk import MIB, DiskSpace
 from dicom_denoise_node.store.lock import DataDirLock
@@ -73,13 +73,6 @@ def load_denoiser(settings: Settings) -> SeriesDenoiser:
     )
 
 
-def load_rule_denoisers(settings: Settings, default: SeriesDenoiser) -> RuleDenoisers:
-    """The default denoiser and every model the routing rules name (a ModelError names a rule whose model is
-    missing), with routing's answer to "which rules make a derived series of this one"."""
-    by_model = load_rule_models(settings, default, str(default.inferer.device), default.decoder)
-    return RuleDenoisers(default, by_model, functools.partial(routing.series_rules, settings))
-
-
 class Node:
     """The running service: SCP, scheduler jobs and the state they share through the catalog."""
 
@@ -95,7 +88,6 @@ class Node:
             self.lock.release()
             raise
         self.denoiser = denoiser
-        self.denoisers: RuleDenoisers | None = None  # the denoiser and the models rules name, loaded at start
         self.disk = DiskSpace(settings.spool_dir, settings.node.min_free_mb)  # receiving refuses, processing pauses
         self.admission = Admission(
             settings.node,
@@ -131,13 +123,12 @@ class Node:
         if self.denoiser is None and self.works:
             self.denoiser = load_denoiser(self.settings)  # refuse to start without a usable model
         if self.denoiser is not None:
-            self.denoisers = load_rule_denoisers(self.settings, self.denoiser)  # ... or one a rule names
-        if self.denoiser is not None:
             info = self.denoiser.info
             self.metrics.set_model(info.name, info.version, str(self.denoiser.inferer.device))
         self.spool.remove_partial_writes()
         for uid in self.catalog.recovery.recover_after_restart():
             log.warning("series %s was interrupted while PROCESSING; state=COMPLETE again", uid)
+        self.catalog.forwards.release_own()  # a crash mid-forward: those originals go at once
         check_spool(self.spool, self.catalog)
         if not self.settings.destinations and self.works:
             log.warning("no [[destinations]] configured: derived series will wait in state DERIVED")
@@ -156,22 +147,28 @@ class Node:
                 raise ConfigError(f"[http] cannot listen on {http.host}:{http.port}: {exc}") from exc
             self.http.start()
         if self.receives:
-            self.server = start_scp(self.settings.node, self.spool, self.catalog, self.admission, self.audit)
+            forward_only = self.settings.forward_only_sop_classes  # dose reports, when originals are passed on
+            self.server = start_scp(
+                self.settings.node, self.spool, self.catalog, self.admission, self.audit, forward_only
+            )
         # Notifications have a thread of their own: a slow webhook never holds up the DICOM path's jobs.
-        executors = {"default": ThreadPoolExecutor(3), "notify": ThreadPoolExecutor(1)}
+        executors = {"default": ThreadPoolExecutor(4), "notify": ThreadPoolExecutor(1)}
         self.scheduler = BackgroundScheduler(executors=executors, timezone="UTC")
         every = self.settings.series.poll_interval_s
         common = dict(trigger="interval", seconds=every, max_instances=1, coalesce=True, misfire_grace_time=None)
         # Completion is an atomic catalog transition: every role runs it, so series complete while any node is up.
         self.scheduler.add_job(self.complete_job, id="complete", **common)
         if self.works:
-            assert self.denoisers is not None
-            processing = ProcessJob(self.catalog, self.denoisers, self.spool, self.metrics, self.settings, self.disk,
+            assert self.denoiser is not None
+            processing = ProcessJob(self.catalog, self.denoiser, self.spool, self.metrics, self.settings, self.disk,
                                     self.stop_event, derived=lambda: self._run_now("send"))  # fmt: skip
             destinations = functools.partial(routing.destinations_for, self.settings)
             sending = SendJob(self.catalog, self.settings, self.metrics, destinations, self.stop_event)
             self.scheduler.add_job(self._claim_loop, args=("process", processing.run), id="process", **common)
             self.scheduler.add_job(self._claim_loop, args=("send", sending.run), id="send", **common)
+            originals = functools.partial(routing.originals_destinations_for, self.settings)
+            forwarding = ForwardJob(self.catalog, self.settings, originals, self.stop_event)
+            self.scheduler.add_job(self._claim_loop, args=("forward", forwarding.run), id="forward", **common)
             retention = dict(common, seconds=self.settings.retention.check_interval_s)
             self.scheduler.add_job(self.retention_job, id="retention", next_run_time=datetime.now(UTC), **retention)
         if self.settings.notify.enabled:
@@ -192,9 +189,7 @@ class Node:
             self.scheduler.shutdown(wait=True)
         if self.notify is not None:
             self.notify.close()
-        if self.denoisers is not None:
-            self.denoisers.close()
-        elif self.denoiser is not None:
+        if self.denoiser is not None:
             self.denoiser.close()
         self.catalog.close()
         self.lock.release()

@@ -176,3 +176,12 @@ def destinations_for(settings: Settings, rule_name: str | None) -> list[Destinat
     if rule is None or not rule.destinations:
         return list(settings.destinations)
     return [d for d in settings.destinations if d.key in rule.destinations]
+
+
+def originals_destinations_for(settings: Settings, rule_name: str | None) -> list[Destination]:
+    """Where a series' originals are passed on as they came: its rule's ``forward_originals``; a series no rule
+    denoises (a dose report: never denoised) goes to those of every rule."""
+    rule = rule_named(settings, rule_name)
+    rules = [rule] if rule is not None else settings.active_rules
+    names = {name for r in rules for name in r.forward_originals}
+    return [d for d in settings.destinations if d.key in names]

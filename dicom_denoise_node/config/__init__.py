@@ -22,6 +22,7 @@ from dicom_denoise_node.config.destinations import Destination
 from dicom_denoise_node.config.errors import ConfigError
 from dicom_denoise_node.config.sections import (
     DEFAULT_RULE,
+    FORWARD_ONLY_SOP_CLASSES,
     AETitle,
     CatalogSettings,
     DeriveSettings,
@@ -42,6 +43,7 @@ from dicom_denoise_node.config.sections import (
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_RULE",
+    "FORWARD_ONLY_SOP_CLASSES",
     "ENV_PREFIX",
     "AETitle",
     "CatalogSettings",
@@ -108,12 +110,23 @@ class Settings(BaseSettings):
                     f"rules[{i}].destinations: {', '.join(unknown)} not among the [[destinations]] "
                     f'({", ".join(sorted(names)) or "none configured"}); name a destination with name = "…"'
                 )
+            unknown = [d for d in rule.forward_originals if d not in names]
+            if unknown:
+                raise ValueError(
+                    f"rules[{i}].forward_originals: {', '.join(unknown)} not among the [[destinations]] "
+                    f'({", ".join(sorted(names)) or "none configured"}); name a destination with name = "…"'
+                )
             if rule.strength is not None and self.model.target_noise_hu:
                 raise ValueError(
                     f"rules[{i}].strength: rule {rule.name!r} sets strength={rule.strength:g} and [model] "
                     f"target_noise_hu={self.model.target_noise_hu:g} sets the blend too: set one of them"
                 )
         return self
+
+    @property
+    def forward_only_sop_classes(self) -> tuple[str, ...]:
+        """What the SCP accepts only to pass it on (the dose reports): when some rule forwards originals."""
+        return FORWARD_ONLY_SOP_CLASSES if any(r.forward_originals for r in self.active_rules) else ()
 
     @property
     def active_rules(self) -> list[Rule]:

@@ -250,6 +250,14 @@ class CatalogSettings(Section):
     url: str = ""
 
 
+# Never denoised: accepted by the SCP only when some rule forwards originals, to be passed on with them (the dose
+# reports CT scanners send beside their images).
+FORWARD_ONLY_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.88.67",  # X-Ray Radiation Dose SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR Storage
+)
+
+
 class Rule(Section):
     """A routing rule: which received series are denoised, where the result goes, and how long to wait.
 
@@ -268,6 +276,10 @@ class Rule(Section):
     max_exposure_mas: float | None = Field(None, gt=0, description="Exposure (0018,1152) in mAs, at or below")
     max_ctdivol: float | None = Field(None, gt=0, description="CTDIvol (0018,9345) in mGy, at or below")
     destinations: list[str] = Field(default_factory=list, description="destination names; empty = all")
+    forward_originals: list[str] = Field(
+        default_factory=list,
+        description="destination names that also get the received series as it came (and the dose reports)",
+    )
     quiet_period_s: float | None = Field(None, gt=0, description="overrides [series] quiet_period_s")
     strength: float | None = Field(None, ge=0.0, le=1.0, description="overrides [model] strength for this rule")
     model: str = Field("", description="a model of the registry by name ([model] path); empty = the [model] one")

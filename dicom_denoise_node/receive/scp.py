@@ -12,6 +12,7 @@ import enum
 import errno
 import logging
 import struct
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_denoise_node.codecs import decodable_transfer_syntaxes, log_refused_syntaxes
-from dicom_denoise_node.config import NodeSettings
+from dicom_denoise_node.config import FORWARD_ONLY_SOP_CLASSES, NodeSettings
 from dicom_denoise_node.pynetdicom_patches import NODELAY_HANDLER, start_server, stream_received_datasets
 from dicom_denoise_node.receive.admission import Admission, server_tls_context
 from dicom_denoise_node.receive.audit import AssociationAudit
@@ -222,6 +223,8 @@ def _check_content(ds: Dataset, event: Event, admission: Admission | None) -> No
             StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             f"SOPClassUID {ds.get('SOPClassUID')} does not match the presentation context {context_class}",
         )
+    if context_class in FORWARD_ONLY_SOP_CLASSES:
+        return  # a dose report, accepted only to be passed on: no pixels
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise _Refused(StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "no PixelData in a CT image")
     settings = admission.settings if admission is not None else NodeSettings()
@@ -317,13 +320,16 @@ def handle_store_counted(event: Event, audit: AssociationAudit, **kwargs: Any) -
     return status
 
 
-def build_ae(settings: NodeSettings) -> AE:
-    """The SCP's Application Entity with its contexts and association policy."""
+def build_ae(settings: NodeSettings, forward_only: Sequence[str] = ()) -> AE:
+    """The SCP's Application Entity with its contexts and association policy; ``forward_only``: SOP classes taken
+    only to be passed on (the dose reports, when some rule forwards originals), uncompressed little endian."""
     ae = AE(ae_title=settings.ae_title)
     syntaxes = decodable_transfer_syntaxes()
     log_refused_syntaxes()
     for sop_class in ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(sop_class, syntaxes)
+    for sop_class in forward_only:
+        ae.add_supported_context(sop_class, [dcm_uid.ExplicitVRLittleEndian, dcm_uid.ImplicitVRLittleEndian])
     ae.add_supported_context(Verification)
     ae.require_called_aet = True
     if settings.allowed_calling_aets:
@@ -339,10 +345,14 @@ def start_scp(
     catalog: Catalog,
     admission: Admission | None = None,
     audit: AssociationAudit | None = None,
+    forward_only: Sequence[str] = (),
 ) -> ThreadedAssociationServer:
     """Start listening (non-blocking) with handlers bound to the spool, the catalog, the admission rules and the
-    association audit."""
-    ae = build_ae(settings)
+    association audit; ``forward_only`` as for :func:`build_ae`."""
+    ae = build_ae(settings, forward_only)
+    if forward_only:
+        names = ", ".join(dcm_uid.UID(uid).name for uid in forward_only)
+        log.info("SCP accepts %s only to pass them on (a rule forwards originals)", names)
     admission = admission or Admission(
         settings,
         spool.root,

@@ -20,11 +20,13 @@ import enum
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import (
+    UID,
     BasicTextSRStorage,
     ComprehensiveSRStorage,
     EnhancedSRStorage,
@@ -105,43 +107,58 @@ def send_files(
     calling_aet: str,
     timeout_s: float = 60.0,
     on_stored: Callable[[str], None] | None = None,
+    optional_classes: Collection[str] = SR_CLASSES,
 ) -> int:
     """C-STORE every file over one association; raise SendError on the first non-success status.
 
     A destination that refuses the quality report's SR presentation context (a PACS for images only) gets the
-    images without it, with a warning: the refusal is an answer, not a failure to retry. A refused image class is a
-    SendError. ``on_stored`` is called with each SOP Instance UID the destination confirmed (Success or a warning).
+    images without it, with a warning: the refusal is an answer, not a failure to retry (``optional_classes``;
+    passing originals on, none is). A refused image class is a SendError. ``on_stored`` is called with each SOP
+    Instance UID the destination confirmed (Success or a warning).
+
+    Each file goes in its own transfer syntax (a received original may be JPEG Lossless): every compressed one is
+    proposed in a context of its own beside the uncompressed ones, and to a destination that refuses it the file
+    goes decompressed (a lossless one loses nothing).
     """
     if not files:
         return 0
-    classes = {f: str(dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID) for f in files}
+    headers = {f: dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID"]) for f in files}
+    classes = {f: str(h.SOPClassUID) for f, h in headers.items()}
+    syntaxes = {(classes[f], UID(h.file_meta.TransferSyntaxUID)) for f, h in headers.items()}
     ae = _scu(calling_aet, timeout_s)
     for sop_class in sorted(set(classes.values())):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    for sop_class, syntax in sorted(pair for pair in syntaxes if pair[1].is_compressed):
+        ae.add_requested_context(sop_class, [syntax])
     assoc = _associate(ae, dest, timeout_s)
     try:
-        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        contexts = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
+        accepted = {sop_class for sop_class, _ in contexts}
         refused = sorted(set(classes.values()) - accepted)
-        images = [c for c in refused if c not in SR_CLASSES]
-        if images:
-            raise SendError(f"{dest.key} accepts no presentation context for {', '.join(images)}")
+        required = [c for c in refused if c not in optional_classes]
+        if required:
+            raise SendError(f"{dest.key} accepts no presentation context for {', '.join(required)}")
         if refused:
             log.warning("%s does not accept the quality report (SR): the images are sent without it", dest.key)
         with held_reactor(assoc) as held:
             if held:
                 disable_nagle(assoc)
-            return _store_all(assoc, [f for f in files if classes[f] in accepted], dest, on_stored)
+            return _store_all(assoc, [f for f in files if classes[f] in accepted], dest, on_stored, contexts)
     finally:
         if assoc.is_established:
             assoc.release()
 
 
 def _store_all(
-    assoc: Association, files: list[Path], dest: Destination, on_stored: Callable[[str], None] | None = None
+    assoc: Association,
+    files: list[Path],
+    dest: Destination,
+    on_stored: Callable[[str], None] | None,
+    contexts: set[tuple[str, str]],
 ) -> int:
     sent = 0
     for path in files:
-        ds = dcmread(path)
+        ds = _as_accepted(dcmread(path), contexts, dest)
         status = assoc.send_c_store(ds)
         if not status or "Status" not in status:
             raise SendError(f"{dest.key}: no C-STORE response for {ds.SOPInstanceUID} (connection lost?)")
@@ -155,6 +172,20 @@ def _store_all(
             on_stored(str(ds.SOPInstanceUID))
         sent += 1
     return sent
+
+
+def _as_accepted(ds: Dataset, contexts: set[tuple[str, str]], dest: Destination) -> Dataset:
+    """The data set in its own transfer syntax, or decompressed when the destination refused that one."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    if not syntax.is_compressed or (str(ds.SOPClassUID), str(syntax)) in contexts:
+        return ds
+    try:
+        ds.decompress()
+    except Exception as exc:  # pydicom raises many types for pixel data it cannot decode
+        reason = f"{dest.key} does not take {syntax.name} and {ds.SOPInstanceUID} did not decompress: {exc}"
+        raise SendError(reason) from exc
+    log.debug("%s takes no %s: %s sent decompressed", dest.key, syntax.name, ds.SOPInstanceUID)
+    return ds
 
 
 def echo(dest: Destination, calling_aet: str, timeout_s: float = 30.0) -> int:

@@ -9,6 +9,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from dicom_denoise_node.store.catalog.engine import CatalogEngine
+from dicom_denoise_node.store.catalog.forwards import forward_pending
 from dicom_denoise_node.store.catalog.schema import DerivedInstance, Instance, Series, SeriesState, utcnow
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ class Housekeeping:
         return sorted(affected)
 
     def finished_before(self, cutoff: datetime) -> list[tuple[int, str]]:
-        """(id, UID) of SENT or SKIPPED series whose spool files still exist and that finished before cutoff."""
+        """(id, UID) of SENT or SKIPPED series whose spool files still exist and that finished before cutoff; not one
+        whose originals are still to be passed on (forwards.py): they may be the destination's only copy."""
         with self.db.session() as s:
             rows = s.execute(
                 select(Series.id, Series.series_uid).where(
@@ -72,6 +74,7 @@ class Housekeeping:
                     Series.state.in_((SeriesState.SENT, SeriesState.SKIPPED)),
                     Series.purged_at.is_(None),
                     Series.updated_at < cutoff,
+                    ~forward_pending(),
                 )
             ).all()
         return [(int(r[0]), str(r[1])) for r in rows]
