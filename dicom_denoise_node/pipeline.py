@@ -32,6 +32,7 @@ from dicom_denoise_node.complete import quiet_period, routing
 from dicom_denoise_node.config import ConfigError, Settings, describe, env_overrides
 from dicom_denoise_node.denoise.decode_process import DecoderProcess
 from dicom_denoise_node.denoise.inference import select_device
+from dicom_denoise_node.denoise.rule_denoisers import RuleDenoisers, load_rule_models
 from dicom_denoise_node.denoise.series import SeriesDenoiser
 from dicom_denoise_node.denoise.worker import ProcessJob
 from dicom_denoise_node.model.registry import load_model, resolve_model_path
@@ -73,6 +74,13 @@ def load_denoiser(settings: Settings) -> SeriesDenoiser:
     )
 
 
+def load_rule_denoisers(settings: Settings, default: SeriesDenoiser) -> RuleDenoisers:
+    """The default denoiser and every model the routing rules name (a ModelError names a rule whose model is
+    missing), with routing's answer to "which rules make a derived series of this one"."""
+    by_model = load_rule_models(settings, default, str(default.inferer.device), default.decoder)
+    return RuleDenoisers(default, by_model, functools.partial(routing.series_rules, settings))
+
+
 class Node:
     """The running service: SCP, scheduler jobs and the state they share through the catalog."""
 
@@ -88,6 +96,7 @@ class Node:
             self.lock.release()
             raise
         self.denoiser = denoiser
+        self.denoisers: RuleDenoisers | None = None  # the denoiser and the models rules name, loaded at start
         self.disk = DiskSpace(settings.spool_dir, settings.node.min_free_mb)  # receiving refuses, processing pauses
         self.admission = Admission(
             settings.node,
@@ -122,6 +131,8 @@ class Node:
             log.info("environment overrides: %s", ", ".join(env_overrides()))
         if self.denoiser is None and self.works:
             self.denoiser = load_denoiser(self.settings)  # refuse to start without a usable model
+        if self.denoiser is not None:
+            self.denoisers = load_rule_denoisers(self.settings, self.denoiser)  # ... or one a rule names
         if self.denoiser is not None:
             info = self.denoiser.info
             self.metrics.set_model(info.name, info.version, str(self.denoiser.inferer.device))
@@ -159,8 +170,8 @@ class Node:
         # Completion is an atomic catalog transition: every role runs it, so series complete while any node is up.
         self.scheduler.add_job(self.complete_job, id="complete", **common)
         if self.works:
-            assert self.denoiser is not None
-            processing = ProcessJob(self.catalog, self.denoiser, self.spool, self.metrics, self.settings, self.disk,
+            assert self.denoisers is not None
+            processing = ProcessJob(self.catalog, self.denoisers, self.spool, self.metrics, self.settings, self.disk,
                                     self.stop_event, derived=lambda: self._run_now("send"))  # fmt: skip
             destinations = functools.partial(routing.destinations_for, self.settings)
             sending = SendJob(self.catalog, self.settings, self.metrics, destinations, self.stop_event)
@@ -189,7 +200,9 @@ class Node:
             self.scheduler.shutdown(wait=True)
         if self.notify is not None:
             self.notify.close()
-        if self.denoiser is not None:
+        if self.denoisers is not None:
+            self.denoisers.close()
+        elif self.denoiser is not None:
             self.denoiser.close()
         self.catalog.close()
         self.lock.release()

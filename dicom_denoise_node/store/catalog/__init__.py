@@ -13,6 +13,7 @@ object per concern, so that a call says where its method lives (``catalog.queue.
 - recovery.py (``catalog.recovery``): retry, recovery after a restart, other nodes' live claims;
 - deliveries.py (``catalog.deliveries``): sending (④): the lease, each destination's acknowledgement, SENT or
   backoff and FAILED;
+- derivations.py (``catalog.derivations``): each derivation of a source series and its numbering variant;
 - forwards.py (``catalog.forwards``): received series passed on unchanged, their retry state;
 - housekeeping.py (``catalog.housekeeping``): spool rows and purges (the spool check, retention);
 - views.py (``catalog.views``): status, counts, progress;
@@ -27,6 +28,7 @@ from __future__ import annotations
 from dicom_denoise_node.store.catalog.archive import Split
 from dicom_denoise_node.store.catalog.completion import Completion
 from dicom_denoise_node.store.catalog.deliveries import Deliveries
+from dicom_denoise_node.store.catalog.derivations import Derivation, Derivations
 from dicom_denoise_node.store.catalog.engine import CatalogEngine, ReadOnlyEngine, SessionSource
 from dicom_denoise_node.store.catalog.forwards import Forward, ForwardClaim, Forwards
 from dicom_denoise_node.store.catalog.housekeeping import Housekeeping
@@ -59,6 +61,7 @@ __all__ = [
     "CatalogEngine",
     "Claim",
     "Delivery",
+    "Derivation",
     "DerivedInstance",
     "DerivedRecord",
     "Forward",
@@ -95,6 +98,7 @@ class Catalog:
         self.queue = Queue(self.db)
         self.recovery = Recovery(self.db)
         self.deliveries = Deliveries(self.db)
+        self.derivations = Derivations(self.db)
         self.forwards = Forwards(self.db)
         self.housekeeping = Housekeeping(self.db)
         self.views = Views(self.db)

@@ -1,7 +1,7 @@
 """forwards: received series passed on unchanged (a rule's forward_originals, dose reports), with their retry state
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2027-01-12
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
