@@ -92,8 +92,9 @@ def denoise_claim(
     hold = None
     for _, result in results:
         metrics.series_processed.labels("derived").inc()
-        if result.images:
-            metrics.inference_seconds_per_slice.observe(result.timings["inference"] / result.images)
+        slices = result.slices or result.images  # an Enhanced CT is one image of many slices (frames)
+        if slices:
+            metrics.inference_seconds_per_slice.observe(result.timings["inference"] / slices)
         metrics.slices_flagged.inc(len(result.flagged))
         if result.flagged and guard.policy == "hold" and hold is None:
             hold = (
