@@ -20,6 +20,7 @@ from dicom_denoise_node.denoise.series import Interrupted, SeriesDenoiser, Serie
 from dicom_denoise_node.ops.metrics import NodeMetrics
 from dicom_denoise_node.store.catalog import Catalog, Claim, DerivedRecord, QualityRecord, SeriesState
 from dicom_denoise_node.store.disk import DiskSpace
+from dicom_denoise_node.store.retention import delete_files
 from dicom_denoise_node.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def denoise_claim(
     through to: denoise/rule_denoisers.py); True when it is DERIVED and ready to send."""
     log.info("series %s state=PROCESSING", claim.series_uid)
     paths = [Path(i.path) for i in catalog.queue.instances(claim.series_id)]
+    earlier = {d.path for d in catalog.deliveries.derived_instances(claim.series_id)}  # what this run replaces
     started = time.monotonic()
     lease = ClaimLease(catalog, claim, lease_s, stop)
     try:
@@ -116,6 +118,7 @@ def denoise_claim(
         log.info("series %s: result not recorded (new instances arrived meanwhile, or the claim was lost)",
                  claim.series_uid)  # fmt: skip
         return False
+    _remove_superseded(spool, claim, earlier - {r.path for r in records})
     for denoiser, each in results:
         record_quality(catalog, claim, each, denoiser.derivation.uid_key, guard)
     if hold:
@@ -124,6 +127,15 @@ def denoise_claim(
     log.info("series %s state=DERIVED (%d instances in %d derived series)", claim.series_uid, len(records),
              len(results))  # fmt: skip
     return True
+
+
+def _remove_superseded(spool: Spool, claim: Claim, paths: set[str]) -> None:
+    """The files of an earlier derivation that this run replaced (`denoise-node reprocess` at another strength, a new
+    model): their rows went in the commit that recorded the new ones; left alone, they would be orphans until the
+    next start's spool check."""
+    if paths:
+        delete_files(spool, sorted(paths))
+        log.info("series %s: %d files of its earlier derivation removed", claim.series_uid, len(paths))
 
 
 def record_quality(catalog: Catalog, claim: Claim, result: SeriesResult, key: str, guard: GuardSettings) -> None:

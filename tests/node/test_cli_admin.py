@@ -19,7 +19,7 @@ from dicom_denoise_node.cli.options import DEFAULT_CONFIG
 from dicom_denoise_node.store.catalog import SeriesState
 from dicom_denoise_node.store.lock import DataDirLock
 from dicom_denoise_node.store.migrations import current_revision, head_revision, upgrade_catalog
-from tests.peers import StoreSCP, free_port, storescu, write_ct_series
+from tests.peers import StoreSCP, free_port, storescu, wait_until, write_ct_series
 
 FUTURE = "9999_from_a_newer_node"
 
@@ -178,6 +178,8 @@ def test_status_exit_codes_retry_failed_and_reprocess_at_another_strength(tmp_pa
     try:
         files = write_ct_series(tmp_path / "in", 2, rows=32, columns=32)
         uid = str(dcmread(files[0]).SeriesInstanceUID)
+        # The SCP listens before the scheduler runs (unhealthy for that moment): healthy first, then asked.
+        assert wait_until(lambda: node.http_get("/healthz")[0] == 200, timeout=60), node.http_get("/healthz")
         code, report = _status(node)
         assert code == 0 and report["problems"] == [] and report["node"]["status"] == "ok", report
         assert report["schema"] == 1 and report["series_counts"]["FAILED"] == 0 and report["queue"] == 0
@@ -208,3 +210,5 @@ def test_status_exit_codes_retry_failed_and_reprocess_at_another_strength(tmp_pa
         pacs.stop()
     code, report = _status(node)
     assert code == 3 and report["node"]["reachable"] is False and report["series_counts"]["SENT"] == 1
+    checked = cli("check", "-c", str(node.config))  # the earlier derived series' files went with their rows
+    assert checked.returncode == 0, checked.stdout + checked.stderr
