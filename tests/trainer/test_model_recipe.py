@@ -469,7 +469,7 @@ def test_paired_squared_error_term_is_taken_in_the_soft_tissue_window():
     assert "g_l2" not in paired_losses(fake, hd, view, off, 3, None)
 
 
-def test_every_paired_recipe_gets_the_lesion_term_unless_it_says_otherwise(tmp_path):
+def test_every_paired_recipe_gets_the_lesion_term_unless_it_says_otherwise(tmp_path, monkeypatch):
     """Issue 29: a paired run without the inserted-lesion term lost lesion contrast unnoticed; it is on by default."""
     from denoise_trainer.train.recipe import PAIRED_DEFAULTS, build_config
 
@@ -480,3 +480,5 @@ def test_every_paired_recipe_gets_the_lesion_term_unless_it_says_otherwise(tmp_p
     toml = tmp_path / "r.toml"
     toml.write_text('[train]\npairing = "paired"\nlambda_lesion = 0.0\n')
     assert build_config("cpu", toml).lambda_lesion == 0.0
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun the term cannot run (outside DDP): no default there
+    assert build_config("cpu", overrides={"pairing": "paired"}).lambda_lesion == 0.0

@@ -156,7 +156,7 @@ def test_cycle_term_is_l1_by_default_and_smooth_l1_with_a_width():
     assert 0 < smooth < l1  # smooth L1 is below L1 everywhere (by beta/2 where the error exceeds beta)
 
 
-def test_combinations_the_loop_cannot_run_are_refused_with_the_reason():
+def test_combinations_the_loop_cannot_run_are_refused_with_the_reason(monkeypatch):
     """Objective × feed × processes: what cannot run says why (CannotTrain, exit 2 from the CLI), before any step."""
     from denoise_trainer.train.loop import check_combination
     from denoise_trainer.train.recipe import CannotTrain
@@ -164,11 +164,13 @@ def test_combinations_the_loop_cannot_run_are_refused_with_the_reason():
     for pairing in ("unpaired", "paired"):
         for feed in ("host", "device"):
             check_combination(build_config("tiny", overrides={"pairing": pairing, "feed": feed}), world=1)
-        check_combination(build_config("tiny", overrides={"pairing": pairing}), world=2)
-        with pytest.raises(CannotTrain, match="feed = 'device' runs on one device"):
-            check_combination(build_config("tiny", overrides={"pairing": pairing, "feed": "device"}), world=2)
-        with pytest.raises(CannotTrain, match="lambda_lesion"):
-            check_combination(build_config("tiny", overrides={"pairing": pairing, "lambda_lesion": 0.1}), world=2)
+        with monkeypatch.context() as m:  # as torchrun builds it in each process: no paired lesion default there
+            m.setenv("WORLD_SIZE", "2")
+            check_combination(build_config("tiny", overrides={"pairing": pairing}), world=2)
+            with pytest.raises(CannotTrain, match="feed = 'device' runs on one device"):
+                check_combination(build_config("tiny", overrides={"pairing": pairing, "feed": "device"}), world=2)
+            with pytest.raises(CannotTrain, match="lambda_lesion"):
+                check_combination(build_config("tiny", overrides={"pairing": pairing, "lambda_lesion": 0.1}), world=2)
 
 
 def test_device_feed_refuses_slices_of_several_sizes(tmp_path, data):

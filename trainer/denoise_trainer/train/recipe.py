@@ -6,6 +6,7 @@ identity fidelity 1−SSIM, Adam 2e-4 (0.5, 0.999), 128×128 patches, batch 32, 
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -260,6 +261,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Paired mode's defaults over any preset (issue 29): the inserted-lesion term belongs in every paired recipe. A
 # paired run without it lost lesion contrast on validation (0.51 after 5 min on another simulator's archive) while
 # its error looked fine; 0.1 is paired 1.2.0's weight (docs/model-card.md). A recipe that sets it, to 0 included, wins.
+# Not under torchrun (WORLD_SIZE > 1): the term runs the generator outside DistributedDataParallel, which the loop
+# refuses, so a multi-process paired run keeps today's recipe unless it asks for the term (and is told why not).
 PAIRED_DEFAULTS: dict[str, Any] = {"lambda_lesion": 0.1}
 
 
@@ -289,7 +292,7 @@ def build_config(preset: str = "cpu", path: Path | None = None, overrides: dict[
         given["init_from"] = resolve_init(given["init_from"], given.get("pairing", values.get("pairing")))
         values.update(recipe_from_model(given["init_from"]))
     values.update(given)
-    if values.get("pairing") == "paired":
+    if values.get("pairing") == "paired" and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         values.update({k: v for k, v in PAIRED_DEFAULTS.items() if k not in given})
     try:
         return TrainConfig(**values)
